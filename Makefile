@@ -1,0 +1,58 @@
+# scx-gpu: `make demo` runs the main job, `make test` runs every test.
+# Both install what they need first (`make setup`, as root on Debian 12).
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+CLANG   ?= clang-19
+STRIP   ?= llvm-strip-19
+BPF_OUT := scx_gpu/bpf
+BPF_SRC := $(wildcard sched/bpf/*.bpf.c tracer/*.bpf.c)
+BPF_OBJ := $(patsubst %.bpf.c,$(BPF_OUT)/%.bpf.o,$(notdir $(BPF_SRC)))
+BPF_HDR := $(wildcard sched/bpf/*.h tracer/*.h)
+BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
+	-fms-extensions -Wno-microsoft-anon-tag -Isched/bpf -Itracer
+SETUP_STAMP := $(VENV)/.setup-stamp
+
+vpath %.bpf.c sched/bpf tracer
+
+.PHONY: setup bpf vmlinux-h lint test test-host demo wheel clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml scripts/setup-debian.sh
+	sh scripts/setup-debian.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,analysis]'
+	touch $@
+
+bpf: $(BPF_OBJ)
+
+$(BPF_OUT)/%.bpf.o: %.bpf.c $(BPF_HDR) | $(SETUP_STAMP)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(STRIP) -g $@
+
+# Regenerate sched/bpf/vmlinux.h from the test kernel's BTF (committed).
+vmlinux-h: setup
+	$(BIN)/scx-gpu vm kernel --vmlinux-h sched/bpf/vmlinux.h
+
+lint: setup
+	$(BIN)/ruff check scx_gpu/*.py scx_gpu/bpf scx_gpu/vm controlplane tracer tests
+	$(BIN)/mypy
+
+test: setup bpf lint
+	$(BIN)/pytest
+
+# The quick loop: everything that needs no VM.
+test-host: setup bpf
+	$(BIN)/pytest -m "not vm"
+
+demo: setup bpf
+	$(BIN)/scx-gpu vm run -- scx-gpu doctor
+
+wheel: setup bpf
+	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist .
+
+clean:
+	rm -rf $(BPF_OUT)/*.bpf.o dist build *.egg-info

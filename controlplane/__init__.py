@@ -1,0 +1,1 @@
+"""The control plane: loads and owns the BPF scheduler (libbpf via ctypes)."""

@@ -1,0 +1,107 @@
+"""Find the CUDA driver libraries (libcuda.so*) a host actually uses.
+
+One implementation shared by the scheduler's detector and the tracer. Real
+hosts keep libcuda in many places (/usr/local/nvidia/lib64, containers, pip
+wheels), so look in the dynamic linker cache, in what running processes have
+mapped (through /proc/PID/root for containers), in common driver paths, and
+in explicit paths from the user.
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from scx_gpu.errors import UsageError
+
+LIBCUDA_RE = re.compile(r"libcuda\.so(\.\d+)*$")
+COMMON_DIRS = (
+    "/usr/local/nvidia/lib64",
+    "/usr/local/nvidia/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/local/cuda/lib64",
+    "/usr/local/cuda/compat",
+    "/usr/lib/wsl/lib",
+)
+
+
+@dataclass(frozen=True)
+class CudaLib:
+    """A libcuda file: the path to open and where it was found."""
+
+    path: Path
+    source: str
+
+
+def explicit(paths: Iterable[str | Path]) -> Iterator[CudaLib]:
+    """User-given paths; each must exist."""
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise UsageError(f"--cuda-lib {path}: no such file")
+        yield CudaLib(path, "option")
+
+
+def from_ldconfig() -> Iterator[CudaLib]:
+    """libcuda entries in the dynamic linker cache."""
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        out = subprocess.run(
+            [ldconfig, "-p"], capture_output=True, text=True, check=False, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    for line in out.splitlines():
+        _, arrow, target = line.partition(" => ")
+        if arrow and LIBCUDA_RE.search(target.strip()):
+            yield CudaLib(Path(target.strip()), "ldconfig")
+
+
+def from_process_maps(proc: Path = Path("/proc")) -> Iterator[CudaLib]:
+    """libcuda files mapped by running processes, seen through their root."""
+    for pid_dir in proc.iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            maps = (pid_dir / "maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and LIBCUDA_RE.search(fields[5]):
+                yield CudaLib(Path(f"{pid_dir}/root{fields[5]}"), f"pid {pid_dir.name}")
+
+
+def from_common_dirs() -> Iterator[CudaLib]:
+    """Driver install locations and pip wheels' nvidia/*/lib folders."""
+    site = sysconfig.get_paths()["purelib"]
+    dirs = [*COMMON_DIRS, *glob.glob(os.path.join(site, "nvidia", "*", "lib"))]
+    for d in dirs:
+        for candidate in sorted(glob.glob(os.path.join(d, "libcuda.so*"))):
+            if LIBCUDA_RE.search(candidate):
+                yield CudaLib(Path(candidate), "path")
+
+
+def discover(paths: Iterable[str | Path] = (), scan_processes: bool = True) -> list[CudaLib]:
+    """Every distinct libcuda file (by inode), explicit paths first."""
+    sources: list[Iterable[CudaLib]] = [explicit(paths), from_ldconfig(), from_common_dirs()]
+    if scan_processes:
+        sources.append(from_process_maps())
+    seen: set[tuple[int, int]] = set()
+    found: list[CudaLib] = []
+    for source in sources:
+        for lib in source:
+            try:
+                st = lib.path.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                found.append(lib)
+    return found

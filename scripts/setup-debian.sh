@@ -1,0 +1,17 @@
+#!/bin/sh
+# Installs what scx-gpu needs on Debian 12 (bookworm), as root, idempotently.
+# libbpf >= 1.4 and a recent bpftool come from bookworm-backports; trixie and
+# sid never enter the machine's apt sources (the test kernel is fetched with
+# a private apt configuration by `scx-gpu vm kernel` instead).
+set -eu
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (apt-get install)" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+backports=/etc/apt/sources.list.d/scx-gpu-bookworm-backports.list
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$backports"
+fi
+apt-get -q update
+apt-get -q install -y --no-install-recommends \
+    clang-19 llvm-19 zstd qemu-system-x86 debootstrap e2fsprogs stress-ng \
+    iproute2 python3-venv ca-certificates gpg debian-archive-keyring
+apt-get -q install -y --no-install-recommends -t bookworm-backports libbpf1 libbpf-dev bpftool

@@ -1,0 +1,3 @@
+from scx_gpu.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The sched_ext test VM: a Debian kernel with sched_ext under QEMU."""

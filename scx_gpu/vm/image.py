@@ -1,0 +1,143 @@
+"""Build and cache the guest root filesystem of the test VM.
+
+Two layers: a debootstrap'ed bookworm base (slow, cached by its package
+list) and this project installed on top (fast, redone whenever the
+installed package changes). The ext4 image is cached by both keys.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import scx_gpu
+from scx_gpu.cache import cache_dir, digest
+from scx_gpu.errors import EnvironmentProblem
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("SCX_GPU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+BASE_PACKAGES = (
+    "python3", "python3-click", "python3-rich", "python3-pytest",
+    "stress-ng", "iproute2", "procps", "util-linux",
+)
+# libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
+BACKPORTS_PACKAGES = ("libbpf1",)
+SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"
+INIT_PATH = "usr/local/sbin/scx-gpu-init"
+ROOT_LABEL = "scxgpu-root"
+FREE_SPACE_MB = 512
+TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
+        "var/cache/apt/archives", "var/lib/apt/lists")
+
+
+def _log(message: str) -> None:
+    print(f"scx-gpu vm: {message}", file=sys.stderr, flush=True)
+
+
+def _chroot(root: Path, *cmd: str) -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+           "LC_ALL": "C"}
+    _check([ "chroot", str(root), *cmd], f"chroot {' '.join(cmd[:3])}", env)
+
+
+def _check(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem(f"{what}: {cmd[0]} not found; run `make setup`") from exc
+    if proc.returncode != 0:
+        tail = " / ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
+        raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {tail}")
+
+
+def base_key() -> str:
+    return digest(SUITE, MIRROR, *BASE_PACKAGES, "backports", *BACKPORTS_PACKAGES)
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(f"{what} needs root (debootstrap, chroot): run it with sudo")
+
+
+def build_base(dest: Path) -> None:
+    """debootstrap a minbase bookworm with our packages into dest."""
+    _require_root("building the guest image")
+    stage = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    _log(f"debootstrap {SUITE} (about a minute; cached afterwards in {dest.parent})")
+    _check(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+            SUITE, str(stage), MIRROR], "debootstrap")
+    shutil.copy("/etc/resolv.conf", stage / "etc" / "resolv.conf")
+    (stage / "etc/apt/sources.list.d/backports.list").write_text(
+        f"deb {MIRROR} {SUITE}-backports main\n")
+    _chroot(stage, "apt-get", "-q", "update")
+    _chroot(stage, "apt-get", "-q", "-y", "--no-install-recommends",
+            "-t", f"{SUITE}-backports", "install", *BACKPORTS_PACKAGES)
+    _chroot(stage, "apt-get", "clean")
+    for sub in TRIM:
+        shutil.rmtree(stage / sub, ignore_errors=True)
+    (stage / "etc" / "hostname").write_text("scx-gpu-vm\n")
+    stage.rename(dest)
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """(path inside the guest, source file) for the installed scx_gpu package."""
+    root = Path(scx_gpu.__file__).resolve().parent
+    files: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        rel = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            if not name.endswith((".pyc", ".pyo")):
+                files.append((f"{SITE_PACKAGES}/scx_gpu/{rel / name}", Path(dirpath, name)))
+    return files
+
+
+def project_key(files: list[tuple[str, Path]]) -> str:
+    return digest(*(item for dst, src in files for item in (dst, src.read_bytes())))
+
+
+def _install_project(root: Path, files: list[tuple[str, Path]]) -> None:
+    shutil.rmtree(root / SITE_PACKAGES / "scx_gpu", ignore_errors=True)
+    for dst, src in files:
+        target = root / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    script = root / "usr/local/bin/scx-gpu"
+    script.write_text("#!/usr/bin/python3\nfrom scx_gpu.cli import main\n\nmain()\n")
+    script.chmod(0o755)
+    init = root / INIT_PATH
+    init.parent.mkdir(parents=True, exist_ok=True)
+    init.write_bytes(resources.files("scx_gpu.vm").joinpath("guest-init.sh").read_bytes())
+    init.chmod(0o755)
+
+
+def _tree_mb(root: Path) -> int:
+    total = sum(f.lstat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+    return total // (1 << 20)
+
+
+def ensure_image() -> Path:
+    """The cached guest image for the installed project, built if needed."""
+    images = cache_dir("image")
+    base = images / f"base-{base_key()}"
+    if not base.is_dir():
+        build_base(base)
+    files = _package_files()
+    if not any(dst.endswith(".bpf.o") for dst, _ in files):
+        raise EnvironmentProblem("no compiled BPF objects in the package: run `make bpf` first")
+    image = images / f"rootfs-{base_key()}-{project_key(files)}.ext4"
+    if image.is_file():
+        return image
+    _require_root("building the guest image")
+    _install_project(base, files)
+    size_mb = _tree_mb(base) * 5 // 4 + FREE_SPACE_MB
+    partial = image.with_suffix(".partial")
+    _check(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", str(base), str(partial),
+            f"{size_mb}M"], "mkfs.ext4 (guest image)")
+    for old in images.glob("rootfs-*.ext4"):
+        old.unlink()
+    partial.rename(image)
+    return image

@@ -1,0 +1,173 @@
+"""Resolve, download, cache and verify a kernel with sched_ext for the VM.
+
+Debian's cloud kernels from trixie-backports enable CONFIG_SCHED_CLASS_EXT.
+They are fetched with a private apt configuration (own source list, lists
+and cache dirs) and unpacked with dpkg -x: the machine's own apt sources are
+never touched, since installing trixie packages on bookworm breaks it.
+"""
+
+import lzma
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from scx_gpu.cache import cache_dir, digest
+from scx_gpu.errors import EnvironmentProblem, UsageError
+
+SUITE = "trixie-backports"
+MIRROR = "http://deb.debian.org/debian"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+METAPACKAGE = "linux-image-cloud-amd64"
+# x86 boot protocol: "HdrS" at offset 0x202 of every bzImage.
+BZIMAGE_MAGIC_OFFSET, BZIMAGE_MAGIC = 0x202, b"HdrS"
+# A kernel with sched_ext has struct sched_ext_ops in its BTF string table.
+SCHED_EXT_MARKER = b"sched_ext_ops"
+ZSTD_MAGIC, GZIP_MAGIC, XZ_MAGIC = b"\x28\xb5\x2f\xfd", b"\x1f\x8b\x08", b"\xfd7zXZ\x00"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A bootable bzImage with sched_ext, and where it came from."""
+
+    version: str
+    vmlinuz: Path
+    origin: str
+
+    @property
+    def vmlinux(self) -> Path:
+        """The decompressed kernel (for BTF), extracted once and cached."""
+        return extract_vmlinux(self.vmlinuz)
+
+
+def _apt_options(root: Path) -> list[str]:
+    (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    sources = root / "sources.list"
+    sources.write_text(f"deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n")
+    settings = {
+        "Dir::Etc::SourceList": str(sources),
+        "Dir::Etc::SourceParts": "/dev/null",
+        "Dir::State::Lists": str(root / "lists"),
+        "Dir::State::status": "/dev/null",
+        "Dir::Cache": str(root / "cache"),
+        "Debug::NoLocking": "1",
+        "APT::Sandbox::User": "root",
+    }
+    return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem(f"{what}: {cmd[0]} not found; run `make setup`") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise EnvironmentProblem(f"{what} failed: {' / '.join(tail)}")
+    return proc.stdout
+
+
+def resolve_debian(progress: bool = False) -> tuple[str, str]:
+    """(ABI name, package version) of the current cloud kernel in trixie-backports."""
+    opts = _apt_options(cache_dir("apt"))
+    _run(["apt-get", *opts, "-q", "update"], f"apt-get update for {SUITE}")
+    show = _run(["apt-cache", *opts, "show", METAPACKAGE], f"apt-cache show {METAPACKAGE}")
+    version = re.search(r"^Version: (\S+)", show, re.M)
+    abi = re.search(r"linux-image-(\S+-cloud-amd64) \(", show)
+    if not (version and abi):
+        raise EnvironmentProblem(f"cannot read the kernel version from {METAPACKAGE} in {SUITE}")
+    return abi.group(1), version.group(1)
+
+
+def _download_debian(abi: str, version: str, dest: Path) -> None:
+    opts = _apt_options(cache_dir("apt"))
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        work = Path(tmp)
+        pkgs = [f"linux-binary-{abi}={version}", f"linux-base-{abi}={version}"]
+        _run(["apt-get", *opts, "-q", "download", *pkgs], "apt-get download", cwd=work)
+        for deb in work.glob("*.deb"):
+            _run(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
+        moddir = work / "root" / "usr" / "lib" / "modules" / abi
+        stage = work / "kernel"
+        stage.mkdir()
+        shutil.copy(moddir / "vmlinuz", stage / "vmlinuz")
+        shutil.copy(moddir / "config", stage / "config")
+        config = (stage / "config").read_text()
+        if "CONFIG_SCHED_CLASS_EXT=y" not in config.splitlines():
+            raise EnvironmentProblem(f"Debian kernel {abi} {version} has no CONFIG_SCHED_CLASS_EXT")
+        stage.rename(dest)
+
+
+def debian_kernel() -> Kernel:
+    """The current Debian sched_ext kernel, from cache when offline."""
+    root = cache_dir("kernel")
+    try:
+        abi, version = resolve_debian()
+    except EnvironmentProblem as exc:
+        cached = sorted(root.glob("*/vmlinuz"), key=lambda p: p.stat().st_mtime)
+        if not cached:
+            raise EnvironmentProblem(f"{exc}; and no kernel is cached in {root}") from exc
+        return Kernel(cached[-1].parent.name, cached[-1], "debian (cached, offline)")
+    dest = root / f"{abi}_{version}"
+    if not (dest / "vmlinuz").is_file():
+        _download_debian(abi, version, dest)
+    return Kernel(f"{abi} {version}", dest / "vmlinuz", f"debian {SUITE}")
+
+
+def user_kernel(path: Path) -> Kernel:
+    """A user's bzImage, checked to be one and to have sched_ext."""
+    try:
+        head = path.read_bytes()[: BZIMAGE_MAGIC_OFFSET + 4]
+    except OSError as exc:
+        raise UsageError(f"--kernel {path}: {exc.strerror}") from exc
+    if head[BZIMAGE_MAGIC_OFFSET:] != BZIMAGE_MAGIC:
+        raise UsageError(f"--kernel {path}: not an x86 bzImage (no HdrS boot header)")
+    if SCHED_EXT_MARKER not in extract_vmlinux(path).read_bytes():
+        raise UsageError(
+            f"--kernel {path}: this kernel has no sched_ext (build it with "
+            "CONFIG_SCHED_CLASS_EXT=y and CONFIG_DEBUG_INFO_BTF=y)"
+        )
+    return Kernel(path.name, path, "user")
+
+
+def _decompress_at(data: bytes, offset: int) -> bytes:
+    """Decompress the stream starting at offset, ignoring trailing bytes."""
+    if data.startswith(ZSTD_MAGIC, offset):
+        proc = subprocess.run(["zstd", "-dcq"], input=data[offset:], capture_output=True)
+        return proc.stdout
+    if data.startswith(GZIP_MAGIC, offset):
+        return zlib.decompressobj(wbits=31).decompress(data[offset:])
+    if data.startswith(XZ_MAGIC, offset):
+        return lzma.LZMADecompressor().decompress(data[offset:])
+    return b""
+
+
+def extract_vmlinux(vmlinuz: Path) -> Path:
+    """The ELF inside a bzImage (as scripts/extract-vmlinux finds it), cached."""
+    data = vmlinuz.read_bytes()
+    out = cache_dir("vmlinux") / f"vmlinux-{digest(data)}"
+    if out.is_file():
+        return out
+    for magic in (ZSTD_MAGIC, GZIP_MAGIC, XZ_MAGIC):
+        offset = data.find(magic)
+        while offset != -1:
+            try:
+                elf = _decompress_at(data, offset)
+            except (zlib.error, lzma.LZMAError):
+                elf = b""
+            if elf.startswith(b"\x7fELF"):
+                out.write_bytes(elf)
+                return out
+            offset = data.find(magic, offset + 1)
+    raise UsageError(f"{vmlinuz}: cannot find a zstd, gzip or xz compressed kernel inside")
+
+
+def write_vmlinux_h(kernel: Kernel, dest: Path) -> None:
+    """Dump the kernel's BTF as C (the vmlinux.h the BPF code compiles against)."""
+    header = _run(["bpftool", "btf", "dump", "file", str(kernel.vmlinux), "format", "c"],
+                  "bpftool btf dump")
+    dest.write_text(f"/* Generated from {kernel.version} by `make vmlinux-h`. */\n{header}")

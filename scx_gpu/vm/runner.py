@@ -1,0 +1,226 @@
+"""Boot the test VM, run one command as root inside it, return its status.
+
+The command, its environment and the user's files travel on a small ext4
+"job disk"; the guest's /job/out comes back through the same disk. Output
+streams over the serial console; the guest init prints marker lines that
+tell boot, exit status and crash apart.
+"""
+
+import os
+import selectors
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from scx_gpu.cache import cache_dir
+from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
+from scx_gpu.vm.image import INIT_PATH
+
+BOOTED, EXIT_PREFIX = "SCXGPU-BOOTED", "SCXGPU-EXIT:"
+JOB_LABEL = "scxgpu-job"
+EXIT_TIMEOUT = 124
+KERNEL_ARGS = (
+    "console=ttyS0 root=/dev/nvme0n1 rootwait rw quiet loglevel=1 panic=-1 "
+    f"init=/{INIT_PATH}"
+)
+POWEROFF_GRACE_S = 20
+
+
+class VmFailure(ScxGpuError):
+    """The guest crashed, did not boot, or the run timed out."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class VmSpec:
+    vmlinuz: Path
+    image: Path
+    cpus: int = 2
+    mem: str = "1G"
+    timeout: float = 600.0
+    copies: Sequence[tuple[Path, str]] = ()
+    out_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VmResult:
+    exit_code: int
+    accel: str
+    boot_s: float
+    total_s: float
+    output: str
+
+
+def parse_copy(spec: str) -> tuple[Path, str]:
+    """SRC:DST with DST absolute inside the guest; SRC must exist."""
+    src, sep, dst = spec.rpartition(":")
+    if not sep or not src or not dst.startswith("/"):
+        raise UsageError(f"--copy {spec}: expected SRC:DST with an absolute guest path DST")
+    if not Path(src).exists():
+        raise UsageError(f"--copy {spec}: {src} does not exist")
+    return Path(src), dst
+
+
+def _job_script(cmd: Sequence[str], copies: Sequence[tuple[Path, str]],
+                env: dict[str, str]) -> str:
+    lines = ["set -e"]
+    for i, (_, dst) in enumerate(copies):
+        q = shlex.quote(dst)
+        lines.append(f"mkdir -p $(dirname {q}) && cp -a /job/files/{i} {q}")
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    lines += ["set +e", "cd /root", f"exec {shlex.join(cmd)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _make_job_disk(work: Path, cmd: Sequence[str], spec: VmSpec) -> Path:
+    job = work / "job"
+    (job / "files").mkdir(parents=True)
+    (job / "out").mkdir()
+    for i, (src, _) in enumerate(spec.copies):
+        if src.is_dir():
+            shutil.copytree(src, job / "files" / str(i), symlinks=True)
+        else:
+            shutil.copy2(src, job / "files" / str(i))
+    (job / "run.sh").write_text(_job_script(cmd, spec.copies, spec.env))
+    used = sum(f.stat().st_size for f in job.rglob("*") if f.is_file()) >> 20
+    disk = work / "job.ext4"
+    proc = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", JOB_LABEL, "-d", str(job), str(disk), f"{used * 2 + 256}M"],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise EnvironmentProblem(f"mkfs.ext4 (job disk) failed: {proc.stderr.strip()}")
+    return disk
+
+
+def _kvm_marker() -> Path:
+    return cache_dir() / f"kvm-broken-{os.uname().release}"
+
+
+def kvm_usable() -> bool:
+    """KVM present, accessible, and not seen failing on this host kernel."""
+    return os.access("/dev/kvm", os.R_OK | os.W_OK) and not _kvm_marker().exists()
+
+
+def _qemu_command(spec: VmSpec, job_disk: Path, accel: str) -> list[str]:
+    accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
+        ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    return [
+        "qemu-system-x86_64", *accel_args, "-smp", str(spec.cpus), "-m", spec.mem,
+        "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
+        "-kernel", str(spec.vmlinuz), "-append", KERNEL_ARGS,
+        "-drive", f"file={spec.image},if=none,id=root,format=raw,snapshot=on",
+        "-device", "nvme,serial=root,drive=root",
+        "-drive", f"file={job_disk},if=none,id=job,format=raw",
+        "-device", "nvme,serial=job,drive=job",
+    ]
+
+
+class _Console:
+    """Reads the guest console, hides marker lines, watches for events."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lines: list[str] = []
+        self.booted_at: float | None = None
+        self.exit_code: int | None = None
+        self.panicked = False
+        self.kvm_error = False
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\r\n").replace("\r", "")
+        if line == BOOTED:
+            self.booted_at = time.monotonic()
+            return
+        if line.startswith(EXIT_PREFIX) and line[len(EXIT_PREFIX):].isdigit():
+            self.exit_code = int(line[len(EXIT_PREFIX):])
+            return
+        self.panicked |= "Kernel panic" in line
+        self.kvm_error |= "KVM internal error" in line or "failed to initialize kvm" in line
+        self.lines.append(line)
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Console, float]:
+    start = time.monotonic()
+    console = _Console(out)
+    try:
+        proc = subprocess.Popen(_qemu_command(spec, job_disk, accel), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem("qemu-system-x86_64 not found: run `make setup`") from exc
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    try:
+        while True:
+            deadline = start + spec.timeout + (POWEROFF_GRACE_S if console.exit_code is not None else 0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not sel.select(timeout=min(left, 1.0)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                console.feed(raw.decode(errors="replace"))
+        if buf:
+            console.feed(buf.decode(errors="replace"))
+    finally:
+        proc.kill()
+        proc.wait()
+        sel.close()
+    return console, start
+
+
+def _collect_out(job_disk: Path, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["debugfs", "-R", f"rdump /out {out_dir}", str(job_disk)],
+                   capture_output=True, check=False)
+
+
+def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
+    """Boot, run cmd in the guest, and return its exit status; raise VmFailure otherwise."""
+    with tempfile.TemporaryDirectory(prefix="scx-gpu-vm-") as tmp:
+        job_disk = _make_job_disk(Path(tmp), cmd, spec)
+        accel = "kvm" if kvm_usable() else "tcg"
+        console, start = _boot(spec, job_disk, accel, out)
+        if accel == "kvm" and console.booted_at is None and console.kvm_error:
+            _kvm_marker().touch()
+            accel = "tcg"
+            console, start = _boot(spec, job_disk, accel, out)
+        total = time.monotonic() - start
+        if console.exit_code is None:
+            raise VmFailure(_failure_message(console, spec, accel, total),
+                            EXIT_TIMEOUT if total >= spec.timeout else 1)
+        if spec.out_dir is not None:
+            _collect_out(job_disk, spec.out_dir)
+        boot_s = (console.booted_at or start) - start
+        return VmResult(console.exit_code, accel, boot_s, total, "\n".join(console.lines))
+
+
+def _failure_message(console: _Console, spec: VmSpec, accel: str, elapsed: float) -> str:
+    if console.panicked:
+        return f"guest kernel panicked after {elapsed:.1f}s ({accel}); see the console output above"
+    if console.booted_at is None:
+        if elapsed >= spec.timeout:
+            return f"guest did not boot within the {spec.timeout:g}s timeout ({accel})"
+        return f"guest failed to boot ({accel}); see the console output above"
+    if elapsed >= spec.timeout:
+        return f"command timed out after {spec.timeout:g}s in the guest ({accel}); VM stopped"
+    return f"guest stopped before the command finished ({accel}, {elapsed:.1f}s)"

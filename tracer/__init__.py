@@ -1,0 +1,1 @@
+"""The tracer: CUDA launches, context switches and IRQs, and their analysis."""
