@@ -103,7 +103,7 @@ def vm_run_cmd(kernel_path: Path | None, cpus: int, mem: str, timeout: float,
 def main() -> None:
     """Entry point: one-line errors, exit 2 for bad input and 1 for the environment."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="scx-gpu", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("scx-gpu: aborted", err=True)
         sys.exit(130)

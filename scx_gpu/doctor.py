@@ -46,7 +46,7 @@ def sched_ext() -> Finding:
     if state is None:
         return Finding(
             "sched_ext", "sched_ext", {"present": False}, MISSING,
-            "kernel built without CONFIG_SCHED_CLASS_EXT: use `scx-gpu vm` or the mainline fallback",
+            "no CONFIG_SCHED_CLASS_EXT in this kernel: try `scx-gpu vm` or the mainline fallback",
         )
     ops = _read(SCHED_EXT / "root" / "ops")
     value = {"present": True, "state": state, "ops": ops or None}

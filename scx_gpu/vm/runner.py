@@ -135,7 +135,6 @@ class _Console:
         self.booted_at: float | None = None
         self.exit_code: int | None = None
         self.panicked = False
-        self.kvm_error = False
 
     def feed(self, line: str) -> None:
         line = line.rstrip("\r\n").replace("\r", "")
@@ -146,8 +145,9 @@ class _Console:
             self.exit_code = int(line[len(EXIT_PREFIX):])
             return
         self.panicked |= "Kernel panic" in line
-        self.kvm_error |= "KVM internal error" in line or "failed to initialize kvm" in line
         self.lines.append(line)
+        if self.exit_code is not None:
+            return  # the guest's power-off chatter
         self.out.write(line + "\n")
         self.out.flush()
 
@@ -166,7 +166,8 @@ def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Conso
     buf = b""
     try:
         while True:
-            deadline = start + spec.timeout + (POWEROFF_GRACE_S if console.exit_code is not None else 0)
+            grace = POWEROFF_GRACE_S if console.exit_code is not None else 0
+            deadline = start + spec.timeout + grace
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -189,9 +190,14 @@ def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Conso
 
 
 def _collect_out(job_disk: Path, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["debugfs", "-R", f"rdump /out {out_dir}", str(job_disk)],
-                   capture_output=True, check=False)
+    """Copy the guest's /job/out into out_dir (debugfs reads ext4 unmounted)."""
+    staging = job_disk.parent / "collected"
+    staging.mkdir()
+    proc = subprocess.run(["debugfs", "-R", f"rdump /out {staging}", str(job_disk)],
+                          capture_output=True, text=True, check=False)
+    if not (staging / "out").is_dir():
+        raise EnvironmentProblem(f"cannot read the guest's /job/out: {proc.stderr.strip()}")
+    shutil.copytree(staging / "out", out_dir, dirs_exist_ok=True)
 
 
 def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
@@ -200,8 +206,12 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
         job_disk = _make_job_disk(Path(tmp), cmd, spec)
         accel = "kvm" if kvm_usable() else "tcg"
         console, start = _boot(spec, job_disk, accel, out)
-        if accel == "kvm" and console.booted_at is None and console.kvm_error:
+        if accel == "kvm" and console.booted_at is None and console.exit_code is None:
+            # KVM is present but unusable (nested virtualisation often is):
+            # remember that for this host kernel and emulate instead.
             _kvm_marker().touch()
+            print("scx-gpu vm: KVM failed to start the guest; using software emulation (TCG)",
+                  file=sys.stderr)
             accel = "tcg"
             console, start = _boot(spec, job_disk, accel, out)
         total = time.monotonic() - start
@@ -217,10 +227,9 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
 def _failure_message(console: _Console, spec: VmSpec, accel: str, elapsed: float) -> str:
     if console.panicked:
         return f"guest kernel panicked after {elapsed:.1f}s ({accel}); see the console output above"
-    if console.booted_at is None:
-        if elapsed >= spec.timeout:
-            return f"guest did not boot within the {spec.timeout:g}s timeout ({accel})"
-        return f"guest failed to boot ({accel}); see the console output above"
     if elapsed >= spec.timeout:
-        return f"command timed out after {spec.timeout:g}s in the guest ({accel}); VM stopped"
+        where = "the command ran" if console.booted_at else "the guest was still booting"
+        return f"timed out after {spec.timeout:g}s while {where} ({accel}); VM stopped"
+    if console.booted_at is None:
+        return f"guest failed to boot ({accel}); see the console output above"
     return f"guest stopped before the command finished ({accel}, {elapsed:.1f}s)"

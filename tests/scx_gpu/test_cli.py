@@ -1,0 +1,62 @@
+import subprocess
+
+import pytest
+
+from scx_gpu import __version__
+from scx_gpu.cli import cli
+from tests.helpers import assert_one_line_error, scx_gpu
+
+
+def _command_paths(group=cli, prefix=()):
+    for name, cmd in sorted(getattr(group, "commands", {}).items()):
+        yield (*prefix, name)
+        yield from _command_paths(cmd, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [(), *_command_paths()], ids=lambda p: " ".join(p) or "scx-gpu")
+def test_help_on_every_command(path):
+    proc = scx_gpu(*path, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: scx-gpu")
+
+
+def test_version():
+    proc = scx_gpu("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"scx-gpu, version {__version__}"
+
+
+def test_unknown_command_is_one_line_exit_2():
+    assert_one_line_error(scx_gpu("frobnicate"), 2, ["frobnicate"])
+
+
+def test_vm_run_rejects_zero_cpus():
+    assert_one_line_error(scx_gpu("vm", "run", "--cpus", "0", "--", "true"), 2, ["--cpus"])
+
+
+def test_vm_run_rejects_missing_copy_source(tmp_path):
+    missing = tmp_path / "nope"
+    proc = scx_gpu("vm", "run", "--copy", f"{missing}:/root/x", "--", "true")
+    assert_one_line_error(proc, 2, [str(missing), "does not exist"])
+
+
+def test_vm_run_rejects_a_file_that_is_no_kernel(tmp_path):
+    junk = tmp_path / "bzImage"
+    junk.write_bytes(b"\0" * 4096)
+    proc = scx_gpu("vm", "run", "--kernel", str(junk), "--", "true")
+    assert_one_line_error(proc, 2, ["not an x86 bzImage"])
+
+
+def test_vm_run_rejects_a_kernel_without_sched_ext(tmp_path):
+    # A bzImage-shaped file whose compressed payload is an ELF without the
+    # sched_ext_ops type: what a kernel built without sched_ext looks like.
+    import gzip
+
+    image = bytearray(0x400)
+    image[0x202:0x206] = b"HdrS"
+    image += gzip.compress(b"\x7fELF" + b"\0" * 4096 + b"struct task_struct")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bytes(image))
+    proc = scx_gpu("vm", "run", "--kernel", str(kernel), "--", "true")
+    assert_one_line_error(proc, 2, ["no sched_ext"])
+    assert subprocess.run(["pgrep", "-f", str(kernel)], check=False).returncode == 1

@@ -1,0 +1,56 @@
+"""`scx-gpu vm run` driven from the host: each test boots the VM."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import scx_gpu
+
+pytestmark = [pytest.mark.vm(host=True), pytest.mark.root]
+
+
+def no_qemu_left() -> bool:
+    return subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], check=False).returncode == 1
+
+
+def test_exit_status_true_false_and_code():
+    assert scx_gpu("vm", "run", "--", "true").returncode == 0
+    assert scx_gpu("vm", "run", "--", "false").returncode == 1
+    assert scx_gpu("vm", "run", "--", "sh", "-c", "exit 7").returncode == 7
+    assert no_qemu_left()
+
+
+def test_sees_sched_ext_and_streams_output_and_says_how_it_ran():
+    proc = scx_gpu("vm", "run", "--cpus", "2", "--", "sh", "-c",
+                   "echo state=$(cat /sys/kernel/sched_ext/state); nproc; scx-gpu --version")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == ["state=disabled", "2", "scx-gpu, version 0.1.0"], proc.stdout
+    assert ", tcg," in proc.stderr or ", kvm," in proc.stderr
+    assert "boot " in proc.stderr
+
+
+def test_timeout_stops_the_vm_with_a_message():
+    proc = scx_gpu("vm", "run", "--timeout", "5", "--", "sleep", "60", timeout=120)
+    assert proc.returncode == 124
+    assert "timed out after 5s" in proc.stderr
+    assert no_qemu_left()
+
+
+def test_copy_and_out(tmp_path: Path):
+    src = tmp_path / "workload"
+    src.mkdir()
+    (src / "job.sh").write_text("echo hello from $(hostname) > /job/out/result.txt\n")
+    out = tmp_path / "out"
+    proc = scx_gpu("vm", "run", "--copy", f"{src}:/opt/work", "--out", str(out), "--",
+                   "sh", "/opt/work/job.sh")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "result.txt").read_text() == "hello from scx-gpu-vm\n"
+
+
+def test_guest_panic_is_reported():
+    proc = scx_gpu("vm", "run", "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 30",
+                   timeout=300)
+    assert proc.returncode == 1
+    assert "panicked" in proc.stderr, proc.stderr
