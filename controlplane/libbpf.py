@@ -1,12 +1,27 @@
 """ctypes binding of libbpf.so.1: every function scx-gpu calls, declared once.
 
-Errors come back as LibbpfError carrying errno and libbpf's own message.
+Calls that fail raise LibbpfError carrying errno and what libbpf printed
+just before (the verifier log, a missing symbol, ...).
 """
 
+import collections
 import ctypes
+import ctypes.util
 import functools
 import os
-from ctypes import c_char_p, c_int, c_size_t, c_uint32
+import threading
+from collections.abc import Iterator
+from ctypes import (
+    POINTER,
+    Structure,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
 from typing import Any
 
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError
@@ -14,22 +29,77 @@ from scx_gpu.errors import EnvironmentProblem, ScxGpuError
 LIBBPF_SONAME = "libbpf.so.1"
 # .struct_ops.link (attaching sched_ext schedulers) needs libbpf 1.2.
 MIN_VERSION = (1, 2)
+BTF_KIND_VAR, BTF_KIND_DATASEC = 14, 15
+LOG_LINES = 200
+MESSAGE_MAX = 1 << 20
+
+
+class BpfUprobeOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ref_ctr_offset", c_size_t),
+        ("bpf_cookie", c_uint64),
+        ("retprobe", c_bool),
+        ("func_name", c_char_p),
+        ("attach_mode", c_int),
+    ]
+
+
+class BtfType(Structure):
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
+
+
+class BtfVarSecinfo(Structure):
+    _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
+
+
+PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+VP, CP, INT, U32, SZ = c_void_p, c_char_p, c_int, c_uint32, c_size_t
 
 # name -> (restype, argtypes)
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
-    "libbpf_major_version": (c_uint32, []),
-    "libbpf_minor_version": (c_uint32, []),
-    "libbpf_version_string": (c_char_p, []),
-    "libbpf_strerror": (c_int, [c_int, c_char_p, c_size_t]),
+    "libbpf_major_version": (U32, []),
+    "libbpf_minor_version": (U32, []),
+    "libbpf_strerror": (INT, [INT, CP, SZ]),
+    "libbpf_set_print": (VP, [PRINT_FN]),
+    "libbpf_num_possible_cpus": (INT, []),
+    "bpf_object__open_file": (VP, [CP, VP]),
+    "bpf_object__load": (INT, [VP]),
+    "bpf_object__close": (None, [VP]),
+    "bpf_object__btf": (VP, [VP]),
+    "bpf_object__find_map_by_name": (VP, [VP, CP]),
+    "bpf_object__find_program_by_name": (VP, [VP, CP]),
+    "bpf_map__fd": (INT, [VP]),
+    "bpf_map__value_size": (U32, [VP]),
+    "bpf_map__initial_value": (VP, [VP, POINTER(SZ)]),
+    "bpf_map__pin": (INT, [VP, CP]),
+    "bpf_map__unpin": (INT, [VP, CP]),
+    "bpf_map__attach_struct_ops": (VP, [VP]),
+    "bpf_program__attach_uprobe_opts": (VP, [VP, INT, CP, SZ, POINTER(BpfUprobeOpts)]),
+    "bpf_program__set_autoload": (INT, [VP, c_bool]),
+    "bpf_link__destroy": (INT, [VP]),
+    "bpf_obj_get": (INT, [CP]),
+    "bpf_map_lookup_elem": (INT, [INT, VP, VP]),
+    "bpf_map_update_elem": (INT, [INT, VP, VP, c_uint64]),
+    "bpf_map_delete_elem": (INT, [INT, VP]),
+    "bpf_map_get_next_key": (INT, [INT, VP, VP]),
+    "btf__find_by_name_kind": (INT, [VP, CP, U32]),
+    "btf__type_by_id": (POINTER(BtfType), [VP, U32]),
+    "btf__name_by_offset": (CP, [VP, U32]),
 }
+
+_log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+_log_lock = threading.Lock()
 
 
 class LibbpfError(ScxGpuError):
-    """A libbpf call failed; errno is positive."""
+    """A libbpf call failed; errno is positive, log holds libbpf's messages."""
 
-    def __init__(self, what: str, errno: int) -> None:
+    def __init__(self, what: str, errno: int, log: list[str] | None = None) -> None:
         self.errno = errno
-        super().__init__(f"{what}: {strerror(errno)} (errno {errno})")
+        self.log = log or []
+        detail = f": {self.log[-1]}" if self.log else ""
+        super().__init__(f"{what}: {strerror(errno)} (errno {errno}){detail}")
 
 
 def library_path() -> str:
@@ -38,8 +108,29 @@ def library_path() -> str:
 
 
 @functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.vsnprintf.restype = c_int
+    libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+    return libc
+
+
+def _print_messages(level: int, fmt: bytes, args: int) -> int:
+    # On x86-64 a va_list argument is a pointer; vsnprintf formats it for us.
+    # Verifier logs come as one message; the error is at its end.
+    buf = ctypes.create_string_buffer(MESSAGE_MAX)
+    _libc().vsnprintf(buf, len(buf), fmt, args)
+    with _log_lock:
+        _log.extend(line for line in buf.value.decode(errors="replace").splitlines() if line)
+    return 0
+
+
+_print = PRINT_FN(_print_messages)
+
+
+@functools.cache
 def lib() -> ctypes.CDLL:
-    """libbpf with every signature in _SIGNATURES declared."""
+    """libbpf with every signature in _SIGNATURES declared and its log captured."""
     try:
         handle = ctypes.CDLL(library_path(), use_errno=True)
     except OSError as exc:
@@ -52,7 +143,16 @@ def lib() -> ctypes.CDLL:
         fn = getattr(handle, name)
         fn.restype = restype
         fn.argtypes = argtypes
+    handle.libbpf_set_print(_print)
     return handle
+
+
+def take_log() -> list[str]:
+    """libbpf's messages since the last call."""
+    with _log_lock:
+        lines = list(_log)
+        _log.clear()
+    return lines
 
 
 def version() -> tuple[int, int]:
@@ -75,3 +175,35 @@ def strerror(errno: int) -> str:
     buf = ctypes.create_string_buffer(256)
     lib().libbpf_strerror(errno, buf, len(buf))
     return buf.value.decode(errors="replace")
+
+
+def check(ret: int, what: str) -> int:
+    """Raise LibbpfError for a negative libbpf return value."""
+    if ret < 0:
+        raise LibbpfError(what, -ret if ret != -1 else ctypes.get_errno(), take_log())
+    return ret
+
+
+def check_ptr(ptr: int | None, what: str) -> int:
+    """Raise LibbpfError for a NULL pointer from libbpf (errno says why)."""
+    if not ptr:
+        raise LibbpfError(what, ctypes.get_errno() or 22, take_log())
+    return ptr
+
+
+def num_possible_cpus() -> int:
+    return check(lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+def datasec_vars(btf: int, section: str) -> Iterator[tuple[str, int, int]]:
+    """(name, offset, size) of each variable in a BTF data section (.rodata, .bss)."""
+    sec_id = check(lib().btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC),
+                   f"BTF section {section}")
+    sec = lib().btf__type_by_id(btf, sec_id)
+    vlen = sec.contents.info & 0xFFFF
+    infos = ctypes.cast(ctypes.addressof(sec.contents) + ctypes.sizeof(BtfType),
+                        POINTER(BtfVarSecinfo))
+    for i in range(vlen):
+        var = lib().btf__type_by_id(btf, infos[i].type)
+        name = lib().btf__name_by_offset(btf, var.contents.name_off).decode()
+        yield name, infos[i].offset, infos[i].size

@@ -2,18 +2,21 @@
 
 import json
 import sys
+from ctypes import c_uint32
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from scx_gpu import __version__, doctor
-from scx_gpu.errors import ScxGpuError
+from scx_gpu import __version__, config, doctor, status
+from scx_gpu.controlplane import loader, maps, tiers
+from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
 from scx_gpu.vm import runner as vm_runner
 
+LIBBPF_LOG_TAIL = 40
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "missing": "red", "info": "cyan"}
 
 
@@ -100,6 +103,101 @@ def vm_run_cmd(kernel_path: Path | None, cpus: int, mem: str, timeout: float,
     sys.exit(result.exit_code)
 
 
+def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, ...],
+             ) -> config.TierMembers | None:
+    if not (cgroups or comms or pids):
+        return None
+    return config.TierMembers(list(cgroups), list(comms), list(pids))
+
+
+@cli.command("load")
+@click.option("--policy", type=str, help=f"One of: {', '.join(config.POLICIES)} [gpu-first].")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML file; flags override it.")
+@click.option("--quota", type=int, help="Batch share of all CPUs per period, 0-100 [50].")
+@click.option("--period-ms", type=int, help="Batch quota period [100].")
+@click.option("--floor-ms", type=int, help="Longest wait of a normal or batch task [1000].")
+@click.option("--gpu-ttl-ms", type=int, help="How long a launch keeps a thread in the gpu tier.")
+@click.option("--scope", type=str, help="Tag the launching 'thread' [default] or 'process'.")
+@click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [200]")
+@click.option("--detect-period-ms", type=int, help="... once per this period [1000].")
+@click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")
+@click.option("--batch-cgroup", multiple=True, help="cgroup v2 path whose tasks are batch.")
+@click.option("--batch-comm", multiple=True, help="Task name (exact) that is batch.")
+@click.option("--batch-pid", type=int, multiple=True, help="Thread/process id that is batch.")
+@click.option("--gpu-cgroup", multiple=True, help="cgroup v2 path whose tasks are gpu tier.")
+@click.option("--gpu-comm", multiple=True, help="Task name (exact) that is gpu tier.")
+@click.option("--gpu-pid", type=int, multiple=True, help="Thread/process id that is gpu tier.")
+@click.option("--sched-idle-batch/--no-sched-idle-batch", default=None,
+              help="Put SCHED_IDLE tasks in the batch tier.")
+@click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0.1),
+              help="Seconds between statistics lines [1].")
+@click.option("--quiet", is_flag=True, help="No periodic statistics.")
+@click.option("--json", "as_json", is_flag=True, help="Statistics as JSON lines.")
+@click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
+def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
+             batch_cgroup: tuple[str, ...], batch_comm: tuple[str, ...],
+             batch_pid: tuple[int, ...], gpu_cgroup: tuple[str, ...], gpu_comm: tuple[str, ...],
+             gpu_pid: tuple[int, ...], quiet: bool, as_json: bool, print_config: bool,
+             **flags: object) -> None:
+    """Load the scheduler and run it in the foreground (Ctrl-C detaches)."""
+    flags["sched_idle_batch"] = flags.pop("sched_idle_batch")
+    flags["cuda_libs"] = list(cuda_libs) or None
+    flags["batch"] = _members(batch_cgroup, batch_comm, batch_pid)
+    flags["gpu"] = _members(gpu_cgroup, gpu_comm, gpu_pid)
+    cfg = config.build(config_path, flags)
+    if print_config:
+        click.echo(json.dumps(cfg.as_dict(), indent=2))
+        return
+    sys.exit(loader.Loader(cfg, lambda line: click.echo(line, err=line.startswith("scx-gpu:")),
+                           quiet=quiet, as_json=as_json).run())
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status_cmd(as_json: bool) -> None:
+    """sched_ext state, the running scx-gpu scheduler's tiers, statistics and quota."""
+    report = status.collect()
+    click.echo(json.dumps(report, indent=2) if as_json else status.render(report))
+
+
+@cli.group("quota")
+def quota_group() -> None:
+    """Read or change the batch tier's CPU quota of the running scheduler."""
+
+
+@quota_group.command("get")
+def quota_get_cmd() -> None:
+    """Print the batch quota (percent of all CPUs) and its period."""
+    fd, value = loader.pinned_tunables()
+    maps.close(fd)
+    click.echo(f"{value.batch_quota_pct}% of all CPUs per {value.batch_period_ns // 10**6} ms")
+
+
+@quota_group.command("set")
+@click.argument("percent", type=int)
+def quota_set_cmd(percent: int) -> None:
+    """Set the batch quota to PERCENT (0-100) of all CPUs, at once."""
+    if not 0 <= percent <= 100:
+        raise UsageError(f"quota {percent} is outside 0-100 (percent of all CPUs)")
+    fd, value = loader.pinned_tunables()
+    try:
+        value.batch_quota_pct = percent
+        maps.update(fd, c_uint32(0), value)
+    finally:
+        maps.close(fd)
+    click.echo(f"batch quota set to {percent}%")
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--tier", type=click.Choice(sorted(tiers.RUN_TIERS)), required=True,
+              help="Tier to run CMD in.")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_cmd(tier: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD in a tier of the running scheduler; exit with CMD's status."""
+    tiers.exec_in_tier(tier, list(cmd))
+
+
 def main() -> None:
     """Entry point: one-line errors, exit 2 for bad input and 1 for the environment."""
     try:
@@ -111,5 +209,7 @@ def main() -> None:
         click.echo(f"scx-gpu: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except ScxGpuError as exc:
+        for line in getattr(exc, "log", [])[-LIBBPF_LOG_TAIL:]:
+            click.echo(line, err=True)  # the verifier's reasons, before our one line
         click.echo(f"scx-gpu: error: {exc}", err=True)
         sys.exit(exc.exit_code)

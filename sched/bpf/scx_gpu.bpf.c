@@ -349,6 +349,7 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 static bool serve_starving(u64 dsq_id, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
+	struct scx_gpu_stats *s = stat();
 	struct task_struct *p;
 	struct task_ctx *tctx;
 	bool starving = false;
@@ -362,8 +363,8 @@ static bool serve_starving(u64 dsq_id, u64 now)
 	}
 	if (!starving || !dsq_move_to_local(dsq_id))
 		return false;
-	if (stat())
-		stat()->floor_dispatches++;
+	if (s)
+		s->floor_dispatches++;
 	return true;
 }
 
@@ -413,7 +414,8 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 	ts = &s->tier[tctx->tier];
 	ts->runs++;
 	if (tctx->enq_at) {
-		ts->wait_hist[log2_bucket(now - tctx->enq_at)]++;
+		/* The mask proves the index in bounds to the verifier. */
+		ts->wait_hist[log2_bucket(now - tctx->enq_at) & (WAIT_BUCKETS - 1)]++;
 		tctx->enq_at = 0;
 	}
 }

@@ -1,0 +1,74 @@
+"""ctypes mirror of sched/bpf/intf.h (tests check it against the object's BTF)."""
+
+from ctypes import Structure, c_char, c_int32, c_int64, c_uint32, c_uint64
+from enum import IntEnum
+
+
+class Tier(IntEnum):
+    GPU = 0
+    NORMAL = 1
+    BATCH = 2
+
+
+class Scope(IntEnum):
+    THREAD = 0
+    PROCESS = 1
+
+
+NR_TIERS = 3
+WAIT_BUCKETS = 32
+COMM_LEN = 16
+EXIT_REASON_LEN = 128
+EXIT_MSG_LEN = 1024
+
+
+class TierStats(Structure):
+    _fields_ = [
+        ("runtime_ns", c_uint64),
+        ("runs", c_uint64),
+        ("preemptions", c_uint64),
+        ("wait_hist", c_uint64 * WAIT_BUCKETS),
+    ]
+
+
+class Stats(Structure):
+    _fields_ = [
+        ("tier", TierStats * NR_TIERS),
+        ("batch_throttled_ns", c_uint64),
+        ("floor_dispatches", c_uint64),
+        ("detector_hits", c_uint64),
+    ]
+
+
+class Tunables(Structure):
+    _fields_ = [
+        ("batch_quota_pct", c_uint32),
+        ("pad", c_uint32),
+        ("batch_period_ns", c_uint64),
+        ("floor_ns", c_uint64),
+        ("gpu_ttl_ns", c_uint64),
+    ]
+
+
+class ExitInfo(Structure):
+    _fields_ = [
+        ("kind", c_int32),
+        ("pad", c_int32),
+        ("exit_code", c_int64),
+        ("reason", c_char * EXIT_REASON_LEN),
+        ("msg", c_char * EXIT_MSG_LEN),
+    ]
+
+
+# Mirrored struct name in intf.h -> ctypes class, for the layout test.
+MIRRORS: dict[str, type[Structure]] = {
+    "tier_stats": TierStats,
+    "scx_gpu_stats": Stats,
+    "scx_gpu_tunables": Tunables,
+    "scx_gpu_exit": ExitInfo,
+}
+
+# enum scx_exit_kind values the control plane tells apart.
+EXIT_NONE, EXIT_UNREG, EXIT_ERROR = 0, 64, 1024
+# SCX_ECODE_ACT_RESTART: the kernel asks the scheduler to be loaded again.
+ECODE_ACT_RESTART = 1 << 48

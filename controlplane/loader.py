@@ -1,0 +1,191 @@
+"""`scx-gpu load`: run the scheduler in the foreground until told to stop.
+
+Loads and attaches the BPF scheduler, runs the duty-cycled detector and the
+libcuda rescan, prints statistics, detaches cleanly on SIGINT/SIGTERM,
+reports the kernel's exit reason when the kernel ejects the scheduler, and
+loads it again when the kernel asks for a restart.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from ctypes import c_uint32
+from pathlib import Path
+from types import FrameType
+
+from scx_gpu.config import Config
+from scx_gpu.controlplane import intf, libbpf, libcuda, maps, stats, tiers
+from scx_gpu.controlplane.detector import Detector
+from scx_gpu.controlplane.scheduler import PIN_DIR, BpfScheduler, ReadOnlyOptions, unpin
+from scx_gpu.errors import EnvironmentProblem, ScxGpuError
+
+SCHED_EXT = Path("/sys/kernel/sched_ext")
+RUN_STATE = Path("/run/scx-gpu/loader.json")
+POLL_S = 0.05
+RESTART = -1
+
+
+def sched_ext_state() -> tuple[str | None, str | None]:
+    """(state, ops name) from sysfs; (None, None) without sched_ext."""
+    def read(p: Path) -> str | None:
+        try:
+            return p.read_text().strip() or None
+        except OSError:
+            return None
+    return read(SCHED_EXT / "state"), read(SCHED_EXT / "root" / "ops")
+
+
+def preflight() -> None:
+    """Environment checks before anything is loaded (exit 1 when they fail)."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("scx-gpu load needs root (CAP_BPF and CAP_SYS_ADMIN)")
+    state, ops = sched_ext_state()
+    if state is None:
+        raise EnvironmentProblem(
+            f"this kernel ({os.uname().release}) has no sched_ext: run scx-gpu in the test VM "
+            "(`scx-gpu vm run -- scx-gpu load ...`) or on a kernel with CONFIG_SCHED_CLASS_EXT=y")
+    if state != "disabled":
+        raise EnvironmentProblem(
+            f"a sched_ext scheduler is already loaded ({ops or 'unknown'}, state {state}): "
+            "stop it first")
+    libbpf.require_version()
+
+
+def read_only_options(config: Config) -> ReadOnlyOptions:
+    return ReadOnlyOptions(
+        slice_ns=config.slice_us * 1000,
+        batch_slice_ns=config.batch_slice_us * 1000,
+        nr_cpus=os.cpu_count() or 1,
+        fair_only=config.policy == "fair",
+        gpu_preempts_normal=config.gpu_preempts_normal,
+        sched_idle_is_batch=config.sched_idle_batch,
+        detect_scope=intf.Scope[config.scope.upper()],
+    )
+
+
+def tunables(config: Config) -> intf.Tunables:
+    return intf.Tunables(batch_quota_pct=config.quota, batch_period_ns=config.period_ms * 10**6,
+                         floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6)
+
+
+def exit_message(info: intf.ExitInfo) -> str:
+    reason = info.reason.decode(errors="replace")
+    msg = info.msg.decode(errors="replace")
+    return f"scheduler exited (kind {info.kind}, code {info.exit_code:#x}): {reason}" + (
+        f": {msg}" if msg else "")
+
+
+class Loader:
+    def __init__(self, config: Config, emit: Callable[[str], None], quiet: bool = False,
+                 as_json: bool = False) -> None:
+        self.config = config
+        self.emit = emit
+        self.quiet = quiet
+        self.as_json = as_json
+        self.stop = threading.Event()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def run(self) -> int:
+        preflight()
+        tiers.check_members(self.config)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        while True:
+            outcome = self._run_once()
+            if outcome != RESTART:
+                return outcome
+            self.emit("scx-gpu: the kernel asked for a restart; loading again")
+
+    def _load(self) -> BpfScheduler:
+        sched = BpfScheduler()
+        try:
+            sched.set_rodata(read_only_options(self.config))
+            sched.load()
+            sched.write_tunables(tunables(self.config))
+            tiers.populate(sched, self.config, tiers.own_cgroups())
+            unpin()
+            sched.pin()
+            sched.attach()
+        except BaseException:
+            unpin()
+            sched.close()
+            raise
+        return sched
+
+    def _run_once(self) -> int:
+        sched = self._load()
+        detector = Detector(sched.attach_uprobe, sched.destroy_link,
+                            self.config.detect_window_ms / 1000,
+                            self.config.detect_period_ms / 1000)
+        try:
+            self._announce(sched)
+            info = self._loop(sched, detector)
+        finally:
+            detector.close()
+            unpin()
+            sched.close()
+            RUN_STATE.unlink(missing_ok=True)
+        if info is None:
+            self.emit("scx-gpu: detached")
+            return 0
+        self.emit(f"scx-gpu: {exit_message(info)}")
+        return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
+
+    def _announce(self, sched: BpfScheduler) -> None:
+        state, ops = sched_ext_state()
+        self.emit(f"scx-gpu: {ops} loaded (policy {self.config.policy}, state {state})")
+        RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
+        RUN_STATE.write_text(json.dumps({"pid": os.getpid(), "config": self.config.as_dict()}))
+
+    def _rescan(self, detector: Detector) -> None:
+        if self.config.policy == "fair":
+            return
+        found = libcuda.discover(self.config.cuda_libs)
+        for lib in detector.add_libraries([lib.path for lib in found]):
+            source = next(f.source for f in found if f.path == lib)
+            self.emit(f"scx-gpu: probing {lib} ({source})")
+
+    def _loop(self, sched: BpfScheduler, detector: Detector) -> intf.ExitInfo | None:
+        """Run until a signal (None) or the kernel ejects the scheduler (its exit info)."""
+        last_scan = last_stats = time.monotonic()
+        self._rescan(detector)
+        before = sched.read_stats()
+        while not self.stop.is_set():
+            info = sched.exit_info()
+            if info.kind != intf.EXIT_NONE:
+                return info
+            now = time.monotonic()
+            detector.tick(now)
+            if now - last_scan >= self.config.rescan_s:
+                self._rescan(detector)
+                last_scan = now
+            if now - last_stats >= self.config.stats_interval_s:
+                current = sched.read_stats()
+                self._print_stats(sched, stats.diff(current, before), now - last_stats, detector)
+                before, last_stats = current, now
+            self.stop.wait(POLL_S)
+        return None
+
+    def _print_stats(self, sched: BpfScheduler, delta: intf.Stats, interval: float,
+                     detector: Detector) -> None:
+        if self.quiet:
+            return
+        quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
+        summary = stats.Summary(interval, delta, quota.batch_quota_pct if quota else -1,
+                                detector.duty_cycle())
+        self.emit(json.dumps(summary.as_dict()) if self.as_json else summary.line())
+
+
+def pinned_tunables() -> tuple[int, intf.Tunables]:
+    """(fd, value) of the running scheduler's tunables; the caller closes fd."""
+    fd = maps.open_pinned(str(PIN_DIR / "tunables"))
+    value = maps.lookup(fd, c_uint32(0), intf.Tunables)
+    if value is None:
+        maps.close(fd)
+        raise ScxGpuError("the scheduler's tunables map is empty")
+    return fd, value

@@ -1,0 +1,151 @@
+"""The scx_gpu BPF object: open, set options, load, attach, read and write maps."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import c_char, c_uint32, c_uint64
+from dataclasses import dataclass
+from pathlib import Path
+
+from scx_gpu.bpf import object_path
+from scx_gpu.controlplane import intf, libbpf, maps
+
+OBJECT = "scx_gpu.bpf.o"
+STRUCT_OPS_MAP = "gpu_ops"
+DETECT_PROG = "detect_launch"
+PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
+PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms", "gpu_tags")
+_CTYPE_BY_SIZE = {1: ctypes.c_uint8, 4: c_uint32, 8: c_uint64}
+ZERO = c_uint32(0)
+
+
+@dataclass(frozen=True)
+class ReadOnlyOptions:
+    """Values baked into .rodata before load."""
+
+    slice_ns: int
+    batch_slice_ns: int
+    nr_cpus: int
+    fair_only: bool
+    gpu_preempts_normal: bool
+    sched_idle_is_batch: bool
+    detect_scope: int
+
+
+class BpfScheduler:
+    """One opened (and later loaded and attached) copy of the scheduler object."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._lib = libbpf.lib()
+        self.path = path or object_path(OBJECT)
+        self.obj = libbpf.check_ptr(self._lib.bpf_object__open_file(str(self.path).encode(), None),
+                                    f"open {self.path}")
+        self.ops_link: int | None = None
+        self.ncpus = libbpf.num_possible_cpus()
+
+    def _map(self, name: str) -> int:
+        return libbpf.check_ptr(self._lib.bpf_object__find_map_by_name(self.obj, name.encode()),
+                                f"map {name}")
+
+    def map_fd(self, name: str) -> int:
+        return libbpf.check(self._lib.bpf_map__fd(self._map(name)), f"fd of map {name}")
+
+    def _section_vars(self, section: str) -> dict[str, tuple[int, int]]:
+        btf = libbpf.check_ptr(self._lib.bpf_object__btf(self.obj), "object BTF")
+        return {name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
+
+    def set_rodata(self, options: ReadOnlyOptions) -> None:
+        """Write the read-only options into .rodata (before load)."""
+        size = ctypes.c_size_t()
+        base = libbpf.check_ptr(self._lib.bpf_map__initial_value(self._map(".rodata"),
+                                                                 ctypes.byref(size)), ".rodata")
+        layout = self._section_vars(".rodata")
+        for name, value in vars(options).items():
+            offset, width = layout[name]
+            _CTYPE_BY_SIZE[width].from_address(base + offset).value = int(value)
+
+    def load(self) -> None:
+        libbpf.check(self._lib.bpf_object__load(self.obj), f"load {self.path.name}")
+
+    def attach(self) -> None:
+        """Register the struct_ops: from here on sched_ext runs our scheduler."""
+        self.ops_link = libbpf.check_ptr(
+            self._lib.bpf_map__attach_struct_ops(self._map(STRUCT_OPS_MAP)),
+            "attach the scx_gpu struct_ops (is another sched_ext scheduler loaded?)")
+
+    def attach_uprobe(self, binary: Path, symbol: str) -> int:
+        """Attach the launch detector to symbol in binary; returns the link."""
+        prog = libbpf.check_ptr(
+            self._lib.bpf_object__find_program_by_name(self.obj, DETECT_PROG.encode()),
+            DETECT_PROG)
+        opts = libbpf.BpfUprobeOpts(sz=ctypes.sizeof(libbpf.BpfUprobeOpts),
+                                    func_name=symbol.encode())
+        return libbpf.check_ptr(
+            self._lib.bpf_program__attach_uprobe_opts(prog, -1, str(binary).encode(), 0,
+                                                      ctypes.byref(opts)),
+            f"uprobe {binary}:{symbol}")
+
+    def destroy_link(self, link: int) -> None:
+        self._lib.bpf_link__destroy(link)
+
+    def write_tunables(self, tunables: intf.Tunables) -> None:
+        maps.update(self.map_fd("tunables"), ZERO, tunables)
+
+    def read_stats(self) -> intf.Stats:
+        return sum_stats(maps.lookup_percpu(self.map_fd("stats"), ZERO, intf.Stats, self.ncpus))
+
+    def exit_info(self) -> intf.ExitInfo:
+        """The kernel's exit record as the scheduler's exit callback copied it."""
+        bss = self._map(".bss")
+        value = ctypes.create_string_buffer(self._lib.bpf_map__value_size(bss))
+        libbpf.check(self._lib.bpf_map_lookup_elem(self._lib.bpf_map__fd(bss), ctypes.byref(ZERO),
+                                                   value), "read .bss")
+        offset, _ = self._section_vars(".bss")["exit_info"]
+        return intf.ExitInfo.from_buffer_copy(value.raw, offset)
+
+    def set_tier(self, map_name: str, key: ctypes._CData, tier: intf.Tier) -> None:
+        maps.update(self.map_fd(map_name), key, c_uint32(tier))
+
+    def pin(self, directory: Path = PIN_DIR) -> None:
+        """Pin the maps `status` and `quota` use, readable by root only."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in PINNED_MAPS:
+            path = directory / name
+            path.unlink(missing_ok=True)
+            libbpf.check(self._lib.bpf_map__pin(self._map(name), str(path).encode()),
+                         f"pin {name}")
+            os.chmod(path, 0o600)
+
+    def close(self) -> None:
+        """Detach everything and free the object (the kernel unregisters the scheduler)."""
+        if self.ops_link:
+            self._lib.bpf_link__destroy(self.ops_link)
+            self.ops_link = None
+        if self.obj:
+            self._lib.bpf_object__close(self.obj)
+            self.obj = 0
+
+
+def sum_stats(per_cpu: list[intf.Stats]) -> intf.Stats:
+    """Add up per-CPU counters field by field."""
+    total = intf.Stats()
+    words = (c_uint64 * (ctypes.sizeof(total) // 8)).from_buffer(total)
+    for one in per_cpu:
+        for i, v in enumerate((c_uint64 * len(words)).from_buffer_copy(one)):
+            words[i] += v
+    return total
+
+
+def comm_key(comm: str) -> ctypes.Array[c_char]:
+    key = (c_char * intf.COMM_LEN)()
+    key.value = comm.encode()[: intf.COMM_LEN - 1]
+    return key
+
+
+def unpin(directory: Path = PIN_DIR) -> None:
+    for name in PINNED_MAPS:
+        (directory / name).unlink(missing_ok=True)
+    if directory.is_dir():
+        directory.rmdir()
+

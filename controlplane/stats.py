@@ -1,0 +1,76 @@
+"""Turn the scheduler's counters into the numbers users read."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from scx_gpu.controlplane.intf import NR_TIERS, WAIT_BUCKETS, Stats, Tier
+
+
+def diff(now: Stats, before: Stats) -> Stats:
+    """Counters accumulated between two snapshots."""
+    out = Stats()
+    for t in range(NR_TIERS):
+        a, b, o = now.tier[t], before.tier[t], out.tier[t]
+        o.runtime_ns, o.runs = a.runtime_ns - b.runtime_ns, a.runs - b.runs
+        o.preemptions = a.preemptions - b.preemptions
+        for i in range(WAIT_BUCKETS):
+            o.wait_hist[i] = a.wait_hist[i] - b.wait_hist[i]
+    out.batch_throttled_ns = now.batch_throttled_ns - before.batch_throttled_ns
+    out.floor_dispatches = now.floor_dispatches - before.floor_dispatches
+    out.detector_hits = now.detector_hits - before.detector_hits
+    return out
+
+
+def wait_percentile_ns(hist: list[int], q: float) -> int:
+    """Upper bound of the log2 bucket holding quantile q (0 if empty)."""
+    total = sum(hist)
+    if not total:
+        return 0
+    seen = 0
+    for bucket, count in enumerate(hist):
+        seen += count
+        if seen >= q * total:
+            return 2 << bucket
+    return 2 << (len(hist) - 1)
+
+
+@dataclass
+class Summary:
+    interval_s: float
+    stats: Stats
+    quota_pct: int
+    duty_cycle: float
+
+    def as_dict(self) -> dict[str, Any]:
+        tiers = {}
+        for tier in Tier:
+            ts = self.stats.tier[tier]
+            hist = list(ts.wait_hist)
+            tiers[tier.name.lower()] = {
+                "cpu_pct": 100.0 * ts.runtime_ns / 1e9 / self.interval_s if self.interval_s else 0,
+                "runs": ts.runs,
+                "preemptions": ts.preemptions,
+                "wait_p50_us": wait_percentile_ns(hist, 0.50) / 1000,
+                "wait_p99_us": wait_percentile_ns(hist, 0.99) / 1000,
+                "wait_hist": hist,
+            }
+        return {
+            "interval_s": self.interval_s,
+            "tiers": tiers,
+            "batch_quota_pct": self.quota_pct,
+            "batch_throttled_ms": self.stats.batch_throttled_ns / 1e6,
+            "floor_dispatches": self.stats.floor_dispatches,
+            "detector_hits": self.stats.detector_hits,
+            "detector_duty_pct": 100.0 * self.duty_cycle,
+        }
+
+    def line(self) -> str:
+        d = self.as_dict()
+        parts = [
+            f"{name}: cpu {t['cpu_pct']:5.1f}% runs {t['runs']:6d} "
+            f"wait p99 {t['wait_p99_us']:8.0f}us"
+            for name, t in d["tiers"].items()
+        ]
+        return (" | ".join(parts) + f" | quota {d['batch_quota_pct']}% throttled "
+                f"{d['batch_throttled_ms']:.0f}ms floor {d['floor_dispatches']} "
+                f"hits {d['detector_hits']} duty {d['detector_duty_pct']:.0f}%")

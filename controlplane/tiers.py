@@ -1,0 +1,79 @@
+"""Tier membership besides detection: cgroups, comms, pids; `scx-gpu run`."""
+
+import os
+from ctypes import c_uint32, c_uint64
+from pathlib import Path
+
+from scx_gpu.config import Config, TierMembers
+from scx_gpu.controlplane.intf import Tier
+from scx_gpu.controlplane.scheduler import BpfScheduler, comm_key
+from scx_gpu.errors import EnvironmentProblem, UsageError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Cgroups the control plane owns: `scx-gpu run --tier T` puts commands there.
+OWN_ROOT = CGROUP_ROOT / "scx-gpu"
+RUN_TIERS = {"gpu": Tier.GPU, "batch": Tier.BATCH}
+
+
+def cgroup_path(spec: str) -> Path:
+    """A cgroup v2 path given absolute or relative to the cgroup root."""
+    path = Path(spec)
+    return path if path.is_relative_to(CGROUP_ROOT) else CGROUP_ROOT / spec.lstrip("/")
+
+
+def cgroup_id(path: Path) -> int:
+    """The kernel's cgroup id: the kernfs node id, which is the inode number."""
+    if not (path / "cgroup.procs").is_file():
+        raise UsageError(f"cgroup {path} does not exist (or is not a cgroup v2 directory)")
+    return path.stat().st_ino
+
+
+def own_cgroups() -> dict[Tier, Path]:
+    """Create (if needed) the cgroups `scx-gpu run` uses."""
+    if not (CGROUP_ROOT / "cgroup.controllers").is_file():
+        raise EnvironmentProblem(f"{CGROUP_ROOT} is not a cgroup v2 mount")
+    made = {}
+    for name, tier in RUN_TIERS.items():
+        path = OWN_ROOT / name
+        path.mkdir(parents=True, exist_ok=True)
+        made[tier] = path
+    return made
+
+
+def check_members(config: Config) -> None:
+    """Fail early (bad input) on members that cannot be resolved."""
+    for members in (config.gpu, config.batch):
+        for spec in members.cgroups:
+            cgroup_id(cgroup_path(spec))
+
+
+def populate(sched: BpfScheduler, config: Config, own: dict[Tier, Path]) -> None:
+    """Write every explicit member into the scheduler's tier maps."""
+    for tier, members in ((Tier.GPU, config.gpu), (Tier.BATCH, config.batch)):
+        _populate_tier(sched, tier, members)
+    for tier, path in own.items():
+        sched.set_tier("tier_cgroups", c_uint64(cgroup_id(path)), tier)
+
+
+def _populate_tier(sched: BpfScheduler, tier: Tier, members: TierMembers) -> None:
+    for spec in members.cgroups:
+        sched.set_tier("tier_cgroups", c_uint64(cgroup_id(cgroup_path(spec))), tier)
+    for comm in members.comms:
+        sched.set_tier("tier_comms", comm_key(comm), tier)
+    for pid in members.pids:
+        sched.set_tier("tier_pids", c_uint32(pid), tier)
+
+
+def exec_in_tier(tier: str, cmd: list[str]) -> None:
+    """Move this process into the tier's cgroup and exec cmd (never returns)."""
+    procs = OWN_ROOT / tier / "cgroup.procs"
+    if not procs.is_file():
+        raise EnvironmentProblem(f"{procs.parent} is missing: start `scx-gpu load` first")
+    try:
+        procs.write_text(f"{os.getpid()}\n")
+    except PermissionError as exc:
+        raise EnvironmentProblem(f"cannot join {procs.parent}: run as root") from exc
+    try:
+        os.execvp(cmd[0], cmd)
+    except FileNotFoundError as exc:
+        raise UsageError(f"command not found: {cmd[0]}") from exc

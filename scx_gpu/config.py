@@ -1,0 +1,99 @@
+"""The scheduler's configuration: defaults < TOML file < command-line flags."""
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from scx_gpu.errors import UsageError
+
+POLICIES = ("gpu-first", "fair")
+SCOPES = ("thread", "process")
+
+
+@dataclass
+class TierMembers:
+    """Explicit members of a tier, besides detection."""
+
+    cgroups: list[str] = field(default_factory=list)  # cgroup v2 paths (subtrees included)
+    comms: list[str] = field(default_factory=list)    # exact task names (15 chars max)
+    pids: list[int] = field(default_factory=list)     # thread or process ids
+
+
+@dataclass
+class Config:
+    policy: str = "gpu-first"
+    quota: int = 50                  # batch share of all CPUs per period, %
+    period_ms: int = 100             # batch quota period
+    floor_ms: int = 1000             # longest wait of a normal or batch task
+    gpu_ttl_ms: int = 3000           # a launch keeps its thread in the gpu tier this long
+    slice_us: int = 5000
+    batch_slice_us: int = 2000
+    scope: str = "thread"            # tag the launching thread or its whole process
+    gpu_preempts_normal: bool = True
+    sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
+    detect_window_ms: int = 200      # launch probes attached this long ...
+    detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
+    rescan_s: float = 10.0           # look for new libcuda files this often
+    cuda_libs: list[str] = field(default_factory=list)
+    stats_interval_s: float = 1.0
+    gpu: TierMembers = field(default_factory=TierMembers)
+    batch: TierMembers = field(default_factory=TierMembers)
+
+    def validate(self) -> "Config":
+        if self.policy not in POLICIES:
+            raise UsageError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.scope not in SCOPES:
+            raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if not 0 <= self.quota <= 100:
+            raise UsageError(f"quota {self.quota} is outside 0-100 (percent of all CPUs)")
+        for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "batch_slice_us",
+                     "detect_window_ms", "detect_period_ms"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.detect_window_ms > self.detect_period_ms:
+            raise UsageError("detect_window_ms must not exceed detect_period_ms")
+        for tier in (self.gpu, self.batch):
+            for comm in tier.comms:
+                if not 0 < len(comm) < 16:
+                    raise UsageError(f"comm {comm!r} must be 1-15 characters (the kernel's limit)")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _members(raw: Any, where: str) -> TierMembers:
+    if not isinstance(raw, dict) or set(raw) - {"cgroups", "comms", "pids"}:
+        raise UsageError(f"[{where}] takes only cgroups, comms and pids")
+    return TierMembers(cgroups=[str(c) for c in raw.get("cgroups", [])],
+                       comms=[str(c) for c in raw.get("comms", [])],
+                       pids=[int(p) for p in raw.get("pids", [])])
+
+
+def from_toml(path: Path) -> dict[str, Any]:
+    """The settings in a TOML file, checked against Config's fields."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config {path}: malformed TOML: {exc}") from exc
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UsageError(f"config {path}: unknown settings {', '.join(unknown)}")
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        settings[key] = _members(value, key) if key in ("gpu", "batch") else value
+    return settings
+
+
+def build(path: Path | None, flags: dict[str, Any]) -> Config:
+    """Defaults, then the file, then flags that were given (not None)."""
+    settings = from_toml(path) if path else {}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return Config(**settings).validate()
+    except TypeError as exc:
+        raise UsageError(f"bad configuration: {exc}") from exc

@@ -1,0 +1,77 @@
+"""`scx-gpu status`: what sched_ext runs now and what scx-gpu's tiers are doing."""
+
+import json
+import time
+from ctypes import c_uint32, c_uint64
+from typing import Any
+
+from scx_gpu.controlplane import intf, libbpf, maps, stats
+from scx_gpu.controlplane.loader import RUN_STATE, sched_ext_state
+from scx_gpu.controlplane.scheduler import PIN_DIR, sum_stats
+from scx_gpu.errors import ScxGpuError
+
+
+def _live_gpu_tags(ttl_ns: int) -> int:
+    fd = maps.open_pinned(str(PIN_DIR / "gpu_tags"))
+    try:
+        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+        seen = (maps.lookup(fd, key, c_uint64) for key in maps.keys(fd, c_uint32))
+        return sum(1 for ts in seen if ts is not None and now - ts.value < ttl_ns)
+    finally:
+        maps.close(fd)
+
+
+def _scheduler_report() -> dict[str, Any]:
+    fd = maps.open_pinned(str(PIN_DIR / "stats"))
+    try:
+        total = sum_stats(maps.lookup_percpu(fd, c_uint32(0), intf.Stats,
+                                             libbpf.num_possible_cpus()))
+    finally:
+        maps.close(fd)
+    fd = maps.open_pinned(str(PIN_DIR / "tunables"))
+    try:
+        tun = maps.lookup(fd, c_uint32(0), intf.Tunables) or intf.Tunables()
+    finally:
+        maps.close(fd)
+    totals = stats.Summary(0, total, tun.batch_quota_pct, 0).as_dict()
+    owner = json.loads(RUN_STATE.read_text()) if RUN_STATE.is_file() else {}
+    return {
+        "loader_pid": owner.get("pid"),
+        "policy": owner.get("config", {}).get("policy"),
+        "batch_quota_pct": tun.batch_quota_pct,
+        "batch_period_ms": tun.batch_period_ns / 1e6,
+        "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
+        "live_gpu_tagged": _live_gpu_tags(tun.gpu_ttl_ns),
+        "totals": {k: v for k, v in totals.items() if k not in ("interval_s", "detector_duty_pct")},
+    }
+
+
+def collect() -> dict[str, Any]:
+    state, ops = sched_ext_state()
+    report: dict[str, Any] = {"sched_ext": state is not None, "state": state, "ops": ops}
+    if ops == "scx_gpu" and (PIN_DIR / "stats").exists():
+        try:
+            report["scx_gpu"] = _scheduler_report()
+        except ScxGpuError as exc:
+            report["error"] = str(exc)
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    if not report["sched_ext"]:
+        return "sched_ext: not in this kernel"
+    lines = [f"sched_ext: {report['state']}" + (f", scheduler {report['ops']}"
+                                                if report["ops"] else "")]
+    ours = report.get("scx_gpu")
+    if ours is None:
+        return "\n".join([*lines, "scx-gpu: not running"])
+    lines.append(f"scx-gpu: policy {ours['policy']}, loader pid {ours['loader_pid']}, "
+                 f"batch quota {ours['batch_quota_pct']}% per {ours['batch_period_ms']:g} ms, "
+                 f"{ours['live_gpu_tagged']} gpu-tagged thread(s) live")
+    for name, t in ours["totals"]["tiers"].items():
+        lines.append(f"  {name:6s} runs {t['runs']:8d}  preemptions {t['preemptions']:6d}  "
+                     f"wait p50 {t['wait_p50_us']:8.0f}us p99 {t['wait_p99_us']:8.0f}us")
+    tot = ours["totals"]
+    lines.append(f"  batch throttled {tot['batch_throttled_ms']:.0f} ms, floor dispatches "
+                 f"{tot['floor_dispatches']}, detector hits {tot['detector_hits']}")
+    return "\n".join(lines)
