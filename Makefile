@@ -13,10 +13,13 @@ BPF_HDR := $(wildcard sched/bpf/*.h tracer/*.h)
 BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 	-fms-extensions -Wno-microsoft-anon-tag -Isched/bpf -Itracer
 SETUP_STAMP := $(VENV)/.setup-stamp
+WL      := scx_gpu/workloads
+PROGRAMS := $(WL)/bin/launcher $(WL)/bin/libcuda.so.1
+CFLAGS  ?= -O2 -g -Wall -Wextra -Werror
 
 vpath %.bpf.c sched/bpf tracer
 
-.PHONY: setup bpf vmlinux-h lint test test-host demo wheel clean
+.PHONY: setup bpf programs build vmlinux-h lint test test-host demo wheel clean
 
 setup: $(SETUP_STAMP)
 
@@ -33,6 +36,19 @@ $(BPF_OUT)/%.bpf.o: %.bpf.c $(BPF_HDR) | $(SETUP_STAMP)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
 
+# The synthetic workload: a launcher and a stub CUDA driver (no GPU needed).
+programs: $(PROGRAMS)
+
+$(WL)/bin/libcuda.so.1: $(WL)/cuda_stub.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -fPIC -Wl,-soname,libcuda.so.1 -o $@ $<
+
+$(WL)/bin/launcher: $(WL)/launcher.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -pthread -o $@ $< -ldl
+
+build: bpf programs
+
 # Regenerate sched/bpf/vmlinux.h from the test kernel's BTF (committed).
 vmlinux-h: setup
 	$(BIN)/scx-gpu vm kernel --vmlinux-h sched/bpf/vmlinux.h
@@ -41,18 +57,18 @@ lint: setup
 	$(BIN)/ruff check scx_gpu/*.py scx_gpu/bpf scx_gpu/vm controlplane tracer tests
 	$(BIN)/mypy
 
-test: setup bpf lint
+test: setup build lint
 	$(BIN)/pytest
 
 # The quick loop: everything that needs no VM.
-test-host: setup bpf
+test-host: setup build
 	$(BIN)/pytest -m "not vm"
 
-demo: setup bpf
+demo: setup build
 	$(BIN)/scx-gpu vm run -- scx-gpu doctor
 
-wheel: setup bpf
+wheel: setup build
 	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist .
 
 clean:
-	rm -rf $(BPF_OUT)/*.bpf.o dist build *.egg-info
+	rm -rf $(BPF_OUT)/*.bpf.o $(WL)/bin dist build *.egg-info

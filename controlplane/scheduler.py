@@ -43,6 +43,7 @@ class BpfScheduler:
                                     f"open {self.path}")
         self.ops_link: int | None = None
         self.ncpus = libbpf.num_possible_cpus()
+        self._layouts: dict[str, dict[str, tuple[int, int]]] = {}
 
     def _map(self, name: str) -> int:
         return libbpf.check_ptr(self._lib.bpf_object__find_map_by_name(self.obj, name.encode()),
@@ -52,8 +53,12 @@ class BpfScheduler:
         return libbpf.check(self._lib.bpf_map__fd(self._map(name)), f"fd of map {name}")
 
     def _section_vars(self, section: str) -> dict[str, tuple[int, int]]:
-        btf = libbpf.check_ptr(self._lib.bpf_object__btf(self.obj), "object BTF")
-        return {name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
+        """name -> (offset, size) of the variables in a data section, from BTF."""
+        if section not in self._layouts:
+            btf = libbpf.check_ptr(self._lib.bpf_object__btf(self.obj), "object BTF")
+            self._layouts[section] = {
+                name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
+        return self._layouts[section]
 
     def set_rodata(self, options: ReadOnlyOptions) -> None:
         """Write the read-only options into .rodata (before load)."""

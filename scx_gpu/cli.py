@@ -122,6 +122,7 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [200]")
 @click.option("--detect-period-ms", type=int, help="... once per this period [1000].")
 @click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")
+@click.option("--rescan-s", type=float, help="Look for new libcuda files this often [10].")
 @click.option("--batch-cgroup", multiple=True, help="cgroup v2 path whose tasks are batch.")
 @click.option("--batch-comm", multiple=True, help="Task name (exact) that is batch.")
 @click.option("--batch-pid", type=int, multiple=True, help="Thread/process id that is batch.")

@@ -11,12 +11,17 @@ from scx_gpu.controlplane.scheduler import PIN_DIR, sum_stats
 from scx_gpu.errors import ScxGpuError
 
 
-def _live_gpu_tags(ttl_ns: int) -> int:
+def _live_gpu_tags(ttl_ns: int) -> list[int]:
+    """Thread (or process) ids whose last launch is younger than the ttl."""
     fd = maps.open_pinned(str(PIN_DIR / "gpu_tags"))
     try:
         now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
-        seen = (maps.lookup(fd, key, c_uint64) for key in maps.keys(fd, c_uint32))
-        return sum(1 for ts in seen if ts is not None and now - ts.value < ttl_ns)
+        live = []
+        for key in list(maps.keys(fd, c_uint32)):
+            seen = maps.lookup(fd, key, c_uint64)
+            if seen is not None and now - seen.value < ttl_ns:
+                live.append(key.value)
+        return sorted(live)
     finally:
         maps.close(fd)
 
@@ -41,7 +46,7 @@ def _scheduler_report() -> dict[str, Any]:
         "batch_quota_pct": tun.batch_quota_pct,
         "batch_period_ms": tun.batch_period_ns / 1e6,
         "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
-        "live_gpu_tagged": _live_gpu_tags(tun.gpu_ttl_ns),
+        "gpu_tagged_ids": _live_gpu_tags(tun.gpu_ttl_ns),
         "totals": {k: v for k, v in totals.items() if k not in ("interval_s", "detector_duty_pct")},
     }
 
@@ -67,7 +72,7 @@ def render(report: dict[str, Any]) -> str:
         return "\n".join([*lines, "scx-gpu: not running"])
     lines.append(f"scx-gpu: policy {ours['policy']}, loader pid {ours['loader_pid']}, "
                  f"batch quota {ours['batch_quota_pct']}% per {ours['batch_period_ms']:g} ms, "
-                 f"{ours['live_gpu_tagged']} gpu-tagged thread(s) live")
+                 f"{len(ours['gpu_tagged_ids'])} gpu-tagged thread(s) live")
     for name, t in ours["totals"]["tiers"].items():
         lines.append(f"  {name:6s} runs {t['runs']:8d}  preemptions {t['preemptions']:6d}  "
                      f"wait p50 {t['wait_p50_us']:8.0f}us p99 {t['wait_p99_us']:8.0f}us")

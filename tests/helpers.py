@@ -3,17 +3,42 @@
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 REPO_BPF_SOURCES = ("sched/bpf", "tracer")
 
 
+TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
+
+
 def scx_gpu(*args: str, timeout: float = 900, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
-    """Run the scx-gpu CLI in a subprocess, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "scx_gpu", *args], capture_output=True,
+    """Run the scx-gpu CLI in a subprocess, capturing its output.
+
+    Every process it starts inherits a fresh token in its environment, so
+    leftovers(proc) can tell whether any of them outlived it.
+    """
+    token = uuid.uuid4().hex
+    proc = subprocess.run([sys.executable, "-m", "scx_gpu", *args], capture_output=True,
                           text=True, timeout=timeout, check=False,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {}), TOKEN_VAR: token})
+    proc.token = token  # type: ignore[attr-defined]
+    return proc
+
+
+def leftovers(proc: subprocess.CompletedProcess[str]) -> list[int]:
+    """Pids of processes started by that scx-gpu run that are still alive."""
+    needle = f"{TOKEN_VAR}={proc.token}".encode()  # type: ignore[attr-defined]
+    alive = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes():
+                alive.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return alive
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int,

@@ -1,10 +1,8 @@
-import subprocess
-
 import pytest
 
 from scx_gpu import __version__
 from scx_gpu.cli import cli
-from tests.helpers import assert_one_line_error, scx_gpu
+from tests.helpers import assert_one_line_error, leftovers, scx_gpu
 
 
 def _command_paths(group=cli, prefix=()):
@@ -59,4 +57,4 @@ def test_vm_run_rejects_a_kernel_without_sched_ext(tmp_path):
     kernel.write_bytes(bytes(image))
     proc = scx_gpu("vm", "run", "--kernel", str(kernel), "--", "true")
     assert_one_line_error(proc, 2, ["no sched_ext"])
-    assert subprocess.run(["pgrep", "-f", str(kernel)], check=False).returncode == 1
+    assert not leftovers(proc)

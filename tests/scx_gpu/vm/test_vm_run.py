@@ -1,24 +1,19 @@
 """`scx-gpu vm run` driven from the host: each test boots the VM."""
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import scx_gpu
+from tests.helpers import leftovers, scx_gpu
 
 pytestmark = [pytest.mark.vm(host=True), pytest.mark.root]
 
 
-def no_qemu_left() -> bool:
-    return subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], check=False).returncode == 1
-
-
 def test_exit_status_true_false_and_code():
-    assert scx_gpu("vm", "run", "--", "true").returncode == 0
-    assert scx_gpu("vm", "run", "--", "false").returncode == 1
-    assert scx_gpu("vm", "run", "--", "sh", "-c", "exit 7").returncode == 7
-    assert no_qemu_left()
+    for cmd, code in ((["true"], 0), (["false"], 1), (["sh", "-c", "exit 7"], 7)):
+        proc = scx_gpu("vm", "run", "--", *cmd)
+        assert proc.returncode == code, proc.stderr
+        assert not leftovers(proc)
 
 
 def test_sees_sched_ext_and_streams_output_and_says_how_it_ran():
@@ -35,7 +30,7 @@ def test_timeout_stops_the_vm_with_a_message():
     proc = scx_gpu("vm", "run", "--timeout", "5", "--", "sleep", "60", timeout=120)
     assert proc.returncode == 124
     assert "timed out after 5s" in proc.stderr
-    assert no_qemu_left()
+    assert not leftovers(proc)
 
 
 def test_copy_and_out(tmp_path: Path):

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A stand-in for the CUDA driver (libcuda.so.1) on machines without a GPU:
+ * it exports the driver's launch family with the real signatures, so the
+ * scheduler's detector and the tracer probe it exactly as they would probe
+ * the real library. Launches return at once; synchronisation sleeps for
+ * the time the caller says the "GPU" takes (SCX_GPU_STUB_SYNC_US).
+ */
+#include <stdlib.h>
+#include <time.h>
+
+typedef int CUresult;
+typedef void *CUfunction, *CUstream, *CUgraphExec;
+typedef struct CUlaunchConfig_st {
+	unsigned int gridDimX, gridDimY, gridDimZ;
+	unsigned int blockDimX, blockDimY, blockDimZ;
+	unsigned int sharedMemBytes;
+	CUstream hStream;
+	void *attrs;
+	unsigned int numAttrs;
+} CUlaunchConfig;
+
+#define CUDA_SUCCESS 0
+#define EXPORT __attribute__((visibility("default"), noinline))
+
+/* Volatile sink so that no call can be optimised into nothing. */
+static volatile unsigned long launches;
+
+static void sleep_us(long us)
+{
+	struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
+
+	if (us > 0)
+		nanosleep(&ts, NULL);
+}
+
+EXPORT CUresult cuInit(unsigned int flags) { (void)flags; return CUDA_SUCCESS; }
+EXPORT CUresult cuDriverGetVersion(int *v) { *v = 13000; return CUDA_SUCCESS; }
+
+EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+			       unsigned int bx, unsigned int by, unsigned int bz,
+			       unsigned int shmem, CUstream stream, void **params, void **extra)
+{
+	(void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz;
+	(void)shmem; (void)stream; (void)params; (void)extra;
+	launches++;
+	return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
+				    unsigned int gz, unsigned int bx, unsigned int by,
+				    unsigned int bz, unsigned int shmem, CUstream stream,
+				    void **params, void **extra)
+{
+	return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra);
+}
+
+EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params,
+				 void **extra)
+{
+	(void)config; (void)f; (void)params; (void)extra;
+	launches++;
+	return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f,
+				      void **params, void **extra)
+{
+	return cuLaunchKernelEx(config, f, params, extra);
+}
+
+EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy,
+					  unsigned int gz, unsigned int bx, unsigned int by,
+					  unsigned int bz, unsigned int shmem, CUstream stream,
+					  void **params)
+{
+	return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, stream, params, NULL);
+}
+
+EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
+					       unsigned int gz, unsigned int bx, unsigned int by,
+					       unsigned int bz, unsigned int shmem,
+					       CUstream stream, void **params)
+{
+	return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, stream, params, NULL);
+}
+
+EXPORT CUresult cuGraphLaunch(CUgraphExec graph, CUstream stream)
+{
+	(void)graph; (void)stream;
+	launches++;
+	return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec graph, CUstream stream)
+{
+	return cuGraphLaunch(graph, stream);
+}
+
+static long sync_us(void)
+{
+	const char *v = getenv("SCX_GPU_STUB_SYNC_US");
+
+	return v ? atol(v) : 0;
+}
+
+EXPORT CUresult cuStreamSynchronize(CUstream stream) { (void)stream; sleep_us(sync_us()); return CUDA_SUCCESS; }
+EXPORT CUresult cuCtxSynchronize(void) { sleep_us(sync_us()); return CUDA_SUCCESS; }

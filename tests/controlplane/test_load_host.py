@@ -1,0 +1,55 @@
+"""`scx-gpu load` and friends on the host kernel (no sched_ext there)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_one_line_error, scx_gpu
+
+HAS_SCX = Path("/sys/kernel/sched_ext/state").exists()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(HAS_SCX, reason="this host has sched_ext: covered by the VM tests")
+def test_load_refuses_on_a_kernel_without_sched_ext():
+    assert_one_line_error(scx_gpu("load"), 1, ["has no sched_ext", "scx-gpu vm"])
+
+
+def test_unknown_policy_lists_the_valid_ones():
+    assert_one_line_error(scx_gpu("load", "--policy", "turbo"), 2, ["gpu-first, fair"])
+
+
+def test_malformed_toml(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("policy = 'gpu-first\n")
+    assert_one_line_error(scx_gpu("load", "--config", str(bad)), 2, ["malformed TOML"])
+
+
+def test_unknown_setting(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("quotaa = 10\n")
+    assert_one_line_error(scx_gpu("load", "--config", str(bad)), 2, ["unknown settings quotaa"])
+
+
+@pytest.mark.parametrize("quota", ["-1", "101"])
+def test_quota_out_of_range(quota):
+    assert_one_line_error(scx_gpu("load", "--quota", quota), 2, ["outside 0-100"])
+    assert_one_line_error(scx_gpu("quota", "set", "--", quota), 2, ["outside 0-100"])
+
+
+def test_print_config_flags_win_over_file(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("quota = 20\nfloor_ms = 700\n[batch]\ncomms = ['make']\n")
+    proc = scx_gpu("load", "--config", str(cfg), "--quota", "40", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    effective = json.loads(proc.stdout)
+    assert effective["quota"] == 40 and effective["floor_ms"] == 700
+    assert effective["batch"]["comms"] == ["make"]
+    assert effective["policy"] == "gpu-first"
+
+
+def test_quota_get_without_a_running_scheduler():
+    proc = scx_gpu("quota", "get")
+    assert proc.returncode == 1
+    assert "is `scx-gpu load` running?" in proc.stderr

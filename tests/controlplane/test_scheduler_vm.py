@@ -1,0 +1,139 @@
+"""The gpu-first scheduler in a real sched_ext kernel (bodies run in the VM).
+
+Timing under emulation is coarse, so these assert large effects only.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane import scenario as sc
+from tests.helpers import assert_one_line_error, scx_gpu
+
+pytestmark = pytest.mark.vm
+NPROC = os.cpu_count() or 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_loads_and_detaches_on_signal(sig):
+    proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    sc.wait_for(sc.enabled, 60, "state enabled, ops scx_gpu")
+    proc.send_signal(sig)
+    took = sc.wait_for(sc.disabled, 2.0, "state disabled within 2 s")
+    proc.wait(timeout=10)
+    assert took <= 2.0
+    assert subprocess.run(["true"], timeout=5).returncode == 0  # still responsive
+    assert sc.status()["ops"] is None
+
+
+def test_detection_tags_the_launching_thread_only_then_expires():
+    with sc.loaded("--gpu-ttl-ms", "2000", "--detect-window-ms", "200",
+                   "--detect-period-ms", "1000"):
+        proc = subprocess.Popen([str(sc.LAUNCHER), "--cuda-lib", str(sc.STUB_LIBCUDA),
+                                 "--api", "ex", "--duration", "3", "--linger", "6",
+                                 "--work-us", "100"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # at least one detector window has passed
+        tids = sorted(int(t.name) for t in Path(f"/proc/{proc.pid}/task").iterdir())
+        assert len(tids) == 2 and tids[0] == proc.pid, tids
+        tagged = sc.status()["scx_gpu"]["gpu_tagged_ids"]
+        assert tids[1] in tagged, (tids, tagged)      # the launching thread
+        assert proc.pid not in tagged, (tids, tagged)  # not its sibling (main)
+        # Launching stops at 3 s; the tag must be gone 2 s (gpu_ttl) later.
+        sc.wait_for(lambda: tids[1] not in sc.status()["scx_gpu"]["gpu_tagged_ids"], 8,
+                    "the tag to expire")
+        assert proc.poll() is None, "expired while the thread was still lingering"
+        proc.wait(timeout=30)
+        hits = sc.status()["scx_gpu"]["totals"]["detector_hits"]
+        assert hits > 0
+
+
+def _tokens_per_s(**kwargs) -> float:
+    # The first 2 s include detection of the new launcher: run long enough.
+    return sc.launcher("--duration", "6", *sc.BUSY_LAUNCHER, **kwargs)["tokens_per_s"]
+
+
+def test_gpu_tier_is_not_slowed_by_hogs():
+    hog_count = 2 * NPROC
+    alone = _tokens_per_s()
+    with sc.hogs(hog_count):
+        stock = _tokens_per_s()
+    with sc.loaded():
+        with sc.hogs(hog_count, tier="batch"):
+            batch_hogs = _tokens_per_s()
+        with sc.hogs(hog_count):
+            normal_hogs = _tokens_per_s()
+    ratios = {"stock": stock / alone, "gpu-first, hogs batch": batch_hogs / alone,
+              "gpu-first, hogs normal": normal_hogs / alone}
+    print(json.dumps({"alone_tokens_per_s": alone, **ratios}))
+    assert ratios["stock"] <= 0.60, ratios
+    assert ratios["gpu-first, hogs batch"] >= 0.85, ratios
+    assert ratios["gpu-first, hogs normal"] >= 0.85, ratios
+
+
+def test_batch_quota_holds_and_changes_at_run_time():
+    with sc.loaded("--quota", "30"), sc.hogs(2 * NPROC, tier="batch"):
+        share_30 = sc.cpu_share("batch", 5)
+        assert scx_gpu("quota", "set", "70").returncode == 0
+        time.sleep(0.5)
+        share_70 = sc.cpu_share("batch", 5)
+    print(json.dumps({"quota_30": share_30, "quota_70": share_70}))
+    assert abs(share_30 - 0.30) <= 0.10, share_30
+    assert abs(share_70 - 0.70) <= 0.10, share_70
+
+
+OBSERVER = """
+import sys, time
+end, last, worst = time.monotonic() + float(sys.argv[1]), time.monotonic(), 0.0
+open(sys.argv[2] + ".ready", "w").close()
+while (now := time.monotonic()) < end:
+    worst, last = max(worst, now - last), now
+open(sys.argv[2], "w").write(str(worst))
+"""
+
+
+def test_floor_serves_batch_under_gpu_saturation(tmp_path):
+    seconds, floor_ms = 60, 1000
+    with sc.loaded("--floor-ms", str(floor_ms)):
+        results = [tmp_path / f"observer{i}" for i in range(2)]
+        observers = [subprocess.Popen([*sc.SCX_GPU, "run", "--tier", "batch", "--",
+                                       sys.executable, "-c", OBSERVER, str(seconds + 5), str(r)])
+                     for r in results]
+        sc.wait_for(lambda: all(Path(f"{r}.ready").exists() for r in results), 60,
+                    "the batch observers to start")
+        with sc.hogs(2 * NPROC, tier="gpu"):
+            time.sleep(seconds)
+            assert sc.enabled(), "the kernel ejected the scheduler"
+        for o in observers:
+            o.wait(timeout=120)
+        floor = sc.status()["scx_gpu"]["totals"]["floor_dispatches"]
+    gaps = [float(r.read_text()) for r in results]
+    print(json.dumps({"max_gap_s": gaps, "floor_dispatches": floor}))
+    assert floor > 0
+    assert max(gaps) < 2 * floor_ms / 1000, gaps
+
+
+def test_bad_input_leaves_nothing_loaded(tmp_path):
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("quota = [\n")
+    cases = [
+        (["--policy", "nope"], 2, ["gpu-first, fair"]),
+        (["--config", str(bad_toml)], 2, ["malformed TOML"]),
+        (["--quota", "101"], 2, ["outside 0-100"]),
+        (["--batch-cgroup", "/no/such/group"], 2, ["does not exist"]),
+    ]
+    for args, code, needles in cases:
+        assert_one_line_error(scx_gpu("load", *args), code, needles)
+        assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
+    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             *sc.SCX_GPU, "load"], capture_output=True, text=True)
+    assert_one_line_error(nobody, 1, ["needs root"])
+    with sc.loaded():
+        assert_one_line_error(scx_gpu("load"), 1, ["already loaded", "scx_gpu"])
+    assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
