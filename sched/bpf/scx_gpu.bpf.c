@@ -85,6 +85,7 @@ struct task_ctx {
 	u64 enq_at;
 	u64 run_at;
 	u32 tier;
+	bool floor_served;	/* dispatched by the starvation floor */
 };
 
 struct {
@@ -359,6 +360,8 @@ static bool serve_starving(u64 dsq_id, u64 now)
 	bpf_for_each(scx_dsq, p, dsq_id, 0) {
 		tctx = task_ctx_of(p);
 		starving = tctx && now - tctx->enq_at > t->floor_ns;
+		if (starving)
+			tctx->floor_served = true;
 		break;
 	}
 	if (!starving || !dsq_move_to_local(dsq_id))
@@ -400,7 +403,9 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 		return;
 	tctx->run_at = now;
 	if (c) {
-		c->tier = tctx->tier;
+		/* A floor-served task keeps its CPU for its slice: no tier preempts it. */
+		c->tier = tctx->floor_served ? TIER_GPU : tctx->tier;
+		tctx->floor_served = false;
 		if (c->throttled_since) {
 			if (s)
 				s->batch_throttled_ns += now - c->throttled_since;

@@ -104,7 +104,7 @@ def _install_project(root: Path, files: list[tuple[str, Path]]) -> None:
     for dst, src in files:
         target = root / dst
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+        shutil.copy(src, target)  # keeps the mode: workloads/bin holds executables
     script = root / "usr/local/bin/scx-gpu"
     script.write_text("#!/usr/bin/python3\nfrom scx_gpu.cli import main\n\nmain()\n")
     script.chmod(0o755)

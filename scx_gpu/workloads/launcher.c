@@ -7,7 +7,8 @@
  * CPU work (measured in thread CPU time, so preemption shows up as longer
  * tokens), then a stream synchronise that waits --gpu-wait-us (the stub
  * driver sleeps that long). Prints one JSON object with tokens/s and token
- * time percentiles.
+ * time percentiles. Tokens started in the first --warmup seconds are not
+ * counted (a scheduler may need that long to detect a new launcher).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -37,11 +38,11 @@ struct launch_config {
 };
 
 static struct {
-	double duration_s, linger_s;
+	double duration_s, linger_s, warmup_s;
 	long launches, work_us, gpu_wait_us;
 	int threads;
 	const char *api, *lib;
-} opt = { 5.0, 0.0, 10, 500, 2000, 1, "ex", "libcuda.so.1" };
+} opt = { 5.0, 0.0, 0.0, 10, 500, 2000, 1, "ex", "libcuda.so.1" };
 
 static launch_kernel_fn launch_kernel;
 static launch_ex_fn launch_ex;
@@ -88,7 +89,8 @@ static void launch_one(long i)
 static void *work(void *arg)
 {
 	struct worker *w = arg;
-	double end = now_s(CLOCK_MONOTONIC) + opt.duration_s;
+	double measure_from = now_s(CLOCK_MONOTONIC) + opt.warmup_s;
+	double end = measure_from + opt.duration_s;
 
 	w->tid = syscall(SYS_gettid);
 	while (now_s(CLOCK_MONOTONIC) < end && w->ntokens < MAX_TOKENS) {
@@ -99,7 +101,8 @@ static void *work(void *arg)
 			cpu_work(opt.work_us);
 		}
 		stream_sync((void *)0x5);
-		w->token_us[w->ntokens++] = (now_s(CLOCK_MONOTONIC) - start) * 1e6;
+		if (start >= measure_from)
+			w->token_us[w->ntokens++] = (now_s(CLOCK_MONOTONIC) - start) * 1e6;
 	}
 	/* Stay alive without launching, so a detector's tag can be seen to expire. */
 	if (opt.linger_s > 0)
@@ -139,7 +142,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: launcher [--duration S] [--launches N] [--work-us US] "
 		"[--gpu-wait-us US] [--threads N] [--api ex|kernel|graph|mixed] "
-		"[--linger S] [--cuda-lib PATH]\n");
+		"[--warmup S] [--linger S] [--cuda-lib PATH]\n");
 	exit(2);
 }
 
@@ -148,7 +151,8 @@ static void parse(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "duration", 1, 0, 'd' }, { "launches", 1, 0, 'l' }, { "work-us", 1, 0, 'w' },
 		{ "gpu-wait-us", 1, 0, 'g' }, { "threads", 1, 0, 't' }, { "api", 1, 0, 'a' },
-		{ "linger", 1, 0, 'L' }, { "cuda-lib", 1, 0, 'c' }, { 0 },
+		{ "linger", 1, 0, 'L' }, { "cuda-lib", 1, 0, 'c' }, { "warmup", 1, 0, 'W' },
+		{ 0 },
 	};
 	int c;
 
@@ -161,12 +165,13 @@ static void parse(int argc, char **argv)
 		case 't': opt.threads = atoi(optarg); break;
 		case 'a': opt.api = optarg; break;
 		case 'L': opt.linger_s = atof(optarg); break;
+		case 'W': opt.warmup_s = atof(optarg); break;
 		case 'c': opt.lib = optarg; break;
 		default: usage();
 		}
 	}
 	if (opt.threads < 1 || opt.threads > MAX_THREADS || opt.launches < 1 ||
-	    opt.duration_s <= 0)
+	    opt.duration_s <= 0 || opt.warmup_s < 0)
 		usage();
 	if (strcmp(opt.api, "ex") && strcmp(opt.api, "kernel") && strcmp(opt.api, "graph") &&
 	    strcmp(opt.api, "mixed"))
@@ -189,7 +194,7 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < opt.threads; i++)
 		pthread_join(workers[i].thread, NULL);
-	elapsed = now_s(CLOCK_MONOTONIC) - start - opt.linger_s;
+	elapsed = now_s(CLOCK_MONOTONIC) - start - opt.linger_s - opt.warmup_s;
 	for (int i = 0; i < opt.threads; i++)
 		for (long t = 0; t < workers[i].ntokens && n < MAX_TOKENS; t++)
 			all[n++] = workers[i].token_us[t];
