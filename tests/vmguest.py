@@ -30,6 +30,7 @@ def in_guest() -> bool:
 class GuestOutcome:
     passed: bool
     text: str
+    stdout: str
 
 
 def _guest_body(item: pytest.Item) -> bool:
@@ -60,7 +61,7 @@ class GuestSession:
             "--copy", f"{REPO / 'pyproject.toml'}:/root/pyproject.toml",
             "--out", str(out), "--", "env", f"{IN_GUEST_ENV}=1",
             "python3", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "vm",
-            "--junitxml=/job/out/junit.xml", *nodeids,
+            "-o", "junit_logging=system-out", "--junitxml=/job/out/junit.xml", *nodeids,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         self.console = proc.stdout + proc.stderr
@@ -82,7 +83,8 @@ def _parse_junit(path: Path) -> dict[str, GuestOutcome]:
         key = f"{case.get('classname')}::{case.get('name')}"
         bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
         text = "\n".join((c.get("message") or "") + "\n" + (c.text or "") for c in bad)
-        outcomes[key] = GuestOutcome(not bad, text)
+        stdout = "".join(c.text or "" for c in case if c.tag == "system-out")
+        outcomes[key] = GuestOutcome(not bad, text, stdout)
     return outcomes
 
 
@@ -109,6 +111,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if outcome is None:
         pytest.fail(f"no result from the VM for {pyfuncitem.nodeid}: {session.failure}\n"
                     f"--- VM console ---\n{session.console[-6000:]}", pytrace=False)
+    print(outcome.stdout, end="")  # the guest's measurements, shown with -rP
     if not outcome.passed:
         pytest.fail(f"failed inside the VM:\n{outcome.text}", pytrace=False)
     return True

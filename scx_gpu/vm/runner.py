@@ -119,10 +119,13 @@ def _qemu_command(spec: VmSpec, job_disk: Path, accel: str) -> list[str]:
         "qemu-system-x86_64", *accel_args, "-smp", str(spec.cpus), "-m", spec.mem,
         "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
         "-kernel", str(spec.vmlinuz), "-append", KERNEL_ARGS,
+        # One NVMe controller, root as namespace 1 and the job disk as 2: two
+        # controllers may probe in either order and swap nvme0/nvme1.
+        "-device", "nvme,id=nvme0,serial=scxgpu",
         "-drive", f"file={spec.image},if=none,id=root,format=raw,snapshot=on",
-        "-device", "nvme,serial=root,drive=root",
+        "-device", "nvme-ns,drive=root,bus=nvme0,nsid=1",
         "-drive", f"file={job_disk},if=none,id=job,format=raw",
-        "-device", "nvme,serial=job,drive=job",
+        "-device", "nvme-ns,drive=job,bus=nvme0,nsid=2",
     ]
 
 

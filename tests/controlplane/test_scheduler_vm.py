@@ -63,17 +63,22 @@ def _tokens_per_s(**kwargs) -> float:
 
 def test_gpu_tier_is_not_slowed_by_hogs():
     hog_count = 2 * NPROC
-    alone = _tokens_per_s()
+    stock_alone = _tokens_per_s()
     with sc.hogs(hog_count):
-        stock = _tokens_per_s()
+        stock_hogs = _tokens_per_s()
     with sc.loaded():
+        # The denominator is the launcher alone under the same scheduler: the
+        # check is what hogs take from the gpu tier (the scheduler's own cost
+        # is the benchmark's business).
+        alone = _tokens_per_s()
         with sc.hogs(hog_count, tier="batch"):
             batch_hogs = _tokens_per_s()
         with sc.hogs(hog_count):
             normal_hogs = _tokens_per_s()
-    ratios = {"stock": stock / alone, "gpu-first, hogs batch": batch_hogs / alone,
-              "gpu-first, hogs normal": normal_hogs / alone}
-    print(json.dumps({"alone_tokens_per_s": alone, **ratios}))
+    ratios = {"stock": stock_hogs / stock_alone, "gpu-first, hogs batch": batch_hogs / alone,
+              "gpu-first, hogs normal": normal_hogs / alone,
+              "gpu-first alone vs stock alone": alone / stock_alone}
+    print(json.dumps(ratios))
     assert ratios["stock"] <= 0.60, ratios
     assert ratios["gpu-first, hogs batch"] >= 0.85, ratios
     assert ratios["gpu-first, hogs normal"] >= 0.85, ratios
