@@ -54,7 +54,7 @@ vmlinux-h: setup
 	$(BIN)/scx-gpu vm kernel --vmlinux-h sched/bpf/vmlinux.h
 
 lint: setup
-	$(BIN)/ruff check scx_gpu/*.py scx_gpu/bpf scx_gpu/vm controlplane tracer tests
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: setup build lint

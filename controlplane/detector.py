@@ -35,14 +35,27 @@ class Detector:
     libraries: list[Path] = field(default_factory=list)
     symbols: dict[Path, list[str]] = field(default_factory=dict)
     _links: list[int] = field(default_factory=list)
+    _inodes: set[tuple[int, int]] = field(default_factory=set)
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
     _started: float = field(default_factory=time.monotonic)
 
     def add_libraries(self, paths: Iterable[Path]) -> list[Path]:
-        """Start probing new libraries at once; returns the ones that were new."""
-        new = [p for p in paths if p not in self.libraries]
+        """Start probing new libraries at once; returns the ones that were new.
+
+        A library is known by its inode: the same file under another path
+        (a container's view of it) is probed once.
+        """
+        new = []
+        for path in paths:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in self._inodes:
+                self._inodes.add((st.st_dev, st.st_ino))
+                new.append(path)
         self.libraries.extend(new)
         if new:
             self._close_window(time.monotonic())

@@ -63,8 +63,16 @@ def from_ldconfig() -> Iterator[CudaLib]:
             yield CudaLib(Path(target.strip()), "ldconfig")
 
 
+def _same_root(pid_dir: Path) -> bool:
+    try:
+        theirs, ours = (pid_dir / "root").stat(), Path("/").stat()
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def from_process_maps(proc: Path = Path("/proc")) -> Iterator[CudaLib]:
-    """libcuda files mapped by running processes, seen through their root."""
+    """libcuda files mapped by running processes; a container's through its root."""
     for pid_dir in proc.iterdir():
         if not pid_dir.name.isdigit():
             continue
@@ -75,7 +83,9 @@ def from_process_maps(proc: Path = Path("/proc")) -> Iterator[CudaLib]:
         for line in maps.splitlines():
             fields = line.split(maxsplit=5)
             if len(fields) == 6 and LIBCUDA_RE.search(fields[5]):
-                yield CudaLib(Path(f"{pid_dir}/root{fields[5]}"), f"pid {pid_dir.name}")
+                # A host path outlives the process; a container's needs its root.
+                prefix = "" if _same_root(pid_dir) else f"{pid_dir}/root"
+                yield CudaLib(Path(prefix + fields[5]), f"pid {pid_dir.name}")
 
 
 def from_common_dirs() -> Iterator[CudaLib]:

@@ -25,6 +25,7 @@ from scx_gpu.errors import EnvironmentProblem, ScxGpuError
 SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
 POLL_S = 0.05
+DISABLE_WAIT_S = 10.0
 RESTART = -1
 
 
@@ -100,6 +101,15 @@ class Loader:
             if outcome != RESTART:
                 return outcome
             self.emit("scx-gpu: the kernel asked for a restart; loading again")
+            self._wait_disabled()
+
+    def _wait_disabled(self) -> None:
+        """The kernel disables the old instance asynchronously; attach after it."""
+        deadline = time.monotonic() + DISABLE_WAIT_S
+        while sched_ext_state()[0] != "disabled":
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem("sched_ext did not finish disabling the old instance")
+            time.sleep(POLL_S)
 
     def _load(self) -> BpfScheduler:
         sched = BpfScheduler()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import scenario as sc
+from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane.tiers import OWN_ROOT
 from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.vm
@@ -54,11 +55,72 @@ def test_detection_tags_the_launching_thread_only_then_expires():
         assert hits > 0
 
 
+def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
+    log = tmp_path / "load.log"
+    with log.open("w") as out:
+        loader = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet", "--rescan-s", "1"],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        try:
+            sc.wait_for(sc.enabled, 60, "the scheduler to load")
+            launcher = subprocess.Popen([str(sc.LAUNCHER), "--cuda-lib", str(sc.STUB_LIBCUDA),
+                                         "--duration", "6", "--work-us", "100"],
+                                        stdout=subprocess.PIPE, text=True)
+            sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 10,
+                        "the launcher to be found and tagged")
+            launcher.wait(timeout=60)
+        finally:
+            loader.send_signal(signal.SIGTERM)
+            loader.wait(timeout=30)
+    text = log.read_text()
+    assert f"probing {sc.STUB_LIBCUDA.resolve()} (pid {launcher.pid})" in text, text
+
+
+def _start_loader(log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=out,
+                                stderr=subprocess.STDOUT)
+    sc.wait_for(sc.enabled, 60, "the scheduler to load")
+    return proc
+
+
+def test_restarts_when_the_kernel_asks(tmp_path):
+    # Without cpu_online/offline callbacks, sched_ext exits a scheduler on CPU
+    # hotplug with SCX_ECODE_ACT_RESTART: the loader must load it again.
+    log = tmp_path / "load.log"
+    loader = _start_loader(log)
+    online = Path(f"/sys/devices/system/cpu/cpu{NPROC - 1}/online")
+    try:
+        for value, restarts in (("0", 1), ("1", 2)):
+            online.write_text(value)
+
+            def restarted(n: int = restarts) -> bool:
+                return log.read_text().count("asked for a restart") >= n
+
+            sc.wait_for(restarted, 30, f"restart {restarts}")
+            sc.wait_for(sc.enabled, 30, "the scheduler to be enabled again")
+            assert loader.poll() is None, log.read_text()
+    finally:
+        online.write_text("1")
+        loader.send_signal(signal.SIGTERM)
+        assert loader.wait(timeout=30) == 0, log.read_text()
+    assert "hotplug" in log.read_text() or "going" in log.read_text(), log.read_text()
+
+
+def test_reports_the_kernels_exit_reason_and_fails(tmp_path):
+    log = tmp_path / "load.log"
+    loader = _start_loader(log)
+    Path("/proc/sysrq-trigger").write_text("S")  # sched_ext: disable the BPF scheduler
+    assert loader.wait(timeout=30) == 1
+    text = log.read_text()
+    assert "scheduler exited" in text and "sysrq" in text.lower(), text
+    assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
+
+
 def _tokens_per_s(**kwargs) -> float:
     # One launching thread per vCPU; the warm-up (longer than one detector
     # period) leaves the detection of the new launcher out of the measure.
-    return sc.launcher("--warmup", "1.5", "--duration", "5", "--threads", str(NPROC),
-                       *sc.BUSY_LAUNCHER, **kwargs)["tokens_per_s"]
+    return float(sc.launcher("--warmup", "1.5", "--duration", "5", "--threads", str(NPROC),
+                             *sc.BUSY_LAUNCHER, **kwargs)["tokens_per_s"])
 
 
 def test_gpu_tier_is_not_slowed_by_hogs():
@@ -86,10 +148,10 @@ def test_gpu_tier_is_not_slowed_by_hogs():
 
 def test_batch_quota_holds_and_changes_at_run_time():
     with sc.loaded("--quota", "30"), sc.hogs(2 * NPROC, tier="batch"):
-        share_30 = sc.cpu_share("batch", 5)
+        share_30 = sc.cpu_share(OWN_ROOT / "batch", 5)
         assert scx_gpu("quota", "set", "70").returncode == 0
         time.sleep(0.5)
-        share_70 = sc.cpu_share("batch", 5)
+        share_70 = sc.cpu_share(OWN_ROOT / "batch", 5)
     print(json.dumps({"quota_30": share_30, "quota_70": share_70}))
     assert abs(share_30 - 0.30) <= 0.10, share_30
     assert abs(share_70 - 0.70) <= 0.10, share_70

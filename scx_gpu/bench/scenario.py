@@ -1,4 +1,7 @@
-"""Building blocks of the scheduler's VM scenarios (run inside the guest)."""
+"""Building blocks of scheduler scenarios: a loaded scheduler, the synthetic
+launcher, CPU hogs in a measuring cgroup. Used by the benchmark and the VM
+tests alike; they run on a sched_ext machine (the test VM or a real host).
+"""
 
 import json
 import os
@@ -7,12 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from scx_gpu.controlplane.loader import sched_ext_state
-from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
 from scx_gpu.workloads import program
 
 LAUNCHER = program("launcher")
@@ -20,9 +24,13 @@ STUB_LIBCUDA = program("libcuda.so.1")
 SCX_GPU = [sys.executable, "-m", "scx_gpu"]
 # About 70% busy: 10 launches x 500 us of CPU, then a 2 ms "GPU" wait.
 BUSY_LAUNCHER = ["--launches", "10", "--work-us", "500", "--gpu-wait-us", "2000"]
+# Hogs always run in this cgroup, so their CPU time can be measured whatever
+# their tier; `--batch-cgroup` declares them batch.
+HOGS_CGROUP = CGROUP_ROOT / "scx-gpu-bench-hogs"
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> float:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
+             poll: float = 0.05) -> float:
     """Seconds until predicate() held; AssertionError after timeout."""
     start = time.monotonic()
     while not predicate():
@@ -41,11 +49,12 @@ def disabled() -> bool:
 
 
 @contextmanager
-def loaded(*args: str) -> Iterator[subprocess.Popen[str]]:
+def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]:
     """`scx-gpu load` running in the background for the body's duration."""
+    lib = ["--cuda-lib", str(STUB_LIBCUDA)] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
-        proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", "--cuda-lib", str(STUB_LIBCUDA),
-                                 *args], stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", *lib, *args], stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
         try:
             wait_for(lambda: enabled() or proc.poll() is not None, 60, "the scheduler to load")
             assert proc.poll() is None, f"scx-gpu load exited: {Path(log.name).read_text()}"
@@ -58,53 +67,64 @@ def loaded(*args: str) -> Iterator[subprocess.Popen[str]]:
     wait_for(disabled, 10, "sched_ext to be disabled after SIGTERM")
 
 
-def launcher(*args: str, tier: str | None = None, timeout: float = 120) -> dict:
+def launcher(*args: str, tier: str | None = None, nice: int = 0,
+             timeout: float = 300) -> dict[str, Any]:
     """Run the synthetic launcher to completion; its JSON report."""
     cmd = [str(LAUNCHER), "--cuda-lib", str(STUB_LIBCUDA), *args]
-    if tier:
-        cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-    return json.loads(out.stdout)
-
-
-@contextmanager
-def hogs(count: int, tier: str | None = None, nice: int = 0,
-         policy: str | None = None) -> Iterator[subprocess.Popen[str]]:
-    """count CPU hogs (stress-ng) for the body's duration."""
-    cmd = ["stress-ng", "--cpu", str(count), "--cpu-method", "int64", "--quiet"]
-    if policy == "idle":
-        cmd = ["chrt", "--idle", "0", *cmd]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     if tier:
         cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def _in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:
+    """cmd, started inside cgroup (created if needed)."""
+    cgroup.mkdir(exist_ok=True)
+    return ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
+
+
+@contextmanager
+def hogs(count: int, tier: str | None = None, nice: int = 0,
+         idle: bool = False) -> Iterator[Path]:
+    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup."""
+    cmd = ["stress-ng", "--cpu", str(count), "--cpu-method", "int64", "--quiet"]
+    if idle:
+        cmd = ["chrt", "--idle", "0", *cmd]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    cgroup = OWN_ROOT / tier if tier else HOGS_CGROUP
+    cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else _in_cgroup(cgroup, cmd)
     proc = subprocess.Popen(cmd, start_new_session=True, text=True)
     time.sleep(1.0)  # let every hog start
     try:
-        yield proc
+        yield cgroup
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
-def tier_cpu_s(tier: str) -> float:
-    """CPU seconds used so far by everything in scx-gpu's cgroup for the tier."""
-    for line in (OWN_ROOT / tier / "cpu.stat").read_text().splitlines():
+def cgroup_cpu_s(cgroup: Path) -> float:
+    """CPU seconds used so far by everything in cgroup (cgroup v2 cpu.stat)."""
+    for line in (cgroup / "cpu.stat").read_text().splitlines():
         key, value = line.split()
         if key == "usage_usec":
             return int(value) / 1e6
-    raise AssertionError("cpu.stat has no usage_usec")
+    raise AssertionError(f"{cgroup}/cpu.stat has no usage_usec")
 
 
-def cpu_share(tier: str, seconds: float) -> float:
-    """Share (0-1) of all CPUs the tier's cgroup used over the next seconds."""
-    before, start = tier_cpu_s(tier), time.monotonic()
+def cpu_share(cgroup: Path, seconds: float) -> float:
+    """Share (0-1) of all CPUs the cgroup used over the next seconds."""
+    before, start = cgroup_cpu_s(cgroup), time.monotonic()
     time.sleep(seconds)
-    used = tier_cpu_s(tier) - before
+    used = cgroup_cpu_s(cgroup) - before
     return used / ((time.monotonic() - start) * (os.cpu_count() or 1))
 
 
-def status() -> dict:
+def status() -> dict[str, Any]:
     out = subprocess.run([*SCX_GPU, "status", "--json"], capture_output=True, text=True,
                          check=True)
-    return json.loads(out.stdout)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report

@@ -1,0 +1,1 @@
+"""Benchmarks: the scheduler against the mainline knobs, measured side by side."""
