@@ -94,7 +94,7 @@ def test_restarts_when_the_kernel_asks(tmp_path):
             online.write_text(value)
 
             def restarted(n: int = restarts) -> bool:
-                return log.read_text().count("asked for a restart") >= n
+                return bool(log.read_text().count("asked for a restart") >= n)
 
             sc.wait_for(restarted, 30, f"restart {restarts}")
             sc.wait_for(sc.enabled, 30, "the scheduler to be enabled again")
