@@ -19,7 +19,7 @@ CFLAGS  ?= -O2 -g -Wall -Wextra -Werror
 
 vpath %.bpf.c sched/bpf tracer
 
-.PHONY: setup bpf programs build vmlinux-h lint test test-host demo wheel clean
+.PHONY: setup bpf programs build vmlinux-h lint test test-host demo bench bench-sched wheel clean
 
 setup: $(SETUP_STAMP)
 
@@ -66,6 +66,14 @@ test-host: setup build
 
 demo: setup build
 	$(BIN)/scx-gpu vm run -- scx-gpu doctor
+
+# Scheduler vs the mainline knobs, in the test VM; results in bench-results/.
+BENCH_REPS ?= 1
+bench-sched: setup build
+	$(BIN)/scx-gpu vm run --timeout 3000 --out bench-results -- \
+		python3 -m scx_gpu.bench.sched --reps $(BENCH_REPS) --out /job/out/bench-sched.json
+
+bench: bench-sched
 
 wheel: setup build
 	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist .

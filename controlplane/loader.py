@@ -24,7 +24,7 @@ from scx_gpu.errors import EnvironmentProblem, ScxGpuError
 
 SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
-POLL_S = 0.05
+POLL_S = 0.1
 DISABLE_WAIT_S = 10.0
 RESTART = -1
 

@@ -119,7 +119,7 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--floor-ms", type=int, help="Longest wait of a normal or batch task [1000].")
 @click.option("--gpu-ttl-ms", type=int, help="How long a launch keeps a thread in the gpu tier.")
 @click.option("--scope", type=str, help="Tag the launching 'thread' [default] or 'process'.")
-@click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [200]")
+@click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [100]")
 @click.option("--detect-period-ms", type=int, help="... once per this period [1000].")
 @click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")
 @click.option("--rescan-s", type=float, help="Look for new libcuda files this often [10].")

@@ -32,7 +32,7 @@ class Config:
     scope: str = "thread"            # tag the launching thread or its whole process
     gpu_preempts_normal: bool = True
     sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
-    detect_window_ms: int = 200      # launch probes attached this long ...
+    detect_window_ms: int = 100      # launch probes attached this long ...
     detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
     rescan_s: float = 10.0           # look for new libcuda files this often
     cuda_libs: list[str] = field(default_factory=list)

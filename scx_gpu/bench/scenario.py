@@ -89,7 +89,12 @@ def _in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:
 @contextmanager
 def hogs(count: int, tier: str | None = None, nice: int = 0,
          idle: bool = False) -> Iterator[Path]:
-    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup."""
+    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup.
+
+    The hogs stay in the caller's session: a new session would be a new
+    autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
+    They are stopped by killing their cgroup.
+    """
     cmd = ["stress-ng", "--cpu", str(count), "--cpu-method", "int64", "--quiet"]
     if idle:
         cmd = ["chrt", "--idle", "0", *cmd]
@@ -97,12 +102,12 @@ def hogs(count: int, tier: str | None = None, nice: int = 0,
         cmd = ["nice", "-n", str(nice), *cmd]
     cgroup = OWN_ROOT / tier if tier else HOGS_CGROUP
     cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else _in_cgroup(cgroup, cmd)
-    proc = subprocess.Popen(cmd, start_new_session=True, text=True)
+    proc = subprocess.Popen(cmd, text=True)
     time.sleep(1.0)  # let every hog start
     try:
         yield cgroup
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        (cgroup / "cgroup.kill").write_text("1")
         proc.wait()
 
 

@@ -1,0 +1,157 @@
+"""The scheduler against the mainline knobs, side by side in one boot.
+
+Runs the synthetic launcher alone and beside 2 x nCPU hogs under: the stock
+scheduler; hogs at nice 19; hogs SCHED_IDLE; the launcher at nice -20; and
+scx-gpu gpu-first with the hogs declared batch and left undeclared. Reports
+throughput relative to the launcher alone, p99 token time, the hogs' share of
+all CPUs, the scheduler's own overhead (policy fair, launcher alone, vs stock)
+and the detector's cost (gpu-first vs fair, launcher alone).
+Needs a sched_ext kernel: `make bench-sched` runs it in the test VM.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from scx_gpu.bench import scenario as sc
+
+NPROC = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    hogs: bool
+    scheduler: tuple[str, ...] | None = None  # `scx-gpu load` arguments
+    hog_nice: int = 0
+    hog_idle: bool = False
+    launcher_nice: int = 0
+
+
+DECLARE_HOGS = ("--batch-cgroup", str(sc.HOGS_CGROUP))
+CELLS = (
+    Cell("alone (stock)", hogs=False),
+    Cell("stock", hogs=True),
+    Cell("hogs nice 19", hogs=True, hog_nice=19),
+    Cell("hogs SCHED_IDLE", hogs=True, hog_idle=True),
+    Cell("launcher nice -20", hogs=True, launcher_nice=-20),
+    Cell("alone (scx-gpu fair)", hogs=False, scheduler=("--policy", "fair")),
+    Cell("alone (scx-gpu)", hogs=False, scheduler=()),
+    Cell("scx-gpu, hogs batch", hogs=True, scheduler=DECLARE_HOGS),
+    Cell("scx-gpu, undeclared", hogs=True, scheduler=()),
+)
+KNOBS = ("hogs nice 19", "hogs SCHED_IDLE", "launcher nice -20")
+
+
+@contextmanager
+def _hogs(cell: Cell) -> Iterator[Path | None]:
+    if not cell.hogs:
+        yield None
+        return
+    with sc.hogs(2 * NPROC, nice=cell.hog_nice, idle=cell.hog_idle) as cgroup:
+        yield cgroup
+
+
+def run_cell(cell: Cell, duration: float) -> dict[str, Any]:
+    sc.HOGS_CGROUP.mkdir(exist_ok=True)  # --batch-cgroup needs it before load
+    loaded: AbstractContextManager[Any] = (sc.loaded(*cell.scheduler) if cell.scheduler is not None
+                                   else nullcontext())
+    with ExitStack() as stack:
+        stack.enter_context(loaded)
+        cgroup = stack.enter_context(_hogs(cell))
+        before, start = (sc.cgroup_cpu_s(cgroup) if cgroup else 0.0), time.monotonic()
+        report = sc.launcher("--warmup", "1.5", "--duration", str(duration), "--threads",
+                             str(NPROC), *sc.BUSY_LAUNCHER, nice=cell.launcher_nice)
+        elapsed = time.monotonic() - start
+        hog_share = (sc.cgroup_cpu_s(cgroup) - before) / (elapsed * NPROC) if cgroup else 0.0
+    return {"cell": cell.name, "tokens_per_s": report["tokens_per_s"],
+            "token_us_p99": report["token_us_p99"], "hog_cpu_share": hog_share}
+
+
+def run_matrix(reps: int, duration: float,
+               progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every cell `reps` times, interleaved so that drift hits all cells alike."""
+    results = []
+    for rep in range(reps):
+        for cell in CELLS:
+            progress(f"rep {rep + 1}/{reps}: {cell.name}")
+            results.append({"rep": rep, **run_cell(cell, duration)})
+    return results
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per cell: mean tokens/s, relative to alone (stock), p99 token ms, hog share."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_cell.setdefault(r["cell"], []).append(r)
+    alone = statistics.mean(r["tokens_per_s"] for r in by_cell["alone (stock)"])
+    return {
+        name: {
+            "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows),
+            "relative": statistics.mean(r["tokens_per_s"] for r in rows) / alone,
+            "token_ms_p99": statistics.mean(r["token_us_p99"] for r in rows) / 1000,
+            "hog_cpu_pct": 100 * statistics.mean(r["hog_cpu_share"] for r in rows),
+        }
+        for name, rows in by_cell.items()
+    }
+
+
+def verdict(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    best_knob = max(summary[k]["relative"] for k in KNOBS)
+    return {
+        "best_mainline_knob_relative": best_knob,
+        "gpu_first_undeclared_vs_best_knob_pts": 100 * (
+            summary["scx-gpu, undeclared"]["relative"] - best_knob),
+        "gpu_first_declared_vs_best_knob_pts": 100 * (
+            summary["scx-gpu, hogs batch"]["relative"] - best_knob),
+        "batch_cpu_vs_sched_idle_pts": summary["scx-gpu, hogs batch"]["hog_cpu_pct"]
+        - summary["hogs SCHED_IDLE"]["hog_cpu_pct"],
+        # The fair policy has no detector: the difference is the detector's.
+        "detector_cost_pct": 100 * (1 - summary["alone (scx-gpu)"]["tokens_per_s"]
+                                    / summary["alone (scx-gpu fair)"]["tokens_per_s"]),
+        "scheduler_overhead_pct": 100 * (1 - summary["alone (scx-gpu fair)"]["relative"]),
+    }
+
+
+def render(summary: dict[str, dict[str, float]], checks: dict[str, float]) -> Table:
+    table = Table(title=f"launcher ({NPROC} threads, ~70% busy) beside {2 * NPROC} CPU hogs")
+    for column in ("cell", "tokens/s", "vs alone", "p99 token", "hogs' CPU"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+    for name, row in summary.items():
+        table.add_row(name, f"{row['tokens_per_s']:.1f}", f"{100 * row['relative']:.1f}%",
+                      f"{row['token_ms_p99']:.2f} ms", f"{row['hog_cpu_pct']:.1f}%")
+    table.caption = ", ".join(f"{k} {v:+.1f}" if "pts" in k else f"{k} {v:.2f}"
+                              for k, v in checks.items())
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds a run")
+    parser.add_argument("--out", type=Path, help="write results and summary as JSON here")
+    args = parser.parse_args(argv)
+    console = Console()
+    results = run_matrix(args.reps, args.duration, lambda m: console.log(m))
+    summary = summarise(results)
+    checks = verdict(summary)
+    console.print(render(summary, checks))
+    if args.out:
+        args.out.write_text(json.dumps({"results": results, "summary": summary,
+                                        "checks": checks}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
