@@ -12,6 +12,6 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 apt-get -q update
 apt-get -q install -y --no-install-recommends \
-    clang-19 llvm-19 zstd qemu-system-x86 debootstrap e2fsprogs stress-ng \
+    clang-19 llvm-19 zstd qemu-system-x86 debootstrap e2fsprogs fdisk stress-ng \
     iproute2 python3-venv ca-certificates gpg debian-archive-keyring
 apt-get -q install -y --no-install-recommends -t bookworm-backports libbpf1 libbpf-dev bpftool

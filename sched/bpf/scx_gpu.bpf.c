@@ -227,30 +227,39 @@ static bool batch_budget_left(void)
 	return batch_used_ns * 100 < (u64)t->batch_quota_pct * t->batch_period_ns * nr_cpus;
 }
 
+/* Is @cpu, running a task of tier @c->tier, a CPU @p may take over? */
+static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest,
+		      u32 than)
+{
+	return c->tier != TIER_IDLE && c->tier >= lowest && c->tier > than &&
+	       bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
+}
+
 /*
  * A CPU running a task of a lower tier than @tier (batch first, then
- * normal when allowed), which @p may run on. Claimed for @tier at once so
- * that concurrent wakers pick different victims.
+ * normal when allowed), which @p may run on; its previous CPU first, to
+ * keep it where its cache is. Claimed for @tier at once so that concurrent
+ * wakers pick different victims.
  */
 static s32 find_victim(struct task_struct *p, u32 tier)
 {
 	u32 lowest = tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
-	s32 cpu, best = -1;
+	s32 cpu, prev = scx_bpf_task_cpu(p), best = -1;
 	u32 best_tier = tier;
-	struct cpu_ctx *c;
+	struct cpu_ctx *c = cpu_ctx_of(prev);
 
+	if (c && victim_ok(p, prev, c, lowest, best_tier)) {
+		best = prev;
+		best_tier = c->tier;
+	}
 	bpf_for(cpu, 0, nr_cpus) {
-		if (cpu >= MAX_CPUS)
+		if (cpu >= MAX_CPUS || best_tier == TIER_BATCH)
 			break;
 		c = cpu_ctx_of(cpu);
-		if (!c || c->tier == TIER_IDLE || c->tier < lowest || c->tier <= best_tier)
-			continue;
-		if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
-			continue;
-		best = cpu;
-		best_tier = c->tier;
-		if (best_tier == TIER_BATCH)
-			break;
+		if (c && victim_ok(p, cpu, c, lowest, best_tier)) {
+			best = cpu;
+			best_tier = c->tier;
+		}
 	}
 	if (best >= 0) {
 		c = cpu_ctx_of(best);
@@ -270,8 +279,17 @@ static void count_preemption(u32 tier)
 
 static void enqueue_gpu(struct task_struct *p, u64 enq_flags)
 {
-	s32 cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	s32 cpu;
 
+	/*
+	 * Only a waking task preempts. A task whose slice ran out goes back to
+	 * the tier queue, and its own CPU, rescheduling now, pulls it again.
+	 */
+	if (!(enq_flags & SCX_ENQ_WAKEUP)) {
+		dsq_insert(p, DSQ_GPU, slice_ns, enq_flags);
+		return;
+	}
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0) {
 		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
@@ -295,7 +313,7 @@ static void enqueue_normal(struct task_struct *p, u64 enq_flags)
 	if ((s64)(vtime - (vtime_now - slice_ns)) < 0)
 		vtime = vtime_now - slice_ns;
 	dsq_insert_vtime(p, DSQ_NORMAL, slice_ns, vtime, enq_flags);
-	if (fair_only)
+	if (fair_only || !(enq_flags & SCX_ENQ_WAKEUP))
 		return;
 	cpu = find_victim(p, TIER_NORMAL);
 	if (cpu >= 0) {

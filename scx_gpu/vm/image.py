@@ -27,6 +27,12 @@ BACKPORTS_PACKAGES = ("libbpf1",)
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"
 INIT_PATH = "usr/local/sbin/scx-gpu-init"
 ROOT_LABEL = "scxgpu-root"
+# The kernel finds the root by this GPT partition UUID (root=PARTUUID=...):
+# NVMe namespaces and controllers probe asynchronously, so device names are
+# not stable, and the cloud kernel has no initramfs to find a label.
+ROOT_PARTUUID = "6a1c7f0e-2b9d-4e3a-8c5f-0d4b7e9a2c61"
+PART_START_MB = 1
+GPT_TAIL_MB = 1
 FREE_SPACE_MB = 512
 TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
         "var/cache/apt/archives", "var/lib/apt/lists")
@@ -39,12 +45,14 @@ def _log(message: str) -> None:
 def _chroot(root: Path, *cmd: str) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LC_ALL": "C"}
-    _check([ "chroot", str(root), *cmd], f"chroot {' '.join(cmd[:3])}", env)
+    _check(["chroot", str(root), *cmd], f"chroot {' '.join(cmd[:3])}", env)
 
 
-def _check(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def _check(cmd: list[str], what: str, env: dict[str, str] | None = None,
+           stdin: str | None = None) -> None:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, input=stdin,
+                              check=False)
     except FileNotFoundError as exc:
         raise EnvironmentProblem(f"{what}: {cmd[0]} not found; run `make setup`") from exc
     if proc.returncode != 0:
@@ -119,6 +127,17 @@ def _tree_mb(root: Path) -> int:
     return total // (1 << 20)
 
 
+def _make_disk(path: Path, tree: Path, fs_mb: int) -> None:
+    """A GPT disk whose one partition (ROOT_PARTUUID) is an ext4 made from tree."""
+    with path.open("wb") as f:
+        f.truncate((PART_START_MB + fs_mb + GPT_TAIL_MB) << 20)
+    layout = (f"label: gpt\nstart={PART_START_MB}MiB, size={fs_mb}MiB, "
+              f"type=linux, uuid={ROOT_PARTUUID}\n")
+    _check(["sfdisk", "-q", str(path)], "sfdisk (guest image)", stdin=layout)
+    _check(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-E", f"offset={PART_START_MB << 20}",
+            "-d", str(tree), str(path), f"{fs_mb}M"], "mkfs.ext4 (guest image)")
+
+
 def ensure_image() -> Path:
     """The cached guest image for the installed project, built if needed."""
     images = cache_dir("image")
@@ -133,10 +152,8 @@ def ensure_image() -> Path:
         return image
     _require_root("building the guest image")
     _install_project(base, files)
-    size_mb = _tree_mb(base) * 5 // 4 + FREE_SPACE_MB
     partial = image.with_suffix(".partial")
-    _check(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", str(base), str(partial),
-            f"{size_mb}M"], "mkfs.ext4 (guest image)")
+    _make_disk(partial, base, _tree_mb(base) * 5 // 4 + FREE_SPACE_MB)
     for old in images.glob("rootfs-*.ext4"):
         old.unlink()
     partial.rename(image)

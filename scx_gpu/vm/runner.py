@@ -21,13 +21,18 @@ from typing import TextIO
 
 from scx_gpu.cache import cache_dir
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
-from scx_gpu.vm.image import INIT_PATH
+from scx_gpu.vm.image import INIT_PATH, ROOT_PARTUUID
 
 BOOTED, EXIT_PREFIX = "SCXGPU-BOOTED", "SCXGPU-EXIT:"
 JOB_LABEL = "scxgpu-job"
 EXIT_TIMEOUT = 124
+# tsc=unstable: otherwise the kernel live-patches sched_clock's static keys
+# while other vCPUs run (at late init, and again when the clocksource
+# watchdog finds the emulated TSC unstable), and multi-threaded TCG can run
+# a stale translation of the patched code (an int3 oops).
 KERNEL_ARGS = (
-    "console=ttyS0 root=/dev/nvme0n1 rootwait rw quiet loglevel=1 panic=-1 "
+    f"console=ttyS0 root=PARTUUID={ROOT_PARTUUID} rootwait rw quiet loglevel=1 panic=-1 "
+    "tsc=unstable "
     f"init=/{INIT_PATH}"
 )
 POWEROFF_GRACE_S = 20
@@ -119,8 +124,8 @@ def _qemu_command(spec: VmSpec, job_disk: Path, accel: str) -> list[str]:
         "qemu-system-x86_64", *accel_args, "-smp", str(spec.cpus), "-m", spec.mem,
         "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
         "-kernel", str(spec.vmlinuz), "-append", KERNEL_ARGS,
-        # One NVMe controller, root as namespace 1 and the job disk as 2: two
-        # controllers may probe in either order and swap nvme0/nvme1.
+        # The kernel finds root by PARTUUID and init the job disk by label:
+        # NVMe namespace names are not stable.
         "-device", "nvme,id=nvme0,serial=scxgpu",
         "-drive", f"file={spec.image},if=none,id=root,format=raw,snapshot=on",
         "-device", "nvme-ns,drive=root,bus=nvme0,nsid=1",
