@@ -28,8 +28,9 @@ JOB_LABEL = "scxgpu-job"
 EXIT_TIMEOUT = 124
 # tsc=unstable: otherwise the kernel live-patches sched_clock's static keys
 # while other vCPUs run (at late init, and again when the clocksource
-# watchdog finds the emulated TSC unstable), and multi-threaded TCG can run
-# a stale translation of the patched code (an int3 oops).
+# watchdog finds the emulated TSC unstable); QEMU 7.2's multi-threaded TCG
+# could run a stale translation of the patched code (an int3 oops). QEMU 10
+# (make setup) fixes that for sched_ext's own static keys too.
 KERNEL_ARGS = (
     f"console=ttyS0 root=PARTUUID={ROOT_PARTUUID} rootwait rw quiet loglevel=1 panic=-1 "
     "tsc=unstable "
