@@ -64,8 +64,11 @@ test: setup build lint
 test-host: setup build
 	$(BIN)/pytest -m "not vm"
 
+# The main job on the built-in default: the sched_ext test VM, the synthetic
+# GPU launcher beside CPU hogs, stock vs the mainline knobs vs scx-gpu.
 demo: setup build
-	$(BIN)/scx-gpu vm run -- scx-gpu doctor
+	$(BIN)/scx-gpu vm run --timeout 1200 -- sh -c \
+		'scx-gpu doctor && python3 -m scx_gpu.bench.sched --duration 4'
 
 # Scheduler vs the mainline knobs, in the test VM; results in bench-results/.
 BENCH_REPS ?= 1
