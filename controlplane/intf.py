@@ -43,11 +43,15 @@ class Stats(Structure):
 class Tunables(Structure):
     _fields_ = [
         ("batch_quota_pct", c_uint32),
-        ("pad", c_uint32),
+        ("comm_prefix_lens", c_uint32),
         ("batch_period_ns", c_uint64),
         ("floor_ns", c_uint64),
         ("gpu_ttl_ns", c_uint64),
     ]
+
+
+class CommPrefix(Structure):
+    _fields_ = [("len", c_uint32), ("prefix", c_char * COMM_LEN)]
 
 
 class ExitInfo(Structure):
@@ -66,6 +70,7 @@ MIRRORS: dict[str, type[Structure]] = {
     "scx_gpu_stats": Stats,
     "scx_gpu_tunables": Tunables,
     "scx_gpu_exit": ExitInfo,
+    "comm_prefix": CommPrefix,
 }
 
 # enum scx_exit_kind values the control plane tells apart.

@@ -19,7 +19,13 @@ from types import FrameType
 from scx_gpu.config import Config
 from scx_gpu.controlplane import intf, libbpf, libcuda, maps, stats, tiers
 from scx_gpu.controlplane.detector import Detector
-from scx_gpu.controlplane.scheduler import PIN_DIR, BpfScheduler, ReadOnlyOptions, unpin
+from scx_gpu.controlplane.scheduler import (
+    PIN_DIR,
+    BpfScheduler,
+    ReadOnlyOptions,
+    comm_prefix_lens,
+    unpin,
+)
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError
 
 SCHED_EXT = Path("/sys/kernel/sched_ext")
@@ -68,7 +74,9 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
 
 
 def tunables(config: Config) -> intf.Tunables:
-    return intf.Tunables(batch_quota_pct=config.quota, batch_period_ns=config.period_ms * 10**6,
+    return intf.Tunables(batch_quota_pct=config.quota,
+                         comm_prefix_lens=comm_prefix_lens(config.gpu.comms + config.batch.comms),
+                         batch_period_ns=config.period_ms * 10**6,
                          floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6)
 
 

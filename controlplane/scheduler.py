@@ -15,7 +15,8 @@ OBJECT = "scx_gpu.bpf.o"
 STRUCT_OPS_MAP = "gpu_ops"
 DETECT_PROG = "detect_launch"
 PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
-PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms", "gpu_tags")
+PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
+               "tier_comm_prefixes", "tier_tasks", "gpu_tags")
 _CTYPE_BY_SIZE = {1: ctypes.c_uint8, 4: c_uint32, 8: c_uint64}
 ZERO = c_uint32(0)
 
@@ -142,10 +143,19 @@ def sum_stats(per_cpu: list[intf.Stats]) -> intf.Stats:
     return total
 
 
-def comm_key(comm: str) -> ctypes.Array[c_char]:
+def comm_key(comm: str) -> ctypes.Array[c_char] | intf.CommPrefix:
+    """Map key for a task name: exact, or "prefix*" for a prefix pattern."""
+    if comm.endswith("*"):
+        prefix = comm[:-1].encode()
+        return intf.CommPrefix(len(prefix), prefix)
     key = (c_char * intf.COMM_LEN)()
     key.value = comm.encode()[: intf.COMM_LEN - 1]
     return key
+
+
+def comm_prefix_lens(comms: list[str]) -> int:
+    """Bit n set when some pattern is an n-character prefix ("name*")."""
+    return sum({1 << (len(c) - 1) for c in comms if c.endswith("*")})
 
 
 def unpin(directory: Path = PIN_DIR) -> None:

@@ -59,7 +59,8 @@ def _populate_tier(sched: BpfScheduler, tier: Tier, members: TierMembers) -> Non
     for spec in members.cgroups:
         sched.set_tier("tier_cgroups", c_uint64(cgroup_id(cgroup_path(spec))), tier)
     for comm in members.comms:
-        sched.set_tier("tier_comms", comm_key(comm), tier)
+        table = "tier_comm_prefixes" if comm.endswith("*") else "tier_comms"
+        sched.set_tier(table, comm_key(comm), tier)
     for pid in members.pids:
         sched.set_tier("tier_pids", c_uint32(pid), tier)
 

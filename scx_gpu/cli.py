@@ -124,10 +124,10 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")
 @click.option("--rescan-s", type=float, help="Look for new libcuda files this often [10].")
 @click.option("--batch-cgroup", multiple=True, help="cgroup v2 path whose tasks are batch.")
-@click.option("--batch-comm", multiple=True, help="Task name (exact) that is batch.")
+@click.option("--batch-comm", multiple=True, help="Task name, or 'prefix*', that is batch.")
 @click.option("--batch-pid", type=int, multiple=True, help="Thread/process id that is batch.")
 @click.option("--gpu-cgroup", multiple=True, help="cgroup v2 path whose tasks are gpu tier.")
-@click.option("--gpu-comm", multiple=True, help="Task name (exact) that is gpu tier.")
+@click.option("--gpu-comm", multiple=True, help="Task name, or 'prefix*', that is gpu tier.")
 @click.option("--gpu-pid", type=int, multiple=True, help="Thread/process id that is gpu tier.")
 @click.option("--sched-idle-batch/--no-sched-idle-batch", default=None,
               help="Put SCHED_IDLE tasks in the batch tier.")

@@ -16,7 +16,7 @@ class TierMembers:
     """Explicit members of a tier, besides detection."""
 
     cgroups: list[str] = field(default_factory=list)  # cgroup v2 paths (subtrees included)
-    comms: list[str] = field(default_factory=list)    # exact task names (15 chars max)
+    comms: list[str] = field(default_factory=list)    # task names, "prefix*" patterns
     pids: list[int] = field(default_factory=list)     # thread or process ids
 
 
@@ -55,8 +55,10 @@ class Config:
             raise UsageError("detect_window_ms must not exceed detect_period_ms")
         for tier in (self.gpu, self.batch):
             for comm in tier.comms:
-                if not 0 < len(comm) < 16:
-                    raise UsageError(f"comm {comm!r} must be 1-15 characters (the kernel's limit)")
+                name = comm.removesuffix("*")
+                if not 0 < len(name) < 16 or "*" in name:
+                    raise UsageError(f"comm {comm!r}: a task name of 1-15 characters (the "
+                                     "kernel's limit), or such a prefix followed by one '*'")
         return self
 
     def as_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 import json
 import time
-from ctypes import c_uint32, c_uint64
+from ctypes import c_int64, c_uint32, c_uint64
 from typing import Any
 
 from scx_gpu.controlplane import intf, libbpf, maps, stats
@@ -39,6 +39,12 @@ def _scheduler_report() -> dict[str, Any]:
     finally:
         maps.close(fd)
     totals = stats.Summary(0, total, tun.batch_quota_pct, 0).as_dict()
+    fd = maps.open_pinned(str(PIN_DIR / "tier_tasks"))
+    try:
+        tasks = {tier.name.lower(): (maps.lookup(fd, c_uint32(tier), c_int64) or c_int64()).value
+                 for tier in intf.Tier}
+    finally:
+        maps.close(fd)
     owner = json.loads(RUN_STATE.read_text()) if RUN_STATE.is_file() else {}
     return {
         "loader_pid": owner.get("pid"),
@@ -47,6 +53,7 @@ def _scheduler_report() -> dict[str, Any]:
         "batch_period_ms": tun.batch_period_ns / 1e6,
         "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
         "gpu_tagged_ids": _live_gpu_tags(tun.gpu_ttl_ns),
+        "tier_tasks": tasks,
         "totals": {k: v for k, v in totals.items() if k not in ("interval_s", "detector_duty_pct")},
     }
 
@@ -74,7 +81,8 @@ def render(report: dict[str, Any]) -> str:
                  f"batch quota {ours['batch_quota_pct']}% per {ours['batch_period_ms']:g} ms, "
                  f"{len(ours['gpu_tagged_ids'])} gpu-tagged thread(s) live")
     for name, t in ours["totals"]["tiers"].items():
-        lines.append(f"  {name:6s} runs {t['runs']:8d}  preemptions {t['preemptions']:6d}  "
+        lines.append(f"  {name:6s} tasks {ours['tier_tasks'][name]:5d}  runs {t['runs']:8d}  "
+                     f"preemptions {t['preemptions']:6d}  "
                      f"wait p50 {t['wait_p50_us']:8.0f}us p99 {t['wait_p99_us']:8.0f}us")
     tot = ours["totals"]
     lines.append(f"  batch throttled {tot['batch_throttled_ms']:.0f} ms, floor dispatches "

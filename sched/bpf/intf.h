@@ -46,10 +46,16 @@ struct scx_gpu_stats {
 /* Run-time tunables: one entry in the `tunables` array map. */
 struct scx_gpu_tunables {
 	__u32 batch_quota_pct;		/* share of all CPUs per period, 0-100 */
-	__u32 pad;
+	__u32 comm_prefix_lens;		/* bit n: tier_comm_prefixes has n-char keys */
 	__u64 batch_period_ns;
 	__u64 floor_ns;			/* longest wait of a normal/batch task */
 	__u64 gpu_ttl_ns;		/* a launch keeps its thread in the gpu tier this long */
+};
+
+/* Key of tier_comm_prefixes: a task name pattern "prefix*". */
+struct comm_prefix {
+	__u32 len;
+	char prefix[COMM_LEN];
 };
 
 /* The kernel's scx_exit_info, copied when the scheduler is ejected. */

@@ -81,6 +81,21 @@ struct {
 	__type(value, u32);
 } tier_comms SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct comm_prefix);
+	__type(value, u32);
+} tier_comm_prefixes SEC(".maps");
+
+/* Tasks in each tier, as of their last classification. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NR_TIERS);
+	__type(key, u32);
+	__type(value, s64);
+} tier_tasks SEC(".maps");
+
 struct task_ctx {
 	u64 enq_at;
 	u64 run_at;
@@ -175,10 +190,33 @@ static u32 cgroup_tier(struct task_struct *p)
 	return TIER_UNSET;
 }
 
+/* "prefix*" patterns: one lookup per prefix length in use. */
+static u32 comm_prefix_tier(const char *comm)
+{
+	struct scx_gpu_tunables *t = tun();
+	struct comm_prefix key;
+	u32 len, i, *tier;
+
+	if (!t || !t->comm_prefix_lens)
+		return TIER_UNSET;
+	bpf_for(len, 1, COMM_LEN) {
+		if (!(t->comm_prefix_lens & (1U << len)))
+			continue;
+		__builtin_memset(&key, 0, sizeof(key));
+		key.len = len;
+		bpf_for(i, 0, len)
+			key.prefix[i & (COMM_LEN - 1)] = comm[i & (COMM_LEN - 1)];
+		tier = bpf_map_lookup_elem(&tier_comm_prefixes, &key);
+		if (tier)
+			return *tier;
+	}
+	return TIER_UNSET;
+}
+
 static u32 pinned_tier(struct task_struct *p)
 {
 	char comm[COMM_LEN];
-	u32 pid = p->pid, tgid = p->tgid;
+	u32 pid = p->pid, tgid = p->tgid, tier_by_prefix;
 	u32 *tier;
 
 	tier = bpf_map_lookup_elem(&tier_pids, &pid);
@@ -190,7 +228,28 @@ static u32 pinned_tier(struct task_struct *p)
 	tier = bpf_map_lookup_elem(&tier_comms, comm);
 	if (tier)
 		return *tier;
+	tier_by_prefix = comm_prefix_tier(comm);
+	if (tier_by_prefix < NR_TIERS)
+		return tier_by_prefix;
 	return cgroup_tier(p);
+}
+
+static void count_tier(u32 tier, s64 delta)
+{
+	s64 *n = bpf_map_lookup_elem(&tier_tasks, &tier);
+
+	if (n)
+		__sync_fetch_and_add(n, delta);
+}
+
+/* Record @p's tier, keeping the per-tier task counts. */
+static void set_task_tier(struct task_ctx *tctx, u32 tier)
+{
+	if (tctx->tier == tier)
+		return;
+	count_tier(tctx->tier, -1);
+	count_tier(tier, 1);
+	tctx->tier = tier;
 }
 
 static bool gpu_tagged(struct task_struct *p, u64 now)
@@ -331,7 +390,7 @@ s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (!is_idle || !tctx)
 		return cpu;
-	tctx->tier = classify(p, bpf_ktime_get_ns());
+	set_task_tier(tctx, classify(p, bpf_ktime_get_ns()));
 	/* Batch must go through its queue: the quota decides when it runs. */
 	if (tctx->tier != TIER_BATCH) {
 		tctx->enq_at = bpf_ktime_get_ns();
@@ -347,7 +406,7 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	u32 tier = classify(p, now);
 
 	if (tctx) {
-		tctx->tier = tier;
+		set_task_tier(tctx, tier);
 		tctx->enq_at = now;
 	}
 	/* The last runnable task keeps its CPU unless it is batch over quota. */
@@ -466,7 +525,19 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 
 void BPF_STRUCT_OPS(gpu_enable, struct task_struct *p)
 {
+	struct task_ctx *tctx = task_ctx_of(p);
+
 	p->scx.dsq_vtime = vtime_now;
+	if (tctx)
+		count_tier(tctx->tier, 1);
+}
+
+void BPF_STRUCT_OPS(gpu_disable, struct task_struct *p)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	if (tctx)
+		count_tier(tctx->tier, -1);
 }
 
 s32 BPF_STRUCT_OPS(gpu_init_task, struct task_struct *p, struct scx_init_task_args *args)
@@ -545,6 +616,7 @@ struct sched_ext_ops gpu_ops = {
 	.running	= (void *)gpu_running,
 	.stopping	= (void *)gpu_stopping,
 	.enable		= (void *)gpu_enable,
+	.disable	= (void *)gpu_disable,
 	.init_task	= (void *)gpu_init_task,
 	.init		= (void *)gpu_init,
 	.exit		= (void *)gpu_exit,

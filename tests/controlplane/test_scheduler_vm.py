@@ -208,3 +208,14 @@ def test_bad_input_leaves_nothing_loaded(tmp_path):
     with sc.loaded():
         assert_one_line_error(scx_gpu("load"), 1, ["already loaded", "scx_gpu"])
     assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
+
+
+def test_comm_pattern_declares_batch_and_status_counts_tiers():
+    with sc.loaded("--quota", "30", "--batch-comm", "stress*"), \
+            sc.hogs(2 * NPROC) as cgroup:
+        share = sc.cpu_share(cgroup, 4)
+        tasks = sc.status()["scx_gpu"]["tier_tasks"]
+    print(json.dumps({"share": share, "tier_tasks": tasks}))
+    assert tasks["batch"] >= 2 * NPROC, tasks  # the stress-ng workers
+    assert tasks["normal"] > 0 and tasks["gpu"] == 0, tasks
+    assert abs(share - 0.30) <= 0.10, share  # matched by name alone, held to the quota
