@@ -75,6 +75,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__pin": (INT, [VP, CP]),
     "bpf_map__unpin": (INT, [VP, CP]),
     "bpf_map__attach_struct_ops": (VP, [VP]),
+    "bpf_map__set_max_entries": (INT, [VP, U32]),
+    "bpf_program__attach": (VP, [VP]),
     "bpf_program__attach_uprobe_opts": (VP, [VP, INT, CP, SZ, POINTER(BpfUprobeOpts)]),
     "bpf_program__set_autoload": (INT, [VP, c_bool]),
     "bpf_link__destroy": (INT, [VP]),

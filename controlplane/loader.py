@@ -122,13 +122,13 @@ class Loader:
     def _load(self) -> BpfScheduler:
         sched = BpfScheduler()
         try:
-            sched.set_rodata(read_only_options(self.config))
+            sched.set_options(read_only_options(self.config))
             sched.load()
             sched.write_tunables(tunables(self.config))
             tiers.populate(sched, self.config, tiers.own_cgroups())
             unpin()
             sched.pin()
-            sched.attach()
+            sched.attach_ops()
         except BaseException:
             unpin()
             sched.close()
@@ -137,7 +137,7 @@ class Loader:
 
     def _run_once(self) -> int:
         sched = self._load()
-        detector = Detector(sched.attach_uprobe, sched.destroy_link,
+        detector = Detector(sched.attach_detector, sched.destroy_link,
                             self.config.detect_window_ms / 1000,
                             self.config.detect_period_ms / 1000)
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from scx_gpu.bpf import object_path
 from scx_gpu.controlplane import intf, libbpf, maps
+from scx_gpu.controlplane.bpfobject import BpfObject
 
 OBJECT = "scx_gpu.bpf.o"
 STRUCT_OPS_MAP = "gpu_ops"
@@ -17,7 +18,6 @@ DETECT_PROG = "detect_launch"
 PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
 PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
                "tier_comm_prefixes", "tier_tasks", "gpu_tags")
-_CTYPE_BY_SIZE = {1: ctypes.c_uint8, 4: c_uint32, 8: c_uint64}
 ZERO = c_uint32(0)
 
 
@@ -34,66 +34,26 @@ class ReadOnlyOptions:
     detect_scope: int
 
 
-class BpfScheduler:
-    """One opened (and later loaded and attached) copy of the scheduler object."""
+class BpfScheduler(BpfObject):
+    """The scheduler object: options, struct_ops, tunables, statistics, exit info."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self._lib = libbpf.lib()
-        self.path = path or object_path(OBJECT)
-        self.obj = libbpf.check_ptr(self._lib.bpf_object__open_file(str(self.path).encode(), None),
-                                    f"open {self.path}")
+        super().__init__(path or object_path(OBJECT))
         self.ops_link: int | None = None
         self.ncpus = libbpf.num_possible_cpus()
-        self._layouts: dict[str, dict[str, tuple[int, int]]] = {}
 
-    def _map(self, name: str) -> int:
-        return libbpf.check_ptr(self._lib.bpf_object__find_map_by_name(self.obj, name.encode()),
-                                f"map {name}")
+    def set_options(self, options: ReadOnlyOptions) -> None:
+        self.set_rodata(vars(options))
 
-    def map_fd(self, name: str) -> int:
-        return libbpf.check(self._lib.bpf_map__fd(self._map(name)), f"fd of map {name}")
-
-    def _section_vars(self, section: str) -> dict[str, tuple[int, int]]:
-        """name -> (offset, size) of the variables in a data section, from BTF."""
-        if section not in self._layouts:
-            btf = libbpf.check_ptr(self._lib.bpf_object__btf(self.obj), "object BTF")
-            self._layouts[section] = {
-                name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
-        return self._layouts[section]
-
-    def set_rodata(self, options: ReadOnlyOptions) -> None:
-        """Write the read-only options into .rodata (before load)."""
-        size = ctypes.c_size_t()
-        base = libbpf.check_ptr(self._lib.bpf_map__initial_value(self._map(".rodata"),
-                                                                 ctypes.byref(size)), ".rodata")
-        layout = self._section_vars(".rodata")
-        for name, value in vars(options).items():
-            offset, width = layout[name]
-            _CTYPE_BY_SIZE[width].from_address(base + offset).value = int(value)
-
-    def load(self) -> None:
-        libbpf.check(self._lib.bpf_object__load(self.obj), f"load {self.path.name}")
-
-    def attach(self) -> None:
+    def attach_ops(self) -> None:
         """Register the struct_ops: from here on sched_ext runs our scheduler."""
         self.ops_link = libbpf.check_ptr(
             self._lib.bpf_map__attach_struct_ops(self._map(STRUCT_OPS_MAP)),
             "attach the scx_gpu struct_ops (is another sched_ext scheduler loaded?)")
 
-    def attach_uprobe(self, binary: Path, symbol: str) -> int:
+    def attach_detector(self, binary: Path, symbol: str) -> int:
         """Attach the launch detector to symbol in binary; returns the link."""
-        prog = libbpf.check_ptr(
-            self._lib.bpf_object__find_program_by_name(self.obj, DETECT_PROG.encode()),
-            DETECT_PROG)
-        opts = libbpf.BpfUprobeOpts(sz=ctypes.sizeof(libbpf.BpfUprobeOpts),
-                                    func_name=symbol.encode())
-        return libbpf.check_ptr(
-            self._lib.bpf_program__attach_uprobe_opts(prog, -1, str(binary).encode(), 0,
-                                                      ctypes.byref(opts)),
-            f"uprobe {binary}:{symbol}")
-
-    def destroy_link(self, link: int) -> None:
-        self._lib.bpf_link__destroy(link)
+        return self.attach_uprobe(DETECT_PROG, binary, symbol)
 
     def write_tunables(self, tunables: intf.Tunables) -> None:
         maps.update(self.map_fd("tunables"), ZERO, tunables)
@@ -107,7 +67,7 @@ class BpfScheduler:
         value = ctypes.create_string_buffer(self._lib.bpf_map__value_size(bss))
         libbpf.check(self._lib.bpf_map_lookup_elem(self._lib.bpf_map__fd(bss), ctypes.byref(ZERO),
                                                    value), "read .bss")
-        offset, _ = self._section_vars(".bss")["exit_info"]
+        offset, _ = self.section_vars(".bss")["exit_info"]
         return intf.ExitInfo.from_buffer_copy(value.raw, offset)
 
     def set_tier(self, map_name: str, key: ctypes._CData, tier: intf.Tier) -> None:
@@ -128,9 +88,7 @@ class BpfScheduler:
         if self.ops_link:
             self._lib.bpf_link__destroy(self.ops_link)
             self.ops_link = None
-        if self.obj:
-            self._lib.bpf_object__close(self.obj)
-            self.obj = 0
+        super().close()
 
 
 def sum_stats(per_cpu: list[intf.Stats]) -> intf.Stats:

@@ -199,6 +199,42 @@ def run_cmd(tier: str, cmd: tuple[str, ...]) -> None:
     tiers.exec_in_tier(tier, list(cmd))
 
 
+@cli.command("trace", context_settings={"ignore_unknown_options": True})
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("trace"),
+              show_default=True, help="Trace directory (Parquet) or file (CSV) to write.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet",
+              show_default=True)
+@click.option("--pid", "pids", type=int, multiple=True, help="Trace this process (repeat).")
+@click.option("--comm", "comms", multiple=True, help="Trace processes with this name.")
+@click.option("--cgroup", "cgroups", multiple=True, help="Trace processes in this cgroup.")
+@click.option("--duration", type=click.FloatRange(min=0.1), help="Stop after this many seconds.")
+@click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda.")
+@click.option("--cudart-lib", "cudart_libs", multiple=True,
+              help="Probe this libcudart too (runtime layer, tagged; not counted twice).")
+@click.option("--ring-mb", type=int, default=64, show_default=True,
+              help="Ring buffer size (a power of two).")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, ...],
+              cgroups: tuple[str, ...], duration: float | None, cuda_libs: tuple[str, ...],
+              cudart_libs: tuple[str, ...], ring_mb: int, cmd: tuple[str, ...]) -> None:
+    """Trace CUDA launches, context switches and IRQs (of CMD, if given)."""
+    from scx_gpu.tracer import capture, tracefile
+
+    if output.exists():
+        raise UsageError(f"{output} exists: remove it or choose another --output")
+    spec = capture.CaptureSpec(list(pids), list(comms), list(cgroups), list(cmd), duration,
+                               list(cuda_libs), list(cudart_libs), ring_mb)
+    if not (spec.selective or duration):
+        click.echo("scx-gpu trace: tracing every process that launches; Ctrl-C stops",
+                   err=True)
+    result = capture.capture(spec, lambda line: click.echo(f"scx-gpu trace: {line}", err=True))
+    tracefile.write(output, tracefile.to_frame(result.events), result.meta, fmt)
+    click.echo(f"scx-gpu trace: {len(result.events)} events, {result.meta['drops']} dropped, "
+               f"written to {output}", err=True)
+    if result.exit_status is not None:
+        sys.exit(result.exit_status)
+
+
 def main() -> None:
     """Entry point: one-line errors, exit 2 for bad input and 1 for the environment."""
     try:

@@ -418,7 +418,12 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	if (tier == TIER_GPU)
 		enqueue_gpu(p, enq_flags);
 	else if (tier == TIER_BATCH)
-		dsq_insert(p, DSQ_BATCH, batch_slice_ns, enq_flags);
+		/*
+		 * Ordered by enqueue time, whatever the flags say (a re-enqueue
+		 * may ask for the head): the head is always the longest waiter,
+		 * which is the one task the starvation floor looks at.
+		 */
+		dsq_insert_vtime(p, DSQ_BATCH, batch_slice_ns, now, enq_flags & ~SCX_ENQ_HEAD);
 	else
 		enqueue_normal(p, enq_flags);
 }

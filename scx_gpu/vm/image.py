@@ -153,8 +153,13 @@ def ensure_image() -> Path:
     _require_root("building the guest image")
     _install_project(base, files)
     partial = image.with_suffix(".partial")
-    _make_disk(partial, base, _tree_mb(base) * 5 // 4 + FREE_SPACE_MB)
-    for old in images.glob("rootfs-*.ext4"):
-        old.unlink()
+    try:
+        _make_disk(partial, base, _tree_mb(base) * 5 // 4 + FREE_SPACE_MB)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    for old in [*images.glob("rootfs-*.ext4"), *images.glob("rootfs-*.partial")]:
+        if old != partial:
+            old.unlink()
     partial.rename(image)
     return image

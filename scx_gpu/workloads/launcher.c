@@ -53,6 +53,7 @@ struct worker {
 	pthread_t thread;
 	pid_t tid;
 	long ntokens;
+	long launched;		/* every launch, warm-up included */
 	double *token_us;
 };
 
@@ -73,15 +74,27 @@ static void cpu_work(long us)
 		;
 }
 
+/*
+ * Each entry point gets its own argument values, so a tracer's decoding of
+ * every argument can be checked: cuLaunchKernel grid 128x2x3, block 256x4x5,
+ * 4096 B shared, stream 0x5; cuLaunchKernelEx grid 64x7x1, block 32x8x2,
+ * 2048 B, stream 0x6; cuGraphLaunch stream 0x7. "all" cycles through the
+ * three (launch i uses kernel, Ex, graph for i % 3 = 0, 1, 2).
+ */
 static void launch_one(long i)
 {
-	static const struct launch_config cfg = { { 128, 1, 1 }, { 256, 1, 1 }, 4096,
-						  (void *)0x5, NULL, 0 };
+	static const struct launch_config cfg = { { 64, 7, 1 }, { 32, 8, 2 }, 2048,
+						  (void *)0x6, NULL, 0 };
+	const char *api = opt.api;
 
-	if (!strcmp(opt.api, "graph"))
-		graph_launch((void *)0x9, (void *)0x5);
-	else if (!strcmp(opt.api, "kernel") || (!strcmp(opt.api, "mixed") && i % 2))
-		launch_kernel((void *)0x1, 128, 1, 1, 256, 1, 1, 4096, (void *)0x5, NULL, NULL);
+	if (!strcmp(api, "all"))
+		api = i % 3 == 0 ? "kernel" : i % 3 == 1 ? "ex" : "graph";
+	else if (!strcmp(api, "mixed"))
+		api = i % 2 ? "kernel" : "ex";
+	if (!strcmp(api, "graph"))
+		graph_launch((void *)0x9, (void *)0x7);
+	else if (!strcmp(api, "kernel"))
+		launch_kernel((void *)0x1, 128, 2, 3, 256, 4, 5, 4096, (void *)0x5, NULL, NULL);
 	else
 		launch_ex(&cfg, (void *)0x1, NULL, NULL);
 }
@@ -98,6 +111,7 @@ static void *work(void *arg)
 
 		for (long i = 0; i < opt.launches; i++) {
 			launch_one(i);
+			w->launched++;
 			cpu_work(opt.work_us);
 		}
 		stream_sync((void *)0x5);
@@ -141,7 +155,7 @@ static void load_driver(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: launcher [--duration S] [--launches N] [--work-us US] "
-		"[--gpu-wait-us US] [--threads N] [--api ex|kernel|graph|mixed] "
+		"[--gpu-wait-us US] [--threads N] [--api ex|kernel|graph|mixed|all] "
 		"[--warmup S] [--linger S] [--cuda-lib PATH]\n");
 	exit(2);
 }
@@ -174,7 +188,7 @@ static void parse(int argc, char **argv)
 	    opt.duration_s <= 0 || opt.warmup_s < 0)
 		usage();
 	if (strcmp(opt.api, "ex") && strcmp(opt.api, "kernel") && strcmp(opt.api, "graph") &&
-	    strcmp(opt.api, "mixed"))
+	    strcmp(opt.api, "mixed") && strcmp(opt.api, "all"))
 		usage();
 }
 
@@ -203,6 +217,9 @@ int main(int argc, char **argv)
 	printf("{\"pid\": %d, \"tids\": [", getpid());
 	for (int i = 0; i < opt.threads; i++)
 		printf("%s%d", i ? ", " : "", workers[i].tid);
+	printf("], \"thread_launches\": [");
+	for (int i = 0; i < opt.threads; i++)
+		printf("%s%ld", i ? ", " : "", workers[i].launched);
 	printf("], \"tokens\": %ld, \"launches\": %ld, \"seconds\": %.3f, "
 	       "\"tokens_per_s\": %.3f, \"token_us_p50\": %.1f, \"token_us_p99\": %.1f}\n",
 	       n, launches, elapsed, n / elapsed, n ? all[n / 2] : 0.0,

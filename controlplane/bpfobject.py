@@ -1,0 +1,91 @@
+"""A libbpf object: open, set read-only options, load, attach, find maps.
+
+The scheduler and the tracer are both one of these.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from pathlib import Path
+
+from scx_gpu.controlplane import libbpf
+
+_CTYPE_BY_SIZE = {1: ctypes.c_uint8, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
+
+
+class BpfObject:
+    def __init__(self, path: Path) -> None:
+        self._lib = libbpf.lib()
+        self.path = path
+        self.obj = libbpf.check_ptr(self._lib.bpf_object__open_file(str(path).encode(), None),
+                                    f"open {path}")
+        self.links: list[int] = []
+        self._layouts: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def _map(self, name: str) -> int:
+        return libbpf.check_ptr(self._lib.bpf_object__find_map_by_name(self.obj, name.encode()),
+                                f"map {name}")
+
+    def _prog(self, name: str) -> int:
+        return libbpf.check_ptr(
+            self._lib.bpf_object__find_program_by_name(self.obj, name.encode()), name)
+
+    def map_fd(self, name: str) -> int:
+        return libbpf.check(self._lib.bpf_map__fd(self._map(name)), f"fd of map {name}")
+
+    def section_vars(self, section: str) -> dict[str, tuple[int, int]]:
+        """name -> (offset, size) of the variables in a data section, from BTF."""
+        if section not in self._layouts:
+            btf = libbpf.check_ptr(self._lib.bpf_object__btf(self.obj), "object BTF")
+            self._layouts[section] = {
+                name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
+        return self._layouts[section]
+
+    def set_rodata(self, values: Mapping[str, int | bool]) -> None:
+        """Write read-only options (const volatile globals) before load."""
+        size = ctypes.c_size_t()
+        base = libbpf.check_ptr(self._lib.bpf_map__initial_value(self._map(".rodata"),
+                                                                 ctypes.byref(size)), ".rodata")
+        layout = self.section_vars(".rodata")
+        for name, value in values.items():
+            offset, width = layout[name]
+            _CTYPE_BY_SIZE[width].from_address(base + offset).value = int(value)
+
+    def set_max_entries(self, map_name: str, entries: int) -> None:
+        libbpf.check(self._lib.bpf_map__set_max_entries(self._map(map_name), entries),
+                     f"size of map {map_name}")
+
+    def load(self) -> None:
+        libbpf.check(self._lib.bpf_object__load(self.obj), f"load {self.path.name}")
+
+    def attach(self, prog: str) -> int:
+        """Attach a program where its section says (tracepoints); kept until close."""
+        link = libbpf.check_ptr(self._lib.bpf_program__attach(self._prog(prog)),
+                                f"attach {prog}")
+        self.links.append(link)
+        return link
+
+    def attach_uprobe(self, prog: str, binary: Path, symbol: str, cookie: int = 0,
+                      retprobe: bool = False) -> int:
+        """Attach prog to symbol in binary; the caller owns (destroys) the link."""
+        opts = libbpf.BpfUprobeOpts(sz=ctypes.sizeof(libbpf.BpfUprobeOpts),
+                                    func_name=symbol.encode(), bpf_cookie=cookie,
+                                    retprobe=retprobe)
+        return libbpf.check_ptr(
+            self._lib.bpf_program__attach_uprobe_opts(self._prog(prog), -1,
+                                                      str(binary).encode(), 0,
+                                                      ctypes.byref(opts)),
+            f"uprobe {binary}:{symbol}")
+
+    def destroy_link(self, link: int) -> None:
+        self._lib.bpf_link__destroy(link)
+
+    def close(self) -> None:
+        """Destroy the links this object attached and free it."""
+        for link in self.links:
+            self._lib.bpf_link__destroy(link)
+        self.links.clear()
+        if self.obj:
+            self._lib.bpf_object__close(self.obj)
+            self.obj = 0

@@ -1,0 +1,398 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The scx-gpu tracer: CUDA launches and syncs (uprobes on the driver), the
+ * context switches and wakeups of traced processes, and hard/soft IRQs,
+ * into one ring buffer of fixed-schema records (trace_intf.h).
+ *
+ * Processes are keyed by TGID and every thread of a traced process is
+ * followed (the original tool looked thread ids up in a TGID map and so saw
+ * only main threads). Hard and soft IRQs keep separate per-CPU entry stamps,
+ * so a hard IRQ inside a softirq leaves both durations right.
+ */
+#include "common.bpf.h"
+#include "trace_intf.h"
+
+char _license[] SEC("license") = "GPL";
+
+#define MAX_THREADS	65536
+#define MAX_PROCESSES	4096
+
+/* Trace every process on its first launch (else only those in `traced`). */
+const volatile bool trace_launchers = true;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 20);	/* resized by the control plane */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PROCESSES);
+	__type(key, u32);		/* tgid */
+	__type(value, u8);
+} traced SEC(".maps");
+
+struct thread_times {
+	u64 last_on;
+	u64 last_off;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, u32);		/* tid */
+	__type(value, struct thread_times);
+} times SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, u32);		/* tid */
+	__type(value, u64);
+} sync_start SEC(".maps");
+
+struct irq_stamps {
+	u64 hard;
+	u64 soft;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct irq_stamps);
+} irq_stamps SEC(".maps");
+
+static const u32 zero;
+
+static bool is_traced(u32 tgid)
+{
+	return bpf_map_lookup_elem(&traced, &tgid) != NULL;
+}
+
+/* A zeroed record of @type for the current task, or NULL (a counted drop). */
+static struct gpu_trace_event *reserve(u32 type)
+{
+	struct gpu_trace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	u64 id = bpf_get_current_pid_tgid();
+	u64 *dropped;
+
+	if (!e) {
+		dropped = bpf_map_lookup_elem(&drops, &zero);
+		if (dropped)
+			(*dropped)++;
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->type = type;
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+	e->cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+static struct gpu_trace_event *launch_event(void)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u8 one = 1;
+
+	if (!is_traced(tgid)) {
+		if (!trace_launchers)
+			return NULL;
+		bpf_map_update_elem(&traced, &tgid, &one, BPF_NOEXIST);
+	}
+	return reserve(EV_LAUNCH);
+}
+
+static u32 stack_u32(struct pt_regs *ctx, int slot)
+{
+	u32 v = 0;
+
+	/* At function entry the return address is at sp; stack args follow. */
+	bpf_probe_read_user(&v, sizeof(v), (void *)(PT_REGS_SP(ctx) + 8 * slot));
+	return v;
+}
+
+static u64 stack_u64(struct pt_regs *ctx, int slot)
+{
+	u64 v = 0;
+
+	bpf_probe_read_user(&v, sizeof(v), (void *)(PT_REGS_SP(ctx) + 8 * slot));
+	return v;
+}
+
+/* cuLaunchKernel(f, gx, gy, gz, bx, by, bz, sharedMem, hStream, params, extra) */
+SEC("uprobe")
+int BPF_UPROBE(on_launch_kernel, void *f, u32 gx, u32 gy, u32 gz, u32 bx, u32 by)
+{
+	struct gpu_trace_event *e = launch_event();
+
+	if (!e)
+		return 0;
+	e->api = bpf_get_attach_cookie(ctx);
+	e->grid[0] = gx;
+	e->grid[1] = gy;
+	e->grid[2] = gz;
+	e->block[0] = bx;
+	e->block[1] = by;
+	e->block[2] = stack_u32(ctx, 1);
+	e->shared_mem = stack_u32(ctx, 2);
+	e->stream = stack_u64(ctx, 3);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* The leading fields of CUlaunchConfig. */
+struct cu_launch_config {
+	u32 grid[3];
+	u32 block[3];
+	u32 shared_mem;
+	u64 stream;
+};
+
+/* cuLaunchKernelEx(const CUlaunchConfig *config, f, params, extra) */
+SEC("uprobe")
+int BPF_UPROBE(on_launch_kernel_ex, struct cu_launch_config *config)
+{
+	struct gpu_trace_event *e = launch_event();
+	struct cu_launch_config c = {};
+
+	if (!e)
+		return 0;
+	bpf_probe_read_user(&c, sizeof(c), config);
+	e->api = bpf_get_attach_cookie(ctx);
+	__builtin_memcpy(e->grid, c.grid, sizeof(c.grid));
+	__builtin_memcpy(e->block, c.block, sizeof(c.block));
+	e->shared_mem = c.shared_mem;
+	e->stream = c.stream;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* cuGraphLaunch(hGraphExec, hStream): a whole graph, no per-kernel launch. */
+SEC("uprobe")
+int BPF_UPROBE(on_graph_launch, void *graph, u64 stream)
+{
+	struct gpu_trace_event *e = launch_event();
+
+	if (!e)
+		return 0;
+	e->api = bpf_get_attach_cookie(ctx);
+	e->stream = stream;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* cudaLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream): each
+ * dim3 comes packed in two registers (x | y << 32, then z). */
+SEC("uprobe")
+int BPF_UPROBE(on_cuda_launch_kernel, void *func, u64 gxy, u64 gz, u64 bxy, u64 bz, void **args)
+{
+	struct gpu_trace_event *e = launch_event();
+
+	if (!e)
+		return 0;
+	e->api = bpf_get_attach_cookie(ctx);
+	e->grid[0] = (u32)gxy;
+	e->grid[1] = gxy >> 32;
+	e->grid[2] = (u32)gz;
+	e->block[0] = (u32)bxy;
+	e->block[1] = bxy >> 32;
+	e->block[2] = (u32)bz;
+	e->shared_mem = (u32)PT_REGS_PARM6(ctx);
+	e->stream = stack_u64(ctx, 1);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_UPROBE(on_sync_enter)
+{
+	u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns();
+	u32 tid = (u32)id;
+	struct gpu_trace_event *e;
+
+	if (!is_traced(id >> 32))
+		return 0;
+	bpf_map_update_elem(&sync_start, &tid, &now, BPF_ANY);
+	e = reserve(EV_SYNC_ENTER);
+	if (!e)
+		return 0;
+	e->api = bpf_get_attach_cookie(ctx);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(on_sync_exit)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 *start = bpf_map_lookup_elem(&sync_start, &tid);
+	struct gpu_trace_event *e;
+
+	if (!start)
+		return 0;
+	e = reserve(EV_SYNC_EXIT);
+	if (e) {
+		e->api = bpf_get_attach_cookie(ctx);
+		e->duration_ns = e->ts_ns - *start;
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&sync_start, &tid);
+	return 0;
+}
+
+static struct thread_times *times_of(u32 tid)
+{
+	struct thread_times zeroed = {}, *t = bpf_map_lookup_elem(&times, &tid);
+
+	if (t)
+		return t;
+	bpf_map_update_elem(&times, &tid, &zeroed, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&times, &tid);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	bool prev_traced = is_traced(prev->tgid), next_traced = is_traced(next->tgid);
+	u64 now = bpf_ktime_get_ns(), next_off = 0, prev_on = 0;
+	struct thread_times *t;
+	struct gpu_trace_event *e;
+
+	if (!prev_traced && !next_traced)
+		return 0;
+	if (prev_traced && (t = times_of(prev->pid))) {
+		prev_on = t->last_on;
+		t->last_off = now;
+	}
+	if (next_traced && (t = times_of(next->pid))) {
+		next_off = t->last_off;
+		t->last_on = now;
+	}
+	e = reserve(EV_SCHED_SWITCH);
+	if (!e)
+		return 0;
+	/* The event belongs to the traced side, prev first. */
+	e->pid = prev_traced ? prev->tgid : next->tgid;
+	e->tid = prev_traced ? prev->pid : next->pid;
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), prev_traced ? prev->comm : next->comm);
+	e->prev_tid = prev->pid;
+	e->next_tid = next->pid;
+	e->prev_state = prev_state;
+	e->flags = preempt ? EV_FLAG_PREEMPT : 0;
+	e->last_offcpu_ns = next_off;
+	e->last_oncpu_ns = prev_on;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(on_wakeup, struct task_struct *p)
+{
+	struct gpu_trace_event *e;
+
+	if (!is_traced(p->tgid))
+		return 0;
+	e = reserve(EV_SCHED_WAKEUP);
+	if (!e)
+		return 0;
+	e->pid = p->tgid;
+	e->tid = p->pid;
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), p->comm);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Children of traced processes are traced too (a launcher may fork workers). */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	u32 tgid = child->tgid;
+	u8 one = 1;
+
+	if (is_traced(parent->tgid))
+		bpf_map_update_elem(&traced, &tgid, &one, BPF_NOEXIST);
+	return 0;
+}
+
+static struct irq_stamps *stamps(void)
+{
+	return bpf_map_lookup_elem(&irq_stamps, &zero);
+}
+
+SEC("tp_btf/irq_handler_entry")
+int BPF_PROG(on_hardirq_entry, int irq, struct irqaction *action)
+{
+	struct irq_stamps *s = stamps();
+	struct gpu_trace_event *e = reserve(EV_HARDIRQ_ENTRY);
+
+	if (!e)
+		return 0;
+	if (s)
+		s->hard = e->ts_ns;
+	e->irq = irq;
+	bpf_probe_read_kernel_str(e->irq_name, sizeof(e->irq_name), action->name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/irq_handler_exit")
+int BPF_PROG(on_hardirq_exit, int irq, struct irqaction *action, int ret)
+{
+	struct irq_stamps *s = stamps();
+	struct gpu_trace_event *e = reserve(EV_HARDIRQ_EXIT);
+
+	if (!e)
+		return 0;
+	e->irq = irq;
+	if (s && s->hard) {
+		e->duration_ns = e->ts_ns - s->hard;
+		s->hard = 0;
+	}
+	bpf_probe_read_kernel_str(e->irq_name, sizeof(e->irq_name), action->name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(on_softirq_entry, unsigned int vec)
+{
+	struct irq_stamps *s = stamps();
+	struct gpu_trace_event *e = reserve(EV_SOFTIRQ_ENTRY);
+
+	if (!e)
+		return 0;
+	if (s)
+		s->soft = e->ts_ns;
+	e->irq = vec;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(on_softirq_exit, unsigned int vec)
+{
+	struct irq_stamps *s = stamps();
+	struct gpu_trace_event *e = reserve(EV_SOFTIRQ_EXIT);
+
+	if (!e)
+		return 0;
+	e->irq = vec;
+	if (s && s->soft) {
+		e->duration_ns = e->ts_ns - s->soft;
+		s->soft = 0;
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

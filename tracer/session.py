@@ -1,0 +1,102 @@
+"""A tracing session: the tracer object loaded, its probes attached, events drained."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scx_gpu.bpf import object_path
+from scx_gpu.controlplane import libbpf, maps
+from scx_gpu.controlplane.bpfobject import BpfObject
+from scx_gpu.errors import UsageError
+from scx_gpu.tracer.events import API_IDS, EVENT_DTYPE
+from scx_gpu.tracer.ringbuf import RingReader
+
+OBJECT = "cuda_trace.bpf.o"
+TRACEPOINTS = ("on_switch", "on_wakeup", "on_fork", "on_hardirq_entry", "on_hardirq_exit",
+               "on_softirq_entry", "on_softirq_exit")
+# (symbol, program): the driver's launch family is the one counting layer.
+DRIVER_LAUNCHES = (
+    ("cuLaunchKernel", "on_launch_kernel"), ("cuLaunchKernel_ptsz", "on_launch_kernel"),
+    ("cuLaunchKernelEx", "on_launch_kernel_ex"), ("cuLaunchKernelEx_ptsz", "on_launch_kernel_ex"),
+    ("cuLaunchCooperativeKernel", "on_launch_kernel"),
+    ("cuLaunchCooperativeKernel_ptsz", "on_launch_kernel"),
+    ("cuGraphLaunch", "on_graph_launch"), ("cuGraphLaunch_ptsz", "on_graph_launch"),
+)
+DRIVER_SYNCS = ("cuCtxSynchronize", "cuStreamSynchronize")
+RUNTIME_LAUNCHES = (("cudaLaunchKernel", "on_cuda_launch_kernel"),)
+RUNTIME_SYNCS = ("cudaDeviceSynchronize",)
+MIN_RING_MB = 1
+
+
+@dataclass
+class Probed:
+    """What a library got: the symbols whose probes attached."""
+
+    path: Path
+    layer: str
+    symbols: list[str] = field(default_factory=list)
+
+
+class TraceSession:
+    def __init__(self, ring_mb: int = 64, all_launchers: bool = True) -> None:
+        if ring_mb < MIN_RING_MB or ring_mb & (ring_mb - 1):
+            raise UsageError(f"--ring-mb {ring_mb}: a power of two >= {MIN_RING_MB}")
+        self.ring_bytes = ring_mb << 20
+        self.obj = BpfObject(object_path(OBJECT))
+        self.obj.set_rodata({"trace_launchers": all_launchers})
+        self.obj.set_max_entries("events", self.ring_bytes)
+        self.obj.load()
+        self.probed: list[Probed] = []
+        self._uprobe_links: list[int] = []
+        self.reader = RingReader(self.obj.map_fd("events"), self.ring_bytes, EVENT_DTYPE)
+        self.ncpus = libbpf.num_possible_cpus()
+
+    def attach_tracepoints(self) -> None:
+        for prog in TRACEPOINTS:
+            self.obj.attach(prog)
+
+    def _probe(self, lib: Path, layer: str, launches: tuple[tuple[str, str], ...],
+               syncs: tuple[str, ...]) -> Probed:
+        probed = Probed(lib, layer)
+        targets = [(s, p, False) for s, p in launches] + [
+            (s, prog, ret) for s in syncs
+            for prog, ret in (("on_sync_enter", False), ("on_sync_exit", True))]
+        for symbol, prog, ret in targets:
+            try:
+                link = self.obj.attach_uprobe(prog, lib, symbol, cookie=API_IDS[symbol],
+                                              retprobe=ret)
+            except libbpf.LibbpfError:
+                continue  # this library lacks the entry point
+            self._uprobe_links.append(link)
+            if symbol not in probed.symbols:
+                probed.symbols.append(symbol)
+        self.probed.append(probed)
+        return probed
+
+    def probe_driver(self, lib: Path) -> Probed:
+        return self._probe(lib, "driver", DRIVER_LAUNCHES, DRIVER_SYNCS)
+
+    def probe_runtime(self, lib: Path) -> Probed:
+        return self._probe(lib, "runtime", RUNTIME_LAUNCHES, RUNTIME_SYNCS)
+
+    def add_process(self, tgid: int) -> None:
+        maps.update(self.obj.map_fd("traced"), ctypes.c_uint32(tgid), ctypes.c_uint8(1))
+
+    def drain(self) -> np.ndarray:
+        return self.reader.read()
+
+    def drops(self) -> int:
+        per_cpu = maps.lookup_percpu(self.obj.map_fd("drops"), ctypes.c_uint32(0),
+                                     ctypes.c_uint64, self.ncpus)
+        return sum(v.value for v in per_cpu)
+
+    def close(self) -> None:
+        for link in self._uprobe_links:
+            self.obj.destroy_link(link)
+        self._uprobe_links.clear()
+        self.reader.close()
+        self.obj.close()
