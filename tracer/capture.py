@@ -85,15 +85,15 @@ def _matching_tgids(spec: CaptureSpec) -> set[int]:
     return found
 
 
+# Runs in the child: wait for the gate, then become the command (same pid).
+_GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execvp(sys.argv[2], sys.argv[2:])"
+
+
 def _start_command(session: TraceSession, cmd: list[str]) -> subprocess.Popen[bytes]:
     """Start cmd held before exec until its pid is traced, so no launch is missed."""
     gate_r, gate_w = os.pipe()
-
-    def wait_for_gate() -> None:
-        os.close(gate_w)
-        os.read(gate_r, 1)
-
-    proc = subprocess.Popen(cmd, preexec_fn=wait_for_gate, pass_fds=(gate_r,))
+    proc = subprocess.Popen([sys.executable, "-c", _GATE, str(gate_r), *cmd],
+                            pass_fds=(gate_r,))
     os.close(gate_r)
     session.add_process(proc.pid)
     os.write(gate_w, b"g")

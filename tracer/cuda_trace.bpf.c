@@ -74,7 +74,10 @@ static const u32 zero;
 
 static bool is_traced(u32 tgid)
 {
-	return bpf_map_lookup_elem(&traced, &tgid) != NULL;
+	/* Reading the value keeps clang from OR-ing two lookups' pointers. */
+	u8 *mark = bpf_map_lookup_elem(&traced, &tgid);
+
+	return mark && *mark;
 }
 
 /* A zeroed record of @type for the current task, or NULL (a counted drop). */
