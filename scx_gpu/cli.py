@@ -220,10 +220,11 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
     """Trace CUDA launches, context switches and IRQs (of CMD, if given)."""
     from scx_gpu.tracer import capture, tracefile
 
-    if output.exists():
-        raise UsageError(f"{output} exists: remove it or choose another --output")
     spec = capture.CaptureSpec(list(pids), list(comms), list(cgroups), list(cmd), duration,
                                list(cuda_libs), list(cudart_libs), ring_mb)
+    capture.check(spec)
+    if output.exists():
+        raise UsageError(f"{output} exists: remove it or choose another --output")
     if not (spec.selective or duration):
         click.echo("scx-gpu trace: tracing every process that launches; Ctrl-C stops",
                    err=True)

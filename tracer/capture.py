@@ -50,7 +50,8 @@ class Capture:
     exit_status: int | None
 
 
-def _check(spec: CaptureSpec) -> None:
+def check(spec: CaptureSpec) -> None:
+    """Environment and input checks, before anything is loaded or written."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("scx-gpu trace needs root (it loads BPF programs)")
     for pid in spec.pids:
@@ -112,7 +113,7 @@ def _probe_libraries(session: TraceSession, spec: CaptureSpec,
 
 
 def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
-    _check(spec)
+    check(spec)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

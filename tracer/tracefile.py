@@ -122,9 +122,10 @@ def read_csv(path: Path) -> pd.DataFrame:
                             on_bad_lines="error", keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
         raise UsageError(f"{path}: corrupt trace CSV ({exc})") from exc
-    for column in frame.columns:
-        if column not in ("event_type", "comm", "irq_name", "layer"):
-            frame[column] = pd.to_numeric(frame[column].replace("", 0), errors="coerce")
+    numeric = [c for c in frame.columns if c not in ("event_type", "comm", "irq_name", "layer")]
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column].replace("", 0), errors="coerce")
     if frame[["timestamp_ns", "pid", "tid"]].isna().any().any():
         raise UsageError(f"{path}: corrupt trace CSV (non-numeric timestamps or ids)")
-    return frame.fillna(0)
+    frame[numeric] = frame[numeric].fillna(0)
+    return frame

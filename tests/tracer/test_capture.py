@@ -1,0 +1,162 @@
+"""The tracer on the host kernel: real BPF, real uprobes on the stub libcuda."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from scx_gpu.tracer import tracefile
+from scx_gpu.tracer.events import EVENT_DTYPE
+from scx_gpu.workloads import program
+from tests.helpers import assert_one_line_error, scx_gpu
+
+pytestmark = pytest.mark.root
+LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
+PER_TOKEN = 9  # --api all: kernel, Ex, graph, three times a token
+SCX_GPU = [sys.executable, "-m", "scx_gpu"]
+
+
+@pytest.fixture(scope="module")
+def launcher_trace(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trace") / "t"
+    proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--",
+                   str(LAUNCHER), "--cuda-lib", str(STUB), "--threads", "2", "--api", "all",
+                   "--launches", str(PER_TOKEN), "--duration", "1", "--work-us", "100",
+                   "--gpu-wait-us", "2000")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    frame, meta = tracefile.read(out)
+    return report, frame, meta
+
+
+def test_every_launch_per_thread_with_its_arguments(launcher_trace):
+    report, frame, _ = launcher_trace
+    launches = frame[frame.event_type.isin(["cuLaunchKernel", "cuLaunchKernelEx",
+                                            "cuGraphLaunch"])]
+    for tid, count in zip(report["tids"], report["thread_launches"], strict=True):
+        mine = launches[launches.tid == tid]
+        assert len(mine) == count, (tid, len(mine), count)
+        assert (mine.event_type.value_counts() == count // 3).all()
+    assert report["pid"] not in set(launches.tid)  # the main thread never launches
+    expected = {
+        "cuLaunchKernel": (128, 2, 3, 256, 4, 5, 4096, 5),
+        "cuLaunchKernelEx": (64, 7, 1, 32, 8, 2, 2048, 6),
+        "cuGraphLaunch": (0, 0, 0, 0, 0, 0, 0, 7),
+    }
+    columns = ["grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "shared_mem",
+               "stream"]
+    for name, values in expected.items():
+        rows = launches[launches.event_type == name][columns].drop_duplicates()
+        assert [tuple(r) for r in rows.itertuples(index=False)] == [values], name
+
+
+def test_switches_of_both_launching_threads_and_syncs(launcher_trace):
+    report, frame, meta = launcher_trace
+    switches = frame[frame.event_type == "schedSwitch"]
+    for tid in report["tids"]:
+        assert (switches.prev_tid == tid).sum() > 100, tid  # blocks in every sync
+    syncs = frame[frame.event_type == "syncExit"]
+    assert len(syncs) == report["tokens"]  # one stream sync a token
+    assert syncs.duration_ns.median() >= 1_900_000  # the 2 ms "GPU" wait
+    assert meta["drops"] == 0 and meta["exit_status"] == 0
+    assert meta["libraries"][0]["path"] == str(STUB)
+
+
+def _blast_loopback(seconds: float) -> None:
+    """Loopback TCP traffic: NET_RX/NET_TX softirqs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def sink() -> None:
+        conn, _ = server.accept()
+        while conn.recv(1 << 16):
+            pass
+
+    threading.Thread(target=sink, daemon=True).start()
+    client = socket.create_connection(("127.0.0.1", port))
+    end, chunk = time.monotonic() + seconds, b"x" * (1 << 16)
+    while time.monotonic() < end:
+        client.sendall(chunk)
+    client.close()
+
+
+def test_irqs_and_softirqs_have_names_and_sane_durations(tmp_path):
+    out = tmp_path / "t"
+    blaster = threading.Thread(target=_blast_loopback, args=(1.5,))
+    tracer = subprocess.Popen([*SCX_GPU, "trace", "-o", str(out), "--duration", "2",
+                               "--pid", str(os.getpid())], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    blaster.start()
+    with open(tmp_path / "io", "wb") as f:  # disk I/O: hard IRQs of the block device
+        for _ in range(20):
+            f.write(os.urandom(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    blaster.join()
+    assert tracer.wait(timeout=60) == 0, tracer.stderr.read() if tracer.stderr else ""
+    frame, _ = tracefile.read(out)
+    soft = frame[frame.event_type == "softirqExit"]
+    assert {"NET_RX", "TIMER"} <= set(soft.irq_name), set(soft.irq_name)
+    hard = frame[frame.event_type == "hardirqExit"]
+    assert len(hard) > 0 and (hard.irq_name != "").all()
+    for exits in (soft, hard):
+        assert (exits.duration_ns >= 0).all()
+        assert exits.duration_ns.max() < 1_000_000_000  # nothing absurd, nesting included
+
+
+def test_csv_has_the_spec_header_and_parses_back(tmp_path, launcher_trace):
+    _, frame, meta = launcher_trace
+    out = tmp_path / "t.csv"
+    tracefile.write(out, frame, meta, "csv")
+    assert out.read_text().splitlines()[0].split(",")[:19] == tracefile.CSV_COLUMNS
+    back = tracefile.read_csv(out)
+    assert len(back) == len(frame)
+    assert (back.event_type.values == frame.event_type.values).all()
+
+
+def test_reads_the_original_tools_ragged_csv(tmp_path):
+    ragged = tmp_path / "orig.csv"
+    ragged.write_text(",".join(tracefile.CSV_COLUMNS) + "\n"
+                      "100,cuLaunchKernel,10,11,python,0,128,1,1,256,1,1,0,7\n"
+                      "200,schedSwitch,10,11,python,0,,,,,,,,,50,60\n"
+                      "300,softirqExit,10,11,python,1,,,,,,,,,,,3,NET_RX,1500\n")
+    frame = tracefile.read_csv(ragged)
+    assert list(frame.event_type) == ["cuLaunchKernel", "schedSwitch", "softirqExit"]
+    assert frame.loc[0, "grid_x"] == 128 and frame.loc[2, "duration_ns"] == 1500
+    assert frame.loc[1, "last_offcpu_ns"] == 50
+
+
+def test_bad_input(tmp_path):
+    assert_one_line_error(scx_gpu("trace", "-o", str(tmp_path / "a"), "--", "/no/such/cmd"),
+                          2, ["command not found"])
+    assert_one_line_error(scx_gpu("trace", "-o", str(tmp_path / "b"), "--pid", "999999999"),
+                          2, ["no such process"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    truncated = tmp_path / "trunc"
+    truncated.mkdir()
+    (truncated / "events.parquet").write_bytes(b"PAR1 not really")
+    (truncated / "meta.json").write_text("{}")
+    with pytest.raises(Exception, match="not a readable trace"):
+        tracefile.read(truncated)
+    unknown = tmp_path / "u.csv"
+    unknown.write_text("when,what\n1,2\n")
+    with pytest.raises(Exception, match="not a trace CSV"):
+        tracefile.read_csv(unknown)
+
+
+def test_not_root_is_an_environment_error(tmp_path):
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           *SCX_GPU, "trace", "-o", str(tmp_path / "x"), "--duration", "1"],
+                          capture_output=True, text=True, env={**os.environ, "HOME": "/tmp"})
+    assert_one_line_error(proc, 1, ["needs root"])
+
+
+def test_frame_keeps_spec_columns_first():
+    frame = tracefile.to_frame(np.empty(0, EVENT_DTYPE))
+    assert list(frame.columns[:19]) == tracefile.CSV_COLUMNS
