@@ -17,6 +17,9 @@ char _license[] SEC("license") = "GPL";
 #define MAX_THREADS	65536
 #define MAX_PROCESSES	4096
 
+/* Keeps the record type in the object's BTF, where user space checks its mirror. */
+const struct gpu_trace_event *unused_event_type __attribute__((unused));
+
 /* Trace every process on its first launch (else only those in `traced`). */
 const volatile bool trace_launchers = true;
 
