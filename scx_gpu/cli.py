@@ -236,6 +236,29 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
         sys.exit(result.exit_status)
 
 
+@cli.command("analyze")
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="A trace of the same job without the noise: side by side, degradation.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True)
+def analyze_cmd(trace: Path, baseline: Path | None, fmt: str) -> None:
+    """Launch pairs, preemption penalty, tails, IRQs, per process and thread."""
+    from scx_gpu.tracer import analysis, report, tracefile
+
+    def load(path: Path) -> dict[str, object]:
+        frame, meta = tracefile.read(path)
+        if frame.empty:
+            raise UsageError(f"{path}: the trace has no events")
+        return analysis.analyse(frame, meta)
+
+    result = load(trace)
+    click.echo(report.render(result, load(baseline) if baseline else None, fmt))
+    drops = result["drops"]
+    if drops:
+        click.echo(f"scx-gpu analyze: {drops} events were dropped while tracing", err=True)
+
+
 def main() -> None:
     """Entry point: one-line errors, exit 2 for bad input and 1 for the environment."""
     try:
