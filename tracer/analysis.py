@@ -54,7 +54,7 @@ def runqueue_waits(wakeups: np.ndarray, ins: np.ndarray) -> np.ndarray:
     ins = np.sort(ins)
     nxt = np.searchsorted(ins, wakeups, "left")
     ok = nxt < len(ins)
-    return ins[nxt[ok]] - wakeups[ok]
+    return np.asarray(ins[nxt[ok]] - wakeups[ok])
 
 
 def pair_metrics(pairs: ThreadPairs, runtime_ns: int) -> dict[str, Any]:
@@ -128,14 +128,15 @@ def analyse(frame: pd.DataFrame, meta: dict[str, Any] | None = None) -> dict[str
     is_launch = frame.event_type.isin(LAUNCH_EVENTS)
     processes = []
     for pid, launches in frame[is_launch].groupby("pid"):
-        threads = [_thread(frame, int(tid), rows.timestamp_ns.to_numpy(np.int64), end, runtime)
+        threads = [_thread(frame, int(str(tid)), rows.timestamp_ns.to_numpy(np.int64), end,
+                           runtime)
                    for tid, rows in launches.groupby("tid")]
         pairs = ThreadPairs(np.concatenate([t["pairs"].gaps for t in threads]),
                             np.concatenate([t["pairs"].switched for t in threads]))
         n_launch, n_switch = len(launches), sum(t["context_switches"] for t in threads)
         off = sum(t["off_cpu_ms"] for t in threads) * 1e6
         processes.append({
-            "pid": int(pid), "comm": str(launches.comm.iloc[0]),
+            "pid": int(str(pid)), "comm": str(launches.comm.iloc[0]),
             "runtime_s": runtime / 1e9, "launches": n_launch,
             "launches_per_s": n_launch / (runtime / 1e9) if runtime else 0.0,
             "context_switches": n_switch,

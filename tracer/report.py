@@ -65,7 +65,8 @@ def _match(proc: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, A
     if not baseline or not baseline["processes"]:
         return None
     same = [p for p in baseline["processes"] if p["comm"] == proc["comm"]]
-    return max(same or baseline["processes"], key=lambda p: p["launches"])
+    best: dict[str, Any] = max(same or baseline["processes"], key=lambda p: p["launches"])
+    return best
 
 
 def render(result: dict[str, Any], baseline: dict[str, Any] | None, fmt: str) -> str:

@@ -10,7 +10,7 @@ from tests.helpers import assert_one_line_error, scx_gpu
 
 
 def event(ts, kind, tid=11, pid=10, **fields):
-    row = dict.fromkeys(tracefile.CSV_COLUMNS + tracefile.EXTRA_COLUMNS, 0)
+    row: dict[str, object] = dict.fromkeys(tracefile.CSV_COLUMNS + tracefile.EXTRA_COLUMNS, 0)
     row.update({"timestamp_ns": ts, "event_type": kind, "pid": pid, "tid": tid, "comm": "gpu",
                 "irq_name": "", "layer": "driver", "preempt": False, **fields})
     return row

@@ -14,5 +14,6 @@ def test_event_dtype_matches_btf():
     btf = next(t for t in json.loads(out)["types"]
                if t["kind"] == "STRUCT" and t["name"] == "gpu_trace_event")
     assert EVENT_DTYPE.itemsize == btf["size"]
-    ours = [(name, EVENT_DTYPE.fields[name][1]) for name in EVENT_DTYPE.names]
+    fields: dict[str, tuple[object, ...]] = dict(EVENT_DTYPE.fields or {})
+    ours = [(name, offset) for name, (_, offset, *_) in fields.items()]
     assert ours == [(m["name"], m["bits_offset"] // 8) for m in btf["members"]]
