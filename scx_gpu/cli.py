@@ -213,12 +213,16 @@ def run_cmd(tier: str, cmd: tuple[str, ...]) -> None:
               help="Probe this libcudart too (runtime layer, tagged; not counted twice).")
 @click.option("--ring-mb", type=int, default=64, show_default=True,
               help="Ring buffer size (a power of two).")
+@click.option("--overhead", is_flag=True,
+              help="Run CMD untraced first, then traced, and report the difference.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, ...],
               cgroups: tuple[str, ...], duration: float | None, cuda_libs: tuple[str, ...],
-              cudart_libs: tuple[str, ...], ring_mb: int, cmd: tuple[str, ...]) -> None:
+              cudart_libs: tuple[str, ...], ring_mb: int, overhead: bool,
+              cmd: tuple[str, ...]) -> None:
     """Trace CUDA launches, context switches and IRQs (of CMD, if given)."""
     from scx_gpu.tracer import capture, tracefile
+    from scx_gpu.tracer import overhead as tracer_overhead
 
     spec = capture.CaptureSpec(list(pids), list(comms), list(cgroups), list(cmd), duration,
                                list(cuda_libs), list(cudart_libs), ring_mb)
@@ -228,7 +232,17 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
     if not (spec.selective or duration):
         click.echo("scx-gpu trace: tracing every process that launches; Ctrl-C stops",
                    err=True)
-    result = capture.capture(spec, lambda line: click.echo(f"scx-gpu trace: {line}", err=True))
+    def log(line: str) -> None:
+        click.echo(f"scx-gpu trace: {line}", err=True)
+
+    if overhead:
+        if not cmd:
+            raise UsageError("--overhead needs a command to run: scx-gpu trace --overhead -- CMD")
+        result, report = tracer_overhead.measure(spec, log)
+        result.meta["overhead"] = report
+        log("overhead: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+    else:
+        result = capture.capture(spec, log)
     tracefile.write(output, tracefile.to_frame(result.events), result.meta, fmt)
     click.echo(f"scx-gpu trace: {len(result.events)} events, {result.meta['drops']} dropped, "
                f"written to {output}", err=True)

@@ -36,6 +36,7 @@ class CaptureSpec:
     cuda_libs: list[str] = field(default_factory=list)
     cudart_libs: list[str] = field(default_factory=list)
     ring_mb: int = 64
+    stdout: Any = None  # where the traced command's output goes (inherited by default)
 
     @property
     def selective(self) -> bool:
@@ -90,11 +91,12 @@ def _matching_tgids(spec: CaptureSpec) -> set[int]:
 _GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execvp(sys.argv[2], sys.argv[2:])"
 
 
-def _start_command(session: TraceSession, cmd: list[str]) -> subprocess.Popen[bytes]:
+def _start_command(session: TraceSession, cmd: list[str],
+                   stdout: Any = None) -> subprocess.Popen[bytes]:
     """Start cmd held before exec until its pid is traced, so no launch is missed."""
     gate_r, gate_w = os.pipe()
     proc = subprocess.Popen([sys.executable, "-c", _GATE, str(gate_r), *cmd],
-                            pass_fds=(gate_r,))
+                            pass_fds=(gate_r,), stdout=stdout)
     os.close(gate_r)
     session.add_process(proc.pid)
     os.write(gate_w, b"g")
@@ -124,13 +126,15 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
     chunks: list[np.ndarray] = []
     proc = None
     start_wall, start = time.time(), time.monotonic()
+    cmd_start = start
     try:
         session.attach_tracepoints()
         _probe_libraries(session, spec, log)
         for pid in spec.pids:
             session.add_process(pid)
         if spec.cmd:
-            proc = _start_command(session, spec.cmd)
+            proc = _start_command(session, spec.cmd, spec.stdout)
+            cmd_start = time.monotonic()
         last_scan = 0.0
         while not stop.is_set():
             now = time.monotonic()
@@ -147,9 +151,11 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
         if proc is not None and proc.poll() is None and stop.is_set():
             proc.send_signal(signal.SIGINT)
         status = proc.wait() if proc is not None else None
+        cmd_wall = time.monotonic() - cmd_start if proc is not None else None
         chunks.append(session.drain())
         drops = session.drops()
         meta = _meta(spec, session, start_wall, time.monotonic() - start, drops, status)
+        meta["command_wall_s"] = cmd_wall
     finally:
         session.close()
         signal.signal(signal.SIGINT, previous[0])
