@@ -254,23 +254,42 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--baseline", type=click.Path(path_type=Path),
               help="A trace of the same job without the noise: side by side, degradation.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]),
               default="table", show_default=True)
-def analyze_cmd(trace: Path, baseline: Path | None, fmt: str) -> None:
+@click.option("--plots", type=click.Path(path_type=Path, file_okay=False),
+              help="Write PNG plots here: launch gaps, a timeline, IRQ time by type.")
+def analyze_cmd(trace: Path, baseline: Path | None, fmt: str, plots: Path | None) -> None:
     """Launch pairs, preemption penalty, tails, IRQs, per process and thread."""
     from scx_gpu.tracer import analysis, report, tracefile
 
-    def load(path: Path) -> dict[str, object]:
+    def load(path: Path) -> tuple[dict[str, object], object]:
         frame, meta = tracefile.read(path)
         if frame.empty:
             raise UsageError(f"{path}: the trace has no events")
-        return analysis.analyse(frame, meta)
+        return analysis.analyse(frame, meta), frame
 
-    result = load(trace)
-    click.echo(report.render(result, load(baseline) if baseline else None, fmt))
+    result, frame = load(trace)
+    click.echo(report.render(result, load(baseline)[0] if baseline else None, fmt))
+    if plots:
+        from scx_gpu.tracer import plots as tracer_plots
+
+        for path in tracer_plots.write_all(frame, plots):  # type: ignore[arg-type]
+            click.echo(f"scx-gpu analyze: wrote {path}", err=True)
     drops = result["drops"]
     if drops:
         click.echo(f"scx-gpu analyze: {drops} events were dropped while tracing", err=True)
+
+
+@cli.command("export-perfetto")
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+def export_perfetto_cmd(trace: Path, out: Path) -> None:
+    """Write TRACE as Chrome/Perfetto trace-event JSON (open it in ui.perfetto.dev)."""
+    from scx_gpu.tracer import perfetto, tracefile
+
+    frame, _ = tracefile.read(trace)
+    out.write_text(json.dumps(perfetto.export(frame)))
+    click.echo(f"scx-gpu: wrote {out}", err=True)
 
 
 def main() -> None:

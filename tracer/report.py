@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -84,7 +85,6 @@ def render(result: dict[str, Any], baseline: dict[str, Any] | None, fmt: str) ->
         rich_table.add_column(column, justify="left" if i == 0 else "right")
     for row in table:
         rich_table.add_row(*row)
-    console = Console(record=True, width=160)
-    with console.capture() as captured:
-        console.print(rich_table)
-    return captured.get()
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(rich_table)
+    return console.export_html() if fmt == "html" else console.export_text()

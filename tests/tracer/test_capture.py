@@ -32,11 +32,11 @@ def launcher_trace(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     frame, meta = tracefile.read(out)
-    return report, frame, meta
+    return report, frame, meta, out
 
 
 def test_every_launch_per_thread_with_its_arguments(launcher_trace):
-    report, frame, _ = launcher_trace
+    report, frame, _, _ = launcher_trace
     launches = frame[frame.event_type.isin(["cuLaunchKernel", "cuLaunchKernelEx",
                                             "cuGraphLaunch"])]
     for tid, count in zip(report["tids"], report["thread_launches"], strict=True):
@@ -57,7 +57,7 @@ def test_every_launch_per_thread_with_its_arguments(launcher_trace):
 
 
 def test_switches_of_both_launching_threads_and_syncs(launcher_trace):
-    report, frame, meta = launcher_trace
+    report, frame, meta, _ = launcher_trace
     switches = frame[frame.event_type == "schedSwitch"]
     for tid in report["tids"]:
         assert (switches.prev_tid == tid).sum() > 100, tid  # blocks in every sync
@@ -111,7 +111,7 @@ def test_irqs_and_softirqs_have_names_and_sane_durations(tmp_path):
 
 
 def test_csv_has_the_spec_header_and_parses_back(tmp_path, launcher_trace):
-    _, frame, meta = launcher_trace
+    _, frame, meta, _ = launcher_trace
     out = tmp_path / "t.csv"
     tracefile.write(out, frame, meta, "csv")
     assert out.read_text().splitlines()[0].split(",")[:19] == tracefile.CSV_COLUMNS
@@ -160,3 +160,32 @@ def test_not_root_is_an_environment_error(tmp_path):
 def test_frame_keeps_spec_columns_first():
     frame = tracefile.to_frame(np.empty(0, EVENT_DTYPE))
     assert list(frame.columns[:19]) == tracefile.CSV_COLUMNS
+
+
+def test_plots_html_and_perfetto(tmp_path, launcher_trace):
+    report, _, _, path = launcher_trace
+    proc = scx_gpu("analyze", str(path), "--format", "html", "--plots", str(tmp_path / "p"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("<!DOCTYPE html>") and "launches/s" in proc.stdout
+    for name in ("launch_gaps.png", "timeline.png", "irq_time.png"):
+        assert (tmp_path / "p" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    out = tmp_path / "t.json"
+    assert scx_gpu("export-perfetto", str(path), str(out)).returncode == 0
+    trace_events = json.loads(out.read_text())["traceEvents"]
+    instants = [e for e in trace_events if e["ph"] == "i"]
+    assert len(instants) == sum(report["thread_launches"])
+    assert {e["tid"] for e in instants} == set(report["tids"])
+    slices = [e for e in trace_events if e["ph"] == "X"]
+    assert any(e["name"] == "off-CPU" and e["dur"] > 0 for e in slices)
+    assert any(e["pid"] == 0 and e.get("cat") == "softirq" for e in slices)
+
+
+def test_overhead_runs_untraced_and_traced(tmp_path):
+    out = tmp_path / "t"
+    proc = scx_gpu("trace", "--overhead", "-o", str(out), "--cuda-lib", str(STUB), "--",
+                   str(LAUNCHER), "--cuda-lib", str(STUB), "--duration", "1")
+    assert proc.returncode == 0, proc.stderr
+    overhead = tracefile.read(out)[1]["overhead"]
+    assert overhead["untraced_tokens_per_s"] > 0 and overhead["traced_tokens_per_s"] > 0
+    assert abs(overhead["throughput_overhead_pct"]) < 20  # large effects only in tests
+    assert "overhead:" in proc.stderr
