@@ -19,7 +19,7 @@ CFLAGS  ?= -O2 -g -Wall -Wextra -Werror
 
 vpath %.bpf.c sched/bpf tracer
 
-.PHONY: setup bpf programs build vmlinux-h lint test test-host demo bench bench-sched wheel clean
+.PHONY: setup bpf programs build vmlinux-h lint test test-host demo bench bench-sched bench-tracer wheel clean
 
 setup: $(SETUP_STAMP)
 
@@ -76,7 +76,11 @@ bench-sched: setup build
 	$(BIN)/scx-gpu vm run --timeout 3000 --out bench-results -- \
 		python3 -m scx_gpu.bench.sched --reps $(BENCH_REPS) --out /job/out/bench-sched.json
 
-bench: bench-sched
+# The tracer's reader throughput, overhead and analysis time, on the host kernel.
+bench-tracer: setup build
+	$(BIN)/python -m scx_gpu.bench.tracer --out bench-tracer.json
+
+bench: bench-sched bench-tracer
 
 wheel: setup build
 	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist .

@@ -11,6 +11,9 @@
 #define ENOENT	2
 #define ENOMEM	12
 
+/* The iterator bpf_for_each() (libbpf's bpf_helpers.h) declares. */
+#define BPF_FOR_EACH_ITER (&___it)
+
 #define BPF_STRUCT_OPS(name, args...) \
 	SEC("struct_ops/" #name) BPF_PROG(name, ##args)
 #define BPF_STRUCT_OPS_SLEEPABLE(name, args...) \

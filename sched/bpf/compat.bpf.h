@@ -19,6 +19,8 @@ void scx_bpf_dispatch_vtime___compat(struct task_struct *p, u64 dsq_id, u64 slic
 				     u64 vtime, u64 enq_flags) __ksym __weak;
 bool scx_bpf_dsq_move_to_local___v2___compat(u64 dsq_id, u64 enq_flags) __ksym __weak;
 bool scx_bpf_consume___compat(u64 dsq_id) __ksym __weak;
+bool scx_bpf_dispatch_from_dsq___compat(struct bpf_iter_scx_dsq *it__iter, struct task_struct *p,
+					u64 dsq_id, u64 enq_flags) __ksym __weak;
 
 static __always_inline void dsq_insert(struct task_struct *p, u64 dsq_id, u64 slice,
 				       u64 enq_flags)
@@ -47,6 +49,15 @@ static __always_inline bool dsq_move_to_local(u64 dsq_id)
 	if (bpf_ksym_exists(scx_bpf_dsq_move_to_local))
 		return scx_bpf_dsq_move_to_local(dsq_id);
 	return scx_bpf_consume___compat(dsq_id);
+}
+
+/* Move the task an scx_dsq iterator is at (6.12: scx_bpf_dispatch_from_dsq). */
+static __always_inline bool dsq_move(struct bpf_iter_scx_dsq *it, struct task_struct *p,
+				     u64 dsq_id, u64 enq_flags)
+{
+	if (bpf_ksym_exists(scx_bpf_dsq_move))
+		return scx_bpf_dsq_move(it, p, dsq_id, enq_flags);
+	return scx_bpf_dispatch_from_dsq___compat(it, p, dsq_id, enq_flags);
 }
 
 #endif /* __SCX_GPU_COMPAT_BPF_H */

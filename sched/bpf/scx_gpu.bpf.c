@@ -24,6 +24,7 @@ char _license[] SEC("license") = "GPL";
 #define DSQ_BATCH	3
 #define MAX_CPUS	1024
 #define CGROUP_DEPTH	8
+#define FLOOR_SCAN	16	/* queued tasks the floor looks at per dispatch */
 #define SCHED_IDLE	5
 #define NSEC_PER_MSEC	1000000ULL
 #define CLOCK_MONOTONIC	1
@@ -428,29 +429,38 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 		enqueue_normal(p, enq_flags);
 }
 
-/* Serve the head of @dsq first when it has waited past the floor. */
-static bool serve_starving(u64 dsq_id, u64 now)
+/*
+ * The starvation floor: move to @cpu the first of the oldest few tasks of
+ * @dsq that waited longer than floor_ns and may run there. The normal queue is in vtime
+ * order, so the longest waiter is not always its head.
+ */
+static bool serve_starving(u64 dsq_id, s32 cpu, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
 	struct scx_gpu_stats *s = stat();
 	struct task_struct *p;
 	struct task_ctx *tctx;
-	bool starving = false;
+	u32 scanned = 0;
 
 	if (!t || !scx_bpf_dsq_nr_queued(dsq_id))
 		return false;
 	bpf_for_each(scx_dsq, p, dsq_id, 0) {
+		if (++scanned > FLOOR_SCAN)
+			break;
 		tctx = task_ctx_of(p);
-		starving = tctx && now - tctx->enq_at > t->floor_ns;
-		if (starving)
-			tctx->floor_served = true;
-		break;
+		/* A task pinned elsewhere is served by its own CPU's dispatch. */
+		if (!tctx || now - tctx->enq_at <= t->floor_ns ||
+		    !bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+			continue;
+		tctx->floor_served = true;
+		if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0)) {
+			if (s)
+				s->floor_dispatches++;
+			return true;
+		}
+		tctx->floor_served = false;
 	}
-	if (!starving || !dsq_move_to_local(dsq_id))
-		return false;
-	if (s)
-		s->floor_dispatches++;
-	return true;
+	return false;
 }
 
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
@@ -458,7 +468,7 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	u64 now = bpf_ktime_get_ns();
 	struct cpu_ctx *c;
 
-	if (serve_starving(DSQ_BATCH, now) || serve_starving(DSQ_NORMAL, now))
+	if (serve_starving(DSQ_BATCH, cpu, now) || serve_starving(DSQ_NORMAL, cpu, now))
 		return;
 	if (dsq_move_to_local(DSQ_GPU) || dsq_move_to_local(DSQ_NORMAL))
 		return;

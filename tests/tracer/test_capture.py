@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,3 +190,41 @@ def test_overhead_runs_untraced_and_traced(tmp_path):
     assert overhead["untraced_tokens_per_s"] > 0 and overhead["traced_tokens_per_s"] > 0
     assert abs(overhead["throughput_overhead_pct"]) < 20  # large effects only in tests
     assert "overhead:" in proc.stderr
+
+
+def _launch_in_background(seconds: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--duration", seconds,
+                             "--work-us", "100"], stdout=subprocess.PIPE, text=True)
+
+
+def test_comm_selection_traces_only_that_process(tmp_path):
+    launcher = _launch_in_background("3")
+    other = _launch_in_background("3")
+    (tmp_path / "launcher-copy").symlink_to(LAUNCHER)
+    copy = subprocess.Popen([str(tmp_path / "launcher-copy"), "--cuda-lib", str(STUB),
+                             "--duration", "3", "--work-us", "100"], stdout=subprocess.PIPE)
+    out = tmp_path / "t"
+    proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--comm",
+                   "launcher-copy", "--duration", "1.5")
+    for p in (launcher, other, copy):
+        p.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    frame, meta = tracefile.read(out)
+    launching = set(frame[frame.event_type.str.startswith("cu")].pid)
+    assert launching == {copy.pid}, (launching, copy.pid, launcher.pid, other.pid)
+    assert meta["selection"]["comms"] == ["launcher-copy"]
+
+
+def test_ctrl_c_stops_and_still_writes_everything(tmp_path):
+    out = tmp_path / "t"
+    tracer = subprocess.Popen([*SCX_GPU, "trace", "-o", str(out), "--cuda-lib", str(STUB)],
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # loaded and attached by now
+    launcher = _launch_in_background("1")
+    launcher.wait(timeout=30)
+    tracer.send_signal(signal.SIGINT)
+    assert tracer.wait(timeout=30) == 0
+    frame, meta = tracefile.read(out)
+    launches = frame[frame.event_type.str.startswith("cu")]
+    assert len(launches) == json.loads(launcher.stdout.read())["launches"]
+    assert not out.with_name("t.partial").exists() and meta["drops"] == 0

@@ -1,0 +1,109 @@
+"""The tracer's own numbers: reader throughput, overhead, analysis time.
+
+1. Throughput: the launcher with no CPU work or GPU wait launches as fast as
+   the uprobes let it; events per second consumed, and drops.
+2. Overhead: the launcher at its normal rate, untraced and traced,
+   interleaved `reps` times.
+3. Analysis: `analyse()` on 10M synthetic events.
+Needs root (BPF); runs on the host kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from scx_gpu.bench.scenario import BUSY_LAUNCHER, LAUNCHER, STUB_LIBCUDA
+from scx_gpu.tracer import analysis, overhead
+from scx_gpu.tracer.capture import CaptureSpec, capture
+
+
+def _launcher(*args: str) -> list[str]:
+    return [str(LAUNCHER), "--cuda-lib", str(STUB_LIBCUDA), *args]
+
+
+def throughput(seconds: float, ring_mb: int) -> dict[str, Any]:
+    spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), "--work-us", "0",
+                                     "--gpu-wait-us", "0", "--launches", "1000"),
+                       cuda_libs=[str(STUB_LIBCUDA)], ring_mb=ring_mb,
+                       stdout=open("/dev/null", "w"))  # noqa: SIM115
+    result = capture(spec, lambda _: None)
+    seconds_run = float(result.meta["command_wall_s"])
+    return {"events": len(result.events), "seconds": seconds_run,
+            "events_per_s": len(result.events) / seconds_run, "drops": result.meta["drops"]}
+
+
+def tracer_overhead(reps: int, seconds: float) -> dict[str, Any]:
+    runs = []
+    for _ in range(reps):
+        spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), *BUSY_LAUNCHER),
+                           cuda_libs=[str(STUB_LIBCUDA)])
+        runs.append(overhead.measure(spec, lambda _: None)[1])
+    return {"reps": runs,
+            "throughput_overhead_pct": statistics.mean(r["throughput_overhead_pct"]
+                                                       for r in runs)}
+
+
+def synthetic_frame(n: int, threads: int = 4) -> pd.DataFrame:
+    """n events: per thread, launches every 10 us with a switch-out/in every 100 launches."""
+    rng = np.random.default_rng(0)
+    ts = np.sort(rng.integers(0, n * 1000, n))
+    kinds = np.array(["cuLaunchKernel", "schedSwitch", "softirqExit"], dtype=object)
+    kind = kinds[np.where(rng.random(n) < 0.9, 0, np.where(rng.random(n) < 0.7, 1, 2))]
+    tid = 100 + rng.integers(0, threads, n)
+    return pd.DataFrame({
+        "timestamp_ns": ts, "event_type": kind, "pid": 100, "tid": tid, "comm": "synthetic",
+        "cpu": rng.integers(0, 16, n), "prev_tid": np.where(rng.random(n) < 0.5, tid, 0),
+        "next_tid": tid, "irq_name": "NET_RX", "duration_ns": rng.integers(100, 5000, n)})
+
+
+def analysis_time(n: int) -> dict[str, Any]:
+    frame = synthetic_frame(n)
+    start = time.process_time()
+    analysis.analyse(frame)
+    return {"events": n, "cpu_seconds": time.process_time() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    console = Console()
+    console.log("throughput")
+    results = {"throughput": throughput(args.seconds, 64)}
+    console.log("overhead")
+    results["overhead"] = tracer_overhead(args.reps, args.seconds)
+    console.log("analysis")
+    results["analysis"] = analysis_time(args.events)
+    table = Table(title="scx-gpu tracer benchmark")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    t, o, a = results["throughput"], results["overhead"], results["analysis"]
+    table.add_row("events consumed/s (launch-bound producer)", f"{t['events_per_s']:,.0f}",
+                  ">= 1,000,000")
+    table.add_row("dropped events", f"{t['drops']:,}", "0")
+    table.add_row("tracer overhead on the launcher", f"{o['throughput_overhead_pct']:.2f}%",
+                  "< 2%")
+    table.add_row(f"analysis of {a['events']:,} events", f"{a['cpu_seconds']:.1f} s", "< 20 s")
+    console.print(table)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
