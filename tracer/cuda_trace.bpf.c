@@ -332,73 +332,54 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-static struct irq_stamps *stamps(void)
+/*
+ * One IRQ event: an entry stamps its slot (hard or soft, so a hard IRQ inside
+ * a softirq keeps both right), an exit reports the time since the stamp.
+ */
+static int irq_event(u32 type, u32 irq, bool hard, bool entry, const char *name)
 {
-	return bpf_map_lookup_elem(&irq_stamps, &zero);
+	struct irq_stamps *s = bpf_map_lookup_elem(&irq_stamps, &zero);
+	struct gpu_trace_event *e = reserve(type);
+	u64 *slot;
+
+	if (!e)
+		return 0;
+	e->irq = irq;
+	if (name)
+		bpf_probe_read_kernel_str(e->irq_name, sizeof(e->irq_name), name);
+	if (s) {
+		slot = hard ? &s->hard : &s->soft;
+		if (entry) {
+			*slot = e->ts_ns;
+		} else if (*slot) {
+			e->duration_ns = e->ts_ns - *slot;
+			*slot = 0;
+		}
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
 }
 
 SEC("tp_btf/irq_handler_entry")
 int BPF_PROG(on_hardirq_entry, int irq, struct irqaction *action)
 {
-	struct irq_stamps *s = stamps();
-	struct gpu_trace_event *e = reserve(EV_HARDIRQ_ENTRY);
-
-	if (!e)
-		return 0;
-	if (s)
-		s->hard = e->ts_ns;
-	e->irq = irq;
-	bpf_probe_read_kernel_str(e->irq_name, sizeof(e->irq_name), action->name);
-	bpf_ringbuf_submit(e, 0);
-	return 0;
+	return irq_event(EV_HARDIRQ_ENTRY, irq, true, true, action->name);
 }
 
 SEC("tp_btf/irq_handler_exit")
 int BPF_PROG(on_hardirq_exit, int irq, struct irqaction *action, int ret)
 {
-	struct irq_stamps *s = stamps();
-	struct gpu_trace_event *e = reserve(EV_HARDIRQ_EXIT);
-
-	if (!e)
-		return 0;
-	e->irq = irq;
-	if (s && s->hard) {
-		e->duration_ns = e->ts_ns - s->hard;
-		s->hard = 0;
-	}
-	bpf_probe_read_kernel_str(e->irq_name, sizeof(e->irq_name), action->name);
-	bpf_ringbuf_submit(e, 0);
-	return 0;
+	return irq_event(EV_HARDIRQ_EXIT, irq, true, false, action->name);
 }
 
 SEC("tp_btf/softirq_entry")
 int BPF_PROG(on_softirq_entry, unsigned int vec)
 {
-	struct irq_stamps *s = stamps();
-	struct gpu_trace_event *e = reserve(EV_SOFTIRQ_ENTRY);
-
-	if (!e)
-		return 0;
-	if (s)
-		s->soft = e->ts_ns;
-	e->irq = vec;
-	bpf_ringbuf_submit(e, 0);
-	return 0;
+	return irq_event(EV_SOFTIRQ_ENTRY, vec, false, true, NULL);
 }
 
 SEC("tp_btf/softirq_exit")
 int BPF_PROG(on_softirq_exit, unsigned int vec)
 {
-	struct irq_stamps *s = stamps();
-	struct gpu_trace_event *e = reserve(EV_SOFTIRQ_EXIT);
-
-	if (!e)
-		return 0;
-	e->irq = vec;
-	if (s && s->soft) {
-		e->duration_ns = e->ts_ns - s->soft;
-		s->soft = 0;
-	}
-	bpf_ringbuf_submit(e, 0);
-	return 0;
+	return irq_event(EV_SOFTIRQ_EXIT, vec, false, false, NULL);
 }

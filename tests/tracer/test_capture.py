@@ -226,5 +226,6 @@ def test_ctrl_c_stops_and_still_writes_everything(tmp_path):
     assert tracer.wait(timeout=30) == 0
     frame, meta = tracefile.read(out)
     launches = frame[frame.event_type.str.startswith("cu")]
-    assert len(launches) == json.loads(launcher.stdout.read())["launches"]
+    launcher_out, _ = launcher.communicate()
+    assert len(launches) == json.loads(launcher_out)["launches"]
     assert not out.with_name("t.partial").exists() and meta["drops"] == 0
