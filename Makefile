@@ -14,7 +14,7 @@ BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 	-fms-extensions -Wno-microsoft-anon-tag -Isched/bpf -Itracer
 SETUP_STAMP := $(VENV)/.setup-stamp
 WL      := scx_gpu/workloads
-PROGRAMS := $(WL)/bin/launcher $(WL)/bin/libcuda.so.1
+PROGRAMS := $(WL)/bin/launcher $(WL)/bin/libcuda.so.1 $(WL)/bin/libcudart.so.13
 CFLAGS  ?= -O2 -g -Wall -Wextra -Werror
 
 vpath %.bpf.c sched/bpf tracer
@@ -42,6 +42,11 @@ programs: $(PROGRAMS)
 $(WL)/bin/libcuda.so.1: $(WL)/cuda_stub.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -shared -fPIC -Wl,-soname,libcuda.so.1 -o $@ $<
+
+# Linked against the stub driver, found beside it at run time.
+$(WL)/bin/libcudart.so.13: $(WL)/cudart_stub.c $(WL)/bin/libcuda.so.1
+	$(CC) $(CFLAGS) -shared -fPIC -Wl,-soname,libcudart.so.13 -Wl,-rpath,'$$ORIGIN' \
+		-o $@ $< $(WL)/bin/libcuda.so.1
 
 $(WL)/bin/launcher: $(WL)/launcher.c
 	@mkdir -p $(@D)

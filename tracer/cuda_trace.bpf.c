@@ -199,7 +199,8 @@ int BPF_UPROBE(on_graph_launch, void *graph, u64 stream)
 }
 
 /* cudaLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream): each
- * dim3 comes packed in two registers (x | y << 32, then z). */
+ * dim3 comes packed in two registers (x | y << 32, then z), args in the sixth,
+ * sharedMem and stream on the stack. */
 SEC("uprobe")
 int BPF_UPROBE(on_cuda_launch_kernel, void *func, u64 gxy, u64 gz, u64 bxy, u64 bz, void **args)
 {
@@ -214,8 +215,8 @@ int BPF_UPROBE(on_cuda_launch_kernel, void *func, u64 gxy, u64 gz, u64 bxy, u64 
 	e->block[0] = (u32)bxy;
 	e->block[1] = bxy >> 32;
 	e->block[2] = (u32)bz;
-	e->shared_mem = (u32)PT_REGS_PARM6(ctx);
-	e->stream = stack_u64(ctx, 1);
+	e->shared_mem = stack_u32(ctx, 1);
+	e->stream = stack_u64(ctx, 2);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

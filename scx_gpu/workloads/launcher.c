@@ -29,6 +29,8 @@ typedef int (*launch_kernel_fn)(void *, unsigned, unsigned, unsigned, unsigned, 
 typedef int (*launch_ex_fn)(const void *, void *, void **, void **);
 typedef int (*graph_launch_fn)(void *, void *);
 typedef int (*sync_fn)(void *);
+typedef struct { unsigned int x, y, z; } dim3;
+typedef int (*cuda_launch_fn)(const void *, dim3, dim3, void **, size_t, void *);
 
 struct launch_config {
 	unsigned int grid[3], block[3], shmem;
@@ -41,13 +43,14 @@ static struct {
 	double duration_s, linger_s, warmup_s;
 	long launches, work_us, gpu_wait_us;
 	int threads;
-	const char *api, *lib;
-} opt = { 5.0, 0.0, 0.0, 10, 500, 2000, 1, "ex", "libcuda.so.1" };
+	const char *api, *lib, *cudart;
+} opt = { 5.0, 0.0, 0.0, 10, 500, 2000, 1, "ex", "libcuda.so.1", "libcudart.so.13" };
 
 static launch_kernel_fn launch_kernel;
 static launch_ex_fn launch_ex;
 static graph_launch_fn graph_launch;
 static sync_fn stream_sync;
+static cuda_launch_fn cuda_launch;
 
 struct worker {
 	pthread_t thread;
@@ -79,7 +82,9 @@ static void cpu_work(long us)
  * every argument can be checked: cuLaunchKernel grid 128x2x3, block 256x4x5,
  * 4096 B shared, stream 0x5; cuLaunchKernelEx grid 64x7x1, block 32x8x2,
  * 2048 B, stream 0x6; cuGraphLaunch stream 0x7. "all" cycles through the
- * three (launch i uses kernel, Ex, graph for i % 3 = 0, 1, 2).
+ * three (launch i uses kernel, Ex, graph for i % 3 = 0, 1, 2). "runtime" calls
+ * cudaLaunchKernel (grid 16x2x1, block 512x1x1, 1024 B, stream 0x8) from
+ * --cudart-lib, which launches through the driver's cuLaunchKernel.
  */
 static void launch_one(long i)
 {
@@ -91,7 +96,10 @@ static void launch_one(long i)
 		api = i % 3 == 0 ? "kernel" : i % 3 == 1 ? "ex" : "graph";
 	else if (!strcmp(api, "mixed"))
 		api = i % 2 ? "kernel" : "ex";
-	if (!strcmp(api, "graph"))
+	if (!strcmp(api, "runtime"))
+		cuda_launch((void *)0x1, (dim3){ 16, 2, 1 }, (dim3){ 512, 1, 1 }, NULL, 1024,
+			    (void *)0x8);
+	else if (!strcmp(api, "graph"))
 		graph_launch((void *)0x9, (void *)0x7);
 	else if (!strcmp(api, "kernel"))
 		launch_kernel((void *)0x1, 128, 2, 3, 256, 4, 5, 4096, (void *)0x5, NULL, NULL);
@@ -148,6 +156,15 @@ static void load_driver(void)
 		fprintf(stderr, "launcher: %s lacks the launch entry points\n", opt.lib);
 		exit(2);
 	}
+	if (!strcmp(opt.api, "runtime")) {
+		void *rt = dlopen(opt.cudart, RTLD_NOW);
+
+		cuda_launch = rt ? (cuda_launch_fn)dlsym(rt, "cudaLaunchKernel") : NULL;
+		if (!cuda_launch) {
+			fprintf(stderr, "launcher: no cudaLaunchKernel in %s\n", opt.cudart);
+			exit(2);
+		}
+	}
 	snprintf(wait, sizeof(wait), "%ld", opt.gpu_wait_us);
 	setenv("SCX_GPU_STUB_SYNC_US", wait, 1);
 }
@@ -155,8 +172,8 @@ static void load_driver(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: launcher [--duration S] [--launches N] [--work-us US] "
-		"[--gpu-wait-us US] [--threads N] [--api ex|kernel|graph|mixed|all] "
-		"[--warmup S] [--linger S] [--cuda-lib PATH]\n");
+		"[--gpu-wait-us US] [--threads N] [--api ex|kernel|graph|mixed|all|runtime] "
+		"[--warmup S] [--linger S] [--cuda-lib PATH] [--cudart-lib PATH]\n");
 	exit(2);
 }
 
@@ -166,7 +183,7 @@ static void parse(int argc, char **argv)
 		{ "duration", 1, 0, 'd' }, { "launches", 1, 0, 'l' }, { "work-us", 1, 0, 'w' },
 		{ "gpu-wait-us", 1, 0, 'g' }, { "threads", 1, 0, 't' }, { "api", 1, 0, 'a' },
 		{ "linger", 1, 0, 'L' }, { "cuda-lib", 1, 0, 'c' }, { "warmup", 1, 0, 'W' },
-		{ 0 },
+		{ "cudart-lib", 1, 0, 'r' }, { 0 },
 	};
 	int c;
 
@@ -180,6 +197,7 @@ static void parse(int argc, char **argv)
 		case 'a': opt.api = optarg; break;
 		case 'L': opt.linger_s = atof(optarg); break;
 		case 'W': opt.warmup_s = atof(optarg); break;
+		case 'r': opt.cudart = optarg; break;
 		case 'c': opt.lib = optarg; break;
 		default: usage();
 		}
@@ -188,7 +206,7 @@ static void parse(int argc, char **argv)
 	    opt.duration_s <= 0 || opt.warmup_s < 0)
 		usage();
 	if (strcmp(opt.api, "ex") && strcmp(opt.api, "kernel") && strcmp(opt.api, "graph") &&
-	    strcmp(opt.api, "mixed") && strcmp(opt.api, "all"))
+	    strcmp(opt.api, "mixed") && strcmp(opt.api, "all") && strcmp(opt.api, "runtime"))
 		usage();
 }
 

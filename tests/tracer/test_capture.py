@@ -8,11 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scx_gpu.tracer import tracefile
+from scx_gpu.tracer import analysis, tracefile
 from scx_gpu.tracer.events import EVENT_DTYPE
 from scx_gpu.workloads import program
 from tests.helpers import assert_one_line_error, scx_gpu
@@ -229,3 +230,52 @@ def test_ctrl_c_stops_and_still_writes_everything(tmp_path):
     launcher_out, _ = launcher.communicate()
     assert len(launches) == json.loads(launcher_out)["launches"]
     assert not out.with_name("t.partial").exists() and meta["drops"] == 0
+
+
+def test_runtime_layer_is_tagged_and_not_counted_twice(tmp_path):
+    cudart = program("libcudart.so.13")
+    out = tmp_path / "t"
+    proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--cudart-lib",
+                   str(cudart), "--", str(LAUNCHER), "--cuda-lib", str(STUB), "--cudart-lib",
+                   str(cudart), "--api", "runtime", "--duration", "1", "--work-us", "100")
+    assert proc.returncode == 0, proc.stderr
+    launched = json.loads(proc.stdout)["launches"]
+    frame, _ = tracefile.read(out)
+    runtime = frame[frame.event_type == "cudaLaunchKernel"]
+    driver = frame[frame.event_type == "cuLaunchKernel"]
+    assert len(runtime) == len(driver) == launched
+    assert set(runtime.layer) == {"runtime"} and set(driver.layer) == {"driver"}
+    columns = ["grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "shared_mem",
+               "stream"]
+    for rows in (runtime, driver):
+        assert [tuple(r) for r in rows[columns].drop_duplicates().itertuples(index=False)] \
+            == [(16, 2, 1, 512, 1, 1, 1024, 8)]
+    assert analysis.analyse(frame)["launches"] == launched  # the driver layer counts
+
+
+def _cgroup2_root() -> str:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup2":
+            return fields[1]
+    raise AssertionError("no cgroup2 mount on this host")
+
+
+def test_cgroup_selection(tmp_path):
+    group = f"{_cgroup2_root()}/scx-gpu-test-{os.getpid()}"
+    os.mkdir(group)
+    try:
+        inside = subprocess.Popen(["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec \"$@\"",
+                                   "sh", str(LAUNCHER), "--cuda-lib", str(STUB), "--duration",
+                                   "3", "--work-us", "100"], stdout=subprocess.PIPE)
+        outside = _launch_in_background("3")
+        out = tmp_path / "t"
+        proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--cgroup", group,
+                       "--duration", "1.5")
+        inside.wait(timeout=30)
+        outside.wait(timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        frame, _ = tracefile.read(out)
+        assert set(frame[frame.event_type.str.startswith("cu")].pid) == {inside.pid}
+    finally:
+        os.rmdir(group)
