@@ -49,3 +49,13 @@ def test_guest_panic_is_reported():
                    timeout=300)
     assert proc.returncode == 1
     assert "panicked" in proc.stderr, proc.stderr
+
+
+def test_image_is_reused_while_its_inputs_are_unchanged():
+    first = scx_gpu("vm", "image")
+    assert first.returncode == 0, first.stderr
+    path = Path(first.stdout.split("\t")[0])
+    mtime = path.stat().st_mtime_ns
+    second = scx_gpu("vm", "image")
+    assert second.stdout == first.stdout
+    assert path.stat().st_mtime_ns == mtime  # not rebuilt
