@@ -7,9 +7,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_BPF_SOURCES = ("sched/bpf", "tracer")
-
-
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,15 +62,8 @@ def check(spec: CaptureSpec) -> None:
     for cgroup in spec.cgroups:
         if not (Path(cgroup) / "cgroup.procs").is_file():
             raise UsageError(f"--cgroup {cgroup}: not a cgroup v2 directory")
-    if spec.cmd and not _which(spec.cmd[0]):
+    if spec.cmd and not shutil.which(spec.cmd[0]):
         raise UsageError(f"command not found: {spec.cmd[0]}")
-
-
-def _which(program: str) -> bool:
-    if "/" in program:
-        return os.access(program, os.X_OK)
-    paths = os.environ.get("PATH", "").split(os.pathsep)
-    return any(os.access(os.path.join(p, program), os.X_OK) for p in paths)
 
 
 def _matching_tgids(spec: CaptureSpec) -> set[int]:

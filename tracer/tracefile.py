@@ -33,13 +33,17 @@ EXTRA_COLUMNS = ["layer", "prev_tid", "next_tid", "prev_state", "preempt"]
 EVENTS, META = "events.parquet", "meta.json"
 
 
+def _lookup(names: dict[int, str], codes: np.ndarray) -> np.ndarray:
+    """names[code] for each code, vectorised; "unknown" for codes it lacks."""
+    table = np.array([names.get(c, "unknown") for c in range(max(names) + 2)], dtype=object)
+    return np.asarray(table[np.clip(codes, 0, len(table) - 1)])
+
+
 def _event_names(types: np.ndarray, apis: np.ndarray) -> np.ndarray:
-    names = np.array([TYPE_NAMES.get(int(t), "unknown") for t in range(10)], dtype=object)
-    out = names[np.clip(types, 0, 9)]
+    out = _lookup(TYPE_NAMES, types)
     launch = types == EV_LAUNCH
-    api_names = np.array([API_NAMES.get(a, "unknown") for a in range(13)], dtype=object)
-    out[launch] = api_names[np.clip(apis[launch], 0, 12)]
-    return np.asarray(out)
+    out[launch] = _lookup(API_NAMES, apis[launch])
+    return out
 
 
 def to_frame(events: np.ndarray) -> pd.DataFrame:

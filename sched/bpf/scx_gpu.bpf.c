@@ -387,14 +387,16 @@ s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake
 	struct task_ctx *tctx = task_ctx_of(p);
 	bool is_idle = false;
 	s32 cpu;
+	u64 now;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (!is_idle || !tctx)
 		return cpu;
-	set_task_tier(tctx, classify(p, bpf_ktime_get_ns()));
+	now = bpf_ktime_get_ns();
+	set_task_tier(tctx, classify(p, now));
 	/* Batch must go through its queue: the quota decides when it runs. */
 	if (tctx->tier != TIER_BATCH) {
-		tctx->enq_at = bpf_ktime_get_ns();
+		tctx->enq_at = now;
 		dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	}
 	return cpu;
@@ -437,7 +439,7 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 static bool serve_starving(u64 dsq_id, s32 cpu, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
-	struct scx_gpu_stats *s = stat();
+	struct scx_gpu_stats *s;
 	struct task_struct *p;
 	struct task_ctx *tctx;
 	u32 scanned = 0;
@@ -454,6 +456,7 @@ static bool serve_starving(u64 dsq_id, s32 cpu, u64 now)
 			continue;
 		tctx->floor_served = true;
 		if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0)) {
+			s = stat();
 			if (s)
 				s->floor_dispatches++;
 			return true;

@@ -40,7 +40,7 @@ def throughput(seconds: float, ring_mb: int) -> dict[str, Any]:
     spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), "--work-us", "0",
                                      "--gpu-wait-us", "0", "--launches", "1000"),
                        cuda_libs=[str(STUB_LIBCUDA)], ring_mb=ring_mb,
-                       stdout=open("/dev/null", "w"))  # noqa: SIM115
+                       stdout=subprocess.DEVNULL)
     result = capture(spec, lambda _: None)
     seconds_run = float(result.meta["command_wall_s"])
     return {"events": len(result.events), "seconds": seconds_run,
