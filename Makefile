@@ -69,12 +69,17 @@ test: setup build lint
 test-host: setup build
 	$(BIN)/pytest -m "not vm"
 
-# The main job on the built-in default: the sched_ext test VM, the synthetic
-# GPU launcher beside CPU hogs, stock vs the mainline knobs vs scx-gpu.
+# The main job on the built-in default: in the sched_ext test VM, the synthetic
+# GPU workload under no noise and CPU noise, for stock, batch-idle and scx-gpu
+# (noise declared batch and undeclared), traced; the compare table at the end.
+# Results (Parquet, traces) and a Markdown report land in demo-results/.
+DEMO_POLICIES := stock,batch-idle,scx-gpu,scx-gpu-undeclared
 demo: setup build
-	$(BIN)/scx-gpu vm run --timeout 1200 -- sh -c \
-		'scx-gpu doctor && python3 -m scx_gpu.bench.sched --duration 4'
-
+	rm -rf demo-results
+	$(BIN)/scx-gpu vm run --timeout 1200 --out demo-results -- scx-gpu bench run \
+		--workload synthetic --noise none,cpu --policy $(DEMO_POLICIES) \
+		--reps 1 --duration 5 -o /job/out/run
+	$(BIN)/scx-gpu bench compare demo-results/run --format markdown -o demo-results/report.md
 # Scheduler vs the mainline knobs, in the test VM; results in bench-results/.
 BENCH_REPS ?= 1
 bench-sched: setup build

@@ -9,7 +9,17 @@ from scx_gpu.controlplane.intf import Tier
 from scx_gpu.controlplane.scheduler import BpfScheduler, comm_key
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+def _cgroup2_mount(mounts: Path = Path("/proc/self/mounts")) -> Path:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on hybrid hosts)."""
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return Path("/sys/fs/cgroup")
+
+
+CGROUP_ROOT = _cgroup2_mount()
 # Cgroups the control plane owns: `scx-gpu run --tier T` puts commands there.
 OWN_ROOT = CGROUP_ROOT / "scx-gpu"
 RUN_TIERS = {"gpu": Tier.GPU, "batch": Tier.BATCH}

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scx_gpu import __version__, config, doctor, status
+from scx_gpu.bench.cli import bench_group
 from scx_gpu.controlplane import loader, maps, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
@@ -290,6 +291,9 @@ def export_perfetto_cmd(trace: Path, out: Path) -> None:
     frame, _ = tracefile.read(trace)
     out.write_text(json.dumps(perfetto.export(frame)))
     click.echo(f"scx-gpu: wrote {out}", err=True)
+
+
+cli.add_command(bench_group)
 
 
 def main() -> None:

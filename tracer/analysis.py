@@ -49,12 +49,17 @@ def off_cpu_ns(outs: np.ndarray, ins: np.ndarray, end: int) -> int:
     return int((back - outs).sum())
 
 
-def runqueue_waits(wakeups: np.ndarray, ins: np.ndarray) -> np.ndarray:
-    """Wakeup to running: each wakeup until the thread's next switch-in."""
+def runqueue_waits(ready: np.ndarray, ins: np.ndarray) -> np.ndarray:
+    """Ready to running: each wakeup or preemption until the thread's next switch-in."""
     ins = np.sort(ins)
-    nxt = np.searchsorted(ins, wakeups, "left")
+    nxt = np.searchsorted(ins, ready, "left")
     ok = nxt < len(ins)
-    return np.asarray(ins[nxt[ok]] - wakeups[ok])
+    return np.asarray(ins[nxt[ok]] - ready[ok])
+
+
+def still_runnable(prev_state: np.ndarray, preempt: np.ndarray) -> np.ndarray:
+    """Switch-outs that left the thread runnable (TASK_RUNNING, or preempted)."""
+    return np.asarray((prev_state == 0) | preempt)
 
 
 def pair_metrics(pairs: ThreadPairs, runtime_ns: int) -> dict[str, Any]:
@@ -107,10 +112,14 @@ def irq_metrics(frame: pd.DataFrame, runtime_ns: int, launches: int) -> dict[str
 def _thread(frame: pd.DataFrame, tid: int, launches: np.ndarray, end: int,
             runtime_ns: int) -> dict[str, Any]:
     switches = frame[frame.event_type == SWITCH]
-    outs = switches.timestamp_ns[switches.prev_tid == tid].to_numpy(np.int64)
+    out_rows = switches[switches.prev_tid == tid]
+    outs = out_rows.timestamp_ns.to_numpy(np.int64)
     ins = switches.timestamp_ns[switches.next_tid == tid].to_numpy(np.int64)
-    wakeups = frame.timestamp_ns[(frame.event_type == WAKEUP) & (frame.tid == tid)]
-    waits = runqueue_waits(wakeups.to_numpy(np.int64), ins)
+    ready = frame.timestamp_ns[(frame.event_type == WAKEUP) & (frame.tid == tid)].to_numpy(np.int64)
+    if "preempt" in out_rows:  # the original study's CSV lacks the switch state
+        ready = np.concatenate([ready, outs[still_runnable(out_rows.prev_state.to_numpy(),
+                                                           out_rows.preempt.to_numpy())]])
+    waits = runqueue_waits(ready, ins)
     off = off_cpu_ns(outs, ins, end)
     return {
         "tid": int(tid), "launches": len(launches), "context_switches": len(outs),

@@ -50,6 +50,7 @@ class Capture:
     events: np.ndarray
     meta: dict[str, Any]
     exit_status: int | None
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM, not by its end
 
 
 def check(spec: CaptureSpec) -> None:
@@ -156,7 +157,7 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
         signal.signal(signal.SIGTERM, previous[1])
     events = np.concatenate(chunks) if chunks else np.empty(0, EVENT_DTYPE)
     events.sort(order="ts_ns", kind="stable")
-    return Capture(events, meta, status)
+    return Capture(events, meta, status, stop.is_set())
 
 
 def _meta(spec: CaptureSpec, session: TraceSession, start_wall: float, seconds: float,

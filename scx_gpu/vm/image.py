@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import scx_gpu
@@ -24,7 +24,11 @@ BASE_PACKAGES = (
 )
 # libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
 BACKPORTS_PACKAGES = ("libbpf1",)
-SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"
+# The tracer's analysis stack, at the host environment's versions (bookworm
+# has no pyarrow), installed from wheels for the guest's Python 3.11.
+GUEST_WHEELS = ("numpy", "pandas", "pyarrow")
+GUEST_PYTHON = "3.11"
+SITE_PACKAGES = f"usr/local/lib/python{GUEST_PYTHON}/dist-packages"
 INIT_PATH = "usr/local/sbin/scx-gpu-init"
 ROOT_LABEL = "scxgpu-root"
 # The kernel finds the root by this GPT partition UUID (root=PARTUUID=...):
@@ -60,8 +64,24 @@ def _check(cmd: list[str], what: str, env: dict[str, str] | None = None,
         raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {tail}")
 
 
+def _wheel_pins() -> list[str]:
+    try:
+        return [f"{name}=={metadata.version(name)}" for name in GUEST_WHEELS]
+    except metadata.PackageNotFoundError as exc:
+        raise EnvironmentProblem(f"{exc.name} is not installed here: run `make setup`") from exc
+
+
 def base_key() -> str:
-    return digest(SUITE, MIRROR, *BASE_PACKAGES, "backports", *BACKPORTS_PACKAGES)
+    return digest(SUITE, MIRROR, *BASE_PACKAGES, "backports", *BACKPORTS_PACKAGES,
+                  *_wheel_pins())
+
+
+def _install_wheels(root: Path) -> None:
+    _check([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+            "--only-binary=:all:", "--python-version", GUEST_PYTHON, "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+            "--target", str(root / SITE_PACKAGES), *_wheel_pins()],
+           "pip install (the guest's numpy, pandas, pyarrow)")
 
 
 def _require_root(what: str) -> None:
@@ -84,6 +104,7 @@ def build_base(dest: Path) -> None:
     _chroot(stage, "apt-get", "-q", "-y", "--no-install-recommends",
             "-t", f"{SUITE}-backports", "install", *BACKPORTS_PACKAGES)
     _chroot(stage, "apt-get", "clean")
+    _install_wheels(stage)
     for sub in TRIM:
         shutil.rmtree(stage / sub, ignore_errors=True)
     (stage / "etc" / "hostname").write_text("scx-gpu-vm\n")
@@ -144,6 +165,9 @@ def ensure_image() -> Path:
     base = images / f"base-{base_key()}"
     if not base.is_dir():
         build_base(base)
+        for old in images.glob("base-*"):
+            if old != base:
+                shutil.rmtree(old)
     files = _package_files()
     if not any(dst.endswith(".bpf.o") for dst, _ in files):
         raise EnvironmentProblem("no compiled BPF objects in the package: run `make bpf` first")

@@ -22,7 +22,7 @@ def frame():
     # 300 to 4900 (woken at 4800). Thread 12 launches at 50 and 150.
     rows = [event(t, "cuLaunchKernel") for t in (0, 100, 200, 5000, 5100)]
     rows += [event(t, "cuLaunchKernelEx", tid=12) for t in (50, 150)]
-    rows += [event(300, "schedSwitch", prev_tid=11, next_tid=0),
+    rows += [event(300, "schedSwitch", prev_tid=11, next_tid=0, prev_state=1),  # sleeps
              event(4800, "schedWakeup"),
              event(4900, "schedSwitch", tid=11, prev_tid=0, next_tid=11),
              event(6000, "softirqExit", irq_num=1, irq_name="TIMER", duration_ns=30),
@@ -62,6 +62,20 @@ def test_thread_metrics(frame):
     assert t11["launch_pairs"]["with_switch"]["share_pct"] == 25.0
     assert (t12["tid"], t12["launches"], t12["context_switches"]) == (12, 2, 0)
     assert t12["launch_pairs"]["without_switch"]["count"] == 1
+
+
+def test_runqueue_wait_counts_preemptions_as_ready():
+    # Preempted at 300 (still runnable), back on at 900; sleeps at 1000, woken
+    # at 1500, on at 1600: waits of 600 and 100 ns; the sleep is not a wait.
+    rows = [event(t, "cuLaunchKernel") for t in (0, 2000)]
+    rows += [event(300, "schedSwitch", prev_tid=11, next_tid=0, preempt=True),
+             event(900, "schedSwitch", prev_tid=0, next_tid=11),
+             event(1000, "schedSwitch", prev_tid=11, next_tid=0, prev_state=2),
+             event(1500, "schedWakeup"),
+             event(1600, "schedSwitch", prev_tid=0, next_tid=11)]
+    (proc,) = analysis.analyse(pd.DataFrame(rows))["processes"]
+    waits = proc["threads"][0]["runqueue_wait_us"]
+    assert (waits["p50"], waits["p99"]) == (pytest.approx(0.35), pytest.approx(0.595))
 
 
 def test_irq_metrics(frame):

@@ -1,0 +1,158 @@
+"""`scx-gpu bench run|compare`: the before/after benchmark's command line.
+
+pandas and the tracer are imported by the commands that use them, so that
+the rest of the command line starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from scx_gpu.bench import noise, policies, workloads
+from scx_gpu.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+METRICS = ("batch-cpu", "degradation", "p99")  # compare.METRICS, without importing pandas
+
+EXIT_INTERRUPTED = 130
+EXIT_REGRESSED = 1
+
+
+@click.group("bench")
+def bench_group() -> None:
+    """Before/after benchmark: a workload under noise, per scheduling policy."""
+
+
+def _noises(names: str) -> list[str]:
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    for name in chosen:
+        if name not in noise.NOISES:
+            raise UsageError(f"unknown noise {name!r}: choose from {', '.join(noise.NOISES)}")
+    if not chosen:
+        raise UsageError("--noise: name at least one noise scenario")
+    return chosen
+
+
+@bench_group.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--workload", "workload_name", default="synthetic", show_default=True,
+              help=f"One of {', '.join(workloads.WORKLOADS)} (cmd: the command after --).")
+@click.option("--noise", "noise_names", default="none,cpu", show_default=True,
+              help=f"Comma-separated, from {', '.join(noise.NOISES)}.")
+@click.option("--policy", "policy_names", default="stock,scx-gpu", show_default=True,
+              help=f"Comma-separated, from {', '.join(policies.POLICIES)}.")
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Measured seconds per cell (synthetic and torch).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Result directory (new).")
+@click.option("--cuda-lib", help="libcuda for the synthetic launcher (default: the stub).")
+@click.option("--torch-mode", type=click.Choice(["eager", "graph"]), default="eager",
+              show_default=True)
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
+            duration: float, output: Path, cuda_lib: str | None, torch_mode: str,
+            cmd: tuple[str, ...]) -> None:
+    """Run every noise x policy cell REPS times, traced; results to -o DIR."""
+    from scx_gpu.bench import compare, matrix
+
+    noises = _noises(noise_names)
+    chosen = policies.parse(policy_names)
+    matrix.check_dir(output)
+    workload = workloads.make(workload_name, duration, list(cmd), cuda_lib, torch_mode)
+    policies.check_kernel(chosen)
+    cells = matrix.plan(noises, chosen, reps)
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    rows: list[object] = []
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("bench", total=len(cells))
+
+        def step(name: str) -> None:
+            progress.update(task, description=name, completed=len(rows))
+
+        def log(line: str) -> None:
+            if "no symbols" in line:
+                progress.console.print(f"scx-gpu bench: {line}")
+
+        try:
+            rows.extend(matrix.run(cells, workload, output, duration, step, log))
+        except KeyboardInterrupt:
+            kept = len(compare.load(output).rows) if (output / matrix.RESULTS).exists() else 0
+            console.print(f"scx-gpu bench: interrupted; {kept} completed cell(s) kept in {output}")
+            sys.exit(EXIT_INTERRUPTED)
+        progress.update(task, completed=len(cells), description="done")
+    run = compare.load(output)
+    compare.console().print(compare.rich_table(compare.summarise(run.rows), str(output)))
+
+
+@bench_group.command("compare")
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path), required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "html", "json"]),
+              default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the report here (markdown: the plot goes beside it as .png).")
+@click.option("--metric", type=click.Choice(METRICS), default="degradation",
+              show_default=True, help="What counts as a regression from RUN_A to RUN_B.")
+@click.option("--threshold", type=float, default=5.0, show_default=True,
+              help="Regression past this many points (p99: ms) fails with exit 1.")
+def compare_cmd(run_a: Path, run_b: Path | None, fmt: str, output: Path | None, metric: str,
+                threshold: float) -> None:
+    """Side-by-side table of RUN_A, or of RUN_A and RUN_B with differences."""
+    from scx_gpu.bench import compare
+
+    runs = [compare.load(run_a)] + ([compare.load(run_b)] if run_b else [])
+    if run_b:
+        compare.check_compatible(runs[0], runs[1])
+    labels = [str(r.path) for r in runs] if len(runs) == 1 else [f"A: {run_a}", f"B: {run_b}"]
+    tables = {label: compare.summarise(r.rows) for label, r in zip(labels, runs, strict=True)}
+    sections = dict(tables)
+    regressed: list[str] = []
+    if run_b:
+        diff = compare.differences(*tables.values())
+        sections["B - A"] = diff.reindex(columns=[c for c, _, _ in compare.COLUMNS],
+                                         fill_value=0.0)
+        regressed = compare.regressions(diff, metric, threshold)
+    notes = [f"regressed past {threshold} ({metric}): {r}" for r in regressed]
+    text = _render(fmt, sections, tables, notes, output)
+    if output:
+        output.write_text(text)
+        click.echo(f"scx-gpu bench: wrote {output}", err=True)
+    elif text:
+        click.echo(text)
+    for note in notes:
+        click.echo(f"scx-gpu bench: {note}", err=True)
+    if regressed:
+        sys.exit(EXIT_REGRESSED)
+
+
+def _render(fmt: str, sections: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame],
+            notes: list[str], output: Path | None) -> str:
+    from scx_gpu.bench import compare
+
+    if fmt == "json":
+        return json.dumps({title: json.loads(t.reset_index().to_json(orient="records"))
+                           for title, t in sections.items()} | {"regressions": notes}, indent=2)
+    if fmt == "markdown":
+        text = "".join(compare.markdown(t, title) + "\n" for title, t in sections.items())
+        if output:
+            png = output.with_suffix(".png")
+            png.write_bytes(compare.plot_png(tables))
+            text += f"![degradation per noise and policy]({png.name})\n"
+        return text + "".join(f"\n**{n}**\n" for n in notes)
+    if fmt == "html":
+        return compare.html(sections, compare.plot_png(tables), notes)
+    console = compare.console()
+    for title, t in sections.items():
+        console.print(compare.rich_table(t, title))
+    return ""

@@ -1,0 +1,164 @@
+"""`scx-gpu bench compare`: the side-by-side table of one or two bench runs.
+
+Degradation is against the stock scheduler without noise when the run has
+it (what the job gets on a quiet node), else against the same policy
+without noise; a run with neither cannot be judged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from scx_gpu.bench.matrix import KIND, MARKER, RESULTS
+from scx_gpu.errors import UsageError
+
+# (column, heading, format): the summary's columns in the order shown.
+COLUMNS = (
+    ("tokens_per_s", "tokens/s", "{:.1f}"), ("tokens_sd", "sd", "{:.1f}"),
+    ("degradation_pct", "degradation", "{:.1f}%"), ("token_ms_p99", "p99 token", "{:.2f} ms"),
+    ("noise_cpu_pct", "noise CPU", "{:.1f}%"), ("sched_per_1k", "Sched/1K", "{:.1f}"),
+    ("irq_per_1k", "IRQ/1K", "{:.1f}"), ("preemption_penalty_us", "penalty", "{:.0f} us"),
+    ("rq_wait_p99_us", "rq wait p99", "{:.0f} us"), ("drops", "drops", "{:.0f}"),
+)
+# --metric: (summary column, "up" when a larger value is a regression)
+METRICS = {"degradation": ("degradation_pct", True), "p99": ("token_ms_p99", True),
+           "batch-cpu": ("noise_cpu_pct", False)}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    rows: pd.DataFrame
+
+
+def load(path: Path) -> Run:
+    marker = path / MARKER
+    try:
+        config = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a bench result (no readable {MARKER})") from exc
+    if config.get("kind") != KIND:
+        raise UsageError(f"{path} is not a bench result ({MARKER} is not ours)")
+    if not (path / RESULTS).is_file():
+        raise UsageError(f"{path}: no completed cells yet ({RESULTS} is missing)")
+    return Run(path, config, pd.read_parquet(path / RESULTS))
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (noise, policy): means over reps, spread, degradation vs the baseline."""
+    grouped = rows.groupby(["noise", "policy"], sort=False)
+    table = grouped.mean(numeric_only=True).drop(columns=["rep"])
+    table["tokens_sd"] = grouped.tokens_per_s.std(ddof=0)
+    table["drops"] = grouped.drops.sum()
+    table["reps"] = grouped.size()
+    rates = table.tokens_per_s
+    if ("none", "stock") in rates.index:
+        base = pd.Series(rates[("none", "stock")], index=rates.index)
+    else:
+        quiet = {p: rates[("none", p)] for n, p in rates.index if n == "none"}
+        missing = sorted({p for _, p in rates.index} - set(quiet))
+        if missing:
+            raise UsageError("no baseline: run with --noise none "
+                             f"(missing for {', '.join(missing)})")
+        base = pd.Series([quiet[p] for _, p in rates.index], index=rates.index)
+    table["degradation_pct"] = 100 * (base - rates) / base
+    return table
+
+
+def check_compatible(a: Run, b: Run) -> None:
+    for key in ("workload", "command"):
+        if a.config.get(key) != b.config.get(key):
+            raise UsageError(f"{a.path} and {b.path} ran different {key}s "
+                             f"({a.config.get(key)} vs {b.config.get(key)}): not comparable")
+    if not set(summarise(a.rows).index) & set(summarise(b.rows).index):
+        raise UsageError(f"{a.path} and {b.path} share no noise x policy cell")
+
+
+def differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """b - a for every cell both have."""
+    common = a.index.intersection(b.index)
+    cols = [c for c, _, _ in COLUMNS if c in a.columns and c in b.columns]
+    return b.loc[common, cols] - a.loc[common, cols]
+
+
+def regressions(diff: pd.DataFrame, metric: str, threshold: float) -> list[str]:
+    """Cells where the metric got worse by more than threshold."""
+    column, up_is_bad = METRICS[metric]
+    change = diff[column]
+    worse = change if up_is_bad else -change
+    return [f"{'/'.join(map(str, cell))}: {column} {delta:+.2f}"
+            for cell, delta, bad in zip(change.index, change, worse, strict=True)
+            if bad > threshold]
+
+
+def _cells(table: pd.DataFrame, column: str, fmt: str) -> list[str]:
+    return [fmt.format(v) for v in table[column]]
+
+
+def console() -> Console:
+    """The terminal's width, or one wide enough for the whole table in a pipe."""
+    return Console(width=None if sys.stdout.isatty() else 180)
+
+
+def rich_table(table: pd.DataFrame, title: str) -> Table:
+    out = Table(title=title)
+    out.add_column("noise")
+    out.add_column("policy")
+    for _, heading, _ in COLUMNS:
+        out.add_column(heading, justify="right")
+    columns = [_cells(table, c, f) for c, _, f in COLUMNS]
+    for i, (noise_name, policy) in enumerate(table.index):
+        out.add_row(noise_name, policy, *(col[i] for col in columns))
+    return out
+
+
+def markdown(table: pd.DataFrame, title: str) -> str:
+    head = ["noise", "policy", *(h for _, h, _ in COLUMNS)]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
+    columns = [_cells(table, c, f) for c, _, f in COLUMNS]
+    for i, (noise_name, policy) in enumerate(table.index):
+        lines.append("| " + " | ".join([noise_name, policy, *(col[i] for col in columns)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(tables: dict[str, pd.DataFrame]) -> bytes:
+    """Degradation per noise and policy, one panel per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    for ax, (label, table) in zip(axes[0], tables.items(), strict=True):
+        table.degradation_pct.unstack("policy").plot.bar(ax=ax, rot=0)
+        ax.set_title(label)
+        ax.set_ylabel("throughput lost vs quiet stock (%)")
+        ax.axhline(0, color="black", linewidth=0.5)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def html(sections: dict[str, pd.DataFrame], png: bytes, notes: list[str]) -> str:
+    body = [f"<h2>{title}</h2>"
+            + table.reset_index().to_html(index=False, float_format=lambda v: f"{v:.2f}")
+            for title, table in sections.items()]
+    image = base64.b64encode(png).decode()
+    return ("<!doctype html><meta charset=utf-8><title>scx-gpu bench compare</title>"
+            "<h1>scx-gpu bench compare</h1>" + "".join(body)
+            + f'<img alt="degradation" src="data:image/png;base64,{image}">'
+            + "".join(f"<p>{n}</p>" for n in notes))

@@ -1,0 +1,115 @@
+"""Noise scenarios: what runs beside the workload, in one measuring cgroup.
+
+none, cpu (stress-ng --cpu 0), net (iperf3 over loopback), disk (fio random
+writes), heavy (all three). Each falls back to the built-in generator
+(scx_gpu.bench.noisegen) when its tool is not installed. Everything runs in
+NOISE_CGROUP, so its CPU time can be measured and it can be declared batch;
+it is stopped by killing that cgroup.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.errors import UsageError
+
+NOISES = ("none", "cpu", "net", "disk", "heavy")
+NOISE_CGROUP = CGROUP_ROOT / "scx-gpu-bench-noise"
+DISK_DIR = Path("/var/tmp/scx-gpu-noise")
+IPERF_PORT = 5299
+SETTLE_S = 1.0
+NPROC = os.cpu_count() or 1
+
+
+def _builtin(kind: str, workers: int) -> list[str]:
+    return [sys.executable, "-m", "scx_gpu.bench.noisegen", kind, "--workers", str(workers),
+            "--dir", str(DISK_DIR)]
+
+
+def _cpu() -> list[str]:
+    if shutil.which("stress-ng"):
+        return ["stress-ng", "--cpu", "0", "--cpu-method", "int64", "--quiet"]
+    return _builtin("cpu", NPROC)
+
+
+def _net() -> list[str]:
+    streams = max(1, NPROC // 4)
+    if shutil.which("iperf3"):
+        return ["sh", "-c", f"iperf3 -s -p {IPERF_PORT} >/dev/null & sleep 0.5; exec iperf3 -c "
+                f"127.0.0.1 -p {IPERF_PORT} -t 86400 -P {streams} >/dev/null"]
+    return _builtin("net", streams)
+
+
+def _disk() -> list[str]:
+    if shutil.which("fio"):
+        return ["fio", "--name=scx-gpu-noise", f"--directory={DISK_DIR}", "--rw=randwrite",
+                "--bs=4k", "--size=256m", "--numjobs=2", "--fsync=16", "--time_based",
+                "--runtime=86400", "--output=/dev/null"]
+    return _builtin("disk", 2)
+
+
+def commands(noise: str) -> list[list[str]]:
+    """The command lines one noise scenario runs."""
+    parts = {"none": [], "cpu": [_cpu()], "net": [_net()], "disk": [_disk()],
+             "heavy": [_cpu(), _net(), _disk()]}
+    if noise not in parts:
+        raise UsageError(f"unknown noise {noise!r}: choose from {', '.join(NOISES)}")
+    return parts[noise]
+
+
+def _in_cgroup(cmd: list[str], idle: bool) -> list[str]:
+    """cmd started inside NOISE_CGROUP; as SCHED_IDLE (inherited) when idle."""
+    if idle:
+        cmd = ["chrt", "--idle", "0", *cmd]
+    return ["sh", "-c", f'echo $$ > {NOISE_CGROUP}/cgroup.procs && exec "$@"', "sh", *cmd]
+
+
+def prepare() -> Path:
+    """The noise cgroup, empty (it must exist before a scheduler declares it batch)."""
+    NOISE_CGROUP.mkdir(exist_ok=True)
+    stop()
+    return NOISE_CGROUP
+
+
+def stop() -> None:
+    if (NOISE_CGROUP / "cgroup.kill").exists():
+        (NOISE_CGROUP / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + 10
+        while (NOISE_CGROUP / "cgroup.procs").read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{NOISE_CGROUP}: noise survived cgroup.kill")
+            time.sleep(0.05)
+    shutil.rmtree(DISK_DIR, ignore_errors=True)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds the noise used so far (cgroup v2 cpu.stat)."""
+    for line in (NOISE_CGROUP / "cpu.stat").read_text().splitlines():
+        key, value = line.split()
+        if key == "usage_usec":
+            return int(value) / 1e6
+    raise RuntimeError(f"{NOISE_CGROUP}/cpu.stat has no usage_usec")
+
+
+@contextmanager
+def running(noise: str, idle: bool = False) -> Iterator[None]:
+    """The noise running for the body's duration, then killed to the last process."""
+    cmds = commands(noise)
+    prepare()
+    DISK_DIR.mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen(_in_cgroup(cmd, idle), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for cmd in cmds]
+    try:
+        if procs:
+            time.sleep(SETTLE_S)
+        yield
+    finally:
+        stop()
+        for proc in procs:
+            proc.wait()

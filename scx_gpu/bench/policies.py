@@ -1,0 +1,59 @@
+"""Scheduling policies the benchmark compares.
+
+stock               the kernel's default scheduler, nothing changed.
+pin-nice            the study's fix: the workload pinned (taskset, the first
+                    half of the CPUs) at nice -10.
+gpu-nice            the workload at nice -20.
+batch-idle          the noise as SCHED_IDLE.
+scx-gpu             gpu-first, the noise declared batch (its cgroup).
+scx-gpu-undeclared  gpu-first, the noise left normal: nothing declared.
+"""
+
+import os
+from dataclasses import dataclass
+
+from scx_gpu.controlplane.loader import sched_ext_state
+from scx_gpu.errors import EnvironmentProblem, UsageError
+
+NPROC = os.cpu_count() or 1
+PIN_CPUS = f"0-{max(1, NPROC // 2) - 1}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    prefix: tuple[str, ...] = ()           # put before the workload's command
+    noise_idle: bool = False
+    scheduler: tuple[str, ...] | None = None  # `scx-gpu load` arguments; None: no scx
+    declare_noise: bool = False             # --batch-cgroup NOISE_CGROUP
+
+
+POLICIES = {p.name: p for p in (
+    Policy("stock"),
+    Policy("pin-nice", prefix=("taskset", "-c", PIN_CPUS, "nice", "-n", "-10")),
+    Policy("gpu-nice", prefix=("nice", "-n", "-20")),
+    Policy("batch-idle", noise_idle=True),
+    Policy("scx-gpu", scheduler=(), declare_noise=True),
+    Policy("scx-gpu-undeclared", scheduler=()),
+)}
+
+
+def parse(names: str) -> list[Policy]:
+    """Comma-separated policy names."""
+    chosen = []
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        if name not in POLICIES:
+            raise UsageError(f"unknown policy {name!r}: choose from {', '.join(POLICIES)}")
+        chosen.append(POLICIES[name])
+    if not chosen:
+        raise UsageError("--policy: name at least one policy")
+    return chosen
+
+
+def check_kernel(chosen: list[Policy]) -> None:
+    """Policies that load scx-gpu need sched_ext."""
+    needs_scx = [p.name for p in chosen if p.scheduler is not None]
+    if needs_scx and sched_ext_state()[0] is None:
+        raise EnvironmentProblem(
+            f"policy {', '.join(needs_scx)} needs a kernel with sched_ext, and this one has none:"
+            " run the benchmark in the test VM (`scx-gpu vm run -- scx-gpu bench run ...`)")

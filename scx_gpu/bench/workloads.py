@@ -1,0 +1,80 @@
+"""Benchmark workloads: the command to run and how to read its metric.
+
+synthetic: the shipped launcher (one launching thread per CPU, none of them
+  the main thread; tokens of 10 launches through the stub or real libcuda,
+  500 us of CPU work after each, then a 2 ms "GPU" wait).
+torch: a random-weight transformer decode loop (PyTorch and a GPU).
+cmd: any command; its tokens/s when it prints a JSON line with
+  "tokens_per_s", else runs per second from its wall time.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scx_gpu.controlplane import libcuda
+from scx_gpu.errors import EnvironmentProblem, UsageError
+from scx_gpu.workloads import program
+
+WORKLOADS = ("synthetic", "torch", "cmd")
+NPROC = os.cpu_count() or 1
+SYNTHETIC_SHAPE = ["--launches", "10", "--work-us", "500", "--gpu-wait-us", "2000"]
+WARMUP_S = 1.5
+
+
+@dataclass
+class Workload:
+    name: str
+    argv: list[str]
+    cuda_libs: list[str] = field(default_factory=list)  # to probe beyond discovery
+
+
+def synthetic(duration: float, cuda_lib: str | None = None) -> Workload:
+    lib = cuda_lib or str(program("libcuda.so.1"))
+    return Workload("synthetic", [str(program("launcher")), "--cuda-lib", lib, "--threads",
+                                  str(NPROC), "--warmup", str(WARMUP_S), "--duration",
+                                  str(duration), *SYNTHETIC_SHAPE], [lib])
+
+
+def torch(duration: float, mode: str = "eager") -> Workload:
+    if importlib.util.find_spec("torch") is None:
+        raise EnvironmentProblem("the torch workload needs PyTorch (and a CUDA GPU) here")
+    script = Path(__file__).resolve().parent.parent / "workloads" / "torch_decode.py"
+    if not libcuda.discover(scan_processes=False):
+        raise EnvironmentProblem("the torch workload needs the CUDA driver: no libcuda found")
+    return Workload("torch", [sys.executable, str(script), "--mode", mode, "--warmup",
+                              str(WARMUP_S), "--duration", str(duration)])
+
+
+def make(name: str, duration: float, cmd: list[str] | None = None,
+         cuda_lib: str | None = None, torch_mode: str = "eager") -> Workload:
+    if name == "synthetic":
+        return synthetic(duration, cuda_lib)
+    if name == "torch":
+        return torch(duration, torch_mode)
+    if name == "cmd":
+        if not cmd:
+            raise UsageError("--workload cmd needs the command after --: bench run ... -- CMD")
+        return Workload("cmd", list(cmd), [cuda_lib] if cuda_lib else [])
+    raise UsageError(f"unknown workload {name!r}: choose from {', '.join(WORKLOADS)}")
+
+
+def metric(stdout: str, wall_s: float) -> dict[str, Any]:
+    """tokens/s and token time percentiles from the workload's JSON line, or
+    runs/s from its wall time when it printed none."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            report = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(report, dict) and "tokens_per_s" in report:
+            return {"tokens_per_s": float(report["tokens_per_s"]),
+                    "token_ms_p50": float(report.get("token_us_p50", 0)) / 1e3,
+                    "token_ms_p99": float(report.get("token_us_p99", 0)) / 1e3,
+                    "metric": "tokens/s"}
+    return {"tokens_per_s": 1 / wall_s if wall_s > 0 else 0.0, "token_ms_p50": wall_s * 1e3,
+            "token_ms_p99": wall_s * 1e3, "metric": "runs/s"}

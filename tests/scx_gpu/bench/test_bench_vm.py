@@ -1,0 +1,62 @@
+"""`scx-gpu bench run` in the sched_ext VM: the large effect, and Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pandas as pd
+import pytest
+
+from scx_gpu.bench import matrix, noise
+from scx_gpu.bench import scenario as sc
+from tests.helpers import TOKEN_VAR, leftovers, scx_gpu
+
+pytestmark = pytest.mark.vm
+
+
+def test_small_matrix_shows_the_large_effect(tmp_path):
+    out = tmp_path / "run"
+    proc = scx_gpu("bench", "run", "--noise", "none,cpu",
+                   "--policy", "stock,scx-gpu,scx-gpu-undeclared", "--reps", "1",
+                   "--duration", "4", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert not leftovers(proc) and sc.disabled()
+    rows = pd.read_parquet(out / matrix.RESULTS)
+    assert len(rows) == 6 and rows.notna().all().all(), rows
+    assert (rows.launches > 0).all() and (rows.drops == 0).all(), rows
+    for trace in rows.trace:
+        assert (out / trace / "events.parquet").is_file()
+    compared = scx_gpu("bench", "compare", str(out), "--format", "json")
+    assert compared.returncode == 0, compared.stderr
+    cells = {(r["noise"], r["policy"]): r for r in json.loads(compared.stdout)[str(out)]}
+    lost = {k: round(v["degradation_pct"], 1) for k, v in cells.items()}
+    print(json.dumps({"degradation_pct": {"/".join(k): v for k, v in lost.items()}}))
+    assert lost[("cpu", "scx-gpu-undeclared")] <= lost[("cpu", "stock")] - 30, lost
+    assert cells[("cpu", "scx-gpu")]["noise_cpu_pct"] > 5  # batch work still got done
+
+
+def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
+    out, token = tmp_path / "run", uuid.uuid4().hex
+    # A real Ctrl-C reaches the whole foreground process group.
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "scx_gpu", "bench", "run", "--noise", "none,cpu",
+         "--policy", "scx-gpu-undeclared", "--reps", "2", "--duration", "3", "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, TOKEN_VAR: token})
+    sc.wait_for(lambda: (out / matrix.RESULTS).exists(), 120, "the first cell to complete")
+    sc.wait_for(sc.enabled, 60, "the second cell's scheduler")
+    time.sleep(2)
+    os.killpg(bench.pid, signal.SIGINT)
+    _, err = bench.communicate(timeout=60)
+    assert bench.returncode == 130, err
+    assert "interrupted" in err and f"kept in {out}" in err, err
+    sc.wait_for(sc.disabled, 10, "the scheduler to detach")
+    bench.token = token  # type: ignore[attr-defined]
+    assert not leftovers(bench)  # type: ignore[arg-type]
+    assert (noise.NOISE_CGROUP / "cgroup.procs").read_text().strip() == ""
+    rows = pd.read_parquet(out / matrix.RESULTS)
+    assert 1 <= len(rows) < 4 and rows.notna().all().all(), rows

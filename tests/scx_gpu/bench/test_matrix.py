@@ -1,0 +1,85 @@
+"""Orchestration of `scx-gpu bench run` on the host (stock policies only:
+the host kernel has no sched_ext; the VM test runs scx-gpu's)."""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from scx_gpu.bench import matrix, noise, policies, workloads
+from tests.helpers import assert_one_line_error, leftovers, scx_gpu
+
+
+def test_plan_interleaves_reps():
+    stock, nice = policies.POLICIES["stock"], policies.POLICIES["gpu-nice"]
+    cells = matrix.plan(["none", "cpu"], [stock, nice], 2)
+    assert [c.name for c in cells] == [
+        "none_stock_r0", "none_gpu-nice_r0", "cpu_stock_r0", "cpu_gpu-nice_r0",
+        "none_stock_r1", "none_gpu-nice_r1", "cpu_stock_r1", "cpu_gpu-nice_r1"]
+
+
+def test_metric_from_json_line_or_wall_time():
+    printed = 'hello\n{"tokens_per_s": 12.5, "token_us_p50": 2000, "token_us_p99": 9000}\n'
+    assert workloads.metric(printed, 3.0) == {"tokens_per_s": 12.5, "token_ms_p50": 2.0,
+                                              "token_ms_p99": 9.0, "metric": "tokens/s"}
+    assert workloads.metric("done\n", 4.0) == {"tokens_per_s": 0.25, "token_ms_p50": 4000.0,
+                                               "token_ms_p99": 4000.0, "metric": "runs/s"}
+
+
+def test_noise_commands_fall_back_to_builtins(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    for kind in ("cpu", "net", "disk"):
+        (cmd,) = noise.commands(kind)
+        assert cmd[1:4] == ["-m", "scx_gpu.bench.noisegen", kind], cmd
+    assert len(noise.commands("heavy")) == 3 and noise.commands("none") == []
+
+
+def test_bad_input(tmp_path):
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("hello")
+    out = str(tmp_path / "out")
+    cases = [
+        (["--workload", "nope", "-o", out], 2, ["unknown workload 'nope'", "synthetic"]),
+        (["--noise", "cpu,loud", "-o", out], 2, ["unknown noise 'loud'", "heavy"]),
+        (["--policy", "stock,magic", "-o", out], 2, ["unknown policy 'magic'", "batch-idle"]),
+        (["--workload", "cmd", "-o", out], 2, ["needs the command"]),
+        (["--policy", "stock", "-o", str(stranger)], 2, ["not a bench result"]),
+        (["--policy", "scx-gpu", "-o", out], 1, ["needs a kernel with sched_ext", "scx-gpu vm"]),
+    ]
+    for args, code, needles in cases:
+        assert_one_line_error(scx_gpu("bench", "run", *args), code, needles)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.root
+def test_noise_runs_in_its_cgroup_and_stops_to_the_last_process():
+    with noise.running("heavy"):
+        before = noise.cpu_seconds()
+        time.sleep(2)
+        used = noise.cpu_seconds() - before
+        procs = (noise.NOISE_CGROUP / "cgroup.procs").read_text().split()
+    assert used > 0.5 and len(procs) >= 3, (used, procs)
+    assert (noise.NOISE_CGROUP / "cgroup.procs").read_text().strip() == ""
+    assert not noise.DISK_DIR.exists()
+
+
+@pytest.mark.root
+def test_small_matrix_end_to_end_on_the_host(tmp_path):
+    out = tmp_path / "run"
+    proc = scx_gpu("bench", "run", "--noise", "none,cpu", "--policy", "stock,gpu-nice",
+                   "--reps", "1", "--duration", "1", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert not leftovers(proc)
+    rows = pd.read_parquet(out / matrix.RESULTS)
+    assert len(rows) == 4 and set(rows.policy) == {"stock", "gpu-nice"}
+    assert (rows.tokens_per_s > 0).all() and (rows.launches > 0).all(), rows
+    assert (rows.drops == 0).all()
+    assert (rows[rows.noise == "cpu"].noise_cpu_s > 0.5).all(), rows.noise_cpu_s
+    assert (rows[rows.noise == "none"].noise_cpu_s == 0).all()
+    for trace in rows.trace:
+        assert (out / trace / "events.parquet").is_file()
+    config = json.loads((out / matrix.MARKER).read_text())
+    assert config["workload"] == "synthetic" and config["reps"] == 1
+    assert "degradation" in proc.stdout and "gpu-nice" in proc.stdout
