@@ -336,13 +336,19 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 /*
  * One IRQ event: an entry stamps its slot (hard or soft, so a hard IRQ inside
  * a softirq keeps both right), an exit reports the time since the stamp.
+ * Only IRQs that interrupt a traced process count: they are the time taken
+ * from the GPU job, and network noise elsewhere would flood the ring.
  */
 static int irq_event(u32 type, u32 irq, bool hard, bool entry, const char *name)
 {
-	struct irq_stamps *s = bpf_map_lookup_elem(&irq_stamps, &zero);
-	struct gpu_trace_event *e = reserve(type);
+	struct irq_stamps *s;
+	struct gpu_trace_event *e;
 	u64 *slot;
 
+	if (!is_traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	s = bpf_map_lookup_elem(&irq_stamps, &zero);
+	e = reserve(type);
 	if (!e)
 		return 0;
 	e->irq = irq;

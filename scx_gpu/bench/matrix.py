@@ -109,11 +109,11 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         stack.enter_context(_policy(cell.policy, workload))
         stack.enter_context(noise.running(cell.noise, idle=cell.policy.noise_idle))
         spec.stdout = stdout
-        cpu_before = noise.cpu_seconds()
+        cpu_before, start = noise.cpu_seconds(), time.monotonic()
         cap = capture.capture(spec, log)
         if cap.interrupted:
             raise KeyboardInterrupt
-        noise_cpu = noise.cpu_seconds() - cpu_before
+        noise_cpu, elapsed = noise.cpu_seconds() - cpu_before, time.monotonic() - start
         stdout.seek(0)
         printed = stdout.read()
     if cap.exit_status != 0:
@@ -127,7 +127,7 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         "noise": cell.noise, "policy": cell.policy.name, "rep": cell.rep,
         **metric(printed, wall), **_trace_metrics(analysis.analyse(frame, cap.meta)),
         "noise_cpu_s": noise_cpu,
-        "noise_cpu_pct": 100 * noise_cpu / (wall * (os.cpu_count() or 1)) if wall else 0.0,
+        "noise_cpu_pct": 100 * noise_cpu / (elapsed * (os.cpu_count() or 1)),
         "wall_s": wall, "trace": str(trace.relative_to(out)),
     }
 
