@@ -6,7 +6,6 @@ with tokens_per_s (as the synthetic launcher prints); wall time otherwise.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 import time
@@ -16,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from scx_gpu.tracer.capture import Capture, CaptureSpec, capture
+from scx_gpu.workloads import json_report
 
 
 def _metric(output: str) -> float | None:
-    lines = output.strip().splitlines()
-    try:
-        value = json.loads(lines[-1]).get("tokens_per_s") if lines else None
-    except (ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
+    report = json_report(output)
+    return float(report["tokens_per_s"]) if report else None
 
 
 def measure(spec: CaptureSpec, log: Callable[[str], None]) -> tuple[Capture, dict[str, Any]]:

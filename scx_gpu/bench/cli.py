@@ -88,7 +88,9 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
             rows.extend(matrix.run(cells, workload, output, duration, step, log))
         except KeyboardInterrupt:
             kept = len(compare.load(output).rows) if (output / matrix.RESULTS).exists() else 0
-            console.print(f"scx-gpu bench: interrupted; {kept} completed cell(s) kept in {output}")
+            progress.stop()
+            click.echo(f"scx-gpu bench: interrupted; {kept} completed cell(s) kept in {output}",
+                       err=True)
             sys.exit(EXIT_INTERRUPTED)
         progress.update(task, completed=len(cells), description="done")
     run = compare.load(output)

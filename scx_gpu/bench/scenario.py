@@ -19,8 +19,6 @@ from scx_gpu.controlplane.loader import sched_ext_state
 from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
 from scx_gpu.workloads import program
 
-LAUNCHER = program("launcher")
-STUB_LIBCUDA = program("libcuda.so.1")
 SCX_GPU = [sys.executable, "-m", "scx_gpu"]
 # About 70% busy: 10 launches x 500 us of CPU, then a 2 ms "GPU" wait.
 BUSY_LAUNCHER = ["--launches", "10", "--work-us", "500", "--gpu-wait-us", "2000"]
@@ -51,7 +49,7 @@ def disabled() -> bool:
 @contextmanager
 def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]:
     """`scx-gpu load` running in the background for the body's duration."""
-    lib = ["--cuda-lib", str(STUB_LIBCUDA)] if cuda_lib else []
+    lib = ["--cuda-lib", str(program("libcuda.so.1"))] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
         proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", *lib, *args], stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
@@ -70,7 +68,7 @@ def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]
 def launcher(*args: str, tier: str | None = None, nice: int = 0,
              timeout: float = 300) -> dict[str, Any]:
     """Run the synthetic launcher to completion; its JSON report."""
-    cmd = [str(LAUNCHER), "--cuda-lib", str(STUB_LIBCUDA), *args]
+    cmd = [str(program("launcher")), "--cuda-lib", str(program("libcuda.so.1")), *args]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     if tier:

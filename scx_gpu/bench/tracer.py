@@ -26,20 +26,21 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from scx_gpu.bench.scenario import BUSY_LAUNCHER, LAUNCHER, STUB_LIBCUDA
+from scx_gpu.bench.scenario import BUSY_LAUNCHER
 from scx_gpu.tracer import analysis, overhead
 from scx_gpu.tracer.capture import CaptureSpec, capture
 from scx_gpu.tracer.session import TraceSession
+from scx_gpu.workloads import program
 
 
 def _launcher(*args: str) -> list[str]:
-    return [str(LAUNCHER), "--cuda-lib", str(STUB_LIBCUDA), *args]
+    return [str(program("launcher")), "--cuda-lib", str(program("libcuda.so.1")), *args]
 
 
 def throughput(seconds: float, ring_mb: int) -> dict[str, Any]:
     spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), "--work-us", "0",
                                      "--gpu-wait-us", "0", "--launches", "1000"),
-                       cuda_libs=[str(STUB_LIBCUDA)], ring_mb=ring_mb,
+                       cuda_libs=[str(program("libcuda.so.1"))], ring_mb=ring_mb,
                        stdout=subprocess.DEVNULL)
     result = capture(spec, lambda _: None)
     seconds_run = float(result.meta["command_wall_s"])
@@ -50,7 +51,7 @@ def throughput(seconds: float, ring_mb: int) -> dict[str, Any]:
 def reader_capacity(seconds: float, ring_mb: int = 512) -> dict[str, Any]:
     session = TraceSession(ring_mb)
     try:
-        session.probe_driver(STUB_LIBCUDA)
+        session.probe_driver(program("libcuda.so.1"))
         subprocess.run(_launcher("--duration", str(seconds), "--work-us", "0", "--gpu-wait-us",
                                  "0", "--launches", "1000", "--threads", "2"),
                        stdout=subprocess.DEVNULL, check=True)
@@ -67,7 +68,7 @@ def tracer_overhead(reps: int, seconds: float) -> dict[str, Any]:
     runs = []
     for _ in range(reps):
         spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), *BUSY_LAUNCHER),
-                           cuda_libs=[str(STUB_LIBCUDA)])
+                           cuda_libs=[str(program("libcuda.so.1"))])
         runs.append(overhead.measure(spec, lambda _: None)[1])
     return {"reps": runs,
             "throughput_overhead_pct": statistics.mean(r["throughput_overhead_pct"]

@@ -9,7 +9,6 @@ cmd: any command; its tokens/s when it prints a JSON line with
 """
 
 import importlib.util
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 from scx_gpu.controlplane import libcuda
 from scx_gpu.errors import EnvironmentProblem, UsageError
-from scx_gpu.workloads import program
+from scx_gpu.workloads import json_report, program
 
 WORKLOADS = ("synthetic", "torch", "cmd")
 NPROC = os.cpu_count() or 1
@@ -66,15 +65,11 @@ def make(name: str, duration: float, cmd: list[str] | None = None,
 def metric(stdout: str, wall_s: float) -> dict[str, Any]:
     """tokens/s and token time percentiles from the workload's JSON line, or
     runs/s from its wall time when it printed none."""
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            report = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(report, dict) and "tokens_per_s" in report:
-            return {"tokens_per_s": float(report["tokens_per_s"]),
-                    "token_ms_p50": float(report.get("token_us_p50", 0)) / 1e3,
-                    "token_ms_p99": float(report.get("token_us_p99", 0)) / 1e3,
-                    "metric": "tokens/s"}
+    report = json_report(stdout)
+    if report is not None:
+        return {"tokens_per_s": float(report["tokens_per_s"]),
+                "token_ms_p50": float(report.get("token_us_p50", 0)) / 1e3,
+                "token_ms_p99": float(report.get("token_us_p99", 0)) / 1e3,
+                "metric": "tokens/s"}
     return {"tokens_per_s": 1 / wall_s if wall_s > 0 else 0.0, "token_ms_p50": wall_s * 1e3,
             "token_ms_p99": wall_s * 1e3, "metric": "runs/s"}

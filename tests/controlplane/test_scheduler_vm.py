@@ -19,9 +19,11 @@ from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.tracer.session import TraceSession
+from scx_gpu.workloads import program
 from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.vm
+LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
 NPROC = os.cpu_count() or 1
 
 
@@ -41,7 +43,7 @@ def test_loads_and_detaches_on_signal(sig):
 def test_detection_tags_the_launching_thread_only_then_expires():
     with sc.loaded("--gpu-ttl-ms", "2000", "--detect-window-ms", "200",
                    "--detect-period-ms", "1000"):
-        proc = subprocess.Popen([str(sc.LAUNCHER), "--cuda-lib", str(sc.STUB_LIBCUDA),
+        proc = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
                                  "--api", "ex", "--duration", "3", "--linger", "6",
                                  "--work-us", "100"], stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)  # at least one detector window has passed
@@ -66,7 +68,7 @@ def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
                                   stdout=out, stderr=subprocess.STDOUT)
         try:
             sc.wait_for(sc.enabled, 60, "the scheduler to load")
-            launcher = subprocess.Popen([str(sc.LAUNCHER), "--cuda-lib", str(sc.STUB_LIBCUDA),
+            launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
                                          "--duration", "6", "--work-us", "100"],
                                         stdout=subprocess.PIPE, text=True)
             sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 10,
@@ -76,7 +78,7 @@ def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
             loader.send_signal(signal.SIGTERM)
             loader.wait(timeout=30)
     text = log.read_text()
-    assert f"probing {sc.STUB_LIBCUDA.resolve()} (pid {launcher.pid})" in text, text
+    assert f"probing {STUB.resolve()} (pid {launcher.pid})" in text, text
 
 
 def _start_loader(log: Path) -> subprocess.Popen[bytes]:
