@@ -62,14 +62,13 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
             duration: float, output: Path, cuda_lib: str | None, torch_mode: str,
             cmd: tuple[str, ...]) -> None:
     """Run every noise x policy cell REPS times, traced; results to -o DIR."""
-    from scx_gpu.bench import compare, matrix
+    from scx_gpu.bench import compare, matrix, results
 
-    noises = _noises(noise_names)
     chosen = policies.parse(policy_names)
+    cells = matrix.plan(_noises(noise_names), chosen, reps)
     matrix.check_dir(output)
     workload = workloads.make(workload_name, duration, list(cmd), cuda_lib, torch_mode)
     policies.check_kernel(chosen)
-    cells = matrix.plan(noises, chosen, reps)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -87,14 +86,14 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
         try:
             rows.extend(matrix.run(cells, workload, output, duration, step, log))
         except KeyboardInterrupt:
-            kept = len(compare.load(output).rows) if (output / matrix.RESULTS).exists() else 0
+            kept = len(results.load(output).rows) if (output / results.RESULTS).exists() else 0
             progress.stop()
             click.echo(f"scx-gpu bench: interrupted; {kept} completed cell(s) kept in {output}",
                        err=True)
             sys.exit(EXIT_INTERRUPTED)
         progress.update(task, completed=len(cells), description="done")
-    run = compare.load(output)
-    compare.console().print(compare.rich_table(compare.summarise(run.rows), str(output)))
+    run = results.load(output)
+    compare.console().print(compare.rich_table(results.summarise(run.rows), str(output)))
 
 
 @bench_group.command("compare")
@@ -111,13 +110,13 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
 def compare_cmd(run_a: Path, run_b: Path | None, fmt: str, output: Path | None, metric: str,
                 threshold: float) -> None:
     """Side-by-side table of RUN_A, or of RUN_A and RUN_B with differences."""
-    from scx_gpu.bench import compare
+    from scx_gpu.bench import compare, results
 
-    runs = [compare.load(run_a)] + ([compare.load(run_b)] if run_b else [])
+    runs = [results.load(run_a)] + ([results.load(run_b)] if run_b else [])
     if run_b:
         compare.check_compatible(runs[0], runs[1])
     labels = [str(r.path) for r in runs] if len(runs) == 1 else [f"A: {run_a}", f"B: {run_b}"]
-    tables = {label: compare.summarise(r.rows) for label, r in zip(labels, runs, strict=True)}
+    tables = {label: results.summarise(r.rows) for label, r in zip(labels, runs, strict=True)}
     sections = dict(tables)
     regressed: list[str] = []
     if run_b:

@@ -1,31 +1,23 @@
-"""`scx-gpu bench compare`: the side-by-side table of one or two bench runs.
-
-Degradation is against the stock scheduler without noise when the run has
-it (what the job gets on a quiet node), else against the same policy
-without noise; a run with neither cannot be judged.
-"""
+"""`scx-gpu bench compare`: the side-by-side report of one or two bench runs."""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from scx_gpu.bench.matrix import KIND, MARKER, RESULTS
+from scx_gpu.bench.results import Run, summarise
 from scx_gpu.errors import UsageError
 
 # (column, heading, format): the summary's columns in the order shown.
 COLUMNS = (
     ("tokens_per_s", "tokens/s", "{:.1f}"), ("tokens_sd", "sd", "{:.1f}"),
-    ("degradation_pct", "degradation", "{:.1f}%"), ("token_ms_p99", "p99 token", "{:.2f} ms"),
+    ("degradation_pct", "degradation", "{:.1f}%"), ("token_ms_p50", "p50 token", "{:.2f} ms"),
+    ("token_ms_p99", "p99 token", "{:.2f} ms"),
     ("noise_cpu_pct", "noise CPU", "{:.1f}%"), ("sched_per_1k", "Sched/1K", "{:.1f}"),
     ("irq_per_1k", "IRQ/1K", "{:.1f}"), ("preemption_penalty_us", "penalty", "{:.0f} us"),
     ("rq_wait_p99_us", "rq wait p99", "{:.0f} us"), ("drops", "drops", "{:.0f}"),
@@ -33,47 +25,6 @@ COLUMNS = (
 # --metric: (summary column, "up" when a larger value is a regression)
 METRICS = {"degradation": ("degradation_pct", True), "p99": ("token_ms_p99", True),
            "batch-cpu": ("noise_cpu_pct", False)}
-
-
-@dataclass
-class Run:
-    path: Path
-    config: dict[str, Any]
-    rows: pd.DataFrame
-
-
-def load(path: Path) -> Run:
-    marker = path / MARKER
-    try:
-        config = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not a bench result (no readable {MARKER})") from exc
-    if config.get("kind") != KIND:
-        raise UsageError(f"{path} is not a bench result ({MARKER} is not ours)")
-    if not (path / RESULTS).is_file():
-        raise UsageError(f"{path}: no completed cells yet ({RESULTS} is missing)")
-    return Run(path, config, pd.read_parquet(path / RESULTS))
-
-
-def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (noise, policy): means over reps, spread, degradation vs the baseline."""
-    grouped = rows.groupby(["noise", "policy"], sort=False)
-    table = grouped.mean(numeric_only=True).drop(columns=["rep"])
-    table["tokens_sd"] = grouped.tokens_per_s.std(ddof=0)
-    table["drops"] = grouped.drops.sum()
-    table["reps"] = grouped.size()
-    rates = table.tokens_per_s
-    if ("none", "stock") in rates.index:
-        base = pd.Series(rates[("none", "stock")], index=rates.index)
-    else:
-        quiet = {p: rates[("none", p)] for n, p in rates.index if n == "none"}
-        missing = sorted({p for _, p in rates.index} - set(quiet))
-        if missing:
-            raise UsageError("no baseline: run with --noise none "
-                             f"(missing for {', '.join(missing)})")
-        base = pd.Series([quiet[p] for _, p in rates.index], index=rates.index)
-    table["degradation_pct"] = 100 * (base - rates) / base
-    return table
 
 
 def check_compatible(a: Run, b: Run) -> None:

@@ -1,9 +1,5 @@
-"""`scx-gpu bench run`: every noise x policy cell, traced, repeated, interleaved.
-
-A result directory holds bench.json (what was run, where), results.parquet
-(one row per cell run, rewritten after each so an interrupted run keeps its
-completed cells) and traces/<noise>_<policy>_r<rep>/ (the tracer's files).
-"""
+"""`scx-gpu bench run`: every noise x policy cell, traced, repeated,
+interleaved (the result directory's format: scx_gpu.bench.results)."""
 
 from __future__ import annotations
 
@@ -18,17 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import scx_gpu
 from scx_gpu.bench import noise, scenario
 from scx_gpu.bench.policies import Policy
+from scx_gpu.bench.results import KIND, MARKER, TRACES, save
 from scx_gpu.bench.workloads import Workload, metric
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.tracer import analysis, capture, tracefile
 
-MARKER, RESULTS, TRACES = "bench.json", "results.parquet", "traces"
-KIND = "scx-gpu-bench"
 RING_MB = 64
 
 
@@ -44,8 +37,12 @@ class Cell:
 
 
 def plan(noises: list[str], policies: list[Policy], reps: int) -> list[Cell]:
-    """Interleaved: each rep visits every cell once, so drift hits all alike."""
-    return [Cell(n, p, r) for r in range(reps) for n in noises for p in policies]
+    """Interleaved: each rep visits every cell once, so drift hits all alike;
+    no noise first: the baseline every other cell is judged against."""
+    if "none" not in noises:
+        raise UsageError("--noise must include none: degradation is measured against it")
+    ordered = sorted(noises, key=lambda n: n != "none")
+    return [Cell(n, p, r) for r in range(reps) for n in ordered for p in policies]
 
 
 def check_dir(out: Path) -> None:
@@ -130,12 +127,6 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         "noise_cpu_pct": 100 * noise_cpu / (elapsed * (os.cpu_count() or 1)),
         "wall_s": wall, "trace": str(trace.relative_to(out)),
     }
-
-
-def save(out: Path, rows: list[dict[str, Any]]) -> None:
-    partial = out / (RESULTS + ".partial")
-    pd.DataFrame(rows).to_parquet(partial, index=False)
-    partial.rename(out / RESULTS)
 
 
 def run(cells: list[Cell], workload: Workload, out: Path, duration: float,

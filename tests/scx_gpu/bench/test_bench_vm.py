@@ -11,7 +11,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from scx_gpu.bench import matrix, noise
+from scx_gpu.bench import noise, results
 from scx_gpu.bench import scenario as sc
 from tests.helpers import TOKEN_VAR, leftovers, scx_gpu
 
@@ -25,7 +25,7 @@ def test_small_matrix_shows_the_large_effect(tmp_path):
                    "--duration", "4", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert not leftovers(proc) and sc.disabled()
-    rows = pd.read_parquet(out / matrix.RESULTS)
+    rows = pd.read_parquet(out / results.RESULTS)
     assert len(rows) == 6 and rows.notna().all().all(), rows
     assert (rows.launches > 0).all() and (rows.drops == 0).all(), rows
     for trace in rows.trace:
@@ -47,7 +47,7 @@ def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
          "--policy", "scx-gpu-undeclared", "--reps", "2", "--duration", "3", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, TOKEN_VAR: token})
-    sc.wait_for(lambda: (out / matrix.RESULTS).exists(), 120, "the first cell to complete")
+    sc.wait_for(lambda: (out / results.RESULTS).exists(), 120, "the first cell to complete")
     sc.wait_for(sc.enabled, 60, "the second cell's scheduler")
     time.sleep(2)
     os.killpg(bench.pid, signal.SIGINT)
@@ -58,5 +58,5 @@ def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
     bench.token = token  # type: ignore[attr-defined]
     assert not leftovers(bench)  # type: ignore[arg-type]
     assert (noise.NOISE_CGROUP / "cgroup.procs").read_text().strip() == ""
-    rows = pd.read_parquet(out / matrix.RESULTS)
+    rows = pd.read_parquet(out / results.RESULTS)
     assert 1 <= len(rows) < 4 and rows.notna().all().all(), rows

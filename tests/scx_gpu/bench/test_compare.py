@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from scx_gpu.bench import compare, matrix
+from scx_gpu.bench import compare, results
 from scx_gpu.errors import UsageError
 from tests.helpers import assert_one_line_error, scx_gpu
 
@@ -18,12 +18,12 @@ METRIC_COLUMNS = {"token_ms_p50": 1.0, "token_ms_p99": 2.0, "metric": "tokens/s"
 def write_run(path, rates, noise_cpu=None, workload="synthetic", drops=0):
     """A result dir: rates maps (noise, policy) to tokens/s per rep."""
     path.mkdir()
-    (path / matrix.MARKER).write_text(json.dumps(
-        {"kind": matrix.KIND, "workload": workload, "command": ["launcher"]}))
+    (path / results.MARKER).write_text(json.dumps(
+        {"kind": results.KIND, "workload": workload, "command": ["launcher"]}))
     rows = [{**METRIC_COLUMNS, "noise": n, "policy": p, "rep": rep, "tokens_per_s": rate,
              "drops": drops, "noise_cpu_pct": (noise_cpu or {}).get((n, p), 0.0)}
             for (n, p), reps in rates.items() for rep, rate in enumerate(reps)]
-    pd.DataFrame(rows).to_parquet(path / matrix.RESULTS)
+    pd.DataFrame(rows).to_parquet(path / results.RESULTS)
     return path
 
 
@@ -32,8 +32,8 @@ RATES = {("none", "stock"): [100.0, 100.0], ("none", "scx-gpu"): [98.0, 98.0],
 
 
 def test_summary_means_spread_and_degradation_vs_quiet_stock(tmp_path):
-    run = compare.load(write_run(tmp_path / "a", RATES, {("cpu", "scx-gpu"): 30.0}))
-    table = compare.summarise(run.rows)
+    run = results.load(write_run(tmp_path / "a", RATES, {("cpu", "scx-gpu"): 30.0}))
+    table = results.summarise(run.rows)
     assert list(table.index) == list(RATES)
     assert table.loc[("cpu", "stock"), "tokens_per_s"] == 50.0
     assert table.loc[("cpu", "stock"), "tokens_sd"] == 10.0
@@ -46,17 +46,17 @@ def test_summary_means_spread_and_degradation_vs_quiet_stock(tmp_path):
 
 def test_without_stock_each_policy_is_its_own_baseline(tmp_path):
     rates = {k: v for k, v in RATES.items() if k[1] == "scx-gpu"}
-    table = compare.summarise(compare.load(write_run(tmp_path / "a", rates)).rows)
+    table = results.summarise(results.load(write_run(tmp_path / "a", rates)).rows)
     assert table.loc[("cpu", "scx-gpu"), "degradation_pct"] == pytest.approx(100 * 3 / 98)
     no_quiet = {k: v for k, v in RATES.items() if k[0] == "cpu"}
     with pytest.raises(UsageError, match="no baseline"):
-        compare.summarise(compare.load(write_run(tmp_path / "b", no_quiet)).rows)
+        results.summarise(results.load(write_run(tmp_path / "b", no_quiet)).rows)
 
 
 def test_differences_and_regressions(tmp_path):
-    a = compare.summarise(compare.load(write_run(tmp_path / "a", RATES)).rows)
+    a = results.summarise(results.load(write_run(tmp_path / "a", RATES)).rows)
     worse = {**RATES, ("cpu", "scx-gpu"): [80.0, 80.0]}
-    b = compare.summarise(compare.load(write_run(tmp_path / "b", worse)).rows)
+    b = results.summarise(results.load(write_run(tmp_path / "b", worse)).rows)
     diff = compare.differences(a, b)
     assert diff.loc[("cpu", "scx-gpu"), "degradation_pct"] == pytest.approx(15.0)
     assert diff.loc[("cpu", "stock"), "degradation_pct"] == 0.0

@@ -7,13 +7,13 @@ import time
 import pandas as pd
 import pytest
 
-from scx_gpu.bench import matrix, noise, policies, workloads
+from scx_gpu.bench import matrix, noise, policies, results, workloads
 from tests.helpers import assert_one_line_error, leftovers, scx_gpu
 
 
 def test_plan_interleaves_reps():
     stock, nice = policies.POLICIES["stock"], policies.POLICIES["gpu-nice"]
-    cells = matrix.plan(["none", "cpu"], [stock, nice], 2)
+    cells = matrix.plan(["cpu", "none"], [stock, nice], 2)  # the baseline goes first
     assert [c.name for c in cells] == [
         "none_stock_r0", "none_gpu-nice_r0", "cpu_stock_r0", "cpu_gpu-nice_r0",
         "none_stock_r1", "none_gpu-nice_r1", "cpu_stock_r1", "cpu_gpu-nice_r1"]
@@ -45,6 +45,7 @@ def test_bad_input(tmp_path):
         (["--noise", "cpu,loud", "-o", out], 2, ["unknown noise 'loud'", "heavy"]),
         (["--policy", "stock,magic", "-o", out], 2, ["unknown policy 'magic'", "batch-idle"]),
         (["--workload", "cmd", "-o", out], 2, ["needs the command"]),
+        (["--noise", "cpu", "--policy", "stock", "-o", out], 2, ["must include none"]),
         (["--policy", "stock", "-o", str(stranger)], 2, ["not a bench result"]),
         (["--policy", "scx-gpu", "-o", out], 1, ["needs a kernel with sched_ext", "scx-gpu vm"]),
     ]
@@ -72,7 +73,7 @@ def test_small_matrix_end_to_end_on_the_host(tmp_path):
                    "--reps", "1", "--duration", "1", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert not leftovers(proc)
-    rows = pd.read_parquet(out / matrix.RESULTS)
+    rows = pd.read_parquet(out / results.RESULTS)
     assert len(rows) == 4 and set(rows.policy) == {"stock", "gpu-nice"}
     assert (rows.tokens_per_s > 0).all() and (rows.launches > 0).all(), rows
     assert (rows.drops == 0).all()
@@ -80,6 +81,11 @@ def test_small_matrix_end_to_end_on_the_host(tmp_path):
     assert (rows[rows.noise == "none"].noise_cpu_s == 0).all()
     for trace in rows.trace:
         assert (out / trace / "events.parquet").is_file()
-    config = json.loads((out / matrix.MARKER).read_text())
+    summary = json.loads((out / results.SUMMARY).read_text())
+    assert {(c["noise"], c["policy"]) for c in summary} == {
+        (n, p) for n in ("none", "cpu") for p in ("stock", "gpu-nice")}
+    assert next(c for c in summary if c["noise"] == "none" and c["policy"] == "stock")[
+        "degradation_pct"] == 0.0
+    config = json.loads((out / results.MARKER).read_text())
     assert config["workload"] == "synthetic" and config["reps"] == 1
     assert "degradation" in proc.stdout and "gpu-nice" in proc.stdout
