@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scx_gpu.controlplane.tiers import CGROUP_ROOT
-from scx_gpu.errors import UsageError
+from scx_gpu.errors import EnvironmentProblem, UsageError
 
 NOISES = ("none", "cpu", "net", "disk", "heavy")
 NOISE_CGROUP = CGROUP_ROOT / "scx-gpu-bench-noise"
@@ -83,7 +83,8 @@ def stop() -> None:
         deadline = time.monotonic() + 10
         while (NOISE_CGROUP / "cgroup.procs").read_text().strip():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{NOISE_CGROUP}: noise survived cgroup.kill")
+                raise EnvironmentProblem(
+                    f"{NOISE_CGROUP}: noise survived cgroup.kill; kill it by hand")
             time.sleep(0.05)
     shutil.rmtree(DISK_DIR, ignore_errors=True)
 
@@ -94,7 +95,7 @@ def cpu_seconds() -> float:
         key, value = line.split()
         if key == "usage_usec":
             return int(value) / 1e6
-    raise RuntimeError(f"{NOISE_CGROUP}/cpu.stat has no usage_usec")
+    raise EnvironmentProblem(f"{NOISE_CGROUP}/cpu.stat has no usage_usec: is it a cgroup v2 group?")
 
 
 @contextmanager
