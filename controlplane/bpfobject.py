@@ -56,6 +56,18 @@ class BpfObject:
         libbpf.check(self._lib.bpf_map__set_max_entries(self._map(map_name), entries),
                      f"size of map {map_name}")
 
+    def load_only(self, programs: set[str], skip_maps: set[str]) -> None:
+        """Before load: load just these programs and create none of skip_maps."""
+        prog = self._lib.bpf_object__next_program(self.obj, None)
+        while prog:
+            name = self._lib.bpf_program__name(prog).decode()
+            libbpf.check(self._lib.bpf_program__set_autoload(prog, name in programs),
+                         f"autoload of {name}")
+            prog = self._lib.bpf_object__next_program(self.obj, prog)
+        for name in skip_maps:
+            libbpf.check(self._lib.bpf_map__set_autocreate(self._map(name), False),
+                         f"autocreate of map {name}")
+
     def load(self) -> None:
         libbpf.check(self._lib.bpf_object__load(self.obj), f"load {self.path.name}")
 

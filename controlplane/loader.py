@@ -3,7 +3,8 @@
 Loads and attaches the BPF scheduler, runs the duty-cycled detector and the
 libcuda rescan, prints statistics, detaches cleanly on SIGINT/SIGTERM,
 reports the kernel's exit reason when the kernel ejects the scheduler, and
-loads it again when the kernel asks for a restart.
+loads it again when the kernel asks for a restart. On a kernel without
+sched_ext, `--fallback mainline|auto` runs FallbackLoader instead.
 """
 
 import json
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from ctypes import c_uint32
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from scx_gpu.config import Config
-from scx_gpu.controlplane import intf, libbpf, libcuda, maps, stats, tiers
+from scx_gpu.controlplane import fallback, intf, libbpf, libcuda, maps, stats, tiers
 from scx_gpu.controlplane.detector import Detector
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
@@ -30,6 +32,7 @@ from scx_gpu.errors import EnvironmentProblem, ScxGpuError
 
 SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
+FALLBACK_MODE = "mainline-fallback"
 POLL_S = 0.1
 DISABLE_WAIT_S = 10.0
 RESTART = -1
@@ -45,15 +48,29 @@ def sched_ext_state() -> tuple[str | None, str | None]:
     return read(SCHED_EXT / "state"), read(SCHED_EXT / "root" / "ops")
 
 
-def preflight() -> None:
-    """Environment checks before anything is loaded (exit 1 when they fail)."""
+def run_state() -> dict[str, Any]:
+    """What the running loader wrote about itself ({} when none runs)."""
+    try:
+        state: dict[str, Any] = json.loads(RUN_STATE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state
+
+
+def _require_root() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem("scx-gpu load needs root (CAP_BPF and CAP_SYS_ADMIN)")
+
+
+def preflight() -> None:
+    """Environment checks before anything is loaded (exit 1 when they fail)."""
+    _require_root()
     state, ops = sched_ext_state()
     if state is None:
         raise EnvironmentProblem(
             f"this kernel ({os.uname().release}) has no sched_ext: run scx-gpu in the test VM "
-            "(`scx-gpu vm run -- scx-gpu load ...`) or on a kernel with CONFIG_SCHED_CLASS_EXT=y")
+            "(`scx-gpu vm run -- scx-gpu load ...`), on a kernel with CONFIG_SCHED_CLASS_EXT=y,"
+            " or with `--fallback mainline` (nice and an idle cgroup; a weaker guarantee)")
     if state != "disabled":
         raise EnvironmentProblem(
             f"a sched_ext scheduler is already loaded ({ops or 'unknown'}, state {state}): "
@@ -100,6 +117,9 @@ class Loader:
         self.stop.set()
 
     def run(self) -> int:
+        fallback = self.config.fallback
+        if fallback == "mainline" or (fallback == "auto" and sched_ext_state()[0] is None):
+            return FallbackLoader(self.config, self.emit, self.quiet, self.as_json).run()
         preflight()
         tiers.check_members(self.config)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -158,7 +178,7 @@ class Loader:
         state, ops = sched_ext_state()
         self.emit(f"scx-gpu: {ops} loaded (policy {self.config.policy}, state {state})")
         RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
-        RUN_STATE.write_text(json.dumps({"pid": os.getpid(), "config": self.config.as_dict()}))
+        _write_run_state({"mode": "sched_ext"}, self.config)
 
     def _rescan(self, detector: Detector) -> None:
         if self.config.policy == "fair":
@@ -207,3 +227,63 @@ def pinned_tunables() -> tuple[int, intf.Tunables]:
         maps.close(fd)
         raise ScxGpuError("the scheduler's tunables map is empty")
     return fd, value
+
+
+def _write_run_state(extra: dict[str, Any], config: Config) -> None:
+    RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
+    RUN_STATE.write_text(json.dumps({"pid": os.getpid(), "config": config.as_dict(), **extra}))
+
+
+class FallbackLoader(Loader):
+    """gpu-first through mainline mechanisms (controlplane.fallback), without sched_ext."""
+
+    def run(self) -> int:
+        _require_root()
+        libbpf.require_version()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        group = fallback.CpuGroup()
+        members = fallback.BatchMembers(self.config, group)
+        sched = BpfScheduler()
+        try:
+            sched.detector_only()
+            sched.set_options(read_only_options(self.config))
+            sched.load()
+        except BaseException:
+            sched.close()
+            raise
+        detector = Detector(sched.attach_detector, sched.destroy_link,
+                            self.config.detect_window_ms / 1000,
+                            self.config.detect_period_ms / 1000)
+        renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
+                                   self.config.scope == "process")
+        try:
+            group.create(self.config.quota, self.config.period_ms, os.cpu_count() or 1)
+            members.declare()
+            _write_run_state({"mode": FALLBACK_MODE, "batch_group": str(group.path)},
+                             self.config)
+            self.emit(f"scx-gpu: {fallback.WEAKER}")
+            self._fallback_loop(detector, renicer, members)
+        finally:
+            renicer.restore_all()
+            members.undo()
+            group.remove()
+            detector.close()
+            sched.close()
+            RUN_STATE.unlink(missing_ok=True)
+        self.emit("scx-gpu: mainline fallback undone (nice values, cgroups restored)")
+        return 0
+
+    def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
+                       members: fallback.BatchMembers) -> None:
+        last_scan = time.monotonic()
+        self._rescan(detector)
+        while not self.stop.is_set():
+            now = time.monotonic()
+            detector.tick(now)
+            renicer.tick()
+            members.scan()
+            if now - last_scan >= self.config.rescan_s:
+                self._rescan(detector)
+                last_scan = now
+            self.stop.wait(POLL_S)

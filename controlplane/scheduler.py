@@ -51,6 +51,11 @@ class BpfScheduler(BpfObject):
             self._lib.bpf_map__attach_struct_ops(self._map(STRUCT_OPS_MAP)),
             "attach the scx_gpu struct_ops (is another sched_ext scheduler loaded?)")
 
+    def detector_only(self) -> None:
+        """Load the launch detector and the maps alone: no struct_ops, so the
+        object loads on a kernel without sched_ext (the mainline fallback)."""
+        self.load_only({DETECT_PROG}, {STRUCT_OPS_MAP})
+
     def attach_detector(self, binary: Path, symbol: str) -> int:
         """Attach the launch detector to symbol in binary; returns the link."""
         return self.attach_uprobe(DETECT_PROG, binary, symbol)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from scx_gpu import __version__, config, doctor, status
 from scx_gpu.bench.cli import bench_group
-from scx_gpu.controlplane import loader, maps, tiers
+from scx_gpu.controlplane import fallback, loader, maps, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
@@ -132,6 +132,9 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--gpu-pid", type=int, multiple=True, help="Thread/process id that is gpu tier.")
 @click.option("--sched-idle-batch/--no-sched-idle-batch", default=None,
               help="Put SCHED_IDLE tasks in the batch tier.")
+@click.option("--fallback", type=str,
+              help="Without sched_ext: 'refuse' [default], 'auto' (mainline mechanisms when "
+                   "sched_ext is missing) or 'mainline' (always).")
 @click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0.1),
               help="Seconds between statistics lines [1].")
 @click.option("--quiet", is_flag=True, help="No periodic statistics.")
@@ -197,6 +200,9 @@ def quota_set_cmd(percent: int) -> None:
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_cmd(tier: str, cmd: tuple[str, ...]) -> None:
     """Run CMD in a tier of the running scheduler; exit with CMD's status."""
+    state = loader.run_state()
+    if state.get("mode") == loader.FALLBACK_MODE:
+        fallback.exec_in_fallback(tier, list(cmd), Path(state["batch_group"]))
     tiers.exec_in_tier(tier, list(cmd))
 
 

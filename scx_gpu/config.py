@@ -9,6 +9,7 @@ from scx_gpu.errors import UsageError
 
 POLICIES = ("gpu-first", "fair")
 SCOPES = ("thread", "process")
+FALLBACKS = ("refuse", "auto", "mainline")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Config:
     rescan_s: float = 10.0           # look for new libcuda files this often
     cuda_libs: list[str] = field(default_factory=list)
     stats_interval_s: float = 1.0
+    fallback: str = "refuse"         # without sched_ext: refuse, or mainline mechanisms
     gpu: TierMembers = field(default_factory=TierMembers)
     batch: TierMembers = field(default_factory=TierMembers)
 
@@ -45,11 +47,16 @@ class Config:
             raise UsageError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.scope not in SCOPES:
             raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.fallback not in FALLBACKS:
+            raise UsageError(f"unknown fallback {self.fallback!r}: choose one of "
+                             f"{', '.join(FALLBACKS)}")
+        if self.fallback == "mainline" and self.policy != "gpu-first":
+            raise UsageError("the mainline fallback runs the gpu-first policy only")
         if not 0 <= self.quota <= 100:
             raise UsageError(f"quota {self.quota} is outside 0-100 (percent of all CPUs)")
         for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "batch_slice_us",
-                     "detect_window_ms", "detect_period_ms"):
-            if getattr(self, name) <= 0:
+                     "detect_window_ms", "detect_period_ms", "rescan_s", "stats_interval_s"):
+            if not getattr(self, name) > 0:  # NaN too
                 raise UsageError(f"{name} must be positive, not {getattr(self, name)}")
         if self.detect_window_ms > self.detect_period_ms:
             raise UsageError("detect_window_ms must not exceed detect_period_ms")
@@ -68,9 +75,12 @@ class Config:
 def _members(raw: Any, where: str) -> TierMembers:
     if not isinstance(raw, dict) or set(raw) - {"cgroups", "comms", "pids"}:
         raise UsageError(f"[{where}] takes only cgroups, comms and pids")
-    return TierMembers(cgroups=[str(c) for c in raw.get("cgroups", [])],
-                       comms=[str(c) for c in raw.get("comms", [])],
-                       pids=[int(p) for p in raw.get("pids", [])])
+    lists = {k: raw.get(k, []) for k in ("cgroups", "comms", "pids")}
+    if not all(isinstance(v, list) for v in lists.values()) or not all(
+            isinstance(x, str) for x in lists["cgroups"] + lists["comms"]) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in lists["pids"]):
+        raise UsageError(f"[{where}] cgroups and comms are lists of strings, pids of integers")
+    return TierMembers(cgroups=lists["cgroups"], comms=lists["comms"], pids=lists["pids"])
 
 
 def from_toml(path: Path) -> dict[str, Any]:
@@ -86,9 +96,25 @@ def from_toml(path: Path) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"config {path}: unknown settings {', '.join(unknown)}")
     settings: dict[str, Any] = {}
+    types = {f.name: f.type for f in fields(Config)}
     for key, value in raw.items():
-        settings[key] = _members(value, key) if key in ("gpu", "batch") else value
+        if key in ("gpu", "batch"):
+            settings[key] = _members(value, key)
+        else:
+            settings[key] = _typed(path, key, value, types[key])
     return settings
+
+
+def _typed(path: Path, key: str, value: Any, kind: Any) -> Any:
+    """value, if it is what the setting takes (TOML has no bool/int confusion to allow)."""
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str),
+          list[str]: isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+    if not ok:
+        name = getattr(kind, "__name__", str(kind))
+        raise UsageError(f"config {path}: {key} takes {name}, not {value!r}")
+    return value
 
 
 def build(path: Path | None, flags: dict[str, Any]) -> Config:

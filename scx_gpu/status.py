@@ -1,12 +1,12 @@
 """`scx-gpu status`: what sched_ext runs now and what scx-gpu's tiers are doing."""
 
-import json
 import time
 from ctypes import c_int64, c_uint32, c_uint64
+from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import intf, libbpf, maps, stats
-from scx_gpu.controlplane.loader import RUN_STATE, sched_ext_state
+from scx_gpu.controlplane import fallback, intf, libbpf, maps, stats
+from scx_gpu.controlplane.loader import FALLBACK_MODE, run_state, sched_ext_state
 from scx_gpu.controlplane.scheduler import PIN_DIR, sum_stats
 from scx_gpu.errors import ScxGpuError
 
@@ -45,7 +45,7 @@ def _scheduler_report() -> dict[str, Any]:
                  for tier in intf.Tier}
     finally:
         maps.close(fd)
-    owner = json.loads(RUN_STATE.read_text()) if RUN_STATE.is_file() else {}
+    owner = run_state()
     return {
         "loader_pid": owner.get("pid"),
         "policy": owner.get("config", {}).get("policy"),
@@ -58,9 +58,20 @@ def _scheduler_report() -> dict[str, Any]:
     }
 
 
+def _fallback_report(run: dict[str, Any]) -> dict[str, Any]:
+    group = Path(run["batch_group"])
+    procs = (group / "cgroup.procs").read_text().split() if group.is_dir() else []
+    return {"loader_pid": run.get("pid"), "batch_group": str(group),
+            "batch_processes": len(procs), "batch_quota_pct": run["config"]["quota"],
+            "guarantee": fallback.WEAKER}
+
+
 def collect() -> dict[str, Any]:
     state, ops = sched_ext_state()
     report: dict[str, Any] = {"sched_ext": state is not None, "state": state, "ops": ops}
+    run = run_state()
+    if run.get("mode") == FALLBACK_MODE:
+        report["fallback"] = _fallback_report(run)
     if ops == "scx_gpu" and (PIN_DIR / "stats").exists():
         try:
             report["scx_gpu"] = _scheduler_report()
@@ -70,6 +81,11 @@ def collect() -> dict[str, Any]:
 
 
 def render(report: dict[str, Any]) -> str:
+    if "fallback" in report:
+        fb = report["fallback"]
+        return (f"scx-gpu: {fb['guarantee']}\n  loader pid {fb['loader_pid']}, batch group "
+                f"{fb['batch_group']} ({fb['batch_processes']} processes, quota "
+                f"{fb['batch_quota_pct']}%)")
     if not report["sched_ext"]:
         return "sched_ext: not in this kernel"
     lines = [f"sched_ext: {report['state']}" + (f", scheduler {report['ops']}"

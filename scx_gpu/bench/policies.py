@@ -7,6 +7,9 @@ gpu-nice            the workload at nice -20.
 batch-idle          the noise as SCHED_IDLE.
 scx-gpu             gpu-first, the noise declared batch (its cgroup).
 scx-gpu-undeclared  gpu-first, the noise left normal: nothing declared.
+fallback            `scx-gpu load --fallback mainline` (no sched_ext needed),
+                    the noise's cgroup declared batch (cgroup v2).
+fallback-undeclared the same, nothing declared.
 """
 
 import os
@@ -17,6 +20,7 @@ from scx_gpu.errors import EnvironmentProblem, UsageError
 
 NPROC = os.cpu_count() or 1
 PIN_CPUS = f"0-{max(1, NPROC // 2) - 1}"
+MAINLINE = ("--fallback", "mainline")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ POLICIES = {p.name: p for p in (
     Policy("batch-idle", noise_idle=True),
     Policy("scx-gpu", scheduler=(), declare_noise=True),
     Policy("scx-gpu-undeclared", scheduler=()),
+    Policy("fallback", scheduler=MAINLINE, declare_noise=True),
+    Policy("fallback-undeclared", scheduler=MAINLINE),
 )}
 
 
@@ -52,7 +58,7 @@ def parse(names: str) -> list[Policy]:
 
 def check_kernel(chosen: list[Policy]) -> None:
     """Policies that load scx-gpu need sched_ext."""
-    needs_scx = [p.name for p in chosen if p.scheduler is not None]
+    needs_scx = [p.name for p in chosen if p.scheduler not in (None, MAINLINE)]
     if needs_scx and sched_ext_state()[0] is None:
         raise EnvironmentProblem(
             f"policy {', '.join(needs_scx)} needs a kernel with sched_ext, and this one has none:"

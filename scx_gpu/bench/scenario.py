@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane.loader import sched_ext_state
+from scx_gpu.controlplane.loader import RUN_STATE, run_state, sched_ext_state
 from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
 from scx_gpu.workloads import program
 
@@ -48,13 +48,16 @@ def disabled() -> bool:
 
 @contextmanager
 def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]:
-    """`scx-gpu load` running in the background for the body's duration."""
+    """`scx-gpu load` running in the background for the body's duration (the
+    sched_ext scheduler, or the mainline fallback when args ask for it)."""
     lib = ["--cuda-lib", str(program("libcuda.so.1"))] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
         proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", *lib, *args], stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
         try:
-            wait_for(lambda: enabled() or proc.poll() is not None, 60, "the scheduler to load")
+            # The loader writes its run state once attached.
+            wait_for(lambda: run_state().get("pid") == proc.pid or proc.poll() is not None, 60,
+                     "the scheduler to load")
             assert proc.poll() is None, f"scx-gpu load exited: {Path(log.name).read_text()}"
             yield proc
             assert proc.poll() is None, f"scx-gpu load died: {Path(log.name).read_text()}"
@@ -62,7 +65,8 @@ def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-    wait_for(disabled, 10, "sched_ext to be disabled after SIGTERM")
+    wait_for(lambda: not RUN_STATE.exists() and sched_ext_state()[0] in (None, "disabled"), 10,
+             "the scheduler to be gone after SIGTERM")
 
 
 def launcher(*args: str, tier: str | None = None, nice: int = 0,

@@ -69,12 +69,13 @@ def test_noise_runs_in_its_cgroup_and_stops_to_the_last_process():
 @pytest.mark.root
 def test_small_matrix_end_to_end_on_the_host(tmp_path):
     out = tmp_path / "run"
-    proc = scx_gpu("bench", "run", "--noise", "none,cpu", "--policy", "stock,gpu-nice",
-                   "--reps", "1", "--duration", "1", "-o", str(out))
+    proc = scx_gpu("bench", "run", "--noise", "none,cpu",
+                   "--policy", "stock,gpu-nice,fallback-undeclared", "--reps", "1",
+                   "--duration", "1", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert not leftovers(proc)
     rows = pd.read_parquet(out / results.RESULTS)
-    assert len(rows) == 4 and set(rows.policy) == {"stock", "gpu-nice"}
+    assert len(rows) == 6 and set(rows.policy) == {"stock", "gpu-nice", "fallback-undeclared"}
     assert (rows.tokens_per_s > 0).all() and (rows.launches > 0).all(), rows
     assert (rows.drops == 0).all()
     assert (rows[rows.noise == "cpu"].noise_cpu_s > 0.5).all(), rows.noise_cpu_s
@@ -83,7 +84,7 @@ def test_small_matrix_end_to_end_on_the_host(tmp_path):
         assert (out / trace / "events.parquet").is_file()
     summary = json.loads((out / results.SUMMARY).read_text())
     assert {(c["noise"], c["policy"]) for c in summary} == {
-        (n, p) for n in ("none", "cpu") for p in ("stock", "gpu-nice")}
+        (n, p) for n in ("none", "cpu") for p in ("stock", "gpu-nice", "fallback-undeclared")}
     assert next(c for c in summary if c["noise"] == "none" and c["policy"] == "stock")[
         "degradation_pct"] == 0.0
     config = json.loads((out / results.MARKER).read_text())

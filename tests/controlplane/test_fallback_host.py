@@ -1,0 +1,103 @@
+"""The mainline fallback of `scx-gpu load` on the host kernel (no sched_ext; root)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane import fallback, loader
+from scx_gpu.workloads import program
+from tests.helpers import assert_one_line_error, scx_gpu
+
+pytestmark = pytest.mark.root
+NPROC = os.cpu_count() or 1
+LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
+
+
+def nice_of(pid: int, tid: int) -> int:
+    return int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def launching_threads(pid: int) -> list[int]:
+    return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if int(t.name) != pid]
+
+
+@contextmanager
+def fallback_loaded(*args: str) -> Iterator[dict[str, Any]]:
+    proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline", "--quiet",
+                             "--cuda-lib", STUB, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        sc.wait_for(lambda: loader.run_state().get("mode") == loader.FALLBACK_MODE
+                    or proc.poll() is not None, 30, "the fallback to start")
+        assert proc.poll() is None, proc.communicate()[0]
+        yield loader.run_state()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "weaker guarantee" in out and "undone" in out, out
+
+
+def busy_launcher(seconds: float) -> float:
+    report = sc.launcher("--warmup", "1", "--duration", str(seconds), "--threads", str(NPROC),
+                         *sc.BUSY_LAUNCHER)
+    return float(report["tokens_per_s"])
+
+
+def test_fallback_idles_batch_raises_launchers_and_undoes_everything():
+    alone = busy_launcher(4)
+    with sc.hogs(2 * NPROC) as hogs_cgroup:
+        hogs = [int(p) for p in (hogs_cgroup / "cgroup.procs").read_text().split()]
+        with fallback_loaded("--batch-comm", "stress-ng*") as state:
+            group = Path(state["batch_group"])
+            assert (group / "cpu.idle").read_text().strip() == "1"
+            sc.wait_for(lambda: set(hogs) <= {int(p) for p in
+                                              (group / "cgroup.procs").read_text().split()},
+                        10, "the hogs to join the idle group")
+            beside = busy_launcher(4)
+            lingering = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "3",
+                                          "--linger", "30", "--work-us", "100"],
+                                         stdout=subprocess.DEVNULL)
+            time.sleep(0.5)
+            (tid,) = launching_threads(lingering.pid)
+            sc.wait_for(lambda: nice_of(lingering.pid, tid) == fallback.GPU_NICE, 10,
+                        "the launching thread to be reniced")
+            assert nice_of(lingering.pid, lingering.pid) == 0  # its main thread never launched
+        # SIGTERM: everything undone while the hogs and the launcher still run.
+        assert nice_of(lingering.pid, tid) == 0
+        assert not group.exists()
+        for pid in hogs:
+            assert f"/{fallback.GROUP_NAME}" not in Path(f"/proc/{pid}/cgroup").read_text()
+    lingering.kill()
+    lingering.wait()
+    print({"alone": alone, "beside_idle_hogs": beside})
+    assert beside >= 0.85 * alone, (alone, beside)
+
+
+def test_run_places_commands_under_the_fallback(tmp_path):
+    with fallback_loaded() as state:
+        group = Path(state["batch_group"])
+        batch = scx_gpu("run", "--tier", "batch", "--", "sh", "-c", "cat /proc/self/cgroup")
+        assert batch.returncode == 0 and f"/{fallback.GROUP_NAME}" in batch.stdout, batch
+        gpu = scx_gpu("run", "--tier", "gpu", "--", "sh", "-c", "nice")
+        assert gpu.returncode == 0 and gpu.stdout.strip() == str(fallback.GPU_NICE), gpu
+        status = json.loads(scx_gpu("status", "--json").stdout)["fallback"]
+        assert status["batch_group"] == str(group) and "weaker" in status["guarantee"], status
+        assert "weaker guarantee" in scx_gpu("status").stdout
+
+
+def test_fallback_bad_input():
+    assert_one_line_error(scx_gpu("load", "--fallback", "maybe"), 2,
+                          ["unknown fallback 'maybe'", "refuse, auto, mainline"])
+    assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--policy", "fair"), 2,
+                          ["gpu-first policy only"])
+    assert_one_line_error(scx_gpu("load"), 1, ["has no sched_ext", "--fallback mainline"])
