@@ -55,30 +55,33 @@ def busy_launcher(seconds: float) -> float:
 
 def test_fallback_idles_batch_raises_launchers_and_undoes_everything():
     alone = busy_launcher(4)
-    with sc.hogs(2 * NPROC) as hogs_cgroup:
-        hogs = [int(p) for p in (hogs_cgroup / "cgroup.procs").read_text().split()]
-        with fallback_loaded("--batch-comm", "stress-ng*") as state:
-            group = Path(state["batch_group"])
-            assert (group / "cpu.idle").read_text().strip() == "1"
-            sc.wait_for(lambda: set(hogs) <= {int(p) for p in
-                                              (group / "cgroup.procs").read_text().split()},
-                        10, "the hogs to join the idle group")
-            beside = busy_launcher(4)
-            lingering = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "3",
-                                          "--linger", "30", "--work-us", "100"],
-                                         stdout=subprocess.DEVNULL)
-            time.sleep(0.5)
-            (tid,) = launching_threads(lingering.pid)
-            sc.wait_for(lambda: nice_of(lingering.pid, tid) == fallback.GPU_NICE, 10,
-                        "the launching thread to be reniced")
-            assert nice_of(lingering.pid, lingering.pid) == 0  # its main thread never launched
-        # SIGTERM: everything undone while the hogs and the launcher still run.
-        assert nice_of(lingering.pid, tid) == 0
-        assert not group.exists()
-        for pid in hogs:
-            assert f"/{fallback.GROUP_NAME}" not in Path(f"/proc/{pid}/cgroup").read_text()
-    lingering.kill()
-    lingering.wait()
+    running = None
+    try:
+        with sc.hogs(2 * NPROC) as hogs_cgroup:
+            hogs = [int(p) for p in (hogs_cgroup / "cgroup.procs").read_text().split()]
+            with fallback_loaded("--batch-comm", "stress-ng*") as state:
+                group = Path(state["batch_group"])
+                assert (group / "cpu.idle").read_text().strip() == "1"
+                sc.wait_for(lambda: set(hogs) <= {int(p) for p in
+                                                  (group / "cgroup.procs").read_text().split()},
+                            10, "the hogs to join the idle group")
+                beside = busy_launcher(4)
+                running = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "60",
+                                            "--work-us", "100"], stdout=subprocess.DEVNULL)
+                time.sleep(0.5)
+                (tid,) = launching_threads(running.pid)
+                sc.wait_for(lambda: nice_of(running.pid, tid) == fallback.GPU_NICE, 10,
+                            "the launching thread to be reniced")
+                assert nice_of(running.pid, running.pid) == 0  # the main thread never launched
+            # SIGTERM: all undone while the hogs and the (still tagged) launcher run.
+            assert nice_of(running.pid, tid) == 0
+            assert not group.exists()
+            for pid in hogs:
+                assert f"/{fallback.GROUP_NAME}" not in Path(f"/proc/{pid}/cgroup").read_text()
+    finally:
+        if running is not None:
+            running.kill()
+            running.wait()
     print({"alone": alone, "beside_idle_hogs": beside})
     assert beside >= 0.85 * alone, (alone, beside)
 
