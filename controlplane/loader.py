@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from scx_gpu.config import Config
-from scx_gpu.controlplane import fallback, intf, libbpf, libcuda, maps, stats, tiers
+from scx_gpu.controlplane import fallback, intf, libbpf, libcuda, maps, metrics, stats, tiers
 from scx_gpu.controlplane.detector import Detector
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
@@ -160,10 +160,15 @@ class Loader:
         detector = Detector(sched.attach_detector, sched.destroy_link,
                             self.config.detect_window_ms / 1000,
                             self.config.detect_period_ms / 1000)
+        server = (metrics.MetricsServer(metrics.parse_addr(self.config.metrics_addr),
+                                        lambda: self._snapshot(sched, detector))
+                  if self.config.metrics_addr else None)
         try:
             self._announce(sched)
             info = self._loop(sched, detector)
         finally:
+            if server:
+                server.close()
             detector.close()
             unpin()
             sched.close()
@@ -173,6 +178,11 @@ class Loader:
             return 0
         self.emit(f"scx-gpu: {exit_message(info)}")
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
+
+    def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
+        quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
+        return metrics.Snapshot(sched.read_stats(), quota.batch_quota_pct if quota else 0,
+                                detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"))
 
     def _announce(self, sched: BpfScheduler) -> None:
         state, ops = sched_ext_state()

@@ -135,6 +135,8 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--fallback", type=str,
               help="Without sched_ext: 'refuse' [default], 'auto' (mainline mechanisms when "
                    "sched_ext is missing) or 'mainline' (always).")
+@click.option("--metrics-addr", help="Serve Prometheus text on [HOST:]PORT (loopback "
+                                     "unless HOST is given) at /metrics.")
 @click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0.1),
               help="Seconds between statistics lines [1].")
 @click.option("--quiet", is_flag=True, help="No periodic statistics.")

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.controlplane.metrics import parse_addr
 from scx_gpu.errors import UsageError
 
 POLICIES = ("gpu-first", "fair")
@@ -39,6 +40,7 @@ class Config:
     cuda_libs: list[str] = field(default_factory=list)
     stats_interval_s: float = 1.0
     fallback: str = "refuse"         # without sched_ext: refuse, or mainline mechanisms
+    metrics_addr: str = ""           # Prometheus text on HOST:PORT (a bare PORT: loopback)
     gpu: TierMembers = field(default_factory=TierMembers)
     batch: TierMembers = field(default_factory=TierMembers)
 
@@ -52,6 +54,8 @@ class Config:
                              f"{', '.join(FALLBACKS)}")
         if self.fallback == "mainline" and self.policy != "gpu-first":
             raise UsageError("the mainline fallback runs the gpu-first policy only")
+        if self.metrics_addr:
+            parse_addr(self.metrics_addr)
         if not 0 <= self.quota <= 100:
             raise UsageError(f"quota {self.quota} is outside 0-100 (percent of all CPUs)")
         for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "batch_slice_us",

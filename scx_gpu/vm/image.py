@@ -24,9 +24,10 @@ BASE_PACKAGES = (
 )
 # libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
 BACKPORTS_PACKAGES = ("libbpf1",)
-# The tracer's analysis stack, at the host environment's versions (bookworm
-# has no pyarrow), installed from wheels for the guest's Python 3.11.
-GUEST_WHEELS = ("numpy", "pandas", "pyarrow")
+# The tracer's analysis stack and the metrics tests' parser, at the host
+# environment's versions (bookworm has no pyarrow), installed from wheels for
+# the guest's Python 3.11.
+GUEST_WHEELS = ("numpy", "pandas", "pyarrow", "prometheus-client")
 GUEST_PYTHON = "3.11"
 SITE_PACKAGES = f"usr/local/lib/python{GUEST_PYTHON}/dist-packages"
 INIT_PATH = "usr/local/sbin/scx-gpu-init"
@@ -81,7 +82,7 @@ def _install_wheels(root: Path) -> None:
             "--only-binary=:all:", "--python-version", GUEST_PYTHON, "--implementation", "cp",
             "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
             "--target", str(root / SITE_PACKAGES), *_wheel_pins()],
-           "pip install (the guest's numpy, pandas, pyarrow)")
+           f"pip install (the guest's {', '.join(GUEST_WHEELS)})")
 
 
 def _require_root(what: str) -> None:

@@ -53,3 +53,7 @@ def test_quota_get_without_a_running_scheduler():
     proc = scx_gpu("quota", "get")
     assert proc.returncode == 1
     assert "is `scx-gpu load` running?" in proc.stderr
+
+
+def test_bad_metrics_addr():
+    assert_one_line_error(scx_gpu("load", "--metrics-addr", "host:"), 2, ["--metrics-addr"])

@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.tiers import OWN_ROOT
@@ -251,3 +254,27 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
     assert tasks["batch"] >= 2 * NPROC, tasks  # the stress-ng workers
     assert tasks["normal"] > 0 and tasks["gpu"] == 0, tasks
     assert abs(share - 0.30) <= 0.10, share  # matched by name alone, held to the quota
+
+
+def test_metrics_endpoint_serves_prometheus_text_on_loopback():
+    port = 9464
+    url = f"http://127.0.0.1:{port}/metrics"
+    with sc.loaded("--metrics-addr", str(port)):
+        time.sleep(1.5)
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.headers["Content-Type"].startswith("text/plain")
+            text = reply.read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples[("scx_gpu_enabled", ())] == 1
+        assert samples[("scx_gpu_tier_runs_total", (("tier", "normal"),))] > 0
+        assert samples[("scx_gpu_wait_seconds_count", (("tier", "normal"),))] > 0
+        assert samples[("scx_gpu_batch_quota_ratio", ())] == 0.5
+        listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        assert [f"0100007F:{port:04X}"] == [f[1] for f in listening
+                                            if f[3] == "0A" and f[1].endswith(f":{port:04X}")]
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+        assert missing.value.code == 404
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
