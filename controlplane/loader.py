@@ -19,7 +19,17 @@ from types import FrameType
 from typing import Any
 
 from scx_gpu.config import Config
-from scx_gpu.controlplane import fallback, intf, libbpf, libcuda, maps, metrics, stats, tiers
+from scx_gpu.controlplane import (
+    fallback,
+    intf,
+    libbpf,
+    libcuda,
+    maps,
+    metrics,
+    stats,
+    stats_socket,
+    tiers,
+)
 from scx_gpu.controlplane.detector import Detector
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
@@ -163,10 +173,13 @@ class Loader:
         server = (metrics.MetricsServer(metrics.parse_addr(self.config.metrics_addr),
                                         lambda: self._snapshot(sched, detector))
                   if self.config.metrics_addr else None)
+        loaded_at = time.monotonic()
+        sock = stats_socket.StatsSocket(lambda: self._totals(sched, detector, loaded_at))
         try:
             self._announce(sched)
             info = self._loop(sched, detector)
         finally:
+            sock.close()
             if server:
                 server.close()
             detector.close()
@@ -183,6 +196,13 @@ class Loader:
         quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
         return metrics.Snapshot(sched.read_stats(), quota.batch_quota_pct if quota else 0,
                                 detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"))
+
+    def _totals(self, sched: BpfScheduler, detector: Detector,
+                loaded_at: float) -> dict[str, Any]:
+        quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
+        summary = stats.Summary(time.monotonic() - loaded_at, sched.read_stats(),
+                                quota.batch_quota_pct if quota else 0, detector.duty_cycle())
+        return summary.as_dict()
 
     def _announce(self, sched: BpfScheduler) -> None:
         state, ops = sched_ext_state()

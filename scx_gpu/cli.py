@@ -11,7 +11,7 @@ from rich.table import Table
 
 from scx_gpu import __version__, config, doctor, status
 from scx_gpu.bench.cli import bench_group
-from scx_gpu.controlplane import fallback, loader, maps, tiers
+from scx_gpu.controlplane import fallback, loader, maps, stats_socket, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
@@ -142,12 +142,17 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--quiet", is_flag=True, help="No periodic statistics.")
 @click.option("--json", "as_json", is_flag=True, help="Statistics as JSON lines.")
 @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
+@click.option("--monitor", type=click.FloatRange(min=0.1),
+              help="Do not load: print the running scheduler's statistics every MONITOR s.")
 def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
              batch_cgroup: tuple[str, ...], batch_comm: tuple[str, ...],
              batch_pid: tuple[int, ...], gpu_cgroup: tuple[str, ...], gpu_comm: tuple[str, ...],
              gpu_pid: tuple[int, ...], quiet: bool, as_json: bool, print_config: bool,
-             **flags: object) -> None:
+             monitor: float | None, **flags: object) -> None:
     """Load the scheduler and run it in the foreground (Ctrl-C detaches)."""
+    if monitor:
+        stats_socket.monitor(monitor, click.echo, as_json)
+        return
     flags["sched_idle_batch"] = flags.pop("sched_idle_batch")
     flags["cuda_libs"] = list(cuda_libs) or None
     flags["batch"] = _members(batch_cgroup, batch_comm, batch_pid)

@@ -6,6 +6,7 @@ Timing under emulation is coarse, so these assert large effects only.
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane import stats_socket
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
@@ -256,11 +258,20 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
     assert abs(share - 0.30) <= 0.10, share  # matched by name alone, held to the quota
 
 
-def test_metrics_endpoint_serves_prometheus_text_on_loopback():
+def test_statistics_endpoints_prometheus_and_scx_stats():
     port = 9464
     url = f"http://127.0.0.1:{port}/metrics"
     with sc.loaded("--metrics-addr", str(port)):
         time.sleep(1.5)
+        sock = stats_socket.SOCKET_PATH
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and sock.stat().st_uid == 0
+        monitor = subprocess.Popen([*sc.SCX_GPU, "load", "--monitor", "0.3"],
+                                   stdout=subprocess.PIPE, text=True)
+        time.sleep(3)  # the client's own start is slow under emulation
+        monitor.send_signal(signal.SIGINT)  # Ctrl-C ends a monitor quietly
+        out, _ = monitor.communicate(timeout=30)
+        lines = [line for line in out.splitlines() if line.startswith("gpu: cpu")]
+        assert monitor.returncode == 0 and len(lines) >= 2, out
         with urllib.request.urlopen(url, timeout=10) as reply:
             assert reply.headers["Content-Type"].startswith("text/plain")
             text = reply.read().decode()
@@ -278,3 +289,4 @@ def test_metrics_endpoint_serves_prometheus_text_on_loopback():
         assert missing.value.code == 404
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+    assert not stats_socket.SOCKET_PATH.exists()
