@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from scx_gpu import __version__, config, doctor, status
+from scx_gpu import __version__, config, doctor, install, status
 from scx_gpu.bench.cli import bench_group
 from scx_gpu.controlplane import fallback, loader, maps, stats_socket, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
@@ -307,6 +307,15 @@ def export_perfetto_cmd(trace: Path, out: Path) -> None:
 
 
 cli.add_command(bench_group)
+
+
+@cli.command("install-service")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"),
+              show_default=True, help="Install under this root (a package build, a test).")
+def install_service_cmd(root: Path) -> None:
+    """Install the systemd unit (scx-gpu.service) and /etc/default/scx-gpu."""
+    for line in install.install(root):
+        click.echo(f"scx-gpu: {line}")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The systemd unit and its /etc/default file (`scx-gpu install-service`)."""
