@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scx_gpu.config import Config
 from scx_gpu.controlplane import maps
-from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.controlplane.tiers import CGROUP_ROOT, cgroup_path
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 GPU_NICE = -10
@@ -182,7 +182,10 @@ class BatchMembers:
             raise UsageError("--batch-cgroup needs cgroup v2 with the cpu controller; this host"
                              " has the v1 cpu controller: use --batch-comm or --batch-pid")
         for spec in config.batch.cgroups:
-            path = CGROUP_ROOT / spec.lstrip("/") if not Path(spec).is_absolute() else Path(spec)
+            path = cgroup_path(spec)
+            if not (path / "cpu.idle").is_file():
+                raise UsageError(f"--batch-cgroup {spec}: not a cgroup v2 group under the cpu "
+                                 "controller")
             self.idle_cgroups[path] = (path / "cpu.idle").read_text().strip()
 
     def declare(self) -> None:

@@ -44,6 +44,7 @@ SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
 FALLBACK_MODE = "mainline-fallback"
 POLL_S = 0.1
+MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
 
@@ -306,13 +307,16 @@ class FallbackLoader(Loader):
 
     def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
                        members: fallback.BatchMembers) -> None:
-        last_scan = time.monotonic()
+        last_scan = last_members = time.monotonic()
         self._rescan(detector)
+        members.scan()
         while not self.stop.is_set():
             now = time.monotonic()
             detector.tick(now)
             renicer.tick()
-            members.scan()
+            if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
+                members.scan()
+                last_members = now
             if now - last_scan >= self.config.rescan_s:
                 self._rescan(detector)
                 last_scan = now

@@ -104,3 +104,6 @@ def test_fallback_bad_input():
     assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--policy", "fair"), 2,
                           ["gpu-first policy only"])
     assert_one_line_error(scx_gpu("load"), 1, ["has no sched_ext", "--fallback mainline"])
+    assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--batch-cgroup", "/nope"),
+                          2, ["--batch-cgroup"])
+    assert not list(Path("/sys/fs/cgroup").rglob(fallback.GROUP_NAME))
