@@ -28,5 +28,5 @@ run_under() {  # $1: label; the rest: scx-gpu load flags, or nothing for stock
 for rep in 1 2 3; do
 	run_under stock
 	run_under always --detect-window-ms 1000 --detect-period-ms 1000
-	run_under duty-cycled
+	run_under duty-cycled --detect-window-ms 100 --detect-period-ms 1000
 done | tee "$OUT/detector-cost.jsonl"
