@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -267,11 +268,19 @@ def test_statistics_endpoints_prometheus_and_scx_stats():
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and sock.stat().st_uid == 0
         monitor = subprocess.Popen([*sc.SCX_GPU, "load", "--monitor", "0.3"],
                                    stdout=subprocess.PIPE, text=True)
-        time.sleep(3)  # the client's own start is slow under emulation
-        monitor.send_signal(signal.SIGINT)  # Ctrl-C ends a monitor quietly
-        out, _ = monitor.communicate(timeout=30)
-        lines = [line for line in out.splitlines() if line.startswith("gpu: cpu")]
-        assert monitor.returncode == 0 and len(lines) >= 2, out
+        watchdog = threading.Timer(60, monitor.kill)
+        watchdog.start()
+        lines = []
+        assert monitor.stdout
+        for line in monitor.stdout:
+            lines.append(line)
+            if len(lines) == 2:
+                monitor.send_signal(signal.SIGINT)  # Ctrl-C ends a monitor quietly
+                break
+        monitor.communicate(timeout=30)
+        watchdog.cancel()
+        assert monitor.returncode == 0, lines
+        assert all(line.startswith("gpu: cpu") for line in lines) and len(lines) == 2, lines
         with urllib.request.urlopen(url, timeout=10) as reply:
             assert reply.headers["Content-Type"].startswith("text/plain")
             text = reply.read().decode()
