@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 from collections.abc import Iterator
-from ctypes import c_uint32, c_uint64
 from pathlib import Path
 
 from scx_gpu.config import Config
-from scx_gpu.controlplane import maps
-from scx_gpu.controlplane.tiers import CGROUP_ROOT, cgroup_path
+from scx_gpu.controlplane.scheduler import live_gpu_tags
+from scx_gpu.controlplane.tiers import CGROUP_ROOT, cgroup_path, exec_command
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 GPU_NICE = -10
@@ -139,12 +137,9 @@ class Renicer:
             return []
 
     def live(self) -> set[int]:
-        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
         alive: set[int] = set()
-        for key in list(maps.keys(self.tags_fd, c_uint32)):
-            seen = maps.lookup(self.tags_fd, key, c_uint64)
-            if seen is not None and now - seen.value < self.ttl_ns:
-                alive.update(self._threads(key.value))
+        for key in live_gpu_tags(self.tags_fd, self.ttl_ns):
+            alive.update(self._threads(key))
         return alive
 
     def tick(self) -> None:
@@ -214,7 +209,4 @@ def exec_in_fallback(tier: str, cmd: list[str], batch_group: Path) -> None:
         (batch_group / "cgroup.procs").write_text(f"{os.getpid()}\n")
     else:
         os.setpriority(os.PRIO_PROCESS, 0, GPU_NICE)
-    try:
-        os.execvp(cmd[0], cmd)
-    except FileNotFoundError as exc:
-        raise UsageError(f"command not found: {cmd[0]}") from exc
+    exec_command(cmd)

@@ -168,9 +168,7 @@ class Loader:
 
     def _run_once(self) -> int:
         sched = self._load()
-        detector = Detector(sched.attach_detector, sched.destroy_link,
-                            self.config.detect_window_ms / 1000,
-                            self.config.detect_period_ms / 1000)
+        detector = self._detector(sched)
         server = (metrics.MetricsServer(metrics.parse_addr(self.config.metrics_addr),
                                         lambda: self._snapshot(sched, detector))
                   if self.config.metrics_addr else None)
@@ -193,16 +191,18 @@ class Loader:
         self.emit(f"scx-gpu: {exit_message(info)}")
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
 
+    def _detector(self, sched: BpfScheduler) -> Detector:
+        return Detector(sched.attach_detector, sched.destroy_link,
+                        self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000)
+
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
-        quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
-        return metrics.Snapshot(sched.read_stats(), quota.batch_quota_pct if quota else 0,
+        return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
                                 detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"))
 
     def _totals(self, sched: BpfScheduler, detector: Detector,
                 loaded_at: float) -> dict[str, Any]:
-        quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
         summary = stats.Summary(time.monotonic() - loaded_at, sched.read_stats(),
-                                quota.batch_quota_pct if quota else 0, detector.duty_cycle())
+                                sched.read_tunables().batch_quota_pct, detector.duty_cycle())
         return summary.as_dict()
 
     def _announce(self, sched: BpfScheduler) -> None:
@@ -244,8 +244,7 @@ class Loader:
                      detector: Detector) -> None:
         if self.quiet:
             return
-        quota = maps.lookup(sched.map_fd("tunables"), c_uint32(0), intf.Tunables)
-        summary = stats.Summary(interval, delta, quota.batch_quota_pct if quota else -1,
+        summary = stats.Summary(interval, delta, sched.read_tunables().batch_quota_pct,
                                 detector.duty_cycle())
         self.emit(json.dumps(summary.as_dict()) if self.as_json else summary.line())
 
@@ -283,9 +282,7 @@ class FallbackLoader(Loader):
         except BaseException:
             sched.close()
             raise
-        detector = Detector(sched.attach_detector, sched.destroy_link,
-                            self.config.detect_window_ms / 1000,
-                            self.config.detect_period_ms / 1000)
+        detector = self._detector(sched)
         renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                    self.config.scope == "process")
         try:

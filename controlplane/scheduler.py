@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from ctypes import c_char, c_uint32, c_uint64
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ class BpfScheduler(BpfObject):
 
     def write_tunables(self, tunables: intf.Tunables) -> None:
         maps.update(self.map_fd("tunables"), ZERO, tunables)
+
+    def read_tunables(self) -> intf.Tunables:
+        return maps.lookup(self.map_fd("tunables"), ZERO, intf.Tunables) or intf.Tunables()
 
     def read_stats(self) -> intf.Stats:
         return sum_stats(maps.lookup_percpu(self.map_fd("stats"), ZERO, intf.Stats, self.ncpus))
@@ -127,3 +131,14 @@ def unpin(directory: Path = PIN_DIR) -> None:
     if directory.is_dir():
         directory.rmdir()
 
+
+
+def live_gpu_tags(tags_fd: int, ttl_ns: int) -> list[int]:
+    """Thread (or process) ids in gpu_tags whose last launch is younger than the ttl."""
+    now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+    live = []
+    for key in list(maps.keys(tags_fd, c_uint32)):
+        seen = maps.lookup(tags_fd, key, c_uint64)
+        if seen is not None and now - seen.value < ttl_ns:
+            live.append(key.value)
+    return sorted(live)

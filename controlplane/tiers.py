@@ -84,6 +84,11 @@ def exec_in_tier(tier: str, cmd: list[str]) -> None:
         procs.write_text(f"{os.getpid()}\n")
     except PermissionError as exc:
         raise EnvironmentProblem(f"cannot join {procs.parent}: run as root") from exc
+    exec_command(cmd)
+
+
+def exec_command(cmd: list[str]) -> None:
+    """Become cmd (never returns); a missing command is the user's error."""
     try:
         os.execvp(cmd[0], cmd)
     except FileNotFoundError as exc:

@@ -1,27 +1,19 @@
 """`scx-gpu status`: what sched_ext runs now and what scx-gpu's tiers are doing."""
 
-import time
-from ctypes import c_int64, c_uint32, c_uint64
+from ctypes import c_int64, c_uint32
 from pathlib import Path
 from typing import Any
 
 from scx_gpu.controlplane import fallback, intf, libbpf, maps, stats
 from scx_gpu.controlplane.loader import FALLBACK_MODE, run_state, sched_ext_state
-from scx_gpu.controlplane.scheduler import PIN_DIR, sum_stats
+from scx_gpu.controlplane.scheduler import PIN_DIR, live_gpu_tags, sum_stats
 from scx_gpu.errors import ScxGpuError
 
 
 def _live_gpu_tags(ttl_ns: int) -> list[int]:
-    """Thread (or process) ids whose last launch is younger than the ttl."""
     fd = maps.open_pinned(str(PIN_DIR / "gpu_tags"))
     try:
-        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
-        live = []
-        for key in list(maps.keys(fd, c_uint32)):
-            seen = maps.lookup(fd, key, c_uint64)
-            if seen is not None and now - seen.value < ttl_ns:
-                live.append(key.value)
-        return sorted(live)
+        return live_gpu_tags(fd, ttl_ns)
     finally:
         maps.close(fd)
 

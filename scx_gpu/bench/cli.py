@@ -72,19 +72,18 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    rows: list[object] = []
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("bench", total=len(cells))
 
-        def step(name: str) -> None:
-            progress.update(task, description=name, completed=len(rows))
+        def step(done: int, name: str) -> None:
+            progress.update(task, description=name, completed=done)
 
         def log(line: str) -> None:
             if "no symbols" in line:
                 progress.console.print(f"scx-gpu bench: {line}")
 
         try:
-            rows.extend(matrix.run(cells, workload, output, duration, step, log))
+            matrix.run(cells, workload, output, duration, step, log)
         except KeyboardInterrupt:
             kept = len(results.load(output).rows) if (output / results.RESULTS).exists() else 0
             progress.stop()

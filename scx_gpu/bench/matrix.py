@@ -130,7 +130,8 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
 
 
 def run(cells: list[Cell], workload: Workload, out: Path, duration: float,
-        progress: Callable[[str], None], log: Callable[[str], None]) -> list[dict[str, Any]]:
+        progress: Callable[[int, str], None],
+        log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Run every cell, saving after each; Ctrl-C keeps the completed ones."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("scx-gpu bench run needs root (tracer, cgroups, scheduler)")
@@ -140,7 +141,7 @@ def run(cells: list[Cell], workload: Workload, out: Path, duration: float,
     rows: list[dict[str, Any]] = []
     try:
         for cell in cells:
-            progress(cell.name)
+            progress(len(rows), cell.name)
             rows.append(run_cell(cell, workload, out, log))
             save(out, rows)
     finally:

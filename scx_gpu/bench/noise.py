@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from scx_gpu.bench.scenario import cgroup_cpu_s, in_cgroup
 from scx_gpu.controlplane.tiers import CGROUP_ROOT
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
@@ -63,13 +64,6 @@ def commands(noise: str) -> list[list[str]]:
     return parts[noise]
 
 
-def _in_cgroup(cmd: list[str], idle: bool) -> list[str]:
-    """cmd started inside NOISE_CGROUP; as SCHED_IDLE (inherited) when idle."""
-    if idle:
-        cmd = ["chrt", "--idle", "0", *cmd]
-    return ["sh", "-c", f'echo $$ > {NOISE_CGROUP}/cgroup.procs && exec "$@"', "sh", *cmd]
-
-
 def prepare() -> Path:
     """The noise cgroup, empty (it must exist before a scheduler declares it batch)."""
     NOISE_CGROUP.mkdir(exist_ok=True)
@@ -91,11 +85,7 @@ def stop() -> None:
 
 def cpu_seconds() -> float:
     """CPU seconds the noise used so far (cgroup v2 cpu.stat)."""
-    for line in (NOISE_CGROUP / "cpu.stat").read_text().splitlines():
-        key, value = line.split()
-        if key == "usage_usec":
-            return int(value) / 1e6
-    raise EnvironmentProblem(f"{NOISE_CGROUP}/cpu.stat has no usage_usec: is it a cgroup v2 group?")
+    return cgroup_cpu_s(NOISE_CGROUP)
 
 
 @contextmanager
@@ -104,8 +94,11 @@ def running(noise: str, idle: bool = False) -> Iterator[None]:
     cmds = commands(noise)
     prepare()
     DISK_DIR.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen(_in_cgroup(cmd, idle), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for cmd in cmds]
+    # SCHED_IDLE (chrt) is inherited by everything the noise starts.
+    procs = [subprocess.Popen(in_cgroup(NOISE_CGROUP, ["chrt", "--idle", "0", *cmd] if idle
+                                        else cmd),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for cmd in cmds]
     try:
         if procs:
             time.sleep(SETTLE_S)

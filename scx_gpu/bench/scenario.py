@@ -17,6 +17,7 @@ from typing import Any
 
 from scx_gpu.controlplane.loader import RUN_STATE, run_state, sched_ext_state
 from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
+from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
 
 SCX_GPU = [sys.executable, "-m", "scx_gpu"]
@@ -82,7 +83,7 @@ def launcher(*args: str, tier: str | None = None, nice: int = 0,
     return report
 
 
-def _in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:
+def in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:
     """cmd, started inside cgroup (created if needed)."""
     cgroup.mkdir(exist_ok=True)
     return ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
@@ -103,7 +104,7 @@ def hogs(count: int, tier: str | None = None, nice: int = 0,
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     cgroup = OWN_ROOT / tier if tier else HOGS_CGROUP
-    cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else _in_cgroup(cgroup, cmd)
+    cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else in_cgroup(cgroup, cmd)
     proc = subprocess.Popen(cmd, text=True)
     time.sleep(1.0)  # let every hog start
     try:
@@ -119,7 +120,7 @@ def cgroup_cpu_s(cgroup: Path) -> float:
         key, value = line.split()
         if key == "usage_usec":
             return int(value) / 1e6
-    raise AssertionError(f"{cgroup}/cpu.stat has no usage_usec")
+    raise EnvironmentProblem(f"{cgroup}/cpu.stat has no usage_usec: is it a cgroup v2 group?")
 
 
 def cpu_share(cgroup: Path, seconds: float) -> float:

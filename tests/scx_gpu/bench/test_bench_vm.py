@@ -60,3 +60,4 @@ def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
     assert (noise.NOISE_CGROUP / "cgroup.procs").read_text().strip() == ""
     rows = pd.read_parquet(out / results.RESULTS)
     assert 1 <= len(rows) < 4 and rows.notna().all().all(), rows
+    assert f"{len(rows)}/4" in err, err  # the progress bar counted the completed cells
