@@ -336,8 +336,9 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 /*
  * One IRQ event: an entry stamps its slot (hard or soft, so a hard IRQ inside
  * a softirq keeps both right), an exit reports the time since the stamp.
- * Only IRQs that interrupt a traced process count: they are the time taken
- * from the GPU job, and network noise elsewhere would flood the ring.
+ * Softirqs count only when they interrupt a traced process: they are the
+ * time taken from the GPU job, and network noise elsewhere would flood the
+ * ring. Hard IRQs are few and all kept (devices interrupt any CPU).
  */
 static int irq_event(u32 type, u32 irq, bool hard, bool entry, const char *name)
 {
@@ -345,7 +346,7 @@ static int irq_event(u32 type, u32 irq, bool hard, bool entry, const char *name)
 	struct gpu_trace_event *e;
 	u64 *slot;
 
-	if (!is_traced(bpf_get_current_pid_tgid() >> 32))
+	if (!hard && !is_traced(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	s = bpf_map_lookup_elem(&irq_stamps, &zero);
 	e = reserve(type);
