@@ -5,6 +5,8 @@ program does (about 0.4 us per launch on an H200 host, 45 us under
 emulation), while a tag lives gpu_ttl anyway. So the probes are attached
 for a window once per period: a thread that keeps launching is re-tagged
 every period, well inside its ttl, at a fraction of the always-on cost.
+A window is timed from when its probes are in place: attaching a probe per
+entry point can take longer than the window itself under emulation.
 """
 
 import time
@@ -36,10 +38,14 @@ class Detector:
     symbols: dict[Path, list[str]] = field(default_factory=dict)
     _links: list[int] = field(default_factory=list)
     _inodes: set[tuple[int, int]] = field(default_factory=set)
+    clock: Callable[[], float] = time.monotonic
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
-    _started: float = field(default_factory=time.monotonic)
+    _started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._started = self.clock()
 
     def add_libraries(self, paths: Iterable[Path]) -> list[Path]:
         """Start probing new libraries at once; returns the ones that were new.
@@ -58,19 +64,20 @@ class Detector:
                 new.append(path)
         self.libraries.extend(new)
         if new:
-            self._close_window(time.monotonic())
+            self._close_window()
             self._next_window = 0.0
         return new
 
-    def tick(self, now: float | None = None) -> None:
+    def tick(self) -> None:
         """Open or close the attach window as the duty cycle says."""
-        now = time.monotonic() if now is None else now
+        now = self.clock()
         if self._window_start is not None and now - self._window_start >= self.window_s:
-            self._close_window(now)
+            self._close_window()
         elif self._window_start is None and now >= self._next_window and self.libraries:
-            self._open_window(now)
+            self._open_window()
 
-    def _open_window(self, now: float) -> None:
+    def _open_window(self) -> None:
+        begun = self.clock()
         for lib in self.libraries:
             attached = []
             for symbol in LAUNCH_SYMBOLS:
@@ -80,23 +87,23 @@ class Detector:
                 except LibbpfError:
                     continue  # this driver version lacks that entry point
             self.symbols[lib] = attached
-        self._window_start = now
-        self._next_window = now + self.period_s
+        self._window_start = self.clock()
+        self._next_window = begun + self.period_s
 
-    def _close_window(self, now: float) -> None:
+    def _close_window(self) -> None:
         for link in self._links:
             self.detach(link)
         self._links.clear()
         if self._window_start is not None:
-            self._attached_s += now - self._window_start
+            self._attached_s += self.clock() - self._window_start
         self._window_start = None
 
-    def duty_cycle(self, now: float | None = None) -> float:
-        """Share of wall time the probes were attached since start."""
-        now = time.monotonic() if now is None else now
+    def duty_cycle(self) -> float:
+        """Share of wall time the probes were attached (a full window) since start."""
+        now = self.clock()
         open_s = now - self._window_start if self._window_start is not None else 0.0
         elapsed = now - self._started
         return (self._attached_s + open_s) / elapsed if elapsed > 0 else 0.0
 
     def close(self) -> None:
-        self._close_window(time.monotonic())
+        self._close_window()

@@ -229,7 +229,7 @@ class Loader:
             if info.kind != intf.EXIT_NONE:
                 return info
             now = time.monotonic()
-            detector.tick(now)
+            detector.tick()
             if now - last_scan >= self.config.rescan_s:
                 self._rescan(detector)
                 last_scan = now
@@ -309,7 +309,7 @@ class FallbackLoader(Loader):
         members.scan()
         while not self.stop.is_set():
             now = time.monotonic()
-            detector.tick(now)
+            detector.tick()
             renicer.tick()
             if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
                 members.scan()

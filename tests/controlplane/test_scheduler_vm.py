@@ -50,15 +50,17 @@ def test_detection_tags_the_launching_thread_only_then_expires():
     with sc.loaded("--gpu-ttl-ms", "2000", "--detect-window-ms", "200",
                    "--detect-period-ms", "1000"):
         proc = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
-                                 "--api", "ex", "--duration", "3", "--linger", "6",
+                                 "--api", "ex", "--duration", "4", "--linger", "6",
                                  "--work-us", "100"], stdout=subprocess.PIPE, text=True)
-        time.sleep(1.5)  # at least one detector window has passed
+        # Tagged within one detector period and window (plus slack for emulation).
+        sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 4.0,
+                    "a detector window to tag the launcher")
         tids = sorted(int(t.name) for t in Path(f"/proc/{proc.pid}/task").iterdir())
         assert len(tids) == 2 and tids[0] == proc.pid, tids
         tagged = sc.status()["scx_gpu"]["gpu_tagged_ids"]
         assert tids[1] in tagged, (tids, tagged)      # the launching thread
         assert proc.pid not in tagged, (tids, tagged)  # not its sibling (main)
-        # Launching stops at 3 s; the tag must be gone 2 s (gpu_ttl) later.
+        # Launching stops at 4 s; the tag must be gone 2 s (gpu_ttl) later.
         sc.wait_for(lambda: tids[1] not in sc.status()["scx_gpu"]["gpu_tagged_ids"], 8,
                     "the tag to expire")
         assert proc.poll() is None, "expired while the thread was still lingering"

@@ -1,0 +1,70 @@
+"""The duty cycle of the launch detector, on a fake clock and fake probes."""
+
+import errno
+from pathlib import Path
+
+from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, Detector
+from scx_gpu.controlplane.libbpf import LibbpfError
+
+
+class FakeProbes:
+    """Attaching takes attach_s of fake time per probe, as under emulation."""
+
+    def __init__(self, attach_s: float, missing: tuple[str, ...] = ()) -> None:
+        self.now, self.attach_s, self.missing = 0.0, attach_s, missing
+        self.live: set[int] = set()
+        self.next_link = 1
+
+    def attach(self, lib: Path, symbol: str) -> int:
+        self.now += self.attach_s
+        if symbol in self.missing:
+            raise LibbpfError(f"attach {symbol} in {lib}", errno.ENOENT)
+        self.next_link += 1
+        self.live.add(self.next_link)
+        return self.next_link
+
+    def detach(self, link: int) -> None:
+        self.live.remove(link)
+
+
+def detector(probes: FakeProbes, lib: Path) -> Detector:
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0,
+                   clock=lambda: probes.now)
+    assert det.add_libraries([lib, lib]) == [lib]  # one inode, probed once
+    return det
+
+
+def run(det: Detector, probes: FakeProbes, until: float, step: float = 0.01) -> list[float]:
+    """Tick every step until `until`; the fake times at which probes were live."""
+    live = []
+    while probes.now < until:
+        det.tick()
+        if probes.live:
+            live.append(probes.now)
+        probes.now += step
+    return live
+
+
+def test_window_lasts_its_length_after_a_slow_attach(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.05)  # 8 symbols: 0.4 s to attach, twice the window
+    det = detector(probes, lib)
+    live = run(det, probes, until=0.9)
+    assert live[-1] - live[0] > 0.18, "the window closed before it had been open 0.2 s"
+    assert not probes.live
+    assert 0.18 < det.duty_cycle() * probes.now < 0.22
+
+
+def test_missing_entry_points_are_skipped_and_windows_repeat(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0, missing=("cuGraphLaunch_ptsz",))
+    det = detector(probes, lib)
+    live = run(det, probes, until=3.05)
+    assert det.symbols[lib] == [s for s in LAUNCH_SYMBOLS if s != "cuGraphLaunch_ptsz"]
+    starts = [t for i, t in enumerate(live) if i == 0 or t - live[i - 1] > 0.5]
+    assert [round(t, 1) for t in starts] == [0.0, 1.0, 2.0, 3.0]
+    assert abs(det.duty_cycle() - 0.2) < 0.05
+    det.close()
+    assert not probes.live
