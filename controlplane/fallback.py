@@ -50,19 +50,21 @@ class CpuGroup:
                 " or the v1 cpu controller, kernel >= 5.15)")
         self.path = self.root / GROUP_NAME
         self.origins: dict[int, str] = {}
+        self.cpu_max = "max"  # the group's v2 bandwidth limit, once created
 
     def create(self, quota_pct: int, period_ms: int, ncpus: int) -> None:
         self.path.mkdir(exist_ok=True)
         (self.path / "cpu.idle").write_text("1")
         period_us = period_ms * 1000
         quota_us = period_us * ncpus * quota_pct // 100
+        unlimited = quota_pct >= 100
+        self.cpu_max = "max" if unlimited else f"{max(quota_us, 1000)} {period_us}"
         if self.v2:
-            (self.path / "cpu.max").write_text(
-                "max" if quota_pct >= 100 else f"{max(quota_us, 1000)} {period_us}")
+            (self.path / "cpu.max").write_text(self.cpu_max)
         else:
             (self.path / "cpu.cfs_period_us").write_text(str(period_us))
             (self.path / "cpu.cfs_quota_us").write_text(
-                "-1" if quota_pct >= 100 else str(max(quota_us, 1000)))
+                "-1" if unlimited else str(max(quota_us, 1000)))
 
     def _origin(self, pid: int) -> str | None:
         """pid's cgroup in this hierarchy, from /proc/PID/cgroup."""
@@ -166,26 +168,35 @@ class Renicer:
 
 
 class BatchMembers:
-    """Puts the configured batch work in the group, now and as it appears."""
+    """Puts the configured batch work in the group, now and as it appears.
+
+    A declared cgroup (v2) is not moved: it gets cpu.idle=1 and the group's
+    bandwidth limit in place (each declared cgroup its own quota), and both
+    settings back on exit.
+    """
+
+    SETTINGS = ("cpu.idle", "cpu.max")
 
     def __init__(self, config: Config, group: CpuGroup) -> None:
         self.group = group
         self.pids = list(config.batch.pids)
         self.comms = comm_matcher(config.batch.comms)
-        self.idle_cgroups: dict[Path, str] = {}
+        self.saved: dict[Path, dict[str, str]] = {}
         if config.batch.cgroups and not group.v2:
             raise UsageError("--batch-cgroup needs cgroup v2 with the cpu controller; this host"
                              " has the v1 cpu controller: use --batch-comm or --batch-pid")
         for spec in config.batch.cgroups:
             path = cgroup_path(spec)
-            if not (path / "cpu.idle").is_file():
+            if not all((path / name).is_file() for name in self.SETTINGS):
                 raise UsageError(f"--batch-cgroup {spec}: not a cgroup v2 group under the cpu "
                                  "controller")
-            self.idle_cgroups[path] = (path / "cpu.idle").read_text().strip()
+            self.saved[path] = {name: (path / name).read_text().strip()
+                                for name in self.SETTINGS}
 
     def declare(self) -> None:
-        for path in self.idle_cgroups:
+        for path in self.saved:
             (path / "cpu.idle").write_text("1")
+            (path / "cpu.max").write_text(self.group.cpu_max)
 
     def scan(self) -> None:
         for pid in self.pids:
@@ -196,11 +207,12 @@ class BatchMembers:
                     self.group.add(pid)
 
     def undo(self) -> None:
-        for path, value in self.idle_cgroups.items():
-            try:
-                (path / "cpu.idle").write_text(value)
-            except OSError:
-                continue
+        for path, settings in self.saved.items():
+            for name, value in settings.items():
+                try:
+                    (path / name).write_text(value)
+                except OSError:
+                    continue  # the cgroup is gone
 
 
 def exec_in_fallback(tier: str, cmd: list[str], batch_group: Path) -> None:

@@ -20,12 +20,14 @@ from typing import Any
 
 from scx_gpu.config import Config
 from scx_gpu.controlplane import (
+    autoquota,
     fallback,
     intf,
     libbpf,
     libcuda,
     maps,
     metrics,
+    scx_loader,
     stats,
     stats_socket,
     tiers,
@@ -38,7 +40,7 @@ from scx_gpu.controlplane.scheduler import (
     comm_prefix_lens,
     unpin,
 )
-from scx_gpu.errors import EnvironmentProblem, ScxGpuError
+from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
 
 SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
@@ -102,7 +104,7 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
 
 
 def tunables(config: Config) -> intf.Tunables:
-    return intf.Tunables(batch_quota_pct=config.quota,
+    return intf.Tunables(batch_quota_pct=config.start_quota(),
                          comm_prefix_lens=comm_prefix_lens(config.gpu.comms + config.batch.comms),
                          batch_period_ns=config.period_ms * 10**6,
                          floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6)
@@ -123,6 +125,8 @@ class Loader:
         self.quiet = quiet
         self.as_json = as_json
         self.stop = threading.Event()
+        self.took_over: scx_loader.Running | None = None  # scx_loader's, started on exit
+        self.last_quota_change: autoquota.Change | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()
@@ -131,21 +135,35 @@ class Loader:
         fallback = self.config.fallback
         if fallback == "mainline" or (fallback == "auto" and sched_ext_state()[0] is None):
             return FallbackLoader(self.config, self.emit, self.quiet, self.as_json).run()
-        preflight()
-        tiers.check_members(self.config)
+        _require_root()
+        # Handlers first: a signal while scx_loader's scheduler is stopped must
+        # still lead to it being started again.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-        while True:
+        with scx_loader.taken_over(self.config.takeover, self.emit) as self.took_over:
+            if self.took_over is not None:
+                self._wait_disabled()
+            preflight()
+            tiers.check_members(self.config)
+            autoquota.write_mode(autoquota.AUTO if self.config.auto_quota else autoquota.FIXED)
+            try:
+                return self._run_until_stopped()
+            finally:
+                autoquota.QUOTA_MODE.unlink(missing_ok=True)
+
+    def _run_until_stopped(self) -> int:
+        while not self.stop.is_set():
             outcome = self._run_once()
             if outcome != RESTART:
                 return outcome
             self.emit("scx-gpu: the kernel asked for a restart; loading again")
             self._wait_disabled()
+        return 0
 
     def _wait_disabled(self) -> None:
         """The kernel disables the old instance asynchronously; attach after it."""
         deadline = time.monotonic() + DISABLE_WAIT_S
-        while sched_ext_state()[0] != "disabled":
+        while sched_ext_state()[0] not in ("disabled", None):  # None: no sched_ext at all
             if time.monotonic() > deadline:
                 raise EnvironmentProblem("sched_ext did not finish disabling the old instance")
             time.sleep(POLL_S)
@@ -176,7 +194,8 @@ class Loader:
         sock = stats_socket.StatsSocket(lambda: self._totals(sched, detector, loaded_at))
         try:
             self._announce(sched)
-            info = self._loop(sched, detector)
+            info = self._loop(sched, detector, autoquota.AutoQuota(self.config, sched,
+                                                                   self._quota_changed))
         finally:
             sock.close()
             if server:
@@ -208,8 +227,20 @@ class Loader:
     def _announce(self, sched: BpfScheduler) -> None:
         state, ops = sched_ext_state()
         self.emit(f"scx-gpu: {ops} loaded (policy {self.config.policy}, state {state})")
-        RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
-        _write_run_state({"mode": "sched_ext"}, self.config)
+        self._save_run_state()
+
+    def _save_run_state(self) -> None:
+        extra: dict[str, Any] = {"mode": "sched_ext"}
+        if self.took_over:
+            extra["scx_loader_stopped"] = str(self.took_over)
+        if self.last_quota_change:
+            extra["last_quota_change"] = self.last_quota_change.as_dict()
+        _write_run_state(extra, self.config)
+
+    def _quota_changed(self, change: autoquota.Change) -> None:
+        self.emit(f"scx-gpu: {change.line()}")
+        self.last_quota_change = change
+        self._save_run_state()
 
     def _rescan(self, detector: Detector) -> None:
         if self.config.policy == "fair":
@@ -219,7 +250,8 @@ class Loader:
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
 
-    def _loop(self, sched: BpfScheduler, detector: Detector) -> intf.ExitInfo | None:
+    def _loop(self, sched: BpfScheduler, detector: Detector,
+              quota: autoquota.AutoQuota) -> intf.ExitInfo | None:
         """Run until a signal (None) or the kernel ejects the scheduler (its exit info)."""
         last_scan = last_stats = time.monotonic()
         self._rescan(detector)
@@ -230,6 +262,7 @@ class Loader:
                 return info
             now = time.monotonic()
             detector.tick()
+            quota.tick(now)
             if now - last_scan >= self.config.rescan_s:
                 self._rescan(detector)
                 last_scan = now
@@ -269,6 +302,10 @@ class FallbackLoader(Loader):
 
     def run(self) -> int:
         _require_root()
+        if self.config.auto_quota:
+            raise UsageError("quota auto follows the sched_ext scheduler's wait histogram, "
+                             "which this kernel lacks: the mainline fallback takes a fixed "
+                             "--quota")
         libbpf.require_version()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
@@ -286,7 +323,7 @@ class FallbackLoader(Loader):
         renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                    self.config.scope == "process")
         try:
-            group.create(self.config.quota, self.config.period_ms, os.cpu_count() or 1)
+            group.create(self.config.start_quota(), self.config.period_ms, os.cpu_count() or 1)
             members.declare()
             _write_run_state({"mode": FALLBACK_MODE, "batch_group": str(group.path)},
                              self.config)

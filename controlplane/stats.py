@@ -34,6 +34,21 @@ def wait_percentile_ns(hist: list[int], q: float) -> int:
     return 2 << (len(hist) - 1)
 
 
+def wait_quantile_ns(hist: list[int], q: float) -> float:
+    """Quantile q, interpolated linearly inside its log2 bucket [2^b, 2^(b+1))
+    (0 if empty): an estimate, where wait_percentile_ns is a bound."""
+    total = sum(hist)
+    if not total:
+        return 0.0
+    rank, seen = q * total, 0
+    for bucket, count in enumerate(hist):
+        if count and seen + count >= rank:
+            low = 1 << bucket
+            return low + low * (rank - seen) / count
+        seen += count
+    return float(2 << (len(hist) - 1))
+
+
 @dataclass
 class Summary:
     interval_s: float

@@ -13,7 +13,7 @@ fi
 apt-get -q update
 apt-get -q install -y --no-install-recommends \
     clang-19 llvm-19 zstd debootstrap e2fsprogs fdisk stress-ng \
-    iproute2 python3-venv ca-certificates gpg debian-archive-keyring
+    iproute2 python3-venv ca-certificates gpg debian-archive-keyring dbus-daemon
 # QEMU 10: bookworm's 7.2 can run stale translations of kernel code that
 # sched_ext live-patches (static keys) under multi-threaded TCG.
 apt-get -q install -y --no-install-recommends -t bookworm-backports \

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from scx_gpu import __version__, config, doctor, install, status
 from scx_gpu.bench.cli import bench_group
-from scx_gpu.controlplane import fallback, loader, maps, stats_socket, tiers
+from scx_gpu.controlplane import autoquota, fallback, loader, maps, stats_socket, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
@@ -111,11 +111,27 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
     return config.TierMembers(list(cgroups), list(comms), list(pids))
 
 
+def _quota(value: str | None) -> int | str | None:
+    """--quota and `quota set`: a percentage, or auto."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"quota {value!r}: a percentage 0-100, or 'auto'") from None
+
+
 @cli.command("load")
 @click.option("--policy", type=str, help=f"One of: {', '.join(config.POLICIES)} [gpu-first].")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file; flags override it.")
-@click.option("--quota", type=int, help="Batch share of all CPUs per period, 0-100 [50].")
+@click.option("--quota", callback=lambda ctx, param, value: _quota(value),
+              help="Batch share of all CPUs per period, 0-100 [50], or 'auto' (a closed "
+                   "loop on the gpu tier's wait p99).")
+@click.option("--gpu-wait-target", "gpu_wait_target_us", type=float,
+              help="quota auto: the gpu tier's wait p99 to hold, in us [50].")
+@click.option("--auto-quota-min", type=int, help="quota auto: the lowest quota [5].")
+@click.option("--auto-quota-max", type=int, help="quota auto: the highest quota [100].")
 @click.option("--period-ms", type=int, help="Batch quota period [100].")
 @click.option("--floor-ms", type=int, help="Longest wait of a normal or batch task [1000].")
 @click.option("--gpu-ttl-ms", type=int, help="How long a launch keeps a thread in the gpu tier.")
@@ -135,6 +151,9 @@ def _members(cgroups: tuple[str, ...], comms: tuple[str, ...], pids: tuple[int, 
 @click.option("--fallback", type=str,
               help="Without sched_ext: 'refuse' [default], 'auto' (mainline mechanisms when "
                    "sched_ext is missing) or 'mainline' (always).")
+@click.option("--takeover/--no-takeover", default=None,
+              help="When scx_loader runs a scheduler: stop it, and start it again on exit "
+                   "(default: refuse).")
 @click.option("--metrics-addr", help="Serve Prometheus text on [HOST:]PORT (loopback "
                                      "unless HOST is given) at /metrics.")
 @click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0.1),
@@ -180,25 +199,32 @@ def quota_group() -> None:
 
 @quota_group.command("get")
 def quota_get_cmd() -> None:
-    """Print the batch quota (percent of all CPUs) and its period."""
+    """Print the batch quota (percent of all CPUs), its period and its mode."""
     fd, value = loader.pinned_tunables()
     maps.close(fd)
-    click.echo(f"{value.batch_quota_pct}% of all CPUs per {value.batch_period_ns // 10**6} ms")
+    click.echo(f"{value.batch_quota_pct}% of all CPUs per {value.batch_period_ns // 10**6} ms "
+               f"({autoquota.read_mode()})")
 
 
 @quota_group.command("set")
-@click.argument("percent", type=int)
-def quota_set_cmd(percent: int) -> None:
-    """Set the batch quota to PERCENT (0-100) of all CPUs, at once."""
-    if not 0 <= percent <= 100:
-        raise UsageError(f"quota {percent} is outside 0-100 (percent of all CPUs)")
-    fd, value = loader.pinned_tunables()
+@click.argument("quota")
+def quota_set_cmd(quota: str) -> None:
+    """Set the batch quota to QUOTA, a percentage of all CPUs (0-100, at once
+    and fixed from then on) or 'auto' (the closed loop takes over from here)."""
+    value = _quota(quota)
+    if isinstance(value, int) and not 0 <= value <= 100:
+        raise UsageError(f"quota {value} is outside 0-100 (percent of all CPUs)")
+    fd, tun = loader.pinned_tunables()
     try:
-        value.batch_quota_pct = percent
-        maps.update(fd, c_uint32(0), value)
+        # The mode first: the loop must not overwrite a fixed value set after it.
+        autoquota.write_mode(autoquota.AUTO if value == "auto" else autoquota.FIXED)
+        if isinstance(value, int):
+            tun.batch_quota_pct = value
+            maps.update(fd, c_uint32(0), tun)
     finally:
         maps.close(fd)
-    click.echo(f"batch quota set to {percent}%")
+    click.echo(f"batch quota set to {value}%" if isinstance(value, int)
+               else "batch quota set to auto")
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True})

@@ -25,7 +25,7 @@ class TierMembers:
 @dataclass
 class Config:
     policy: str = "gpu-first"
-    quota: int = 50                  # batch share of all CPUs per period, %
+    quota: int | str = 50            # batch share of all CPUs per period, %, or "auto"
     period_ms: int = 100             # batch quota period
     floor_ms: int = 1000             # longest wait of a normal or batch task
     gpu_ttl_ms: int = 3000           # a launch keeps its thread in the gpu tier this long
@@ -41,6 +41,12 @@ class Config:
     stats_interval_s: float = 1.0
     fallback: str = "refuse"         # without sched_ext: refuse, or mainline mechanisms
     metrics_addr: str = ""           # Prometheus text on HOST:PORT (a bare PORT: loopback)
+    takeover: bool = False           # stop scx_loader's scheduler, start it again on exit
+    gpu_wait_target_us: float = 50.0  # quota auto: the gpu tier's wait p99 to hold
+    auto_quota_min: int = 5          # quota auto moves between these ...
+    auto_quota_max: int = 100
+    auto_quota_step: int = 5         # ... up this much per control period
+    auto_quota_period_s: float = 1.0
     gpu: TierMembers = field(default_factory=TierMembers)
     batch: TierMembers = field(default_factory=TierMembers)
 
@@ -56,10 +62,10 @@ class Config:
             raise UsageError("the mainline fallback runs the gpu-first policy only")
         if self.metrics_addr:
             parse_addr(self.metrics_addr)
-        if not 0 <= self.quota <= 100:
-            raise UsageError(f"quota {self.quota} is outside 0-100 (percent of all CPUs)")
+        self._validate_quota()
         for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "batch_slice_us",
-                     "detect_window_ms", "detect_period_ms", "rescan_s", "stats_interval_s"):
+                     "detect_window_ms", "detect_period_ms", "rescan_s", "stats_interval_s",
+                     "gpu_wait_target_us", "auto_quota_step", "auto_quota_period_s"):
             if not getattr(self, name) > 0:  # NaN too
                 raise UsageError(f"{name} must be positive, not {getattr(self, name)}")
         if self.detect_window_ms > self.detect_period_ms:
@@ -71,6 +77,26 @@ class Config:
                     raise UsageError(f"comm {comm!r}: a task name of 1-15 characters (the "
                                      "kernel's limit), or such a prefix followed by one '*'")
         return self
+
+    def _validate_quota(self) -> None:
+        if isinstance(self.quota, str):
+            if self.quota != "auto":
+                raise UsageError(f"quota {self.quota!r}: a percentage 0-100, or 'auto'")
+            if self.fallback == "mainline":
+                raise UsageError("quota auto follows the sched_ext scheduler's wait histogram; "
+                                 "the mainline fallback takes a fixed --quota")
+        elif not 0 <= self.quota <= 100:
+            raise UsageError(f"quota {self.quota} is outside 0-100 (percent of all CPUs)")
+        if not 0 <= self.auto_quota_min <= self.auto_quota_max <= 100:
+            raise UsageError("auto_quota_min and auto_quota_max: 0 <= min <= max <= 100")
+
+    @property
+    def auto_quota(self) -> bool:
+        return self.quota == "auto"
+
+    def start_quota(self) -> int:
+        """The quota to load with: auto starts low and climbs."""
+        return self.auto_quota_min if isinstance(self.quota, str) else self.quota
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +140,7 @@ def _typed(path: Path, key: str, value: Any, kind: Any) -> Any:
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, int | float) and not isinstance(value, bool),
           bool: isinstance(value, bool), str: isinstance(value, str),
+          int | str: isinstance(value, int | str) and not isinstance(value, bool),
           list[str]: isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
     if not ok:
         name = getattr(kind, "__name__", str(kind))

@@ -1,10 +1,11 @@
 """`scx-gpu status`: what sched_ext runs now and what scx-gpu's tiers are doing."""
 
+import time
 from ctypes import c_int64, c_uint32
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import fallback, intf, libbpf, maps, stats
+from scx_gpu.controlplane import autoquota, fallback, intf, libbpf, maps, stats
 from scx_gpu.controlplane.loader import FALLBACK_MODE, run_state, sched_ext_state
 from scx_gpu.controlplane.scheduler import PIN_DIR, live_gpu_tags, sum_stats
 from scx_gpu.errors import ScxGpuError
@@ -41,7 +42,10 @@ def _scheduler_report() -> dict[str, Any]:
     return {
         "loader_pid": owner.get("pid"),
         "policy": owner.get("config", {}).get("policy"),
+        "scx_loader_stopped": owner.get("scx_loader_stopped"),
         "batch_quota_pct": tun.batch_quota_pct,
+        "batch_quota_mode": autoquota.read_mode(),
+        "last_quota_change": owner.get("last_quota_change"),
         "batch_period_ms": tun.batch_period_ns / 1e6,
         "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
         "gpu_tagged_ids": _live_gpu_tags(tun.gpu_ttl_ns),
@@ -86,8 +90,17 @@ def render(report: dict[str, Any]) -> str:
     if ours is None:
         return "\n".join([*lines, "scx-gpu: not running"])
     lines.append(f"scx-gpu: policy {ours['policy']}, loader pid {ours['loader_pid']}, "
-                 f"batch quota {ours['batch_quota_pct']}% per {ours['batch_period_ms']:g} ms, "
+                 f"batch quota {ours['batch_quota_pct']}% ({ours['batch_quota_mode']}) per "
+                 f"{ours['batch_period_ms']:g} ms, "
                  f"{len(ours['gpu_tagged_ids'])} gpu-tagged thread(s) live")
+    change = ours["last_quota_change"]
+    if change:
+        ago = time.time() - change["at"]
+        lines.append(f"  last quota change {ago:.0f} s ago: {change['before']}% -> "
+                     f"{change['after']}%: {change['reason']}")
+    if ours["scx_loader_stopped"]:
+        lines.append(f"  took over from scx_loader: {ours['scx_loader_stopped']} starts again "
+                     "when scx-gpu exits")
     for name, t in ours["totals"]["tiers"].items():
         lines.append(f"  {name:6s} tasks {ours['tier_tasks'][name]:5d}  runs {t['runs']:8d}  "
                      f"preemptions {t['preemptions']:6d}  "

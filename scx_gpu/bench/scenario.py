@@ -48,9 +48,10 @@ def disabled() -> bool:
 
 
 @contextmanager
-def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]:
+def loaded(*args: str, cuda_lib: bool = True) -> Iterator[Path]:
     """`scx-gpu load` running in the background for the body's duration (the
-    sched_ext scheduler, or the mainline fallback when args ask for it)."""
+    sched_ext scheduler, or the mainline fallback when args ask for it);
+    yields the file its output goes to."""
     lib = ["--cuda-lib", str(program("libcuda.so.1"))] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
         proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", *lib, *args], stdout=log,
@@ -60,7 +61,7 @@ def loaded(*args: str, cuda_lib: bool = True) -> Iterator[subprocess.Popen[str]]
             wait_for(lambda: run_state().get("pid") == proc.pid or proc.poll() is not None, 60,
                      "the scheduler to load")
             assert proc.poll() is None, f"scx-gpu load exited: {Path(log.name).read_text()}"
-            yield proc
+            yield Path(log.name)
             assert proc.poll() is None, f"scx-gpu load died: {Path(log.name).read_text()}"
         finally:
             if proc.poll() is None:

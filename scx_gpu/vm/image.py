@@ -19,8 +19,9 @@ from scx_gpu.errors import EnvironmentProblem
 SUITE = "bookworm"
 MIRROR = os.environ.get("SCX_GPU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = (
-    "python3", "python3-click", "python3-rich", "python3-pytest",
+    "python3", "python3-click", "python3-rich", "python3-pytest", "python3-jeepney",
     "stress-ng", "iproute2", "procps", "util-linux",
+    "dbus-daemon",  # a private bus for the scx_loader takeover test
 )
 # libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
 BACKPORTS_PACKAGES = ("libbpf1",)

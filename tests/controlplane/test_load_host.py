@@ -38,6 +38,21 @@ def test_quota_out_of_range(quota):
     assert_one_line_error(scx_gpu("quota", "set", "--", quota), 2, ["outside 0-100"])
 
 
+def test_quota_auto_bad_input(tmp_path):
+    assert_one_line_error(scx_gpu("load", "--quota", "lots"), 2, ["0-100, or 'auto'"])
+    assert_one_line_error(scx_gpu("quota", "set", "lots"), 2, ["0-100, or 'auto'"])
+    assert_one_line_error(scx_gpu("load", "--quota", "auto", "--fallback", "mainline"), 2,
+                          ["fixed --quota"])
+    assert_one_line_error(scx_gpu("load", "--quota", "auto", "--auto-quota-min", "60",
+                                  "--auto-quota-max", "40"), 2, ["min <= max"])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("quota = 'most'\n")
+    assert_one_line_error(scx_gpu("load", "--config", str(cfg)), 2, ["0-100, or 'auto'"])
+    cfg.write_text("quota = 'auto'\ngpu_wait_target_us = 200\n")
+    effective = json.loads(scx_gpu("load", "--config", str(cfg), "--print-config").stdout)
+    assert effective["quota"] == "auto" and effective["gpu_wait_target_us"] == 200
+
+
 def test_print_config_flags_win_over_file(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("quota = 20\nfloor_ms = 700\n[batch]\ncomms = ['make']\n")

@@ -20,13 +20,14 @@ pytestmark = pytest.mark.vm
 
 def test_small_matrix_shows_the_large_effect(tmp_path):
     out = tmp_path / "run"
+    # fallback: the mainline fallback with the noise's cgroup declared (cgroup v2 only).
     proc = scx_gpu("bench", "run", "--noise", "none,cpu",
-                   "--policy", "stock,scx-gpu,scx-gpu-undeclared", "--reps", "1",
+                   "--policy", "stock,scx-gpu,scx-gpu-undeclared,fallback", "--reps", "1",
                    "--duration", "4", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert not leftovers(proc) and sc.disabled()
     rows = pd.read_parquet(out / results.RESULTS)
-    assert len(rows) == 6 and rows.notna().all().all(), rows
+    assert len(rows) == 8 and rows.notna().all().all(), rows
     assert (rows.launches > 0).all() and (rows.drops == 0).all(), rows
     for trace in rows.trace:
         assert (out / trace / "events.parquet").is_file()
@@ -37,6 +38,8 @@ def test_small_matrix_shows_the_large_effect(tmp_path):
     print(json.dumps({"degradation_pct": {"/".join(k): v for k, v in lost.items()}}))
     assert lost[("cpu", "scx-gpu-undeclared")] <= lost[("cpu", "stock")] - 30, lost
     assert cells[("cpu", "scx-gpu")]["noise_cpu_pct"] > 5  # batch work still got done
+    assert lost[("cpu", "fallback")] < lost[("cpu", "stock")], lost
+    assert cells[("cpu", "fallback")]["noise_cpu_pct"] > 5
 
 
 def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):

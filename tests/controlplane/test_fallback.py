@@ -1,4 +1,8 @@
-"""The mainline fallback of `scx-gpu load` on the host kernel (no sched_ext; root)."""
+"""The mainline fallback of `scx-gpu load` (root).
+
+On this host (no sched_ext, the v1 cpu controller of a hybrid cgroup
+layout) and in the VM (cgroup v2), so both of CpuGroup's paths run for real.
+"""
 
 import json
 import os
@@ -13,11 +17,15 @@ from typing import Any
 import pytest
 
 from scx_gpu.bench import scenario as sc
+from scx_gpu.config import Config
 from scx_gpu.controlplane import fallback, loader
+from scx_gpu.controlplane.tiers import CGROUP_ROOT
 from scx_gpu.workloads import program
 from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.root
+BOTH = pytest.mark.parametrize("hierarchy", [
+    pytest.param("v1-host"), pytest.param("v2-vm", marks=pytest.mark.vm)])
 NPROC = os.cpu_count() or 1
 LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
 
@@ -53,7 +61,8 @@ def busy_launcher(seconds: float) -> float:
     return float(report["tokens_per_s"])
 
 
-def test_fallback_idles_batch_raises_launchers_and_undoes_everything():
+@BOTH
+def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
     alone = busy_launcher(4)
     running = None
     try:
@@ -86,7 +95,8 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything():
     assert beside >= 0.85 * alone, (alone, beside)
 
 
-def test_run_places_commands_under_the_fallback(tmp_path):
+@BOTH
+def test_run_places_commands_under_the_fallback(hierarchy):
     with fallback_loaded() as state:
         group = Path(state["batch_group"])
         batch = scx_gpu("run", "--tier", "batch", "--", "sh", "-c", "cat /proc/self/cgroup")
@@ -107,3 +117,25 @@ def test_fallback_bad_input():
     assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--batch-cgroup", "/nope"),
                           2, ["--batch-cgroup"])
     assert not list(Path("/sys/fs/cgroup").rglob(fallback.GROUP_NAME))
+
+
+@pytest.mark.vm
+def test_declared_cgroup_is_idled_and_limited_in_place_then_restored():
+    quota = 30
+    # As the fallback does (CpuGroup): the cpu controller for the root's children.
+    (CGROUP_ROOT / "cgroup.subtree_control").write_text("+cpu")
+    with sc.hogs(2 * NPROC) as hogs_cgroup:
+        before = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
+        with fallback_loaded("--batch-cgroup", str(hogs_cgroup), "--quota", str(quota)) as state:
+            assert Path(state["batch_group"]).is_dir()
+            assert (hogs_cgroup / "cpu.idle").read_text().strip() == "1"
+            period_us = 1000 * Config().period_ms
+            assert (hogs_cgroup / "cpu.max").read_text().split() == [
+                str(period_us * NPROC * quota // 100), str(period_us)]
+            cpu0, t0 = sc.cgroup_cpu_s(hogs_cgroup), time.monotonic()
+            time.sleep(3)
+            share = (sc.cgroup_cpu_s(hogs_cgroup) - cpu0) / (time.monotonic() - t0) / NPROC
+        after = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
+    print({"quota_pct": quota, "hogs_share_pct": 100 * share})
+    assert 0.5 * quota < 100 * share < 1.5 * quota, share
+    assert after == before

@@ -1,0 +1,119 @@
+"""`--quota auto`: the batch quota as a closed loop on the gpu tier's waits.
+
+Once per control period the controller reads the gpu tier's run-queue wait
+histogram for that period (the scheduler's own) and moves the quota: one
+step up while the wait p99 is within the target, or while the gpu tier
+hardly ran (nothing to protect); halved at once when the target is missed;
+always between a minimum and a maximum. Additive increase, multiplicative
+decrease: batch probes for spare CPU slowly and backs off fast when the
+threads feeding the GPU start to wait.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from scx_gpu.config import Config
+from scx_gpu.controlplane.intf import Tier
+from scx_gpu.controlplane.scheduler import BpfScheduler
+from scx_gpu.controlplane.stats import diff, wait_quantile_ns
+
+# Fewer gpu-tier runs than this in a period: the tier is idle, its p99 noise.
+MIN_GPU_RUNS = 20
+
+
+@dataclass(frozen=True)
+class Change:
+    before: int
+    after: int
+    reason: str
+    at: float  # wall-clock time, for status
+
+    def line(self) -> str:
+        return f"batch quota {self.before}% -> {self.after}%: {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QuotaController:
+    target_us: float
+    low: int
+    high: int
+    step: int
+    quota: int
+
+    def decide(self, gpu_wait_hist: list[int]) -> Change | None:
+        """The change this period's histogram calls for, applied to self.quota."""
+        runs = sum(gpu_wait_hist)
+        if runs < MIN_GPU_RUNS:
+            want, reason = self.quota + self.step, f"gpu tier idle ({runs} runs)"
+        else:
+            p99_us = wait_quantile_ns(gpu_wait_hist, 0.99) / 1000
+            if p99_us <= self.target_us:
+                want = self.quota + self.step
+                reason = f"gpu wait p99 {p99_us:.0f} us within the {self.target_us:g} us target"
+            else:
+                want = self.quota // 2
+                reason = f"gpu wait p99 {p99_us:.0f} us over the {self.target_us:g} us target"
+        after = min(self.high, max(self.low, want))
+        if after == self.quota:
+            return None
+        change = Change(self.quota, after, reason, time.time())
+        self.quota = after
+        return change
+
+
+# `scx-gpu quota set auto|N` switches the running loader's mode through this file.
+QUOTA_MODE = Path("/run/scx-gpu/quota-mode")
+AUTO, FIXED = "auto", "fixed"
+
+
+def read_mode() -> str:
+    try:
+        return AUTO if QUOTA_MODE.read_text().strip() == AUTO else FIXED
+    except OSError:
+        return FIXED
+
+
+def write_mode(mode: str) -> None:
+    QUOTA_MODE.parent.mkdir(parents=True, exist_ok=True)
+    QUOTA_MODE.write_text(mode + "\n")
+    QUOTA_MODE.chmod(0o600)
+
+
+class AutoQuota:
+    """Drives a loaded scheduler's quota once per control period while the mode
+    is auto; on_change gets every change (the loader logs it and keeps the
+    last one for status)."""
+
+    def __init__(self, config: Config, sched: BpfScheduler,
+                 on_change: Callable[[Change], None]) -> None:
+        self.config, self.sched, self.on_change = config, sched, on_change
+        self.controller: QuotaController | None = None
+        self.before = sched.read_stats()
+        self.last = time.monotonic()
+
+    def tick(self, now: float) -> None:
+        if now - self.last < self.config.auto_quota_period_s:
+            return
+        current = self.sched.read_stats()
+        hist = list(diff(current, self.before).tier[Tier.GPU].wait_hist)
+        self.before, self.last = current, now
+        if read_mode() != AUTO:
+            self.controller = None  # fixed: `quota set N` owns the quota
+            return
+        tun = self.sched.read_tunables()
+        if self.controller is None:  # (re)entering auto: start from where it is
+            c = self.config
+            self.controller = QuotaController(c.gpu_wait_target_us, c.auto_quota_min,
+                                              c.auto_quota_max, c.auto_quota_step,
+                                              tun.batch_quota_pct)
+        change = self.controller.decide(hist)
+        if change is not None:
+            tun.batch_quota_pct = change.after
+            self.sched.write_tunables(tun)
+            self.on_change(change)
