@@ -9,6 +9,7 @@ decrease: batch probes for spare CPU slowly and backs off fast when the
 threads feeding the GPU start to wait.
 """
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -88,21 +89,30 @@ def write_mode(mode: str) -> None:
 class AutoQuota:
     """Drives a loaded scheduler's quota once per control period while the mode
     is auto; on_change gets every change (the loader logs it and keeps the
-    last one for status)."""
+    last one for status). Runs on its own thread, so the period holds while
+    the loader's loop is busy (attaching probes takes a while under emulation)."""
 
     def __init__(self, config: Config, sched: BpfScheduler,
                  on_change: Callable[[Change], None]) -> None:
         self.config, self.sched, self.on_change = config, sched, on_change
         self.controller: QuotaController | None = None
         self.before = sched.read_stats()
-        self.last = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="scx-gpu-autoquota", daemon=True)
+        self.thread.start()
 
-    def tick(self, now: float) -> None:
-        if now - self.last < self.config.auto_quota_period_s:
-            return
+    def _run(self) -> None:
+        while not self.done.wait(self.config.auto_quota_period_s):
+            self.tick()
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def tick(self) -> None:
         current = self.sched.read_stats()
         hist = list(diff(current, self.before).tier[Tier.GPU].wait_hist)
-        self.before, self.last = current, now
+        self.before = current
         if read_mode() != AUTO:
             self.controller = None  # fixed: `quota set N` owns the quota
             return

@@ -192,11 +192,12 @@ class Loader:
                   if self.config.metrics_addr else None)
         loaded_at = time.monotonic()
         sock = stats_socket.StatsSocket(lambda: self._totals(sched, detector, loaded_at))
+        quota = autoquota.AutoQuota(self.config, sched, self._quota_changed)
         try:
             self._announce(sched)
-            info = self._loop(sched, detector, autoquota.AutoQuota(self.config, sched,
-                                                                   self._quota_changed))
+            info = self._loop(sched, detector)
         finally:
+            quota.close()
             sock.close()
             if server:
                 server.close()
@@ -250,8 +251,7 @@ class Loader:
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
 
-    def _loop(self, sched: BpfScheduler, detector: Detector,
-              quota: autoquota.AutoQuota) -> intf.ExitInfo | None:
+    def _loop(self, sched: BpfScheduler, detector: Detector) -> intf.ExitInfo | None:
         """Run until a signal (None) or the kernel ejects the scheduler (its exit info)."""
         last_scan = last_stats = time.monotonic()
         self._rescan(detector)
@@ -262,7 +262,6 @@ class Loader:
                 return info
             now = time.monotonic()
             detector.tick()
-            quota.tick(now)
             if now - last_scan >= self.config.rescan_s:
                 self._rescan(detector)
                 last_scan = now

@@ -14,13 +14,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import stats_socket
+from scx_gpu.controlplane import loader, stats, stats_socket
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
@@ -301,3 +302,95 @@ def test_statistics_endpoints_prometheus_and_scx_stats():
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
     assert not stats_socket.SOCKET_PATH.exists()
+
+
+AUTO_PERIOD_S = 0.5
+# Under emulation wakeups are slow: with one launching thread beside batch
+# hogs the gpu tier's wait p99 over a control period is about 0.3-1.7 ms at
+# quota 5 and 2-7 ms at quota 30 or more (a preempting wakeup).
+TCG_WAIT_TARGET_US = 1500
+IDLE_S = 5.0
+
+
+def _quota_timeline(stop: threading.Event, out: list[tuple[float, int]]) -> None:
+    while not stop.is_set():
+        fd, tun = loader.pinned_tunables()
+        os.close(fd)
+        out.append((time.monotonic(), tun.batch_quota_pct))
+        time.sleep(0.1)
+
+
+def _stepping_launcher(batch: Path) -> dict[str, Any]:
+    """Idle, busy, idle, busy beside the batch hogs: the quota timeline, busy
+    phase starts, tokens/s per busy phase, batch CPU seconds, gpu wait p99."""
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_quota_timeline, args=(stop, timeline))
+    cpu0, busy_starts, rates = sc.cgroup_cpu_s(batch), [], []
+    sampler.start()
+    try:
+        for _ in range(2):
+            time.sleep(IDLE_S)
+            busy_starts.append(time.monotonic())
+            rates.append(float(sc.launcher("--warmup", "1.5", "--duration", "5",
+                                           *sc.BUSY_LAUNCHER)["tokens_per_s"]))
+    finally:
+        stop.set()
+        sampler.join()
+    gpu = sc.status()["scx_gpu"]["totals"]["tiers"]["gpu"]  # since load: the busy phases
+    return {"timeline": timeline, "busy_starts": busy_starts, "tokens_per_s": rates,
+            "batch_cpu_s": sc.cgroup_cpu_s(batch) - cpu0,
+            "gpu_wait_p99_us": stats.wait_quantile_ns(gpu["wait_hist"], 0.99) / 1000}
+
+
+def _quota_at(timeline: list[tuple[float, int]], t: float) -> int:
+    return [q for at, q in timeline if at <= t][-1]
+
+
+def _check_mode_switches() -> None:
+    """status shows the loop; `quota set N` fixes the quota, `quota set auto` resumes."""
+    ours = sc.status()["scx_gpu"]
+    assert ours["batch_quota_mode"] == "auto" and ours["last_quota_change"]["reason"], ours
+    assert "last quota change" in scx_gpu("status").stdout
+    assert scx_gpu("quota", "set", "30").returncode == 0
+    time.sleep(4 * AUTO_PERIOD_S)
+    assert scx_gpu("quota", "get").stdout.startswith("30% of all CPUs per 100 ms (fixed)")
+    assert scx_gpu("quota", "set", "auto").returncode == 0
+    sc.wait_for(lambda: sc.status()["scx_gpu"]["batch_quota_pct"] != 30, 10,
+                "the loop to move the quota again")
+
+
+def test_auto_quota_follows_the_launcher(tmp_path):
+    cfg = tmp_path / "auto.toml"
+    cfg.write_text(f"quota = 'auto'\ngpu_wait_target_us = {TCG_WAIT_TARGET_US}\n"
+                   f"auto_quota_step = 10\nauto_quota_period_s = {AUTO_PERIOD_S}\n")
+    runs, logs = {}, {}
+    for name, args in (("auto", ["--config", str(cfg)]), ("fixed 5", ["--quota", "5"]),
+                       ("fixed 30", ["--quota", "30"])):
+        with sc.loaded(*args) as log, sc.hogs(2 * NPROC, tier="batch") as batch:
+            runs[name] = _stepping_launcher(batch)
+            if name == "auto":
+                _check_mode_switches()
+            logs[name] = log.read_text()
+    auto, fixed_5, fixed_30 = runs["auto"], runs["fixed 5"], runs["fixed 30"]
+    changes = [line for line in logs["auto"].splitlines() if "batch quota" in line]
+    idle_peaks = [_quota_at(auto["timeline"], t) for t in auto["busy_starts"]]
+    # A detector period to tag the launcher, then a few control periods.
+    settled = [_quota_at(auto["timeline"], t + 1.0 + 4 * AUTO_PERIOD_S)
+               for t in auto["busy_starts"]]
+    summary = {name: {k: v for k, v in r.items() if k not in ("timeline", "busy_starts")}
+               for name, r in runs.items()}
+    print(json.dumps({"changes": changes, "idle_peaks": idle_peaks, "settled": settled,
+                      **summary}))
+    # The premise: more batch, longer gpu waits; at 30% the target is missed.
+    assert fixed_30["gpu_wait_p99_us"] > max(TCG_WAIT_TARGET_US, fixed_5["gpu_wait_p99_us"])
+    # Up while the launcher is away, down within a few control periods once it is busy.
+    assert all(peak >= 40 for peak in idle_peaks), idle_peaks
+    assert all(s <= p / 2 for s, p in zip(settled, idle_peaks, strict=True)), (settled, idle_peaks)
+    assert any("over the" in c for c in changes) and any("idle" in c for c in changes), changes
+    # The launcher keeps the priority check's bound against the most protective
+    # fixed quota; batch gets far more CPU than under it, and more than under
+    # a fixed quota that misses the target.
+    assert min(auto["tokens_per_s"]) >= 0.85 * max(fixed_5["tokens_per_s"]), summary
+    assert auto["batch_cpu_s"] >= 2 * fixed_5["batch_cpu_s"], summary
+    assert auto["batch_cpu_s"] > fixed_30["batch_cpu_s"], summary
