@@ -22,6 +22,7 @@ BASE_PACKAGES = (
     "python3", "python3-click", "python3-rich", "python3-pytest", "python3-jeepney",
     "stress-ng", "iproute2", "procps", "util-linux",
     "dbus-daemon",  # a private bus for the scx_loader takeover test
+    "systemd",      # the service test runs systemd (in a PID namespace)
 )
 # libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
 BACKPORTS_PACKAGES = ("libbpf1",)
