@@ -7,6 +7,7 @@ loads it again when the kernel asks for a restart. On a kernel without
 sched_ext, `--fallback mainline|auto` runs FallbackLoader instead.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -150,6 +151,9 @@ class Loader:
                 return self._run_until_stopped()
             finally:
                 autoquota.QUOTA_MODE.unlink(missing_ok=True)
+                if self.took_over is not None:  # scx_loader's scheduler attaches next
+                    with contextlib.suppress(EnvironmentProblem):
+                        self._wait_disabled()
 
     def _run_until_stopped(self) -> int:
         while not self.stop.is_set():
