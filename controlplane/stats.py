@@ -21,32 +21,34 @@ def diff(now: Stats, before: Stats) -> Stats:
     return out
 
 
-def wait_percentile_ns(hist: list[int], q: float) -> int:
-    """Upper bound of the log2 bucket holding quantile q (0 if empty)."""
+def _quantile_bucket(hist: list[int], q: float) -> tuple[int, float] | None:
+    """The log2 bucket holding quantile q and how far into it the quantile's
+    rank falls (0-1], or None for an empty histogram."""
     total = sum(hist)
     if not total:
-        return 0
-    seen = 0
+        return None
+    rank, seen = q * total, 0
     for bucket, count in enumerate(hist):
+        if count and seen + count >= rank:
+            return bucket, (rank - seen) / count
         seen += count
-        if seen >= q * total:
-            return 2 << bucket
-    return 2 << (len(hist) - 1)
+    return len(hist) - 1, 1.0
+
+
+def wait_percentile_ns(hist: list[int], q: float) -> int:
+    """Upper bound of the log2 bucket holding quantile q (0 if empty)."""
+    found = _quantile_bucket(hist, q)
+    return 0 if found is None else 2 << found[0]
 
 
 def wait_quantile_ns(hist: list[int], q: float) -> float:
     """Quantile q, interpolated linearly inside its log2 bucket [2^b, 2^(b+1))
     (0 if empty): an estimate, where wait_percentile_ns is a bound."""
-    total = sum(hist)
-    if not total:
+    found = _quantile_bucket(hist, q)
+    if found is None:
         return 0.0
-    rank, seen = q * total, 0
-    for bucket, count in enumerate(hist):
-        if count and seen + count >= rank:
-            low = 1 << bucket
-            return low + low * (rank - seen) / count
-        seen += count
-    return float(2 << (len(hist) - 1))
+    bucket, into = found
+    return (1 << bucket) * (1 + into)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from scx_gpu.controlplane.autoquota import MIN_GPU_RUNS, QuotaController
 from scx_gpu.controlplane.intf import WAIT_BUCKETS
-from scx_gpu.controlplane.stats import wait_quantile_ns
+from scx_gpu.controlplane.stats import wait_percentile_ns, wait_quantile_ns
 
 
 def hist(**buckets: int) -> list[int]:
@@ -17,8 +17,11 @@ def controller(quota: int) -> QuotaController:
     return QuotaController(target_us=50, low=5, high=80, step=5, quota=quota)
 
 
-def test_quantile_interpolates_inside_the_bucket():
-    assert wait_quantile_ns(hist(), 0.99) == 0
+def test_quantile_interpolates_inside_the_bucket_the_percentile_bounds_it():
+    assert wait_quantile_ns(hist(), 0.99) == 0 == wait_percentile_ns(hist(), 0.99)
+    assert wait_percentile_ns(hist(b14=100), 0.99) == 32768
+    assert wait_percentile_ns(hist(b10=99, b20=1), 0.99) == 2048
+    assert wait_percentile_ns(hist(b10=98, b20=2), 0.99) == 2 << 20
     # 100 waits in [16384, 32768): the 99th sits 99% of the way up.
     assert abs(wait_quantile_ns(hist(b14=100), 0.99) - (16384 + 0.99 * 16384)) < 1
     assert wait_quantile_ns(hist(b10=99, b20=1), 0.99) <= 2048

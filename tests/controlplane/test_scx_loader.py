@@ -11,9 +11,12 @@ import signal
 import subprocess
 
 import pytest
+from jeepney import Properties
+from jeepney.io.blocking import open_dbus_connection
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import loader
+from scx_gpu.controlplane.scx_loader import LOADER
 from tests.controlplane.fake_scx_loader import calls, fake_loader, last_call, private_bus
 from tests.helpers import assert_one_line_error, scx_gpu
 
@@ -60,14 +63,20 @@ def test_idle_scx_loader_is_left_alone(tmp_path):
     log = tmp_path / "calls.jsonl"
     with private_bus() as bus, fake_loader(bus, log):
         assert_one_line_error(load(bus, "--takeover"), 1, [NO_SCHED_EXT])
-    assert calls(log) == []
+    assert log.read_text().count('"GetAll"') == 1  # asked what it runs ...
+    assert calls(log) == []  # ... and, told nothing, stopped nothing
 
 
 def test_absent_scx_loader_is_not_started_by_activation(tmp_path):
     marker = tmp_path / "activated"
     with private_bus(activation_marker=marker) as bus:
         assert_one_line_error(load(bus), 1, [NO_SCHED_EXT])
-    assert not marker.exists()
+        assert not marker.exists()
+        # The control: a plain call to the name does start it on this bus (no
+        # reply is awaited: the stand-in never takes the name).
+        with open_dbus_connection(bus=bus) as conn:
+            conn.send(Properties(LOADER).get_all())
+            sc.wait_for(marker.exists, 10, "D-Bus activation of the absent service")
 
 
 def test_no_system_bus_is_no_scx_loader():
