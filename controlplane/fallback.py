@@ -39,9 +39,13 @@ class CpuGroup:
     """The batch group: a cgroup with cpu.idle=1 and a bandwidth limit."""
 
     def __init__(self) -> None:
+        self.enabled_cpu = False  # we turned the cpu controller on below the v2 root
         if _v2_has_cpu():
             self.v2, self.root = True, CGROUP_ROOT
-            (self.root / "cgroup.subtree_control").write_text("+cpu")
+            control = self.root / "cgroup.subtree_control"
+            if "cpu" not in control.read_text().split():
+                control.write_text("+cpu")
+                self.enabled_cpu = True
         elif (V1_CPU_ROOT / "cpu.idle").is_file():
             self.v2, self.root = False, V1_CPU_ROOT
         else:
@@ -93,17 +97,23 @@ class CpuGroup:
         self.origins[pid] = origin
 
     def remove(self) -> None:
-        """Move every member back where it came from (or to the root) and remove the group."""
-        if not self.path.is_dir():
-            return
-        for pid in (int(p) for p in (self.path / "cgroup.procs").read_text().split()):
-            home = self.root / self.origins.get(pid, "/").lstrip("/")
-            try:
-                (home / "cgroup.procs").write_text(str(pid))
-            except OSError:
-                (self.root / "cgroup.procs").write_text(str(pid))
-        self.path.rmdir()
+        """Move every member back where it came from (or to the root), remove the
+        group, and turn the cpu controller off again if we turned it on (left on,
+        each cgroup competes as one entity: SCHED_IDLE inside one no longer
+        yields to the rest of the machine)."""
+        if self.path.is_dir():
+            for pid in (int(p) for p in (self.path / "cgroup.procs").read_text().split()):
+                home = self.root / self.origins.get(pid, "/").lstrip("/")
+                try:
+                    (home / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    (self.root / "cgroup.procs").write_text(str(pid))
+            self.path.rmdir()
         self.origins.clear()
+        if self.enabled_cpu:
+            with contextlib.suppress(OSError):  # EBUSY: a child enabled it since; it stays
+                (self.root / "cgroup.subtree_control").write_text("-cpu")
+            self.enabled_cpu = False
 
 
 def _processes() -> Iterator[tuple[int, str]]:

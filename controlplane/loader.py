@@ -313,6 +313,14 @@ class FallbackLoader(Loader):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         group = fallback.CpuGroup()
+        try:
+            self._run_fallback(group)
+        finally:
+            group.remove()
+        self.emit("scx-gpu: mainline fallback undone (nice values, cgroups restored)")
+        return 0
+
+    def _run_fallback(self, group: fallback.CpuGroup) -> None:
         members = fallback.BatchMembers(self.config, group)
         sched = BpfScheduler()
         try:
@@ -335,12 +343,9 @@ class FallbackLoader(Loader):
         finally:
             renicer.restore_all()
             members.undo()
-            group.remove()
             detector.close()
             sched.close()
             RUN_STATE.unlink(missing_ok=True)
-        self.emit("scx-gpu: mainline fallback undone (nice values, cgroups restored)")
-        return 0
 
     def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
                        members: fallback.BatchMembers) -> None:

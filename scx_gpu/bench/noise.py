@@ -94,6 +94,7 @@ def running(noise: str, idle: bool = False) -> Iterator[None]:
     cmds = commands(noise)
     prepare()
     DISK_DIR.mkdir(parents=True, exist_ok=True)
+    _idle_group(idle)
     # SCHED_IDLE (chrt) is inherited by everything the noise starts.
     procs = [subprocess.Popen(in_cgroup(NOISE_CGROUP, ["chrt", "--idle", "0", *cmd] if idle
                                         else cmd),
@@ -107,3 +108,15 @@ def running(noise: str, idle: bool = False) -> Iterator[None]:
         stop()
         for proc in procs:
             proc.wait()
+        _idle_group(False)
+
+
+def _idle_group(idle: bool) -> None:
+    """cpu.idle on the noise cgroup when the cpu controller runs there.
+
+    With the controller on, the cgroup competes as one entity of normal
+    weight, so SCHED_IDLE inside it yields only to its own siblings.
+    """
+    knob = NOISE_CGROUP / "cpu.idle"
+    if knob.is_file():
+        knob.write_text("1" if idle else "0")

@@ -4,7 +4,8 @@ stock               the kernel's default scheduler, nothing changed.
 pin-nice            the study's fix: the workload pinned (taskset, the first
                     half of the CPUs) at nice -10.
 gpu-nice            the workload at nice -20.
-batch-idle          the noise as SCHED_IDLE.
+batch-idle          the noise as SCHED_IDLE (its cgroup cpu.idle=1 where the
+                    cpu controller runs).
 scx-gpu             gpu-first, the noise declared batch (its cgroup).
 scx-gpu-undeclared  gpu-first, the noise left normal: nothing declared.
 fallback            `scx-gpu load --fallback mainline` (no sched_ext needed),

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds a run")
     parser.add_argument("--out", type=Path, help="write results and summary as JSON here")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(log_path=False)
     results = run_matrix(args.reps, args.duration, lambda m: console.log(m))
     summary = summarise(results)
     checks = verdict(summary)

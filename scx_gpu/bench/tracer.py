@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(log_path=False)
     console.log("throughput")
     results = {"throughput": throughput(args.seconds, 64),
                "reader": reader_capacity(args.seconds)}

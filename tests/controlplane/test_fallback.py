@@ -61,8 +61,21 @@ def busy_launcher(seconds: float) -> float:
     return float(report["tokens_per_s"])
 
 
+SUBTREE_CONTROL = CGROUP_ROOT / "cgroup.subtree_control"
+
+
+def root_cpu_controller(on: bool) -> None:
+    SUBTREE_CONTROL.write_text("+cpu" if on else "-cpu")
+
+
+def root_has_cpu_controller() -> bool:
+    return "cpu" in SUBTREE_CONTROL.read_text().split()
+
+
 @BOTH
 def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
+    if hierarchy == "v2-vm":
+        root_cpu_controller(False)  # so that the fallback turns it on, and must turn it off
     alone = busy_launcher(4)
     running = None
     try:
@@ -87,6 +100,8 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
             assert not group.exists()
             for pid in hogs:
                 assert f"/{fallback.GROUP_NAME}" not in Path(f"/proc/{pid}/cgroup").read_text()
+            if hierarchy == "v2-vm":
+                assert not root_has_cpu_controller(), SUBTREE_CONTROL.read_text()
     finally:
         if running is not None:
             running.kill()
@@ -122,8 +137,20 @@ def test_fallback_bad_input():
 @pytest.mark.vm
 def test_declared_cgroup_is_idled_and_limited_in_place_then_restored():
     quota = 30
-    # As the fallback does (CpuGroup): the cpu controller for the root's children.
-    (CGROUP_ROOT / "cgroup.subtree_control").write_text("+cpu")
+    # Already on (as on a systemd host): the fallback must leave it on.
+    root_cpu_controller(True)
+    try:
+        share, before, after = _declared_hogs_share(quota)
+        assert root_has_cpu_controller()
+    finally:
+        root_cpu_controller(False)
+    print({"quota_pct": quota, "hogs_share_pct": 100 * share})
+    assert 0.5 * quota < 100 * share < 1.5 * quota, share
+    assert after == before
+
+
+def _declared_hogs_share(quota: int) -> tuple[float, dict[str, str], dict[str, str]]:
+    """The hogs' CPU share with their cgroup declared batch; its settings before and after."""
     with sc.hogs(2 * NPROC) as hogs_cgroup:
         before = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
         with fallback_loaded("--batch-cgroup", str(hogs_cgroup), "--quota", str(quota)) as state:
@@ -136,6 +163,4 @@ def test_declared_cgroup_is_idled_and_limited_in_place_then_restored():
             time.sleep(3)
             share = (sc.cgroup_cpu_s(hogs_cgroup) - cpu0) / (time.monotonic() - t0) / NPROC
         after = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
-    print({"quota_pct": quota, "hogs_share_pct": 100 * share})
-    assert 0.5 * quota < 100 * share < 1.5 * quota, share
-    assert after == before
+    return share, before, after

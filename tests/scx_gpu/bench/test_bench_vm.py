@@ -13,19 +13,26 @@ import pytest
 
 from scx_gpu.bench import noise, results
 from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane.tiers import CGROUP_ROOT
 from tests.helpers import TOKEN_VAR, leftovers, scx_gpu
 
 pytestmark = pytest.mark.vm
 
 
+SUBTREE_CONTROL = CGROUP_ROOT / "cgroup.subtree_control"
+
+
 def test_small_matrix_shows_the_large_effect(tmp_path):
     out = tmp_path / "run"
+    controllers = SUBTREE_CONTROL.read_text()
     # fallback: the mainline fallback with the noise's cgroup declared (cgroup v2 only).
     proc = scx_gpu("bench", "run", "--noise", "none,cpu",
                    "--policy", "stock,scx-gpu,scx-gpu-undeclared,fallback", "--reps", "1",
                    "--duration", "4", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert not leftovers(proc) and sc.disabled()
+    # The fallback turned the cpu controller on for its group, and off again.
+    assert SUBTREE_CONTROL.read_text() == controllers
     rows = pd.read_parquet(out / results.RESULTS)
     assert len(rows) == 8 and rows.notna().all().all(), rows
     assert (rows.launches > 0).all() and (rows.drops == 0).all(), rows
@@ -40,6 +47,27 @@ def test_small_matrix_shows_the_large_effect(tmp_path):
     assert cells[("cpu", "scx-gpu")]["noise_cpu_pct"] > 5  # batch work still got done
     assert lost[("cpu", "fallback")] < lost[("cpu", "stock")], lost
     assert cells[("cpu", "fallback")]["noise_cpu_pct"] > 5
+
+
+def test_idle_noise_yields_with_the_cpu_controller_on():
+    # With the controller on (as on systemd hosts) the noise's cgroup is one
+    # entity of normal weight: SCHED_IDLE alone would take half the CPUs.
+    alone = _busy_tokens_per_s()
+    SUBTREE_CONTROL.write_text("+cpu")
+    try:
+        with noise.running("cpu", idle=True):
+            assert (noise.NOISE_CGROUP / "cpu.idle").read_text().strip() == "1"
+            beside = _busy_tokens_per_s()
+        assert (noise.NOISE_CGROUP / "cpu.idle").read_text().strip() == "0"
+    finally:
+        SUBTREE_CONTROL.write_text("-cpu")
+    print(json.dumps({"alone": alone, "beside_idle_noise": beside}))
+    assert beside >= 0.85 * alone, (alone, beside)
+
+
+def _busy_tokens_per_s() -> float:
+    return float(sc.launcher("--duration", "4", "--threads", str(os.cpu_count() or 1),
+                             *sc.BUSY_LAUNCHER)["tokens_per_s"])
 
 
 def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
