@@ -50,6 +50,7 @@ POLL_S = 0.1
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
+CONTROL_NICE = -20  # the control plane ahead of the normal tier's other work (a weight)
 
 
 def sched_ext_state() -> tuple[str | None, str | None]:
@@ -74,6 +75,14 @@ def run_state() -> dict[str, Any]:
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem("scx-gpu load needs root (CAP_BPF and CAP_SYS_ADMIN)")
+
+
+def _keep_up_under_load() -> None:
+    """Run the control plane (this thread, and every thread it starts) at
+    CONTROL_NICE. It sits in the normal tier beside the work it schedules: at
+    nice 0, undeclared noise starved it, detector windows opened seconds late
+    and busy launchers' tags expired."""
+    os.setpriority(os.PRIO_PROCESS, 0, CONTROL_NICE)
 
 
 def preflight() -> None:
@@ -137,6 +146,7 @@ class Loader:
         if fallback == "mainline" or (fallback == "auto" and sched_ext_state()[0] is None):
             return FallbackLoader(self.config, self.emit, self.quiet, self.as_json).run()
         _require_root()
+        _keep_up_under_load()
         # Handlers first: a signal while scx_loader's scheduler is stopped must
         # still lead to it being started again.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -305,6 +315,7 @@ class FallbackLoader(Loader):
 
     def run(self) -> int:
         _require_root()
+        _keep_up_under_load()
         if self.config.auto_quota:
             raise UsageError("quota auto follows the sched_ext scheduler's wait histogram, "
                              "which this kernel lacks: the mainline fallback takes a fixed "

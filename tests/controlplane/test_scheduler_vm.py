@@ -39,6 +39,9 @@ def test_loads_and_detaches_on_signal(sig):
     proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     sc.wait_for(sc.enabled, 60, "state enabled, ops scx_gpu")
+    # Every thread of the control plane runs ahead of the normal tier's work.
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        assert os.getpriority(os.PRIO_PROCESS, int(task.name)) == loader.CONTROL_NICE
     proc.send_signal(sig)
     took = sc.wait_for(sc.disabled, 2.0, "state disabled within 2 s")
     proc.wait(timeout=10)
