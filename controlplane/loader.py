@@ -50,7 +50,7 @@ POLL_S = 0.1
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
-CONTROL_NICE = -20  # the control plane ahead of the normal tier's other work (a weight)
+CONTROL_NICE = -20  # in the normal tier, ahead of its other work (never of the gpu tier)
 
 
 def sched_ext_state() -> tuple[str | None, str | None]:
@@ -77,12 +77,12 @@ def _require_root() -> None:
         raise EnvironmentProblem("scx-gpu load needs root (CAP_BPF and CAP_SYS_ADMIN)")
 
 
-def _keep_up_under_load() -> None:
-    """Run the control plane (this thread, and every thread it starts) at
-    CONTROL_NICE. It sits in the normal tier beside the work it schedules: at
-    nice 0, undeclared noise starved it, detector windows opened seconds late
-    and busy launchers' tags expired."""
-    os.setpriority(os.PRIO_PROCESS, 0, CONTROL_NICE)
+def _keep_up_under_load(nice: int) -> None:
+    """Run the control plane (this thread, and every thread it starts) at nice.
+    It shares CPUs with the work it schedules: at nice 0, undeclared noise
+    starved it, detector windows opened seconds late and busy launchers'
+    tags expired."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def preflight() -> None:
@@ -146,7 +146,7 @@ class Loader:
         if fallback == "mainline" or (fallback == "auto" and sched_ext_state()[0] is None):
             return FallbackLoader(self.config, self.emit, self.quiet, self.as_json).run()
         _require_root()
-        _keep_up_under_load()
+        _keep_up_under_load(CONTROL_NICE)
         # Handlers first: a signal while scx_loader's scheduler is stopped must
         # still lead to it being started again.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -315,7 +315,8 @@ class FallbackLoader(Loader):
 
     def run(self) -> int:
         _require_root()
-        _keep_up_under_load()
+        # Level with the gpu threads, not ahead: here nice is all that ranks them.
+        _keep_up_under_load(fallback.GPU_NICE)
         if self.config.auto_quota:
             raise UsageError("quota auto follows the sched_ext scheduler's wait histogram, "
                              "which this kernel lacks: the mainline fallback takes a fixed "
