@@ -24,6 +24,7 @@ from scx_gpu.errors import EnvironmentProblem, UsageError
 GPU_NICE = -10
 GROUP_NAME = "scx-gpu-fallback-batch"
 V1_CPU_ROOT = Path("/sys/fs/cgroup/cpu")
+SUBTREE_CONTROL = CGROUP_ROOT / "cgroup.subtree_control"  # controllers of the root's children
 WEAKER = ("mainline fallback (no sched_ext here), a weaker guarantee: gpu threads are "
           f"reniced to {GPU_NICE} after their first detected launch but still share CPUs with "
           "other work by weight, and batch runs in an idle cgroup that still gets a sliver "
@@ -42,9 +43,8 @@ class CpuGroup:
         self.enabled_cpu = False  # we turned the cpu controller on below the v2 root
         if _v2_has_cpu():
             self.v2, self.root = True, CGROUP_ROOT
-            control = self.root / "cgroup.subtree_control"
-            if "cpu" not in control.read_text().split():
-                control.write_text("+cpu")
+            if "cpu" not in SUBTREE_CONTROL.read_text().split():
+                SUBTREE_CONTROL.write_text("+cpu")
                 self.enabled_cpu = True
         elif (V1_CPU_ROOT / "cpu.idle").is_file():
             self.v2, self.root = False, V1_CPU_ROOT
@@ -112,7 +112,7 @@ class CpuGroup:
         self.origins.clear()
         if self.enabled_cpu:
             with contextlib.suppress(OSError):  # EBUSY: a child enabled it since; it stays
-                (self.root / "cgroup.subtree_control").write_text("-cpu")
+                SUBTREE_CONTROL.write_text("-cpu")
             self.enabled_cpu = False
 
 

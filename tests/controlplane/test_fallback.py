@@ -19,7 +19,7 @@ import pytest
 from scx_gpu.bench import scenario as sc
 from scx_gpu.config import Config
 from scx_gpu.controlplane import fallback, loader
-from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.workloads import program
 from tests.helpers import assert_one_line_error, scx_gpu
 
@@ -60,9 +60,6 @@ def busy_launcher(seconds: float) -> float:
     report = sc.launcher("--warmup", "1", "--duration", str(seconds), "--threads", str(NPROC),
                          *sc.BUSY_LAUNCHER)
     return float(report["tokens_per_s"])
-
-
-SUBTREE_CONTROL = CGROUP_ROOT / "cgroup.subtree_control"
 
 
 def root_cpu_controller(on: bool) -> None:

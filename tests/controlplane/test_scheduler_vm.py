@@ -76,7 +76,7 @@ def test_detection_tags_the_launching_thread_only_then_expires():
         left = started + launch_s + ttl_s + 4 - time.monotonic()
         sc.wait_for(lambda: worker not in sc.status()["scx_gpu"]["gpu_tagged_ids"], left,
                     "the tag to expire")
-        assert proc.poll() is None, "expired only after the thread stopped lingering"
+        assert proc.poll() is None, "the thread exited before its tag expired"
         proc.wait(timeout=30)
         hits = sc.status()["scx_gpu"]["totals"]["detector_hits"]
         assert hits > 0

@@ -13,13 +13,10 @@ import pytest
 
 from scx_gpu.bench import noise, results
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from tests.helpers import TOKEN_VAR, leftovers, scx_gpu
 
 pytestmark = pytest.mark.vm
-
-
-SUBTREE_CONTROL = CGROUP_ROOT / "cgroup.subtree_control"
 
 
 def test_small_matrix_shows_the_large_effect(tmp_path):
