@@ -9,10 +9,12 @@ in explicit paths from the user.
 
 import glob
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sysconfig
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +117,40 @@ def discover(paths: Iterable[str | Path] = (), scan_processes: bool = True) -> l
                 seen.add((st.st_dev, st.st_ino))
                 found.append(lib)
     return found
+
+
+class Rescanner:
+    """discover() now, then every interval_s on a thread of its own.
+
+    Reading every /proc/PID/maps takes seconds on a loaded host; in the
+    control plane's loop it would hold back the detector windows that keep
+    launching threads tagged.
+    """
+
+    def __init__(self, paths: Iterable[str | Path], interval_s: float) -> None:
+        self.paths = list(paths)
+        self.interval_s = interval_s
+        self._found: queue.SimpleQueue[list[CudaLib]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scan, name="libcuda-rescan", daemon=True)
+
+    def __enter__(self) -> "Rescanner":
+        self._found.put(discover(self.paths))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()  # not joined: a scan under way must not delay detaching
+
+    def _scan(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._found.put(discover(self.paths))
+
+    def found(self) -> list[CudaLib]:
+        """Everything the scans since the last call found (repeats included)."""
+        libs: list[CudaLib] = []
+        while True:
+            try:
+                libs.extend(self._found.get_nowait())
+            except queue.Empty:
+                return libs

@@ -257,28 +257,33 @@ class Loader:
         self.last_quota_change = change
         self._save_run_state()
 
-    def _rescan(self, detector: Detector) -> None:
+    def _rescanner(self) -> contextlib.AbstractContextManager[libcuda.Rescanner | None]:
         if self.config.policy == "fair":
-            return
-        found = libcuda.discover(self.config.cuda_libs)
+            return contextlib.nullcontext()
+        return libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s)
+
+    def _probe_found(self, scanner: libcuda.Rescanner | None, detector: Detector) -> None:
+        found = scanner.found() if scanner else []
         for lib in detector.add_libraries([lib.path for lib in found]):
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
 
     def _loop(self, sched: BpfScheduler, detector: Detector) -> intf.ExitInfo | None:
         """Run until a signal (None) or the kernel ejects the scheduler (its exit info)."""
-        last_scan = last_stats = time.monotonic()
-        self._rescan(detector)
+        with self._rescanner() as scanner:
+            return self._loop_scanning(sched, detector, scanner)
+
+    def _loop_scanning(self, sched: BpfScheduler, detector: Detector,
+                       scanner: libcuda.Rescanner | None) -> intf.ExitInfo | None:
+        last_stats = time.monotonic()
         before = sched.read_stats()
         while not self.stop.is_set():
             info = sched.exit_info()
             if info.kind != intf.EXIT_NONE:
                 return info
             now = time.monotonic()
+            self._probe_found(scanner, detector)
             detector.tick()
-            if now - last_scan >= self.config.rescan_s:
-                self._rescan(detector)
-                last_scan = now
             if now - last_stats >= self.config.stats_interval_s:
                 current = sched.read_stats()
                 self._print_stats(sched, stats.diff(current, before), now - last_stats, detector)
@@ -361,17 +366,15 @@ class FallbackLoader(Loader):
 
     def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
                        members: fallback.BatchMembers) -> None:
-        last_scan = last_members = time.monotonic()
-        self._rescan(detector)
+        last_members = time.monotonic()
         members.scan()
-        while not self.stop.is_set():
-            now = time.monotonic()
-            detector.tick()
-            renicer.tick()
-            if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
-                members.scan()
-                last_members = now
-            if now - last_scan >= self.config.rescan_s:
-                self._rescan(detector)
-                last_scan = now
-            self.stop.wait(POLL_S)
+        with self._rescanner() as scanner:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                self._probe_found(scanner, detector)
+                detector.tick()
+                renicer.tick()
+                if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
+                    members.scan()
+                    last_members = now
+                self.stop.wait(POLL_S)

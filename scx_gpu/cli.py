@@ -89,7 +89,8 @@ def vm_image_cmd() -> None:
 @click.option("--copy", "copies", multiple=True, metavar="SRC:DST",
               help="Copy a host file or folder into the guest (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Copy the guest's /job/out here afterwards.")
+              help="Copy the guest's /job/out here afterwards (also after a timeout: "
+                   "what the guest wrote and synced).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def vm_run_cmd(kernel_path: Path | None, cpus: int, mem: str, timeout: float,
                copies: tuple[str, ...], out_dir: Path | None, cmd: tuple[str, ...]) -> None:

@@ -2,24 +2,38 @@
 
 On the host, the first vm test boots one VM that runs every vm test of the
 session with pytest inside the guest; each host-side test then reports its
-guest outcome (and fails with the guest's output). A VM that cannot boot
-fails every vm test; nothing is skipped. `@pytest.mark.vm(host=True)` marks
+guest outcome (and fails with the guest's output). The guest records each
+outcome as it happens, so a VM that stops early (or cannot boot) fails only
+the tests it did not finish, naming the one it was running; nothing is
+skipped. In the guest, a test that runs past GUEST_TEST_TIMEOUT_S fails with
+its threads' stacks, the processes and the kernel's recent warnings, and the
+session goes on. `@pytest.mark.vm(host=True)` marks
 a test whose body runs on the host and boots VMs itself (still deselected by
 `-m "not vm"`). `@pytest.mark.root` tests fail without root.
 """
 
+import json
 import os
+import signal
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
+import threading
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 IN_GUEST_ENV = "SCX_GPU_IN_VM"
 REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_S = 1500
+# The longest vm test takes about 140 s under emulation.
+GUEST_TEST_TIMEOUT_S = 420
+CLEANUP_TIMEOUT_S = 60
+RESULTS_ENV = "SCX_GPU_VM_RESULTS"
+GUEST_RESULTS = "/job/out/results.jsonl"
 
 
 def in_guest() -> bool:
@@ -50,7 +64,7 @@ class GuestSession:
     def outcome(self, item: pytest.Item) -> GuestOutcome | None:
         if self.outcomes is None:
             self.outcomes = self._run(self.items)
-        return self.outcomes.get(_junit_key(item.nodeid))
+        return self.outcomes.get(item.nodeid)
 
     def _run(self, items: list[pytest.Item]) -> dict[str, GuestOutcome]:
         out = Path(os.environ.get("TMPDIR", "/tmp")) / f"scx-gpu-vmtests-{os.getpid()}"
@@ -59,42 +73,116 @@ class GuestSession:
             sys.executable, "-m", "scx_gpu", "vm", "run", "--timeout", str(GUEST_TIMEOUT_S),
             "--copy", f"{REPO / 'tests'}:/root/tests",
             "--copy", f"{REPO / 'pyproject.toml'}:/root/pyproject.toml",
-            "--out", str(out), "--", "env", f"{IN_GUEST_ENV}=1",
-            "python3", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "vm",
-            "-o", "junit_logging=system-out", "--junitxml=/job/out/junit.xml", *nodeids,
+            "--out", str(out), "--", "env", f"{IN_GUEST_ENV}=1", f"{RESULTS_ENV}={GUEST_RESULTS}",
+            "python3", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "vm", *nodeids,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         self.console = proc.stdout + proc.stderr
-        junit = out / "junit.xml"
-        if not junit.is_file():
-            self.failure = f"the VM did not produce results (exit {proc.returncode})"
-            return {}
-        return _parse_junit(junit)
+        outcomes, running = _read_results(out / Path(GUEST_RESULTS).name)
+        self.failure = f"the VM stopped before this test finished (exit {proc.returncode})"
+        if running:
+            self.failure += f"; it was running {running}"
+        return outcomes
 
 
-def _junit_key(nodeid: str) -> str:
-    path, _, name = nodeid.partition("::")
-    return path.removesuffix(".py").replace("/", ".") + "::" + name.replace("::", ".")
-
-
-def _parse_junit(path: Path) -> dict[str, GuestOutcome]:
+def _read_results(path: Path) -> tuple[dict[str, GuestOutcome], str | None]:
+    """Outcomes the guest recorded, and the test it started last without finishing."""
     outcomes: dict[str, GuestOutcome] = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        key = f"{case.get('classname')}::{case.get('name')}"
-        bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
-        text = "\n".join((c.get("message") or "") + "\n" + (c.text or "") for c in bad)
-        stdout = "".join(c.text or "" for c in case if c.tag == "system-out")
-        outcomes[key] = GuestOutcome(not bad, text, stdout)
-    return outcomes
+    running = None
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in lines:
+        record = json.loads(line)
+        if "started" in record:
+            running = record["started"]
+        else:
+            outcomes[record["nodeid"]] = GuestOutcome(record["passed"], record["text"],
+                                                      record["stdout"])
+            running = None
+    return outcomes, running
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if in_guest() and RESULTS_ENV in os.environ:
+        config.pluginmanager.register(_GuestRecorder(Path(os.environ[RESULTS_ENV])))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if in_guest():
-        return
-    config.stash[_SESSION] = GuestSession([i for i in items if _guest_body(i)])
+    if not in_guest():
+        config.stash[_SESSION] = GuestSession([i for i in items if _guest_body(i)])
 
 
 _SESSION = pytest.StashKey[GuestSession]()
+
+
+class _GuestRecorder:
+    """In the guest: one line per test, on disk at once (the VM may be stopped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reports: dict[str, list[pytest.TestReport]] = {}
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._write({"started": nodeid})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.reports.setdefault(report.nodeid, []).append(report)
+        if report.when != "teardown":
+            return
+        reports = self.reports.pop(report.nodeid)
+        bad = [r for r in reports if not r.passed]
+        self._write({"nodeid": report.nodeid, "passed": not bad,
+                     "text": "\n".join(f"[{r.when}] {r.longreprtext}" for r in bad),
+                     "stdout": report.capstdout})  # every phase's, so far
+
+    def _write(self, record: dict[str, object]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class HungTest(Exception):
+    """A vm test ran past its time in the guest."""
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    signal.alarm(CLEANUP_TIMEOUT_S)  # the test's own clean-up may hang as well
+    raise HungTest(f"still running after {GUEST_TEST_TIMEOUT_S}s in the VM\n{_diagnosis()}")
+
+
+def _diagnosis() -> str:
+    """Where the other threads are (the traceback shows this one), what runs, and
+    what the kernel said lately."""
+    stacks = [f"--- thread {ident} ---\n" + "".join(traceback.format_stack(frame))
+              for ident, frame in sys._current_frames().items()
+              if ident != threading.get_ident()]
+    cmds = {"processes": ["ps", "-eo", "pid,ppid,stat,pcpu,wchan:24,args"],
+            "sched_ext": ["cat", "/sys/kernel/sched_ext/state",
+                          "/sys/kernel/sched_ext/root/ops"],
+            "kernel warnings": ["dmesg", "--level", "emerg,alert,crit,err,warn"]}
+    parts = []
+    for title, cmd in cmds.items():
+        try:
+            got = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+            text = got.stdout + got.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            text = str(exc)
+        parts.append(f"--- {title} ---\n" + "\n".join(text.splitlines()[-60:]))
+    return "\n".join(stacks + parts)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    if not in_guest():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(GUEST_TEST_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -120,13 +120,15 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
     session = TraceSession(spec.ring_mb, all_launchers=not spec.selective)
     chunks: list[np.ndarray] = []
     proc = None
-    start_wall, start = time.time(), time.monotonic()
-    cmd_start = start
     try:
         session.attach_tracepoints()
         _probe_libraries(session, spec, log)
         for pid in spec.pids:
             session.add_process(pid)
+        # --duration counts from here: loading and probing can take seconds.
+        start_wall, start = time.time(), time.monotonic()
+        cmd_start = start
+        log("tracing" + (f" for {spec.duration:g}s" if spec.duration is not None else ""))
         if spec.cmd:
             proc = _start_command(session, spec.cmd, spec.stdout)
             cmd_start = time.monotonic()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scx_gpu.bench.scenario import cgroup_cpu_s, in_cgroup
+from scx_gpu.bench.scenario import cgroup_cpu_s, in_cgroup, joined
 from scx_gpu.controlplane.tiers import CGROUP_ROOT
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
@@ -101,12 +101,15 @@ def running(noise: str, idle: bool = False) -> Iterator[None]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for cmd in cmds]
     try:
+        for proc in procs:
+            joined(NOISE_CGROUP, proc)
         if procs:
             time.sleep(SETTLE_S)
         yield
     finally:
         stop()
         for proc in procs:
+            proc.kill()  # one that never joined the cgroup; a no-op for the rest
             proc.wait()
         _idle_group(False)
 

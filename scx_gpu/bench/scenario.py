@@ -90,6 +90,22 @@ def in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:
     return ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
 
 
+def joined(cgroup: Path, proc: subprocess.Popen[Any], members: int = 1,
+           timeout: float = 120) -> None:
+    """Wait until proc has moved itself into cgroup and it holds members processes.
+
+    A process started through in_cgroup or `scx-gpu run` joins its cgroup
+    only once it runs (seconds under load): until then cgroup.kill misses it.
+    """
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise EnvironmentProblem(f"{proc.args!r} exited with status {proc.returncode} "
+                                     f"before joining {cgroup}")
+        pids = (cgroup / "cgroup.procs").read_text().split()
+        return str(proc.pid) in pids and len(pids) >= members
+    wait_for(ready, timeout, f"{proc.args!r} to start in {cgroup}")
+
+
 @contextmanager
 def hogs(count: int, tier: str | None = None, nice: int = 0,
          idle: bool = False) -> Iterator[Path]:
@@ -107,12 +123,16 @@ def hogs(count: int, tier: str | None = None, nice: int = 0,
     cgroup = OWN_ROOT / tier if tier else HOGS_CGROUP
     cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else in_cgroup(cgroup, cmd)
     proc = subprocess.Popen(cmd, text=True)
-    time.sleep(1.0)  # let every hog start
     try:
+        joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs
         yield cgroup
     finally:
         (cgroup / "cgroup.kill").write_text("1")
-        proc.wait()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None
 
 
 def cgroup_cpu_s(cgroup: Path) -> float:
@@ -134,6 +154,6 @@ def cpu_share(cgroup: Path, seconds: float) -> float:
 
 def status() -> dict[str, Any]:
     out = subprocess.run([*SCX_GPU, "status", "--json"], capture_output=True, text=True,
-                         check=True)
+                         check=True, timeout=60)
     report: dict[str, Any] = json.loads(out.stdout)
     return report

@@ -198,8 +198,13 @@ def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Conso
     return console, start
 
 
-def _collect_out(job_disk: Path, out_dir: Path) -> None:
+def _collect_out(job_disk: Path, out_dir: Path, clean: bool) -> None:
     """Copy the guest's /job/out into out_dir (debugfs reads ext4 unmounted)."""
+    if not clean:
+        # A guest stopped without unmounting leaves synced metadata in the
+        # journal, which debugfs does not read: replay it first.
+        subprocess.run(["e2fsck", "-y", "-E", "journal_only", str(job_disk)],
+                       capture_output=True, check=False)
     staging = job_disk.parent / "collected"
     staging.mkdir()
     proc = subprocess.run(["debugfs", "-R", f"rdump /out {staging}", str(job_disk)],
@@ -224,11 +229,13 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
             accel = "tcg"
             console, start = _boot(spec, job_disk, accel, out)
         total = time.monotonic() - start
+        if spec.out_dir is not None and console.booted_at is not None:
+            # Also after a timeout or crash: what the guest wrote and synced
+            # tells what it got done.
+            _collect_out(job_disk, spec.out_dir, clean=console.exit_code is not None)
         if console.exit_code is None:
             raise VmFailure(_failure_message(console, spec, accel, total),
                             EXIT_TIMEOUT if total >= spec.timeout else 1)
-        if spec.out_dir is not None:
-            _collect_out(job_disk, spec.out_dir)
         boot_s = (console.booted_at or start) - start
         return VmResult(console.exit_code, accel, boot_s, total, "\n".join(console.lines))
 

@@ -93,15 +93,20 @@ def test_irqs_and_softirqs_have_names_and_sane_durations(tmp_path):
     blaster = threading.Thread(target=_blast_loopback, args=(1.5,))
     tracer = subprocess.Popen([*SCX_GPU, "trace", "-o", str(out), "--duration", "2",
                                "--pid", str(os.getpid())], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    assert tracer.stderr is not None
+    said = []  # probing ... lines, then the one that says the window starts
+    while (line := tracer.stderr.readline()) not in ("", "scx-gpu trace: tracing for 2s\n"):
+        said.append(line)
+    assert line, said
     blaster.start()
+    end = time.monotonic() + 1.5
     with open(tmp_path / "io", "wb") as f:  # disk I/O: hard IRQs of the block device
-        for _ in range(20):
+        while time.monotonic() < end:
             f.write(os.urandom(1 << 20))
             f.flush()
             os.fsync(f.fileno())
     blaster.join()
-    assert tracer.wait(timeout=60) == 0, tracer.stderr.read() if tracer.stderr else ""
+    assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
     frame, _ = tracefile.read(out)
     soft = frame[frame.event_type == "softirqExit"]
     assert {"NET_RX", "TIMER"} <= set(soft.irq_name), set(soft.irq_name)

@@ -33,6 +33,16 @@ def test_timeout_stops_the_vm_with_a_message():
     assert not leftovers(proc)
 
 
+def test_timeout_keeps_what_the_guest_synced(tmp_path: Path):
+    out = tmp_path / "out"
+    proc = scx_gpu("vm", "run", "--timeout", "30", "--out", str(out), "--", "sh", "-c",
+                   "echo done > /job/out/first.txt && sync && sleep 600", timeout=180)
+    assert proc.returncode == 124, proc.stderr
+    assert "timed out after 30s while the command ran" in proc.stderr
+    assert (out / "first.txt").read_text() == "done\n"
+    assert not leftovers(proc)
+
+
 def test_copy_and_out(tmp_path: Path):
     src = tmp_path / "workload"
     src.mkdir()

@@ -1,0 +1,35 @@
+"""libcuda discovery on the host: the rescans run on their own thread."""
+
+import subprocess
+import sys
+import time
+
+from scx_gpu.controlplane import libcuda
+from scx_gpu.workloads import program
+
+STUB = program("libcuda.so.1")
+HOLD = "import ctypes, sys, time; ctypes.CDLL(sys.argv[1]); print(flush=True); time.sleep(60)"
+
+
+def test_rescans_find_a_library_mapped_later_until_stopped():
+    interval = 0.2
+    with libcuda.Rescanner([], interval) as scanner:
+        first = scanner.found()  # the scan made on entry
+        assert all(lib.path.resolve() != STUB.resolve() for lib in first), first
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(STUB)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "\n"
+            deadline = time.monotonic() + 30
+            later: list[libcuda.CudaLib] = []
+            while time.monotonic() < deadline and not later:
+                time.sleep(interval)
+                later = [lib for lib in scanner.found() if lib.path.resolve() == STUB.resolve()]
+            assert later and later[0].source == f"pid {holder.pid}", later
+        finally:
+            holder.kill()
+            holder.wait()
+    time.sleep(5 * interval)  # a scan under way when it stopped may still report
+    scanner.found()
+    time.sleep(5 * interval)
+    assert scanner.found() == []  # no scans after the with block
