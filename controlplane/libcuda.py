@@ -134,12 +134,12 @@ class Rescanner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan, name="libcuda-rescan", daemon=True)
 
-    def __enter__(self) -> "Rescanner":
+    def start(self) -> "Rescanner":
         self._found.put(discover(self.paths))
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self._stop.set()  # not joined: a scan under way must not delay detaching
 
     def _scan(self) -> None:

@@ -207,10 +207,13 @@ class Loader:
         loaded_at = time.monotonic()
         sock = stats_socket.StatsSocket(lambda: self._totals(sched, detector, loaded_at))
         quota = autoquota.AutoQuota(self.config, sched, self._quota_changed)
+        scanner = self._rescanner()
         try:
             self._announce(sched)
-            info = self._loop(sched, detector)
+            info = self._loop(sched, detector, scanner)
         finally:
+            if scanner:
+                scanner.close()
             quota.close()
             sock.close()
             if server:
@@ -257,10 +260,11 @@ class Loader:
         self.last_quota_change = change
         self._save_run_state()
 
-    def _rescanner(self) -> contextlib.AbstractContextManager[libcuda.Rescanner | None]:
+    def _rescanner(self) -> libcuda.Rescanner | None:
+        """libcuda discovery, running; none for the fair policy (no detection)."""
         if self.config.policy == "fair":
-            return contextlib.nullcontext()
-        return libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s)
+            return None
+        return libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s).start()
 
     def _probe_found(self, scanner: libcuda.Rescanner | None, detector: Detector) -> None:
         found = scanner.found() if scanner else []
@@ -268,13 +272,9 @@ class Loader:
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
 
-    def _loop(self, sched: BpfScheduler, detector: Detector) -> intf.ExitInfo | None:
+    def _loop(self, sched: BpfScheduler, detector: Detector,
+              scanner: libcuda.Rescanner | None) -> intf.ExitInfo | None:
         """Run until a signal (None) or the kernel ejects the scheduler (its exit info)."""
-        with self._rescanner() as scanner:
-            return self._loop_scanning(sched, detector, scanner)
-
-    def _loop_scanning(self, sched: BpfScheduler, detector: Detector,
-                       scanner: libcuda.Rescanner | None) -> intf.ExitInfo | None:
         last_stats = time.monotonic()
         before = sched.read_stats()
         while not self.stop.is_set():
@@ -350,14 +350,17 @@ class FallbackLoader(Loader):
         detector = self._detector(sched)
         renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                    self.config.scope == "process")
+        scanner = self._rescanner()
         try:
             group.create(self.config.start_quota(), self.config.period_ms, os.cpu_count() or 1)
             members.declare()
             _write_run_state({"mode": FALLBACK_MODE, "batch_group": str(group.path)},
                              self.config)
             self.emit(f"scx-gpu: {fallback.WEAKER}")
-            self._fallback_loop(detector, renicer, members)
+            self._fallback_loop(detector, renicer, members, scanner)
         finally:
+            if scanner:
+                scanner.close()
             renicer.restore_all()
             members.undo()
             detector.close()
@@ -365,16 +368,16 @@ class FallbackLoader(Loader):
             RUN_STATE.unlink(missing_ok=True)
 
     def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
-                       members: fallback.BatchMembers) -> None:
+                       members: fallback.BatchMembers,
+                       scanner: libcuda.Rescanner | None) -> None:
         last_members = time.monotonic()
         members.scan()
-        with self._rescanner() as scanner:
-            while not self.stop.is_set():
-                now = time.monotonic()
-                self._probe_found(scanner, detector)
-                detector.tick()
-                renicer.tick()
-                if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
-                    members.scan()
-                    last_members = now
-                self.stop.wait(POLL_S)
+        while not self.stop.is_set():
+            now = time.monotonic()
+            self._probe_found(scanner, detector)
+            detector.tick()
+            renicer.tick()
+            if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
+                members.scan()
+                last_members = now
+            self.stop.wait(POLL_S)

@@ -13,8 +13,9 @@ HOLD = "import ctypes, sys, time; ctypes.CDLL(sys.argv[1]); print(flush=True); t
 
 def test_rescans_find_a_library_mapped_later_until_stopped():
     interval = 0.2
-    with libcuda.Rescanner([], interval) as scanner:
-        first = scanner.found()  # the scan made on entry
+    scanner = libcuda.Rescanner([], interval).start()
+    try:
+        first = scanner.found()  # the scan made on start
         assert all(lib.path.resolve() != STUB.resolve() for lib in first), first
         holder = subprocess.Popen([sys.executable, "-c", HOLD, str(STUB)],
                                   stdout=subprocess.PIPE, text=True)
@@ -29,7 +30,9 @@ def test_rescans_find_a_library_mapped_later_until_stopped():
         finally:
             holder.kill()
             holder.wait()
+    finally:
+        scanner.close()
     time.sleep(5 * interval)  # a scan under way when it stopped may still report
     scanner.found()
     time.sleep(5 * interval)
-    assert scanner.found() == []  # no scans after the with block
+    assert scanner.found() == []  # no scans after close()
