@@ -119,17 +119,17 @@ class _GuestRecorder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.reports: dict[str, list[pytest.TestReport]] = {}
+        self.failed: dict[str, list[pytest.TestReport]] = {}  # per test, its failed phases
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self._write({"started": nodeid})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.reports.setdefault(report.nodeid, []).append(report)
+        if not report.passed:
+            self.failed.setdefault(report.nodeid, []).append(report)
         if report.when != "teardown":
             return
-        reports = self.reports.pop(report.nodeid)
-        bad = [r for r in reports if not r.passed]
+        bad = self.failed.pop(report.nodeid, [])
         self._write({"nodeid": report.nodeid, "passed": not bad,
                      "text": "\n".join(f"[{r.when}] {r.longreprtext}" for r in bad),
                      "stdout": report.capstdout})  # every phase's, so far
