@@ -8,7 +8,9 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 backports=/etc/apt/sources.list.d/scx-gpu-bookworm-backports.list
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$backports"
+    # The same archive the machine already uses (or $SCX_GPU_DEBIAN_MIRROR).
+    mirror=$(cd "$(dirname "$0")/.." && python3 -m scx_gpu.vm.mirror)
+    echo "deb $mirror bookworm-backports main" > "$backports"
 fi
 apt-get -q update
 apt-get -q install -y --no-install-recommends \

@@ -15,9 +15,9 @@ from pathlib import Path
 import scx_gpu
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem
+from scx_gpu.vm.mirror import debian_mirror
 
 SUITE = "bookworm"
-MIRROR = os.environ.get("SCX_GPU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = (
     "python3", "python3-click", "python3-rich", "python3-pytest", "python3-jeepney",
     "stress-ng", "iproute2", "procps", "util-linux",
@@ -75,7 +75,7 @@ def _wheel_pins() -> list[str]:
 
 
 def base_key() -> str:
-    return digest(SUITE, MIRROR, *BASE_PACKAGES, "backports", *BACKPORTS_PACKAGES,
+    return digest(SUITE, *BASE_PACKAGES, "backports", *BACKPORTS_PACKAGES,
                   *_wheel_pins())
 
 
@@ -97,12 +97,13 @@ def build_base(dest: Path) -> None:
     _require_root("building the guest image")
     stage = dest.with_name(dest.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
+    mirror = debian_mirror()
     _log(f"debootstrap {SUITE} (about a minute; cached afterwards in {dest.parent})")
     _check(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-            SUITE, str(stage), MIRROR], "debootstrap")
+            SUITE, str(stage), mirror], "debootstrap")
     shutil.copy("/etc/resolv.conf", stage / "etc" / "resolv.conf")
     (stage / "etc/apt/sources.list.d/backports.list").write_text(
-        f"deb {MIRROR} {SUITE}-backports main\n")
+        f"deb {mirror} {SUITE}-backports main\n")
     _chroot(stage, "apt-get", "-q", "update")
     _chroot(stage, "apt-get", "-q", "-y", "--no-install-recommends",
             "-t", f"{SUITE}-backports", "install", *BACKPORTS_PACKAGES)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem, UsageError
+from scx_gpu.vm.mirror import debian_mirror
 
 SUITE = "trixie-backports"
-MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 METAPACKAGE = "linux-image-cloud-amd64"
 # x86 boot protocol: "HdrS" at offset 0x202 of every bzImage.
@@ -47,7 +47,7 @@ def _apt_options(root: Path) -> list[str]:
     (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     sources = root / "sources.list"
-    sources.write_text(f"deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n")
+    sources.write_text(f"deb [signed-by={KEYRING}] {debian_mirror()} {SUITE} main\n")
     settings = {
         "Dir::Etc::SourceList": str(sources),
         "Dir::Etc::SourceParts": "/dev/null",
