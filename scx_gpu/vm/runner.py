@@ -37,6 +37,14 @@ KERNEL_ARGS = (
     f"init=/{INIT_PATH}"
 )
 POWEROFF_GRACE_S = 20
+KVM_DEVICE = os.environ.get("SCX_GPU_KVM_DEVICE", "/dev/kvm")
+# Under KVM the guest's init reports within seconds; one still silent after
+# this long sits paused on a KVM failure that QEMU may not even print.
+KVM_BOOT_WINDOW_S = 20.0
+# What QEMU prints when KVM is present but cannot run the guest (nested
+# virtualisation often): it then leaves the guest paused, never exiting.
+KVM_FAILURES = ("KVM internal error", "kvm run failed", "KVM: entry failed",
+                "failed to initialize kvm", "Could not access KVM")
 
 
 class VmFailure(ScxGpuError):
@@ -115,7 +123,7 @@ def _kvm_marker() -> Path:
 
 def kvm_usable() -> bool:
     """KVM present, accessible, and not seen failing on this host kernel."""
-    return os.access("/dev/kvm", os.R_OK | os.W_OK) and not _kvm_marker().exists()
+    return os.access(KVM_DEVICE, os.R_OK | os.W_OK) and not _kvm_marker().exists()
 
 
 def _qemu_command(spec: VmSpec, job_disk: Path, accel: str) -> list[str]:
@@ -138,32 +146,53 @@ def _qemu_command(spec: VmSpec, job_disk: Path, accel: str) -> list[str]:
 class _Console:
     """Reads the guest console, hides marker lines, watches for events."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, hold_until_boot: bool) -> None:
         self.out = out
         self.lines: list[str] = []
         self.booted_at: float | None = None
         self.exit_code: int | None = None
         self.panicked = False
+        self.kvm_failure: str | None = None
+        # Under KVM, what comes before the guest boots is held back: a
+        # failing KVM prints a register dump that the fallback makes moot.
+        self.held: list[str] | None = [] if hold_until_boot else None
 
     def feed(self, line: str) -> None:
         line = line.rstrip("\r\n").replace("\r", "")
         if line == BOOTED:
             self.booted_at = time.monotonic()
+            self._write(*(self.held or ()))
+            self.held = None
             return
         if line.startswith(EXIT_PREFIX) and line[len(EXIT_PREFIX):].isdigit():
             self.exit_code = int(line[len(EXIT_PREFIX):])
             return
         self.panicked |= "Kernel panic" in line
+        if self.booted_at is None and self.kvm_failure is None and \
+                any(failure in line for failure in KVM_FAILURES):
+            self.kvm_failure = line.strip()
         self.lines.append(line)
         if self.exit_code is not None:
             return  # the guest's power-off chatter
-        self.out.write(line + "\n")
+        if self.held is not None:
+            self.held.append(line)
+        else:
+            self._write(line)
+
+    def _write(self, *lines: str) -> None:
+        for line in lines:
+            self.out.write(line + "\n")
         self.out.flush()
+
+    def kvm_gave_up(self, start: float) -> bool:
+        """Under KVM: QEMU reported a KVM failure, or the guest stayed silent too long."""
+        return self.booted_at is None and (
+            self.kvm_failure is not None or time.monotonic() - start > KVM_BOOT_WINDOW_S)
 
 
 def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Console, float]:
     start = time.monotonic()
-    console = _Console(out)
+    console = _Console(out, hold_until_boot=accel == "kvm")
     try:
         proc = subprocess.Popen(_qemu_command(spec, job_disk, accel), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -174,7 +203,7 @@ def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Conso
     sel.register(proc.stdout, selectors.EVENT_READ)
     buf = b""
     try:
-        while True:
+        while not (accel == "kvm" and console.kvm_gave_up(start)):
             grace = POWEROFF_GRACE_S if console.exit_code is not None else 0
             deadline = start + spec.timeout + grace
             left = deadline - time.monotonic()
@@ -221,11 +250,7 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
         accel = "kvm" if kvm_usable() else "tcg"
         console, start = _boot(spec, job_disk, accel, out)
         if accel == "kvm" and console.booted_at is None and console.exit_code is None:
-            # KVM is present but unusable (nested virtualisation often is):
-            # remember that for this host kernel and emulate instead.
-            _kvm_marker().touch()
-            print("scx-gpu vm: KVM failed to start the guest; using software emulation (TCG)",
-                  file=sys.stderr)
+            _give_up_kvm(console)
             accel = "tcg"
             console, start = _boot(spec, job_disk, accel, out)
         total = time.monotonic() - start
@@ -238,6 +263,17 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
                             EXIT_TIMEOUT if total >= spec.timeout else 1)
         boot_s = (console.booted_at or start) - start
         return VmResult(console.exit_code, accel, boot_s, total, "\n".join(console.lines))
+
+
+def _give_up_kvm(console: _Console) -> None:
+    """Remember that KVM cannot run the guest on this host kernel, and say why, once."""
+    why = console.kvm_failure or f"no guest boot within {KVM_BOOT_WINDOW_S:g}s"
+    if console.kvm_failure is None and console.lines:
+        why += f"; last line: {console.lines[-1].strip()}"
+    marker = _kvm_marker()
+    marker.write_text(why + "\n")
+    print(f"scx-gpu vm: KVM cannot run the guest here ({why}); using software emulation "
+          f"(TCG), remembered in {marker}", file=sys.stderr, flush=True)
 
 
 def _failure_message(console: _Console, spec: VmSpec, accel: str, elapsed: float) -> str:

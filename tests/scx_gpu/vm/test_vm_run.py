@@ -1,9 +1,15 @@
 """`scx-gpu vm run` driven from the host: each test boots the VM."""
 
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from scx_gpu.cache import cache_dir
 from tests.helpers import leftovers, scx_gpu
 
 pytestmark = [pytest.mark.vm(host=True), pytest.mark.root]
@@ -69,3 +75,77 @@ def test_image_is_reused_while_its_inputs_are_unchanged():
     second = scx_gpu("vm", "image")
     assert second.stdout == first.stdout
     assert path.stat().st_mtime_ns == mtime  # not rebuilt
+
+
+# QEMU where /dev/kvm exists but cannot run a guest (nested virtualisation):
+# a KVM error and a register dump at once, or nothing, and the guest sits
+# paused forever. Anything but KVM runs the real QEMU.
+BROKEN_KVM_QEMU = """#!/bin/sh
+echo "$*" >> {log}
+case " $* " in
+*" -accel kvm "*)
+    {say}
+    exec sleep 3600;;
+esac
+exec {real} "$@"
+"""
+KVM_ERROR_LINES = ('echo "KVM internal error. Suberror: 1" >&2; '
+                   'echo "extra data[0]: 0x0000000000000001" >&2; '
+                   'echo "RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000" >&2')
+FALLBACK_BOUND_S = 30
+
+
+def _broken_kvm_env(tmp_path: Path, say: str) -> tuple[dict[str, str], Path, Path]:
+    """PATH with the stand-in QEMU first, a KVM device it can 'open', a cache with no verdict."""
+    real = shutil.which("qemu-system-x86_64")
+    assert real, "qemu-system-x86_64 is not installed: run `make setup`"
+    bindir, log = tmp_path / "bin", tmp_path / "qemu.log"
+    bindir.mkdir()
+    stand_in = bindir / "qemu-system-x86_64"
+    stand_in.write_text(BROKEN_KVM_QEMU.format(log=log, say=say, real=real))
+    stand_in.chmod(0o755)
+    device = tmp_path / "kvm"
+    device.touch()
+    # The kernel and image caches are shared; the verdict starts absent.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for sub in ("kernel", "image", "apt", "vmlinux"):
+        (cache / sub).symlink_to(cache_dir(sub))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "SCX_GPU_KVM_DEVICE": str(device),
+           "SCX_GPU_CACHE": str(cache)}
+    return env, log, cache
+
+
+def _run_timed(env: dict[str, str]) -> tuple[int, list[tuple[float, str]]]:
+    """Run `vm run -- true`; its output lines with seconds since the start."""
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "scx_gpu", "vm", "run", "--timeout", "300",
+                             "--", "true"], env={**os.environ, **env}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    lines = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stdout]
+    return proc.wait(timeout=60), lines
+
+
+@pytest.mark.parametrize("say", [KVM_ERROR_LINES, ":"], ids=["kvm-error", "silent"])
+def test_broken_kvm_falls_back_to_emulation_within_seconds(tmp_path: Path, say: str):
+    env, log, cache = _broken_kvm_env(tmp_path, say)
+    code, lines = _run_timed(env)
+    text = "\n".join(line for _, line in lines)
+    assert code == 0, text
+    said = [(t, line) for t, line in lines if "KVM cannot run the guest" in line]
+    assert len(said) == 1, text
+    assert said[0][0] < FALLBACK_BOUND_S, said
+    if say != ":":
+        assert "KVM internal error. Suberror: 1" in said[0][1]
+    assert "RAX=" not in text  # the dump is not shown
+    assert ", tcg," in text
+    accels = [line.split("-accel ")[1].split()[0] for line in log.read_text().splitlines()]
+    assert accels == ["kvm", "tcg,thread=multi"], accels
+    assert list(cache.glob("kvm-broken-*"))
+
+    # The verdict is kept: the next run goes straight to emulation, silently.
+    code, lines = _run_timed(env)
+    assert code == 0
+    assert not any("KVM" in line for _, line in lines)
+    assert log.read_text().count("-accel kvm") == 1
