@@ -75,7 +75,7 @@ def vm_kernel_cmd(kernel_path: Path | None, vmlinux_h: Path | None) -> None:
 @vm_group.command("image")
 def vm_image_cmd() -> None:
     """Build (or reuse) the guest root filesystem with this project installed."""
-    path = vm_image.ensure_image()
+    path = vm_image.ensure_image(vm_kernel.debian_kernel())
     click.echo(f"{path}\t{path.stat().st_size >> 20} MiB")
 
 
@@ -97,7 +97,7 @@ def vm_run_cmd(kernel_path: Path | None, cpus: int, mem: str, timeout: float,
     """Boot the VM and run CMD as root in it; exit with CMD's status."""
     parsed = [vm_runner.parse_copy(c) for c in copies]
     k = _kernel(kernel_path)
-    spec = vm_runner.VmSpec(k.vmlinuz, vm_image.ensure_image(), cpus=cpus, mem=mem,
+    spec = vm_runner.VmSpec(k.vmlinuz, vm_image.ensure_image(k), cpus=cpus, mem=mem,
                             timeout=timeout, copies=parsed, out_dir=out_dir)
     result = vm_runner.run(cmd, spec)
     click.echo(f"scx-gpu vm: {k.version}, {result.accel}, boot {result.boot_s:.1f}s, "

@@ -15,7 +15,9 @@ from pathlib import Path
 import scx_gpu
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem
+from scx_gpu.vm.kernel import Kernel, headers_debs
 from scx_gpu.vm.mirror import debian_mirror
+from scx_gpu.vm.progress import say, step
 
 SUITE = "bookworm"
 BASE_PACKAGES = (
@@ -23,6 +25,9 @@ BASE_PACKAGES = (
     "stress-ng", "iproute2", "procps", "util-linux",
     "dbus-daemon",  # a private bus for the scx_loader takeover test
     "systemd",      # the service test runs systemd (in a PID namespace)
+    # bcc, the tests' independent referee (never a runtime dependency): it
+    # compiles against the kernel's headers, added per kernel by ensure_image.
+    "bpfcc-tools", "python3-bpfcc",
 )
 # libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
 BACKPORTS_PACKAGES = ("libbpf1",)
@@ -43,10 +48,6 @@ GPT_TAIL_MB = 1
 FREE_SPACE_MB = 512
 TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
         "var/cache/apt/archives", "var/lib/apt/lists")
-
-
-def _log(message: str) -> None:
-    print(f"scx-gpu vm: {message}", file=sys.stderr, flush=True)
 
 
 def _chroot(root: Path, *cmd: str) -> None:
@@ -98,17 +99,20 @@ def build_base(dest: Path) -> None:
     stage = dest.with_name(dest.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
     mirror = debian_mirror()
-    _log(f"debootstrap {SUITE} (about a minute; cached afterwards in {dest.parent})")
-    _check(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-            SUITE, str(stage), mirror], "debootstrap")
+    say(f"building the guest's base system once (cached in {dest.parent})")
+    with step(f"[1/3] debootstrap {SUITE} minbase with {len(BASE_PACKAGES)} packages"):
+        _check(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                SUITE, str(stage), mirror], "debootstrap")
     shutil.copy("/etc/resolv.conf", stage / "etc" / "resolv.conf")
     (stage / "etc/apt/sources.list.d/backports.list").write_text(
         f"deb {mirror} {SUITE}-backports main\n")
-    _chroot(stage, "apt-get", "-q", "update")
-    _chroot(stage, "apt-get", "-q", "-y", "--no-install-recommends",
-            "-t", f"{SUITE}-backports", "install", *BACKPORTS_PACKAGES)
-    _chroot(stage, "apt-get", "clean")
-    _install_wheels(stage)
+    with step(f"[2/3] {', '.join(BACKPORTS_PACKAGES)} from {SUITE}-backports"):
+        _chroot(stage, "apt-get", "-q", "update")
+        _chroot(stage, "apt-get", "-q", "-y", "--no-install-recommends",
+                "-t", f"{SUITE}-backports", "install", *BACKPORTS_PACKAGES)
+        _chroot(stage, "apt-get", "clean")
+    with step(f"[3/3] wheels for the guest's Python: {', '.join(GUEST_WHEELS)}"):
+        _install_wheels(stage)
     for sub in TRIM:
         shutil.rmtree(stage / sub, ignore_errors=True)
     (stage / "etc" / "hostname").write_text("scx-gpu-vm\n")
@@ -163,8 +167,16 @@ def _make_disk(path: Path, tree: Path, fs_mb: int) -> None:
             "-d", str(tree), str(path), f"{fs_mb}M"], "mkfs.ext4 (guest image)")
 
 
-def ensure_image() -> Path:
-    """The cached guest image for the installed project, built if needed."""
+def _install_headers(root: Path, debs: list[Path]) -> None:
+    """The kernel's headers where bcc looks (/lib/modules/RELEASE/build), and no others."""
+    for old in [*root.glob("usr/src/linux-headers-*"), *root.glob("usr/lib/modules/*")]:
+        shutil.rmtree(old)
+    for deb in debs:
+        _check(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}")
+
+
+def ensure_image(kernel: Kernel) -> Path:
+    """The cached guest image for the installed project and kernel, built if needed."""
     images = cache_dir("image")
     base = images / f"base-{base_key()}"
     if not base.is_dir():
@@ -175,17 +187,21 @@ def ensure_image() -> Path:
     files = _package_files()
     if not any(dst.endswith(".bpf.o") for dst, _ in files):
         raise EnvironmentProblem("no compiled BPF objects in the package: run `make bpf` first")
-    image = images / f"rootfs-{base_key()}-{project_key(files)}.ext4"
+    headers = headers_debs(kernel) if kernel.origin.startswith("debian") else []
+    key = digest(project_key(files), *(deb.name for deb in headers))
+    image = images / f"rootfs-{base_key()}-{key}.ext4"
     if image.is_file():
         return image
     _require_root("building the guest image")
-    _install_project(base, files)
-    partial = image.with_suffix(".partial")
-    try:
-        _make_disk(partial, base, _tree_mb(base) * 5 // 4 + FREE_SPACE_MB)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with step("writing the guest image with this project installed"):
+        _install_headers(base, headers)
+        _install_project(base, files)
+        partial = image.with_suffix(".partial")
+        try:
+            _make_disk(partial, base, _tree_mb(base) * 5 // 4 + FREE_SPACE_MB)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     for old in [*images.glob("rootfs-*.ext4"), *images.glob("rootfs-*.partial")]:
         if old != partial:
             old.unlink()

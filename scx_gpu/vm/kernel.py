@@ -18,10 +18,12 @@ from pathlib import Path
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.vm.mirror import debian_mirror
+from scx_gpu.vm.progress import step
 
 SUITE = "trixie-backports"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 METAPACKAGE = "linux-image-cloud-amd64"
+FLAVOUR = "-cloud-amd64"
 # x86 boot protocol: "HdrS" at offset 0x202 of every bzImage.
 BZIMAGE_MAGIC_OFFSET, BZIMAGE_MAGIC = 0x202, b"HdrS"
 # A kernel with sched_ext has struct sched_ext_ops in its BTF string table.
@@ -102,6 +104,29 @@ def _download_debian(abi: str, version: str, dest: Path) -> None:
         stage.rename(dest)
 
 
+def headers_debs(kernel: Kernel) -> list[Path]:
+    """Debian's header packages for a Debian kernel, downloaded once beside it.
+
+    bcc, the test referee in the guest, compiles its programs against them.
+    """
+    if not kernel.origin.startswith("debian"):
+        raise EnvironmentProblem(f"no Debian kernel headers for {kernel.version}: bcc in the "
+                                 "guest needs the Debian kernel (leave out --kernel)")
+    abi, _, version = kernel.vmlinuz.parent.name.partition("_")
+    folder = kernel.vmlinuz.parent / "headers"
+    if not folder.is_dir():
+        common = abi.removesuffix(FLAVOUR) + "-common"
+        partial = folder.with_name("headers.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        with step(f"downloading the headers of {abi} (for bcc in the guest; cached)"):
+            pkgs = [f"linux-headers-{abi}={version}", f"linux-headers-{common}={version}"]
+            _run(["apt-get", *_apt_options(cache_dir("apt")), "-q", "download", *pkgs],
+                 "apt-get download (kernel headers)", cwd=partial)
+        partial.rename(folder)
+    return sorted(folder.glob("*.deb"))
+
+
 def debian_kernel() -> Kernel:
     """The current Debian sched_ext kernel, from cache when offline."""
     root = cache_dir("kernel")
@@ -114,7 +139,8 @@ def debian_kernel() -> Kernel:
         return Kernel(cached[-1].parent.name, cached[-1], "debian (cached, offline)")
     dest = root / f"{abi}_{version}"
     if not (dest / "vmlinuz").is_file():
-        _download_debian(abi, version, dest)
+        with step(f"downloading Debian's sched_ext kernel {abi} {version} (cached afterwards)"):
+            _download_debian(abi, version, dest)
     return Kernel(f"{abi} {version}", dest / "vmlinuz", f"debian {SUITE}")
 
 

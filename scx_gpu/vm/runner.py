@@ -22,6 +22,7 @@ from typing import TextIO
 from scx_gpu.cache import cache_dir
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
 from scx_gpu.vm.image import INIT_PATH, ROOT_PARTUUID
+from scx_gpu.vm.progress import say
 
 BOOTED, EXIT_PREFIX = "SCXGPU-BOOTED", "SCXGPU-EXIT:"
 JOB_LABEL = "scxgpu-job"
@@ -191,6 +192,7 @@ class _Console:
 
 
 def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Console, float]:
+    say(f"booting the guest ({accel}, {spec.cpus} vCPUs, {spec.mem})")
     start = time.monotonic()
     console = _Console(out, hold_until_boot=accel == "kvm")
     try:
@@ -272,8 +274,8 @@ def _give_up_kvm(console: _Console) -> None:
         why += f"; last line: {console.lines[-1].strip()}"
     marker = _kvm_marker()
     marker.write_text(why + "\n")
-    print(f"scx-gpu vm: KVM cannot run the guest here ({why}); using software emulation "
-          f"(TCG), remembered in {marker}", file=sys.stderr, flush=True)
+    say(f"KVM cannot run the guest here ({why}); using software emulation (TCG), "
+        f"remembered in {marker}")
 
 
 def _failure_message(console: _Console, spec: VmSpec, accel: str, elapsed: float) -> str:
