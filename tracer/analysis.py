@@ -116,7 +116,7 @@ def _thread(frame: pd.DataFrame, tid: int, launches: np.ndarray, end: int,
     outs = out_rows.timestamp_ns.to_numpy(np.int64)
     ins = switches.timestamp_ns[switches.next_tid == tid].to_numpy(np.int64)
     ready = frame.timestamp_ns[(frame.event_type == WAKEUP) & (frame.tid == tid)].to_numpy(np.int64)
-    if "preempt" in out_rows:  # the original study's CSV lacks the switch state
+    if {"prev_state", "preempt"} <= set(out_rows):  # the original CSV lacks the state
         ready = np.concatenate([ready, outs[still_runnable(out_rows.prev_state.to_numpy(),
                                                            out_rows.preempt.to_numpy())]])
     waits = runqueue_waits(ready, ins)

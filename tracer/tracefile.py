@@ -31,6 +31,8 @@ CSV_COLUMNS = [
 ]
 EXTRA_COLUMNS = ["layer", "prev_tid", "next_tid", "prev_state", "preempt"]
 EVENTS, META = "events.parquet", "meta.json"
+TEXT_COLUMNS = ("event_type", "comm", "irq_name", "layer")
+INT64_LIMIT = 2**63
 
 
 def _lookup(names: dict[int, str], codes: np.ndarray) -> np.ndarray:
@@ -112,7 +114,8 @@ def _csv_meta(path: Path) -> dict[str, Any]:
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """The study's CSV: rows may be short (each event type fills its own fields)."""
+    """Ours, or the original tool's: rows may be short (each event type fills its own
+    fields), and its switch rows lack our prev/next columns (derived here)."""
     try:
         header = path.open().readline().strip().split(",")
     except (OSError, UnicodeDecodeError) as exc:
@@ -122,14 +125,48 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path}: not a trace CSV (expected the columns {','.join(CSV_COLUMNS)}"
                          + (f"; unknown columns {','.join(unknown)})" if unknown else ")"))
     try:
-        frame = pd.read_csv(path, names=header, header=0, engine="python",
+        frame = pd.read_csv(path, names=header, header=0, engine="python", dtype=str,
                             on_bad_lines="error", keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UsageError(f"{path}: corrupt trace CSV ({exc})") from exc
-    numeric = [c for c in frame.columns if c not in ("event_type", "comm", "irq_name", "layer")]
-    for column in numeric:
-        frame[column] = pd.to_numeric(frame[column].replace("", 0), errors="coerce")
-    if frame[["timestamp_ns", "pid", "tid"]].isna().any().any():
-        raise UsageError(f"{path}: corrupt trace CSV (non-numeric timestamps or ids)")
-    frame[numeric] = frame[numeric].fillna(0)
+    frame = _numbers(path, frame.fillna(""))
+    if not {"prev_tid", "next_tid"} <= set(frame.columns):
+        frame = _from_original(path, frame)
+    return frame
+
+
+def _numbers(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column but the names as int64 (empty is 0); preempt as a bool."""
+    if "preempt" in frame:
+        frame["preempt"] = frame["preempt"].isin(["True", "true", "1"])
+    for column in frame.columns:
+        if column in TEXT_COLUMNS or column == "preempt":
+            continue
+        values = pd.to_numeric(frame[column].replace("", "0"), errors="coerce")
+        bad = ~np.isfinite(values) | (values.abs() >= INT64_LIMIT)
+        if bad.any():
+            line = int(np.flatnonzero(bad)[0]) + 2
+            raise UsageError(f"{path}: corrupt trace CSV (line {line}: {column} "
+                             f"{frame[column].iloc[line - 2]!r} is not an integer)")
+        frame[column] = values.astype(np.int64)
+    return frame
+
+
+def _from_original(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """The original tool's schedSwitch rows: the thread id in both pid and tid, the
+    direction in which of last_offcpu_ns (out) and last_oncpu_ns (in) is non-zero.
+    Give them our prev_tid/next_tid (-1: not this side) and their process id, taken
+    from the thread's other rows (launches, syncs, IRQs carry pid and tid)."""
+    switch = frame["event_type"] == "schedSwitch"
+    out, back = frame["last_offcpu_ns"] != 0, frame["last_oncpu_ns"] != 0
+    bad = switch & (out == back)
+    if bad.any():
+        line = int(np.flatnonzero(bad)[0]) + 2
+        raise UsageError(f"{path}: corrupt trace CSV (line {line}: a schedSwitch row needs "
+                         "exactly one of last_offcpu_ns and last_oncpu_ns non-zero)")
+    frame["prev_tid"] = frame["tid"].where(switch & out, -1)
+    frame["next_tid"] = frame["tid"].where(switch & back, -1)
+    owners = frame[~switch].drop_duplicates("tid").set_index("tid")["pid"]
+    own = frame.loc[switch, "tid"].map(owners)
+    frame.loc[switch, "pid"] = own.fillna(frame.loc[switch, "pid"]).astype(np.int64)
     return frame

@@ -131,12 +131,13 @@ def test_reads_the_original_tools_ragged_csv(tmp_path):
     ragged = tmp_path / "orig.csv"
     ragged.write_text(",".join(tracefile.CSV_COLUMNS) + "\n"
                       "100,cuLaunchKernel,10,11,python,0,128,1,1,256,1,1,0,7\n"
-                      "200,schedSwitch,10,11,python,0,,,,,,,,,50,60\n"
+                      "200,schedSwitch,11,11,python,0,,,,,,,,,50,0\n"
                       "300,softirqExit,10,11,python,1,,,,,,,,,,,3,NET_RX,1500\n")
     frame = tracefile.read_csv(ragged)
     assert list(frame.event_type) == ["cuLaunchKernel", "schedSwitch", "softirqExit"]
     assert frame.loc[0, "grid_x"] == 128 and frame.loc[2, "duration_ns"] == 1500
     assert frame.loc[1, "last_offcpu_ns"] == 50
+    assert (frame.loc[1, "pid"], frame.loc[1, "prev_tid"]) == (10, 11)  # thread 11 of 10
 
 
 def test_bad_input(tmp_path):
