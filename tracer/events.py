@@ -12,6 +12,12 @@ EVENT_DTYPE = np.dtype([
     ("duration_ns", "<u8"), ("irq_name", "S16"),
 ])
 
+# struct gpu_lib_event: a process mapped a libcuda file without probes.
+LIB_DTYPE = np.dtype([
+    ("dev", "<u8"), ("ino", "<u8"), ("tgid", "<u4"), ("held", "<u4"), ("name", "S32"),
+])
+TRACE_FOLLOW, TRACE_HOLD = 1, 2  # values of the `traced` map
+
 EV_LAUNCH, EV_SYNC_ENTER, EV_SYNC_EXIT, EV_SCHED_SWITCH, EV_SCHED_WAKEUP = 1, 2, 3, 4, 5
 EV_HARDIRQ_ENTRY, EV_HARDIRQ_EXIT, EV_SOFTIRQ_ENTRY, EV_SOFTIRQ_EXIT = 6, 7, 8, 9
 FLAG_PREEMPT = 1

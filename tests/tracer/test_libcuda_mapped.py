@@ -1,0 +1,84 @@
+"""`scx-gpu trace -- ./app` where app finds libcuda through its own RPATH only
+(not the linker cache, not a driver path): the tracer must find the file the
+process maps and count every launch, from threads other than the main one."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scx_gpu.tracer import tracefile
+from scx_gpu.tracer.session import DRIVER_LAUNCHES
+from scx_gpu.workloads import program
+
+pytestmark = pytest.mark.root
+SOURCE = Path(__file__).parents[2] / "scx_gpu" / "workloads" / "launcher.c"
+NO_PROBE = "no launch probe was attached"
+LAUNCH_SYMBOLS = {symbol for symbol, _ in DRIVER_LAUNCHES}
+
+
+def _build_app(tmp: Path, link: str) -> Path:
+    """app with an RPATH to tmp/lib, holding a copy of the stub driver; link
+    'dlopen': the app dlopens libcuda.so.1 itself; 'needed': the dynamic
+    linker maps it before main (a DT_NEEDED entry)."""
+    lib = tmp / "lib"
+    lib.mkdir()
+    shutil.copy(program("libcuda.so.1"), lib / "libcuda.so.1")
+    needed = ["-Wl,--no-as-needed", str(lib / "libcuda.so.1")] if link == "needed" else []
+    app = tmp / "app"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(app), str(SOURCE), "-ldl", *needed,
+                    f"-Wl,-rpath,{lib}"], check=True)
+    return app
+
+
+def _trace(tmp: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """scx-gpu trace --format csv -o trace.csv -- CMD, run in tmp as a user would."""
+    return subprocess.run([sys.executable, "-m", "scx_gpu", "trace", "--format", "csv", "-o",
+                           "trace.csv", "--", *cmd], cwd=tmp, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.mark.parametrize(("link", "api", "work_us"), [
+    ("dlopen", "all", "20"),      # kernel, Ex and graph launches, ~35k launches/s
+    ("needed", "graph", "200"),   # a graph-launch-only app, mapped before main
+])
+def test_every_launch_of_an_rpath_libcuda_is_counted(tmp_path, link, api, work_us):
+    _build_app(tmp_path, link)
+    proc = _trace(tmp_path, "./app", "--threads", "2", "--api", api, "--launches", "9",
+                  "--duration", "1", "--work-us", work_us, "--gpu-wait-us", "200")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    frame, meta = tracefile.read(tmp_path / "trace.csv")
+    launches = frame[frame.event_type.str.startswith("cu") & frame.event_type.str.contains(
+        "Launch")]
+    assert report["pid"] not in set(launches.tid)  # the main thread never launches
+    for tid, count in zip(report["tids"], report["thread_launches"], strict=True):
+        assert (launches.tid == tid).sum() == count, (tid, count, proc.stderr)
+    assert len(launches) == report["launches"] > 1000
+    if api == "graph":
+        assert set(launches.event_type) == {"cuGraphLaunch"}
+    mapped = str(tmp_path / "lib" / "libcuda.so.1")
+    assert f"probing {mapped} (mapped by pid {report['pid']}, held until probed)" in proc.stderr
+    assert mapped in [lib["path"] for lib in meta["libraries"]]
+    assert meta["unprobed_libraries"] == [] and NO_PROBE not in proc.stderr
+
+
+def test_a_mapped_libcuda_without_launch_entry_points_is_said_plainly(tmp_path):
+    """A libcuda-named file the probes cannot attach to: the trace says so, once."""
+    lib = tmp_path / "lib" / "libcuda.so.1"
+    lib.parent.mkdir()
+    src = tmp_path / "empty.c"
+    src.write_text("int cuInit(unsigned int flags) { return (int)flags; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    proc = _trace(tmp_path, sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(lib)!r})")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if str(lib) in line and "NOT" in line]
+    assert len(said) == 1 and "no launch entry point" in said[0], proc.stderr
+    meta = json.loads((tmp_path / "trace.csv.meta.json").read_text())
+    assert [u["library"] for u in meta["unprobed_libraries"]] == [str(lib)]
+    launch_probes = [s for probed in meta["libraries"] for s in probed["symbols"]
+                     if s in LAUNCH_SYMBOLS]
+    assert (NO_PROBE in proc.stderr) == (not launch_probes), proc.stderr
