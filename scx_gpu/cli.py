@@ -353,10 +353,15 @@ def main() -> None:
         click.echo("scx-gpu: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"scx-gpu: error: {exc.format_message()}", err=True)
+        click.echo(f"scx-gpu: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except ScxGpuError as exc:
         for line in getattr(exc, "log", [])[-LIBBPF_LOG_TAIL:]:
             click.echo(line, err=True)  # the verifier's reasons, before our one line
-        click.echo(f"scx-gpu: error: {exc}", err=True)
+        click.echo(f"scx-gpu: error: {_one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _one_line(message: str) -> str:
+    """Messages may quote input (a file's bytes): any line break becomes a space."""
+    return " ".join(message.split())

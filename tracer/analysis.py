@@ -43,9 +43,8 @@ def launch_pairs(launches: np.ndarray, switch_outs: np.ndarray) -> ThreadPairs:
 
 def off_cpu_ns(outs: np.ndarray, ins: np.ndarray, end: int) -> int:
     """Total time off the CPU: each switch-out until the next switch-in (or the end)."""
-    outs, ins = np.sort(outs), np.sort(ins)
-    nxt = np.searchsorted(ins, outs, "left")
-    back = np.where(nxt < len(ins), ins[np.minimum(nxt, len(ins) - 1)], end)
+    outs, ins = np.sort(outs), np.append(np.sort(ins), end)  # still off at the end
+    back = ins[np.searchsorted(ins, outs, "left")]
     return int((back - outs).sum())
 
 
