@@ -140,8 +140,7 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
             if now - last_scan >= RESCAN_S:
                 for tgid in _matching_tgids(spec):
                     session.add_process(tgid)
-                if not watch.watching:
-                    watch.rescan()
+                watch.rescan()  # what the watch cannot see (an mmap at a given address)
                 last_scan = now
             chunks.append(session.drain())
             if spec.duration is not None and now - start >= spec.duration:

@@ -400,14 +400,17 @@ static struct file *current_file(long fd)
 }
 
 /*
- * mmap(addr, len, prot, flags, fd, off) of a libcuda file without probes:
+ * mmap(addr, len, prot, flags, fd, off) of a libcuda file without probes, as
+ * the kernel picks the address (the dynamic linker's first mmap of a library):
  * report it; hold a process of the traced command (SIGSTOP takes effect as
- * the mmap returns, with the mapping made). A raw syscall tracepoint, as
- * kernels and sandboxes that refuse fentry programs still allow it.
+ * the mmap returns, with the mapping made). This tracepoint costs nothing
+ * outside mmap, unlike a syscall hook; kernels and sandboxes that refuse
+ * fentry programs (EPERM) still allow it.
  */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+SEC("tp_btf/vm_unmapped_area")
+int BPF_PROG(on_unmapped_area, unsigned long addr, struct vm_unmapped_area_info *info)
 {
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	char name[LIB_NAME_LEN] = {};
 	struct gpu_lib_event *e;
@@ -415,7 +418,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	struct file *file;
 	u8 *mark;
 
-	if (id != NR_MMAP || (long)regs->r8 < 0)
+	if (regs->orig_ax != NR_MMAP || (long)regs->r8 < 0)
 		return 0;
 	file = current_file(regs->r8);
 	if (!file)

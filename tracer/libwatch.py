@@ -2,11 +2,12 @@
 
 At the start: every libcuda that discovery finds (linker cache, driver paths,
 running processes, --cuda-lib). While tracing: the BPF side reports each
-mapping of a libcuda file without probes as its mmap returns (a program's
-own RPATH copy, a wheel's, a container's), and holds a process of the traced
-command stopped until the file is probed, so none of its launches is missed
-(polling /proc/PID/maps could not promise that: a program may launch
-microseconds after dlopen). Whatever is not probed is said plainly.
+mmap of a libcuda file without probes (a program's own RPATH copy, a
+wheel's, a container's) and holds a process of the traced command stopped
+until the file is probed, so none of its launches is missed (polling
+/proc/PID/maps could not promise that: a program may launch microseconds
+after dlopen). A rescan of traced processes' maps catches, late, what the
+watch cannot see. Whatever is not probed is said plainly.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from scx_gpu.controlplane import libbpf, libcuda
 from scx_gpu.tracer.session import TraceSession
 
 Key = tuple[int, int]  # (the kernel's dev_t, inode number)
+MAP_WAIT_S = 1.0  # an mmap under way returns within this, even on a loaded host
+MAP_POLL_S = 0.001
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -37,6 +41,22 @@ def _key(path: Path) -> Key | None:
     except OSError:
         return None
     return kernel_dev(st.st_dev), st.st_ino
+
+
+def _wait_mapped(tgid: int, ino: int) -> libcuda.CudaLib | None:
+    """The file (by inode) in tgid's maps: reported as its mmap starts, it appears
+    once the mmap returns (a held process stops just then)."""
+    deadline = time.monotonic() + MAP_WAIT_S
+    proc = Path(f"/proc/{tgid}")
+    while proc.exists():
+        for lib in libcuda.mapped_by(proc):
+            found = _key(lib.path)
+            if found is not None and found[1] == ino:
+                return lib
+        if time.monotonic() > deadline:
+            break
+        time.sleep(MAP_POLL_S)
+    return None
 
 
 def _resume(tgid: int) -> None:
@@ -109,13 +129,11 @@ class LibraryWatch:
         tgid, key = int(event["tgid"]), (int(event["dev"]), int(event["ino"]))
         if key in self._keys:
             return
-        for lib in libcuda.mapped_by(Path(f"/proc/{tgid}")):
-            found = _key(lib.path)
-            if found is not None and found[1] == key[1]:
-                held = ", held until probed" if event["held"] else ""
-                self._probe(libcuda.CudaLib(lib.path, f"mapped by pid {tgid}{held}"),
-                            (tgid, key))
-                return
+        lib = _wait_mapped(tgid, key[1])
+        if lib is not None:
+            held = ", held until probed" if event["held"] else ""
+            self._probe(libcuda.CudaLib(lib.path, f"mapped by pid {tgid}{held}"), (tgid, key))
+            return
         name = event["name"].decode(errors="replace")
         self._not_counted(tgid, name, key, "which was unmapped before it could be probed")
 
@@ -127,7 +145,7 @@ class LibraryWatch:
                     yield tgid, lib, key
 
     def rescan(self) -> None:
-        """Without the mapping watch: probe what traced processes map, late."""
+        """Probe, late, what traced processes map that the watch did not report."""
         for tgid, lib, key in self._unprobed_mappings():  # lazily: each file once
             self.log(f"pid {tgid} maps {lib.path}, found by a rescan: its launches before "
                      "now are NOT counted")

@@ -100,7 +100,7 @@ class TraceSession:
 
     def watch_mappings(self) -> None:
         """Report each mapping of a libcuda file without probes (new_mappings())."""
-        self._mmap_link = self.obj.attach("on_sys_enter")
+        self._mmap_link = self.obj.attach("on_unmapped_area")
 
     def unwatch_mappings(self) -> None:
         """No more reports, and no process held from here on."""
