@@ -41,14 +41,17 @@ def _trace(tmp: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, check=False)
 
 
-@pytest.mark.parametrize(("link", "api", "work_us"), [
-    ("dlopen", "all", "20"),      # kernel, Ex and graph launches, ~35k launches/s
-    ("needed", "graph", "200"),   # a graph-launch-only app, mapped before main
+@pytest.mark.parametrize(("link", "api", "work_us", "shell"), [
+    ("dlopen", "all", "20", False),    # kernel, Ex and graph launches, ~35k launches/s
+    ("needed", "graph", "200", False),  # a graph-launch-only app, mapped before main
+    ("dlopen", "kernel", "100", True),  # a child of the traced command (a shell) maps it
 ])
-def test_every_launch_of_an_rpath_libcuda_is_counted(tmp_path, link, api, work_us):
+def test_every_launch_of_an_rpath_libcuda_is_counted(tmp_path, link, api, work_us, shell):
     _build_app(tmp_path, link)
-    proc = _trace(tmp_path, "./app", "--threads", "2", "--api", api, "--launches", "9",
-                  "--duration", "1", "--work-us", work_us, "--gpu-wait-us", "200")
+    cmd = ["./app", "--threads", "2", "--api", api, "--launches", "9", "--duration", "1",
+           "--work-us", work_us, "--gpu-wait-us", "200"]
+    # "; true" keeps the shell from exec-ing the app: the app is its child.
+    proc = _trace(tmp_path, *(["sh", "-c", " ".join(cmd) + "; true"] if shell else cmd))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     frame, meta = tracefile.read(tmp_path / "trace.csv")
@@ -82,3 +85,29 @@ def test_a_mapped_libcuda_without_launch_entry_points_is_said_plainly(tmp_path):
     launch_probes = [s for probed in meta["libraries"] for s in probed["symbols"]
                      if s in LAUNCH_SYMBOLS]
     assert (NO_PROBE in proc.stderr) == (not launch_probes), proc.stderr
+
+
+def test_a_traced_pid_is_probed_on_notice_and_never_stopped(tmp_path):
+    """--pid: the process was not started by the trace, so it is not held; its
+    libcuda is probed as soon as it is reported, and launches count from then."""
+    _build_app(tmp_path, "dlopen")
+    waiting = subprocess.Popen(["sh", "-c", "read go; exec ./app --threads 2 --duration 1 "
+                                "--work-us 20 --gpu-wait-us 200"], cwd=tmp_path,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    tracer = subprocess.Popen([sys.executable, "-m", "scx_gpu", "trace", "--format", "csv",
+                               "-o", "trace.csv", "--pid", str(waiting.pid), "--duration", "3"],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    assert tracer.stderr is not None and waiting.stdin is not None
+    said = []
+    while (line := tracer.stderr.readline()) not in ("", "scx-gpu trace: tracing for 3s\n"):
+        said.append(line)
+    assert line, said
+    report = json.loads(waiting.communicate("go\n", timeout=60)[0])
+    rest = tracer.stderr.read()
+    assert tracer.wait(timeout=60) == 0, rest
+    mapped = tmp_path / "lib" / "libcuda.so.1"
+    assert f"probing {mapped} (mapped by pid {waiting.pid}):" in rest, rest
+    frame, _ = tracefile.read(tmp_path / "trace.csv")
+    counted = frame.event_type.str.startswith("cuLaunch").sum()
+    # Launches before the probe (one poll, ~20 ms of ~1 s) are not counted.
+    assert 0.8 * report["launches"] <= counted <= report["launches"], (counted, report)
