@@ -226,7 +226,11 @@ def test_ctrl_c_stops_and_still_writes_everything(tmp_path):
     out = tmp_path / "t"
     tracer = subprocess.Popen([*SCX_GPU, "trace", "-o", str(out), "--cuda-lib", str(STUB)],
                               stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # loaded and attached by now
+    assert tracer.stderr is not None
+    said = []  # probing ... lines, then the one that says tracing starts
+    while (line := tracer.stderr.readline()) not in ("", "scx-gpu trace: tracing\n"):
+        said.append(line)
+    assert line, said
     launcher = _launch_in_background("1")
     launcher.wait(timeout=30)
     tracer.send_signal(signal.SIGINT)
