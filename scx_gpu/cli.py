@@ -264,6 +264,7 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
     """Trace CUDA launches, context switches and IRQs (of CMD, if given)."""
     from scx_gpu.tracer import capture, tracefile
     from scx_gpu.tracer import overhead as tracer_overhead
+    from scx_gpu.tracer.events import driver_launches
 
     spec = capture.CaptureSpec(list(pids), list(comms), list(cgroups), list(cmd), duration,
                                list(cuda_libs), list(cudart_libs), ring_mb)
@@ -285,8 +286,9 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
     else:
         result = capture.capture(spec, log)
     tracefile.write(output, tracefile.to_frame(result.events), result.meta, fmt)
-    click.echo(f"scx-gpu trace: {len(result.events)} events, {result.meta['drops']} dropped, "
-               f"written to {output}", err=True)
+    launches = driver_launches(result.events)
+    click.echo(f"scx-gpu trace: {len(result.events)} events ({launches} launches), "
+               f"{result.meta['drops']} dropped, written to {output}", err=True)
     if result.exit_status is not None:
         sys.exit(result.exit_status)
 

@@ -40,3 +40,10 @@ API_IDS = {name: api for api, name in API_NAMES.items()}
 RUNTIME_APIS = {"cudaLaunchKernel", "cudaDeviceSynchronize"}
 SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
                  "HRTIMER", "RCU")
+
+
+def driver_launches(events: np.ndarray) -> int:
+    """Launch records of the driver layer (the counting one) among events."""
+    runtime = [API_IDS[name] for name in RUNTIME_APIS]
+    launch = (events["type"] == EV_LAUNCH) & ~np.isin(events["api"], runtime)
+    return int(launch.sum())

@@ -261,6 +261,7 @@ def test_runtime_layer_is_tagged_and_not_counted_twice(tmp_path):
         assert [tuple(r) for r in rows[columns].drop_duplicates().itertuples(index=False)] \
             == [(16, 2, 1, 512, 1, 1, 1024, 8)]
     assert analysis.analyse(frame)["launches"] == launched  # the driver layer counts
+    assert f"({launched} launches)" in proc.stderr
 
 
 def _cgroup2_root() -> str:

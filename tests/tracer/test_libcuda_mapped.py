@@ -61,6 +61,7 @@ def test_every_launch_of_an_rpath_libcuda_is_counted(tmp_path, link, api, work_u
     for tid, count in zip(report["tids"], report["thread_launches"], strict=True):
         assert (launches.tid == tid).sum() == count, (tid, count, proc.stderr)
     assert len(launches) == report["launches"] > 1000
+    assert f"({report['launches']} launches)" in proc.stderr  # the closing summary
     if api == "graph":
         assert set(launches.event_type) == {"cuGraphLaunch"}
     mapped = str(tmp_path / "lib" / "libcuda.so.1")

@@ -177,3 +177,17 @@ def test_switch_without_one_direction_is_a_one_line_error(tmp_path, last):
     path.write_text(f"{HEADER}\n{launch(0, 101)}\n10,schedSwitch,101,101,python,0,,,,,,,,,"
                     f"{last}\n")
     assert_one_line_error(scx_gpu("analyze", str(path)), 2, [str(path), "line 3"])
+
+
+def test_degradation_against_an_original_baseline(original, tmp_path):
+    # The scenario lacks 101's launches at 1000-10000 ns: python makes 13 launches in
+    # the same 100 us instead of 23, 130,000/s against 230,000/s: (23 - 13) / 23.
+    scenario = tmp_path / "scenario.csv"
+    dropped = {launch(t, 101) for t in range(1000, 11000, 1000)}
+    scenario.write_text("\n".join([HEADER, *(r for r in ROWS if r not in dropped)]) + "\n")
+    proc = scx_gpu("analyze", str(scenario), "--baseline", str(original), "--format",
+                   "markdown")
+    assert proc.returncode == 0, proc.stderr
+    rate = next(line for line in proc.stdout.splitlines() if line.startswith("| launches/s"))
+    cells = [c.strip() for c in rate.strip("|").split("|")]
+    assert cells[1:4] == ["230,000.00", "130,000.00", f"{100 * 10 / 23:.2f}"]
