@@ -59,6 +59,15 @@ def _wait_mapped(tgid: int, ino: int) -> libcuda.CudaLib | None:
     return None
 
 
+def stopped(tgid: int) -> bool:
+    """Whether the process is stopped (by a signal)."""
+    try:
+        stat = Path(f"/proc/{tgid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].startswith("T")  # the state follows (comm)
+
+
 def _resume(tgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(tgid, signal.SIGCONT)
@@ -162,9 +171,13 @@ class LibraryWatch:
 
     def close(self) -> None:
         """Stop watching and continue every process still held."""
-        if self.watching:
-            self.session.unwatch_mappings()
-            self.watching = False
+        holding = self.session.unwatch_mappings() if self.watching else []
+        self.watching = False
         for event in self.session.new_mappings():
             if event["held"]:
                 _resume(int(event["tgid"]))
+        # A hold whose report came after that drain (a program still running
+        # as the link went) would never end: continue whoever is stopped.
+        for tgid in holding:
+            if stopped(tgid):
+                _resume(tgid)

@@ -102,16 +102,20 @@ class TraceSession:
         """Report each mapping of a libcuda file without probes (new_mappings())."""
         self._mmap_link = self.obj.attach("on_unmapped_area")
 
-    def unwatch_mappings(self) -> None:
-        """No more reports, and no process held from here on."""
+    def unwatch_mappings(self) -> list[int]:
+        """No more reports, and no process held from here on; the processes that
+        could have been held."""
         fd = self.obj.map_fd("traced")
+        holding = []
         for tgid in list(maps.keys(fd, ctypes.c_uint32)):
             mark = maps.lookup(fd, tgid, ctypes.c_uint8)
             if mark is not None and mark.value == TRACE_HOLD:
                 maps.update(fd, tgid, ctypes.c_uint8(TRACE_FOLLOW))
+                holding.append(tgid.value)
         if self._mmap_link is not None:
             self.obj.detach(self._mmap_link)
             self._mmap_link = None
+        return holding
 
     def new_mappings(self) -> np.ndarray:
         return self.lib_reader.read()

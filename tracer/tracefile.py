@@ -140,11 +140,11 @@ def _meta(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path}: not a readable trace description ({exc})") from exc
-    drops = meta.get("drops", 0) if isinstance(meta, dict) else None
-    if not isinstance(drops, int) or drops < 0:
+    if not isinstance(meta, dict) or not isinstance(drops := meta.get("drops", 0), int) \
+            or drops < 0:
         raise UsageError(f"{path}: not a trace description (an object whose drops, if "
                          "given, is a count)")
-    return meta  # type: ignore[no-any-return]
+    return meta
 
 
 def read_csv(path: Path) -> pd.DataFrame:

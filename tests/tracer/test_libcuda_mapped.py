@@ -6,12 +6,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from scx_gpu.tracer import tracefile
-from scx_gpu.tracer.session import DRIVER_LAUNCHES
+from scx_gpu.tracer.libwatch import LibraryWatch, stopped
+from scx_gpu.tracer.session import DRIVER_LAUNCHES, TraceSession
 from scx_gpu.workloads import program
 
 pytestmark = pytest.mark.root
@@ -112,3 +114,31 @@ def test_a_traced_pid_is_probed_on_notice_and_never_stopped(tmp_path):
     counted = frame.event_type.str.startswith("cuLaunch").sum()
     # Launches before the probe (one poll, ~20 ms of ~1 s) are not counted.
     assert 0.8 * report["launches"] <= counted <= report["launches"], (counted, report)
+
+
+def test_closing_the_watch_continues_a_held_process(tmp_path):
+    """A process held at its libcuda mmap is continued when the watch closes, even
+    if the report was never handled (the trace stopping at that moment)."""
+    lib = tmp_path / "libcuda.so.1"
+    shutil.copy(program("libcuda.so.1"), lib)
+    child = subprocess.Popen([sys.executable, "-c", "import ctypes, sys; sys.stdin.read(1); "
+                              f"ctypes.CDLL({str(lib)!r})"], stdin=subprocess.PIPE)
+    session = TraceSession(ring_mb=1, all_launchers=False)
+    watch = LibraryWatch(session, lambda line: None)
+    try:
+        watch.start([])
+        session.add_process(child.pid, hold=True)
+        assert child.stdin is not None
+        child.stdin.write(b"g")
+        child.stdin.close()
+        deadline = time.monotonic() + 30
+        while not stopped(child.pid):
+            assert child.poll() is None and time.monotonic() < deadline, "never held"
+            time.sleep(0.01)
+    finally:
+        watch.close()
+        session.close()
+    try:
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()  # never leave it stopped, whatever failed
