@@ -26,8 +26,13 @@ from scx_gpu.controlplane import libbpf, libcuda
 from scx_gpu.tracer.session import TraceSession
 
 Key = tuple[int, int]  # (the kernel's dev_t, inode number)
-MAP_WAIT_S = 1.0  # an mmap under way returns within this, even on a loaded host
+# An mmap under way returns within this, even on a loaded host; shorter for a
+# process not held (any process may map a libcuda-named file, often).
+MAP_WAIT_S = {True: 1.0, False: 0.1}
 MAP_POLL_S = 0.001
+# libcuda files a trace probes: a host has a few, any process may map more, and
+# detaching a file's probes takes the kernel ~1.4 s (12 RCU waits) here.
+MAX_LIBS = 16
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -43,10 +48,10 @@ def _key(path: Path) -> Key | None:
     return kernel_dev(st.st_dev), st.st_ino
 
 
-def _wait_mapped(tgid: int, ino: int) -> libcuda.CudaLib | None:
+def _wait_mapped(tgid: int, ino: int, held: bool) -> libcuda.CudaLib | None:
     """The file (by inode) in tgid's maps: reported as its mmap starts, it appears
     once the mmap returns (a held process stops just then)."""
-    deadline = time.monotonic() + MAP_WAIT_S
+    deadline = time.monotonic() + MAP_WAIT_S[held]
     proc = Path(f"/proc/{tgid}")
     while proc.exists():
         for lib in libcuda.mapped_by(proc):
@@ -106,6 +111,12 @@ class LibraryWatch:
         if not keys or keys & self._keys:
             self._mark(keys)
             return
+        if len(self.session.probed) >= MAX_LIBS:
+            self.log(f"not probing {lib.path}: a trace probes at most {MAX_LIBS} files")
+            if mapped is not None:
+                self._not_counted(mapped[0], str(lib.path), mapped[1],
+                                  f"beyond the {MAX_LIBS} libcuda files a trace probes")
+            return
         probed = self.session.probe_driver(lib.path)
         self._mark(keys)
         self.log(f"probing {lib.path} ({lib.source}): {', '.join(probed.symbols) or 'no symbols'}")
@@ -136,9 +147,9 @@ class LibraryWatch:
 
     def _mapped(self, event: np.void) -> None:
         tgid, key = int(event["tgid"]), (int(event["dev"]), int(event["ino"]))
-        if key in self._keys:
+        if key in self._keys or (tgid, key) in self._said:
             return
-        lib = _wait_mapped(tgid, key[1])
+        lib = _wait_mapped(tgid, key[1], bool(event["held"]))
         if lib is not None:
             held = ", held until probed" if event["held"] else ""
             self._probe(libcuda.CudaLib(lib.path, f"mapped by pid {tgid}{held}"), (tgid, key))
