@@ -112,6 +112,7 @@ class LibraryWatch:
             self._mark(keys)
             return
         if len(self.session.probed) >= MAX_LIBS:
+            self._keys |= keys  # tried (not in probed_libs: that map would fill up)
             self.log(f"not probing {lib.path}: a trace probes at most {MAX_LIBS} files")
             if mapped is not None:
                 self._not_counted(mapped[0], str(lib.path), mapped[1],

@@ -38,8 +38,9 @@ def test_each_file_once_and_at_most_max_libs(tmp_path):
     (tmp_path / "again").symlink_to(libs[0].path)
     said: list[str] = []
     session = Session()
-    LibraryWatch(session, said.append).start(  # type: ignore[arg-type]
-        [*libs, CudaLib(tmp_path / "again", "option")])
+    watch = LibraryWatch(session, said.append)  # type: ignore[arg-type]
+    watch.start([*libs, CudaLib(tmp_path / "again", "option")])
+    watch.start(libs)  # again: nothing new, nothing said
     assert [p.path for p in session.probed] == [lib.path for lib in libs[:MAX_LIBS]]
     assert len(session.marked) == MAX_LIBS
     refused = [line for line in said if line.startswith("not probing")]
