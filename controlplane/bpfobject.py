@@ -90,6 +90,11 @@ class BpfObject:
                                                       ctypes.byref(opts)),
             f"uprobe {binary}:{symbol}")
 
+    def detach(self, link: int) -> None:
+        """Destroy a link that attach() made, before close()."""
+        self.links.remove(link)
+        self._lib.bpf_link__destroy(link)
+
     def destroy_link(self, link: int) -> None:
         self._lib.bpf_link__destroy(link)
 

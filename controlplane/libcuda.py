@@ -73,21 +73,25 @@ def _same_root(pid_dir: Path) -> bool:
     return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
+def mapped_by(pid_dir: Path) -> Iterator[CudaLib]:
+    """libcuda files one process maps (none if it is gone); a container's through its root."""
+    try:
+        maps = (pid_dir / "maps").read_text()
+    except OSError:
+        return
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and LIBCUDA_RE.search(fields[5]):
+            # A host path outlives the process; a container's needs its root.
+            prefix = "" if _same_root(pid_dir) else f"{pid_dir}/root"
+            yield CudaLib(Path(prefix + fields[5]), f"pid {pid_dir.name}")
+
+
 def from_process_maps(proc: Path = Path("/proc")) -> Iterator[CudaLib]:
-    """libcuda files mapped by running processes; a container's through its root."""
+    """libcuda files mapped by running processes."""
     for pid_dir in proc.iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            maps = (pid_dir / "maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and LIBCUDA_RE.search(fields[5]):
-                # A host path outlives the process; a container's needs its root.
-                prefix = "" if _same_root(pid_dir) else f"{pid_dir}/root"
-                yield CudaLib(Path(prefix + fields[5]), f"pid {pid_dir.name}")
+        if pid_dir.name.isdigit():
+            yield from mapped_by(pid_dir)
 
 
 def from_common_dirs() -> Iterator[CudaLib]:

@@ -264,6 +264,7 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
     """Trace CUDA launches, context switches and IRQs (of CMD, if given)."""
     from scx_gpu.tracer import capture, tracefile
     from scx_gpu.tracer import overhead as tracer_overhead
+    from scx_gpu.tracer.events import driver_launches
 
     spec = capture.CaptureSpec(list(pids), list(comms), list(cgroups), list(cmd), duration,
                                list(cuda_libs), list(cudart_libs), ring_mb)
@@ -285,8 +286,9 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
     else:
         result = capture.capture(spec, log)
     tracefile.write(output, tracefile.to_frame(result.events), result.meta, fmt)
-    click.echo(f"scx-gpu trace: {len(result.events)} events, {result.meta['drops']} dropped, "
-               f"written to {output}", err=True)
+    launches = driver_launches(result.events)
+    click.echo(f"scx-gpu trace: {len(result.events)} events ({launches} launches), "
+               f"{result.meta['drops']} dropped, written to {output}", err=True)
     if result.exit_status is not None:
         sys.exit(result.exit_status)
 
@@ -353,10 +355,15 @@ def main() -> None:
         click.echo("scx-gpu: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"scx-gpu: error: {exc.format_message()}", err=True)
+        click.echo(f"scx-gpu: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except ScxGpuError as exc:
         for line in getattr(exc, "log", [])[-LIBBPF_LOG_TAIL:]:
             click.echo(line, err=True)  # the verifier's reasons, before our one line
-        click.echo(f"scx-gpu: error: {exc}", err=True)
+        click.echo(f"scx-gpu: error: {_one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _one_line(message: str) -> str:
+    """Messages may quote input (a file's bytes): any line break becomes a space."""
+    return " ".join(message.split())

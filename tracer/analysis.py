@@ -43,9 +43,8 @@ def launch_pairs(launches: np.ndarray, switch_outs: np.ndarray) -> ThreadPairs:
 
 def off_cpu_ns(outs: np.ndarray, ins: np.ndarray, end: int) -> int:
     """Total time off the CPU: each switch-out until the next switch-in (or the end)."""
-    outs, ins = np.sort(outs), np.sort(ins)
-    nxt = np.searchsorted(ins, outs, "left")
-    back = np.where(nxt < len(ins), ins[np.minimum(nxt, len(ins) - 1)], end)
+    outs, ins = np.sort(outs), np.append(np.sort(ins), end)  # still off at the end
+    back = ins[np.searchsorted(ins, outs, "left")]
     return int((back - outs).sum())
 
 
@@ -116,7 +115,7 @@ def _thread(frame: pd.DataFrame, tid: int, launches: np.ndarray, end: int,
     outs = out_rows.timestamp_ns.to_numpy(np.int64)
     ins = switches.timestamp_ns[switches.next_tid == tid].to_numpy(np.int64)
     ready = frame.timestamp_ns[(frame.event_type == WAKEUP) & (frame.tid == tid)].to_numpy(np.int64)
-    if "preempt" in out_rows:  # the original study's CSV lacks the switch state
+    if {"prev_state", "preempt"} <= set(out_rows):  # the original CSV lacks the state
         ready = np.concatenate([ready, outs[still_runnable(out_rows.prev_state.to_numpy(),
                                                            out_rows.preempt.to_numpy())]])
     waits = runqueue_waits(ready, ins)

@@ -21,6 +21,7 @@ import numpy as np
 from scx_gpu.controlplane import libcuda
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.tracer.events import EVENT_DTYPE
+from scx_gpu.tracer.libwatch import LibraryWatch
 from scx_gpu.tracer.session import TraceSession
 
 POLL_S = 0.02
@@ -88,22 +89,20 @@ _GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execvp(sys.argv[2], sy
 
 def _start_command(session: TraceSession, cmd: list[str],
                    stdout: Any = None) -> subprocess.Popen[bytes]:
-    """Start cmd held before exec until its pid is traced, so no launch is missed."""
+    """Start cmd held before exec until its pid is traced, so no launch is missed
+    (and held at each new libcuda it maps until that is probed)."""
     gate_r, gate_w = os.pipe()
     proc = subprocess.Popen([sys.executable, "-c", _GATE, str(gate_r), *cmd],
                             pass_fds=(gate_r,), stdout=stdout)
     os.close(gate_r)
-    session.add_process(proc.pid)
+    session.add_process(proc.pid, hold=True)
     os.write(gate_w, b"g")
     os.close(gate_w)
     return proc
 
 
-def _probe_libraries(session: TraceSession, spec: CaptureSpec,
-                     log: Callable[[str], None]) -> None:
-    for lib in libcuda.discover(spec.cuda_libs):
-        probed = session.probe_driver(lib.path)
-        log(f"probing {lib.path} ({lib.source}): {', '.join(probed.symbols) or 'no symbols'}")
+def _probe_runtime(session: TraceSession, spec: CaptureSpec,
+                   log: Callable[[str], None]) -> None:
     for path in spec.cudart_libs:
         probed = session.probe_runtime(Path(path))
         log(f"probing {path} (runtime layer): {', '.join(probed.symbols) or 'no symbols'}")
@@ -118,11 +117,13 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
 
     previous = signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)
     session = TraceSession(spec.ring_mb, all_launchers=not spec.selective)
+    watch = LibraryWatch(session, log)
     chunks: list[np.ndarray] = []
     proc = None
     try:
         session.attach_tracepoints()
-        _probe_libraries(session, spec, log)
+        watch.start(libcuda.discover(spec.cuda_libs))
+        _probe_runtime(session, spec, log)
         for pid in spec.pids:
             session.add_process(pid)
         # --duration counts from here: loading and probing can take seconds.
@@ -135,9 +136,11 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
         last_scan = 0.0
         while not stop.is_set():
             now = time.monotonic()
-            if (spec.comms or spec.cgroups) and now - last_scan >= RESCAN_S:
+            watch.poll()
+            if now - last_scan >= RESCAN_S:
                 for tgid in _matching_tgids(spec):
                     session.add_process(tgid)
+                watch.rescan()  # what the watch cannot see (an mmap at a given address)
                 last_scan = now
             chunks.append(session.drain())
             if spec.duration is not None and now - start >= spec.duration:
@@ -145,6 +148,9 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
             if proc is not None and proc.poll() is not None:
                 break
             stop.wait(POLL_S)
+        mapping_watch = watch.watching
+        watch.report()
+        watch.close()  # nothing polls from here on: hold no process
         if proc is not None and proc.poll() is None and stop.is_set():
             proc.send_signal(signal.SIGINT)
         status = proc.wait() if proc is not None else None
@@ -153,7 +159,10 @@ def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
         drops = session.drops()
         meta = _meta(spec, session, start_wall, time.monotonic() - start, drops, status)
         meta["command_wall_s"] = cmd_wall
+        meta["mapping_watch"] = mapping_watch
+        meta["unprobed_libraries"] = watch.unprobed
     finally:
+        watch.close()
         session.close()
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

@@ -8,6 +8,13 @@
  * followed (the original tool looked thread ids up in a TGID map and so saw
  * only main threads). Hard and soft IRQs keep separate per-CPU entry stamps,
  * so a hard IRQ inside a softirq leaves both durations right.
+ *
+ * A uprobe counts only once attached, and a program may launch microseconds
+ * after it maps libcuda (from its RPATH, a wheel, a container). So every
+ * mapping of a libcuda file without probes is reported (the `libs` ring), and
+ * a process of the traced command (TRACE_HOLD) is stopped as the mmap returns,
+ * until user space has probed the file and continues it: no launch is missed.
+ * Other processes are never stopped; their new libcuda is probed on notice.
  */
 #include "common.bpf.h"
 #include "trace_intf.h"
@@ -16,9 +23,14 @@ char _license[] SEC("license") = "GPL";
 
 #define MAX_THREADS	65536
 #define MAX_PROCESSES	4096
+#define MAX_LIBS	256
+#define LIBS_RING_BYTES	(64 << 10)
+#define SIGSTOP		19
+#define NR_MMAP		9	/* x86-64 */
 
-/* Keeps the record type in the object's BTF, where user space checks its mirror. */
+/* Keep the record types in the object's BTF, where user space checks their mirrors. */
 const struct gpu_trace_event *unused_event_type __attribute__((unused));
+const struct gpu_lib_event *unused_lib_event_type __attribute__((unused));
 
 /* Trace every process on its first launch (else only those in `traced`). */
 const volatile bool trace_launchers = true;
@@ -41,6 +53,24 @@ struct {
 	__type(key, u32);		/* tgid */
 	__type(value, u8);
 } traced SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, LIBS_RING_BYTES);
+} libs SEC(".maps");
+
+struct lib_key {
+	u64 dev;
+	u64 ino;
+};
+
+/* libcuda files with probes attached (filled by user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LIBS);
+	__type(key, struct lib_key);
+	__type(value, u8);
+} probed_libs SEC(".maps");
 
 struct thread_times {
 	u64 last_on;
@@ -109,12 +139,12 @@ static struct gpu_trace_event *reserve(u32 type)
 static struct gpu_trace_event *launch_event(void)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	u8 one = 1;
+	u8 follow = TRACE_FOLLOW;
 
 	if (!is_traced(tgid)) {
 		if (!trace_launchers)
 			return NULL;
-		bpf_map_update_elem(&traced, &tgid, &one, BPF_NOEXIST);
+		bpf_map_update_elem(&traced, &tgid, &follow, BPF_NOEXIST);
 	}
 	return reserve(EV_LAUNCH);
 }
@@ -321,15 +351,95 @@ int BPF_PROG(on_wakeup, struct task_struct *p)
 	return 0;
 }
 
-/* Children of traced processes are traced too (a launcher may fork workers). */
+/* Children of traced processes are traced too (a launcher may fork workers),
+ * and held like their parent. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
-	u32 tgid = child->tgid;
-	u8 one = 1;
+	u32 ptgid = parent->tgid, tgid = child->tgid;
+	u8 *mark = bpf_map_lookup_elem(&traced, &ptgid), how;
 
-	if (is_traced(parent->tgid))
-		bpf_map_update_elem(&traced, &tgid, &one, BPF_NOEXIST);
+	if (!mark || !*mark)
+		return 0;
+	how = *mark;
+	bpf_map_update_elem(&traced, &tgid, &how, BPF_NOEXIST);
+	return 0;
+}
+
+/* "libcuda.so", then nothing or ".<digits>" groups (libcuda.so.580.159.03). */
+static bool is_libcuda(const char *name)
+{
+	static const char stem[] = "libcuda.so";
+	int i;
+
+	for (i = 0; i < sizeof(stem) - 1; i++)
+		if (name[i] != stem[i])
+			return false;
+	if (name[i] && name[i] != '.')
+		return false;
+	for (; i < LIB_NAME_LEN; i++) {
+		if (!name[i])
+			return name[i - 1] != '.';
+		if (name[i] == '.' ? name[i - 1] == '.' : name[i] < '0' || name[i] > '9')
+			return false;
+	}
+	return false;	/* longer than any driver's name */
+}
+
+/* The file behind descriptor fd of the current task, or NULL. */
+static struct file *current_file(long fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd), *file = NULL;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+/*
+ * mmap(addr, len, prot, flags, fd, off) of a libcuda file without probes, as
+ * the kernel picks the address (the dynamic linker's first mmap of a library):
+ * report it; hold a process of the traced command (SIGSTOP takes effect as
+ * the mmap returns, with the mapping made). This tracepoint costs nothing
+ * outside mmap, unlike a syscall hook; kernels and sandboxes that refuse
+ * fentry programs (EPERM) still allow it.
+ */
+SEC("tp_btf/vm_unmapped_area")
+int BPF_PROG(on_unmapped_area, unsigned long addr, struct vm_unmapped_area_info *info)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	char name[LIB_NAME_LEN] = {};
+	struct gpu_lib_event *e;
+	struct lib_key key;
+	struct file *file;
+	u8 *mark;
+
+	if (regs->orig_ax != NR_MMAP || (long)regs->r8 < 0)
+		return 0;
+	file = current_file(regs->r8);
+	if (!file)
+		return 0;
+	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(file, f_path.dentry, d_name.name));
+	if (!is_libcuda(name))
+		return 0;
+	key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	key.ino = BPF_CORE_READ(file, f_inode, i_ino);
+	if (bpf_map_lookup_elem(&probed_libs, &key))
+		return 0;
+	e = bpf_ringbuf_reserve(&libs, sizeof(*e), 0);
+	if (!e)
+		return 0;	/* never hold a process that user space would not hear of */
+	mark = bpf_map_lookup_elem(&traced, &tgid);
+	e->dev = key.dev;
+	e->ino = key.ino;
+	e->tgid = tgid;
+	e->held = mark && *mark == TRACE_HOLD && !bpf_send_signal(SIGSTOP);
+	__builtin_memcpy(e->name, name, sizeof(name));
+	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
 

@@ -12,6 +12,12 @@ EVENT_DTYPE = np.dtype([
     ("duration_ns", "<u8"), ("irq_name", "S16"),
 ])
 
+# struct gpu_lib_event: a process mapped a libcuda file without probes.
+LIB_DTYPE = np.dtype([
+    ("dev", "<u8"), ("ino", "<u8"), ("tgid", "<u4"), ("held", "<u4"), ("name", "S32"),
+])
+TRACE_FOLLOW, TRACE_HOLD = 1, 2  # values of the `traced` map
+
 EV_LAUNCH, EV_SYNC_ENTER, EV_SYNC_EXIT, EV_SCHED_SWITCH, EV_SCHED_WAKEUP = 1, 2, 3, 4, 5
 EV_HARDIRQ_ENTRY, EV_HARDIRQ_EXIT, EV_SOFTIRQ_ENTRY, EV_SOFTIRQ_EXIT = 6, 7, 8, 9
 FLAG_PREEMPT = 1
@@ -34,3 +40,10 @@ API_IDS = {name: api for api, name in API_NAMES.items()}
 RUNTIME_APIS = {"cudaLaunchKernel", "cudaDeviceSynchronize"}
 SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
                  "HRTIMER", "RCU")
+
+
+def driver_launches(events: np.ndarray) -> int:
+    """Launch records of the driver layer (the counting one) among events."""
+    runtime = [API_IDS[name] for name in RUNTIME_APIS]
+    launch = (events["type"] == EV_LAUNCH) & ~np.isin(events["api"], runtime)
+    return int(launch.sum())

@@ -12,7 +12,7 @@ from scx_gpu.bpf import object_path
 from scx_gpu.controlplane import libbpf, maps
 from scx_gpu.controlplane.bpfobject import BpfObject
 from scx_gpu.errors import UsageError
-from scx_gpu.tracer.events import API_IDS, EVENT_DTYPE
+from scx_gpu.tracer.events import API_IDS, EVENT_DTYPE, LIB_DTYPE, TRACE_FOLLOW, TRACE_HOLD
 from scx_gpu.tracer.ringbuf import RingReader
 
 OBJECT = "cuda_trace.bpf.o"
@@ -29,7 +29,15 @@ DRIVER_LAUNCHES = (
 DRIVER_SYNCS = ("cuCtxSynchronize", "cuStreamSynchronize")
 RUNTIME_LAUNCHES = (("cudaLaunchKernel", "on_cuda_launch_kernel"),)
 RUNTIME_SYNCS = ("cudaDeviceSynchronize",)
+DRIVER_LAUNCH_SYMBOLS = frozenset(symbol for symbol, _ in DRIVER_LAUNCHES)
 MIN_RING_MB = 1
+LIBS_RING_BYTES = 64 << 10  # as in cuda_trace.bpf.c
+
+
+class LibKey(ctypes.Structure):
+    """struct lib_key: a file by the kernel's dev_t and inode number."""
+
+    _fields_ = [("dev", ctypes.c_uint64), ("ino", ctypes.c_uint64)]
 
 
 @dataclass
@@ -39,6 +47,11 @@ class Probed:
     path: Path
     layer: str
     symbols: list[str] = field(default_factory=list)
+
+    @property
+    def launches(self) -> list[str]:
+        """The driver launch entry points probed (what counts launches)."""
+        return [s for s in self.symbols if s in DRIVER_LAUNCH_SYMBOLS]
 
 
 class TraceSession:
@@ -52,7 +65,9 @@ class TraceSession:
         self.obj.load()
         self.probed: list[Probed] = []
         self._uprobe_links: list[int] = []
+        self._mmap_link: int | None = None
         self.reader = RingReader(self.obj.map_fd("events"), self.ring_bytes, EVENT_DTYPE)
+        self.lib_reader = RingReader(self.obj.map_fd("libs"), LIBS_RING_BYTES, LIB_DTYPE)
         self.ncpus = libbpf.num_possible_cpus()
 
     def attach_tracepoints(self) -> None:
@@ -83,8 +98,39 @@ class TraceSession:
     def probe_runtime(self, lib: Path) -> Probed:
         return self._probe(lib, "runtime", RUNTIME_LAUNCHES, RUNTIME_SYNCS)
 
-    def add_process(self, tgid: int) -> None:
-        maps.update(self.obj.map_fd("traced"), ctypes.c_uint32(tgid), ctypes.c_uint8(1))
+    def watch_mappings(self) -> None:
+        """Report each mapping of a libcuda file without probes (new_mappings())."""
+        self._mmap_link = self.obj.attach("on_unmapped_area")
+
+    def unwatch_mappings(self) -> list[int]:
+        """No more reports, and no process held from here on; the processes that
+        could have been held."""
+        fd = self.obj.map_fd("traced")
+        holding = []
+        for tgid in list(maps.keys(fd, ctypes.c_uint32)):
+            mark = maps.lookup(fd, tgid, ctypes.c_uint8)
+            if mark is not None and mark.value == TRACE_HOLD:
+                maps.update(fd, tgid, ctypes.c_uint8(TRACE_FOLLOW))
+                holding.append(tgid.value)
+        if self._mmap_link is not None:
+            self.obj.detach(self._mmap_link)
+            self._mmap_link = None
+        return holding
+
+    def new_mappings(self) -> np.ndarray:
+        return self.lib_reader.read()
+
+    def mark_probed(self, dev: int, ino: int) -> None:
+        """The file (kernel dev_t, inode) has probes: its mappings need no report."""
+        maps.update(self.obj.map_fd("probed_libs"), LibKey(dev, ino), ctypes.c_uint8(1))
+
+    def add_process(self, tgid: int, hold: bool = False) -> None:
+        """Trace tgid (and its children); hold: stop it at a new libcuda until probed."""
+        maps.update(self.obj.map_fd("traced"), ctypes.c_uint32(tgid),
+                    ctypes.c_uint8(TRACE_HOLD if hold else TRACE_FOLLOW))
+
+    def traced(self) -> list[int]:
+        return [k.value for k in maps.keys(self.obj.map_fd("traced"), ctypes.c_uint32)]
 
     def drain(self) -> np.ndarray:
         return self.reader.read()
@@ -99,4 +145,5 @@ class TraceSession:
             self.obj.destroy_link(link)
         self._uprobe_links.clear()
         self.reader.close()
+        self.lib_reader.close()
         self.obj.close()

@@ -38,7 +38,14 @@ enum trace_api {
 enum {
 	TRACE_COMM_LEN	= 16,
 	IRQ_NAME_LEN	= 16,
+	LIB_NAME_LEN	= 32,
 	EV_FLAG_PREEMPT	= 1,	/* schedSwitch: prev was still runnable */
+};
+
+/* The `traced` map's values: traced, or traced and held at a new libcuda. */
+enum {
+	TRACE_FOLLOW	= 1,
+	TRACE_HOLD	= 2,
 };
 
 struct gpu_trace_event {
@@ -62,6 +69,18 @@ struct gpu_trace_event {
 	__s64 prev_state;
 	__u64 duration_ns;	/* *Exit events */
 	char irq_name[IRQ_NAME_LEN];
+};
+
+/*
+ * A process mapped a libcuda file that has no probes yet (the `libs` ring).
+ * dev is the kernel's dev_t of the file's filesystem (major << 20 | minor).
+ */
+struct gpu_lib_event {
+	__u64 dev;
+	__u64 ino;
+	__u32 tgid;
+	__u32 held;		/* stopped (SIGSTOP) until user space has probed it */
+	char name[LIB_NAME_LEN];
 };
 
 #endif /* __SCX_GPU_TRACE_INTF_H */

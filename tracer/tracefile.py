@@ -31,6 +31,10 @@ CSV_COLUMNS = [
 ]
 EXTRA_COLUMNS = ["layer", "prev_tid", "next_tid", "prev_state", "preempt"]
 EVENTS, META = "events.parquet", "meta.json"
+TEXT_COLUMNS = ("event_type", "comm", "irq_name", "layer")
+INT64_LIMIT = 2**63
+PARQUET_MAGIC = b"PAR1"
+SHOW_UNKNOWN = 5  # unknown header names quoted in an error
 
 
 def _lookup(names: dict[int, str], codes: np.ndarray) -> np.ndarray:
@@ -95,41 +99,128 @@ def write(path: Path, frame: pd.DataFrame, meta: dict[str, Any], fmt: str) -> No
 def read(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A trace directory, our CSV, or the original tool's (ragged) CSV."""
     if path.is_dir():
-        try:
-            frame = pd.read_parquet(path / EVENTS)
-            meta = json.loads((path / META).read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: not a readable trace ({exc})") from exc
-        return frame, meta
+        return _read_dir(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such trace")
-    return read_csv(path), _csv_meta(path)
-
-
-def _csv_meta(path: Path) -> dict[str, Any]:
+    if _starts_with(path, PARQUET_MAGIC):
+        raise UsageError(f"{path}: a Parquet file, not a trace: give the trace directory "
+                         f"(with {EVENTS} and {META})")
     side = path.with_name(path.name + ".meta.json")
-    return json.loads(side.read_text()) if side.is_file() else {"source": "csv"}
+    return read_csv(path), _meta(side) if side.is_file() else {"source": "csv"}
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc})") from exc
+
+
+def _read_dir(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    for name in (EVENTS, META):
+        if not (path / name).is_file():
+            raise UsageError(f"{path}: not a trace directory (no {name})")
+    try:
+        frame = pd.read_parquet(path / EVENTS)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable trace ({exc})") from exc
+    missing = [c for c in CSV_COLUMNS if c not in frame]
+    if missing:
+        raise UsageError(f"{path}: not a trace ({EVENTS} lacks the columns {','.join(missing)})")
+    for column in TEXT_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].astype(str)
+    return _normalise(path, frame, EVENTS), _meta(path / META)
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    """meta.json: an object; drops, when there, a count."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable trace description ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(drops := meta.get("drops", 0), int) \
+            or drops < 0:
+        raise UsageError(f"{path}: not a trace description (an object whose drops, if "
+                         "given, is a count)")
+    return meta
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """The study's CSV: rows may be short (each event type fills its own fields)."""
+    """Ours, or the original tool's: rows may be short (each event type fills its own
+    fields), and its switch rows lack our prev/next columns (derived here)."""
     try:
         header = path.open().readline().strip().split(",")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read ({exc})") from exc
+    if header == [""]:
+        raise UsageError(f"{path}: not a trace CSV (empty file)")
     if header[: len(CSV_COLUMNS)] != CSV_COLUMNS:
         unknown = [c for c in header if c not in CSV_COLUMNS + EXTRA_COLUMNS]
+        shown = ",".join(ascii(c)[:40] for c in unknown[:SHOW_UNKNOWN])
         raise UsageError(f"{path}: not a trace CSV (expected the columns {','.join(CSV_COLUMNS)}"
-                         + (f"; unknown columns {','.join(unknown)})" if unknown else ")"))
+                         + (f"; unknown columns {shown})" if unknown else ")"))
     try:
-        frame = pd.read_csv(path, names=header, header=0, engine="python",
+        frame = pd.read_csv(path, names=header, header=0, engine="python", dtype=str,
                             on_bad_lines="error", keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UsageError(f"{path}: corrupt trace CSV ({exc})") from exc
-    numeric = [c for c in frame.columns if c not in ("event_type", "comm", "irq_name", "layer")]
-    for column in numeric:
-        frame[column] = pd.to_numeric(frame[column].replace("", 0), errors="coerce")
-    if frame[["timestamp_ns", "pid", "tid"]].isna().any().any():
-        raise UsageError(f"{path}: corrupt trace CSV (non-numeric timestamps or ids)")
-    frame[numeric] = frame[numeric].fillna(0)
+    return _normalise(path, frame.fillna(""), "CSV")
+
+
+def _normalise(path: Path, frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Numbers checked and made int64; the original tool's switch rows given ours.
+    kind: "CSV" or EVENTS, to name the place of a problem."""
+    if "preempt" in frame:
+        frame["preempt"] = frame["preempt"].astype(str).isin(["True", "true", "1"])
+    frame = _numbers(path, frame, kind)
+    if not {"prev_tid", "next_tid"} <= set(frame.columns):
+        frame = _from_original(path, frame, kind)
+    return frame
+
+
+def _corrupt(path: Path, kind: str, bad: pd.Series, problem: str) -> UsageError:
+    """The error for the first bad row: its line in a CSV, its row in Parquet."""
+    first = int(np.flatnonzero(bad)[0])
+    place = f"line {first + 2}" if kind == "CSV" else f"row {first + 1}"
+    return UsageError(f"{path}: corrupt trace {kind} ({place}: {problem})")
+
+
+def _numbers(path: Path, frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Every column but the names and preempt as int64 (empty is 0)."""
+    for column in frame.columns:
+        if column in TEXT_COLUMNS or column == "preempt":
+            continue
+        raw = frame[column]
+        numeric = pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw)
+        values = pd.to_numeric(raw if numeric else raw.astype(str).replace("", "0"),
+                               errors="coerce")
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values) | (values.abs() >= INT64_LIMIT)
+        else:  # integers (uint64 may exceed int64) or bools
+            bad = values.astype(object) >= INT64_LIMIT
+        if bad.any():
+            value = ascii(raw[bad].iloc[0])[:40]
+            raise _corrupt(path, kind, bad, f"{column} {value} is not an integer")
+        frame[column] = values.astype(np.int64)
+    return frame
+
+
+def _from_original(path: Path, frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The original tool's schedSwitch rows: the thread id in both pid and tid, the
+    direction in which of last_offcpu_ns (out) and last_oncpu_ns (in) is non-zero.
+    Give them our prev_tid/next_tid (-1: not this side) and their process id, taken
+    from the thread's other rows (launches, syncs, IRQs carry pid and tid)."""
+    switch = frame["event_type"] == "schedSwitch"
+    out, back = frame["last_offcpu_ns"] != 0, frame["last_oncpu_ns"] != 0
+    bad = switch & (out == back)
+    if bad.any():
+        raise _corrupt(path, kind, bad, "a schedSwitch row needs exactly one of "
+                       "last_offcpu_ns and last_oncpu_ns non-zero")
+    frame["prev_tid"] = frame["tid"].where(switch & out, -1)
+    frame["next_tid"] = frame["tid"].where(switch & back, -1)
+    owners = frame[~switch].drop_duplicates("tid").set_index("tid")["pid"]
+    own = frame.loc[switch, "tid"].map(owners)
+    frame.loc[switch, "pid"] = own.fillna(frame.loc[switch, "pid"]).astype(np.int64)
     return frame

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,3 +112,10 @@ def test_analyze_cli_reads_csv_and_rejects_corrupt(tmp_path, frame):
     bad.write_text(",".join(tracefile.CSV_COLUMNS) + "\nnot-a-number,x,1,1,c,0\n")
     assert_one_line_error(scx_gpu("analyze", str(bad)), 2, ["corrupt trace CSV"])
     assert_one_line_error(scx_gpu("analyze", str(tmp_path / "none")), 2, ["no such trace"])
+
+
+def test_a_thread_still_off_the_cpu_at_the_end():
+    # Off at 300 and 700, back only at 500: 200 ns, then 300 ns until the end at 1000;
+    # a thread that never came back is off from its switch-out to the end.
+    assert analysis.off_cpu_ns(np.array([300, 700]), np.array([500]), 1000) == 500
+    assert analysis.off_cpu_ns(np.array([300]), np.array([], np.int64), 1000) == 700

@@ -131,12 +131,13 @@ def test_reads_the_original_tools_ragged_csv(tmp_path):
     ragged = tmp_path / "orig.csv"
     ragged.write_text(",".join(tracefile.CSV_COLUMNS) + "\n"
                       "100,cuLaunchKernel,10,11,python,0,128,1,1,256,1,1,0,7\n"
-                      "200,schedSwitch,10,11,python,0,,,,,,,,,50,60\n"
+                      "200,schedSwitch,11,11,python,0,,,,,,,,,50,0\n"
                       "300,softirqExit,10,11,python,1,,,,,,,,,,,3,NET_RX,1500\n")
     frame = tracefile.read_csv(ragged)
     assert list(frame.event_type) == ["cuLaunchKernel", "schedSwitch", "softirqExit"]
     assert frame.loc[0, "grid_x"] == 128 and frame.loc[2, "duration_ns"] == 1500
     assert frame.loc[1, "last_offcpu_ns"] == 50
+    assert (frame.loc[1, "pid"], frame.loc[1, "prev_tid"]) == (10, 11)  # thread 11 of 10
 
 
 def test_bad_input(tmp_path):
@@ -225,7 +226,11 @@ def test_ctrl_c_stops_and_still_writes_everything(tmp_path):
     out = tmp_path / "t"
     tracer = subprocess.Popen([*SCX_GPU, "trace", "-o", str(out), "--cuda-lib", str(STUB)],
                               stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # loaded and attached by now
+    assert tracer.stderr is not None
+    said = []  # probing ... lines, then the one that says tracing starts
+    while (line := tracer.stderr.readline()) not in ("", "scx-gpu trace: tracing\n"):
+        said.append(line)
+    assert line, said
     launcher = _launch_in_background("1")
     launcher.wait(timeout=30)
     tracer.send_signal(signal.SIGINT)
@@ -256,6 +261,7 @@ def test_runtime_layer_is_tagged_and_not_counted_twice(tmp_path):
         assert [tuple(r) for r in rows[columns].drop_duplicates().itertuples(index=False)] \
             == [(16, 2, 1, 512, 1, 1, 1024, 8)]
     assert analysis.analyse(frame)["launches"] == launched  # the driver layer counts
+    assert f"({launched} launches)" in proc.stderr
 
 
 def _cgroup2_root() -> str:
