@@ -39,9 +39,10 @@ $(BPF_OUT)/%.bpf.o: %.bpf.c $(BPF_HDR) | $(SETUP_STAMP)
 # The synthetic workload: a launcher and a stub CUDA driver (no GPU needed).
 programs: $(PROGRAMS)
 
+# CET-built like a driver (endbr64 at each entry), which Debian's gcc does not default to.
 $(WL)/bin/libcuda.so.1: $(WL)/cuda_stub.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -fPIC -Wl,-soname,libcuda.so.1 -o $@ $<
+	$(CC) $(CFLAGS) -fcf-protection=full -shared -fPIC -Wl,-soname,libcuda.so.1 -o $@ $<
 
 # Linked against the stub driver, found beside it at run time.
 $(WL)/bin/libcudart.so.13: $(WL)/cudart_stub.c $(WL)/bin/libcuda.so.1

@@ -9,7 +9,7 @@ import ctypes
 from collections.abc import Mapping
 from pathlib import Path
 
-from scx_gpu.controlplane import libbpf
+from scx_gpu.controlplane import libbpf, probesite
 
 _CTYPE_BY_SIZE = {1: ctypes.c_uint8, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
 
@@ -80,13 +80,18 @@ class BpfObject:
 
     def attach_uprobe(self, prog: str, binary: Path, symbol: str, cookie: int = 0,
                       retprobe: bool = False) -> int:
-        """Attach prog to symbol in binary; the caller owns (destroys) the link."""
+        """Attach prog to symbol in binary; the caller owns (destroys) the link.
+
+        The probe goes where a hit costs least and sees what the entry sees
+        (probesite), entry and return probes alike: at one address they share a trap.
+        """
         opts = libbpf.BpfUprobeOpts(sz=ctypes.sizeof(libbpf.BpfUprobeOpts),
                                     func_name=symbol.encode(), bpf_cookie=cookie,
                                     retprobe=retprobe)
+        offset = probesite.symbol_probe_offset(binary, symbol)  # from the symbol's start
         return libbpf.check_ptr(
             self._lib.bpf_program__attach_uprobe_opts(self._prog(prog), -1,
-                                                      str(binary).encode(), 0,
+                                                      str(binary).encode(), offset,
                                                       ctypes.byref(opts)),
             f"uprobe {binary}:{symbol}")
 

@@ -6,7 +6,10 @@
    measured too: the ring fills undrained, then one drain is timed.
 2. Overhead: the launcher at its normal rate, untraced and traced,
    interleaved `reps` times.
-3. Analysis: `analyse()` on 10M synthetic events.
+3. Probe cost: the time one launch uprobe hit adds, with every probe on its
+   function's entry and with probes where probesite puts them, interleaved
+   untraced/entry/placed `reps` times in one run (medians, and their ratio).
+4. Analysis: `analyse()` on 10M synthetic events.
 Needs root (BPF); runs on the host kernel.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,10 +31,11 @@ from rich.console import Console
 from rich.table import Table
 
 from scx_gpu.bench.scenario import BUSY_LAUNCHER
+from scx_gpu.controlplane import probesite
 from scx_gpu.tracer import analysis, overhead
 from scx_gpu.tracer.capture import CaptureSpec, capture
 from scx_gpu.tracer.session import TraceSession
-from scx_gpu.workloads import program
+from scx_gpu.workloads import json_report, program
 
 
 def _launcher(*args: str) -> list[str]:
@@ -75,6 +80,58 @@ def tracer_overhead(reps: int, seconds: float) -> dict[str, Any]:
                                                        for r in runs)}
 
 
+PROBE_COST_LAUNCHES = 1000  # a token's launches; its one sync is noise beside them
+
+
+def _launch_rate(seconds: float, traced: TraceSession | None) -> float:
+    """Launches per second of one launcher thread that only launches."""
+    out = subprocess.run(_launcher("--duration", str(seconds), "--work-us", "0",
+                                   "--gpu-wait-us", "0", "--launches", str(PROBE_COST_LAUNCHES)),
+                         capture_output=True, text=True, check=True).stdout
+    if traced is not None:
+        traced.drain()
+    report = json_report(out)
+    if report is None:
+        raise RuntimeError(f"launcher printed no report: {out!r}")
+    return float(report["tokens_per_s"]) * PROBE_COST_LAUNCHES
+
+
+def _traced_rate(seconds: float, at_entry: bool) -> tuple[float, int]:
+    """The launch rate under the tracer's driver probes, and the events dropped."""
+    previous = os.environ.pop(probesite.AT_ENTRY_ENV, None)
+    if at_entry:
+        os.environ[probesite.AT_ENTRY_ENV] = "1"
+    session = TraceSession(ring_mb=512)
+    try:
+        session.probe_driver(program("libcuda.so.1"))
+        return _launch_rate(seconds, session), session.drops()
+    finally:
+        session.close()
+        os.environ.pop(probesite.AT_ENTRY_ENV, None)
+        if previous is not None:
+            os.environ[probesite.AT_ENTRY_ENV] = previous
+
+
+def probe_cost(reps: int, seconds: float) -> dict[str, Any]:
+    """ns a launch probe hit adds: probes on the entries vs where probesite puts them."""
+    stub = program("libcuda.so.1")
+    runs: dict[str, list[float]] = {"untraced": [], "entry": [], "placed": []}
+    drops = 0
+    for _ in range(reps):
+        runs["untraced"].append(_launch_rate(seconds, None))
+        for mode in ("entry", "placed"):
+            rate, dropped = _traced_rate(seconds, at_entry=mode == "entry")
+            runs[mode].append(rate)
+            drops += dropped
+    base_ns = 1e9 / statistics.median(runs["untraced"])
+    cost = {mode: 1e9 / statistics.median(runs[mode]) - base_ns for mode in ("entry", "placed")}
+    return {"launches_per_s": runs, "drops": drops, "untraced_ns_per_launch": base_ns,
+            "entry_ns_per_hit": cost["entry"], "placed_ns_per_hit": cost["placed"],
+            "entry_over_placed": cost["entry"] / cost["placed"],
+            "placed_offsets": {s: probesite.symbol_probe_offset(stub, s)
+                               for s in ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch")}}
+
+
 def synthetic_frame(n: int, threads: int = 4) -> pd.DataFrame:
     """n events: per thread, launches every 10 us with a switch-out/in every 100 launches."""
     rng = np.random.default_rng(0)
@@ -108,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                "reader": reader_capacity(args.seconds)}
     console.log("overhead")
     results["overhead"] = tracer_overhead(args.reps, args.seconds)
+    console.log("probe cost")
+    results["probe_cost"] = probe_cost(args.reps, args.seconds)
     console.log("analysis")
     results["analysis"] = analysis_time(args.events)
     table = Table(title="scx-gpu tracer benchmark")
@@ -115,14 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
     t, o, a = results["throughput"], results["overhead"], results["analysis"]
+    c = results["probe_cost"]
     table.add_row("events consumed/s (launch-bound producer)", f"{t['events_per_s']:,.0f}",
                   ">= 1,000,000")
     r = results["reader"]
     table.add_row(f"reader: one drain of {r['events']:,} queued events",
                   f"{r['events_per_s']:,.0f}/s", ">= 1,000,000/s")
-    table.add_row("dropped events", f"{t['drops'] + r['drops']:,}", "0")
+    table.add_row("dropped events", f"{t['drops'] + r['drops'] + c['drops']:,}", "0")
     table.add_row("tracer overhead on the launcher", f"{o['throughput_overhead_pct']:.2f}%",
                   "< 2%")
+    table.add_row("launch probe hit, probe on the entry", f"{c['entry_ns_per_hit']:,.0f} ns", "")
+    table.add_row("launch probe hit, probe placed (probesite)",
+                  f"{c['placed_ns_per_hit']:,.0f} ns", "")
+    table.add_row("entry / placed", f"{c['entry_over_placed']:.2f}x", "> 1")
     table.add_row(f"analysis of {a['events']:,} events", f"{a['cpu_seconds']:.1f} s", "< 20 s")
     console.print(table)
     if args.out:

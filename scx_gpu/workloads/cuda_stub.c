@@ -5,6 +5,12 @@
  * scheduler's detector and the tracer probe it exactly as they would probe
  * the real library. Launches return at once; synchronisation sleeps for
  * the time the caller says the "GPU" takes (SCX_GPU_STUB_SYNC_US).
+ *
+ * The probed entry points have the machine code shape of the real driver's
+ * (535: a compare of a global state word with a constant, a conditional
+ * branch, a tail jump through a pointer), and the library is built with
+ * -fcf-protection, so they start with endbr64 as a CET build's would: the
+ * probes meet the instructions they meet on a GPU host.
  */
 #include <stdlib.h>
 #include <time.h>
@@ -21,6 +27,7 @@ typedef struct CUlaunchConfig_st {
 } CUlaunchConfig;
 
 #define CUDA_SUCCESS 0
+#define CUDA_ERROR_NOT_INITIALIZED 3
 #define EXPORT __attribute__((visibility("default"), noinline))
 
 /* Volatile sink so that no call can be optimised into nothing. */
@@ -37,14 +44,33 @@ static void sleep_us(long us)
 EXPORT CUresult cuInit(unsigned int flags) { (void)flags; return CUDA_SUCCESS; }
 EXPORT CUresult cuDriverGetVersion(int *v) { *v = 13000; return CUDA_SUCCESS; }
 
-EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
-			       unsigned int bx, unsigned int by, unsigned int bz,
-			       unsigned int shmem, CUstream stream, void **params, void **extra)
+static CUresult launch_kernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+			      unsigned int bx, unsigned int by, unsigned int bz,
+			      unsigned int shmem, CUstream stream, void **params, void **extra)
 {
 	(void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz;
 	(void)shmem; (void)stream; (void)params; (void)extra;
 	launches++;
 	return CUDA_SUCCESS;
+}
+
+/* The driver's state word (global, so that the compiler keeps the compare
+ * with memory) and the implementations it dispatches to (volatile, so that it
+ * keeps the indirect tail jump). */
+#define DRIVER_READY 0x321cba00u
+__attribute__((visibility("hidden"))) unsigned int scx_stub_driver_state = DRIVER_READY;
+static CUresult (*volatile launch_kernel_impl)(CUfunction, unsigned int, unsigned int,
+					       unsigned int, unsigned int, unsigned int,
+					       unsigned int, unsigned int, CUstream, void **,
+					       void **) = launch_kernel;
+
+EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+			       unsigned int bx, unsigned int by, unsigned int bz,
+			       unsigned int shmem, CUstream stream, void **params, void **extra)
+{
+	if (scx_stub_driver_state != DRIVER_READY)
+		return CUDA_ERROR_NOT_INITIALIZED;
+	return launch_kernel_impl(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra);
 }
 
 EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
@@ -55,12 +81,23 @@ EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int 
 	return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra);
 }
 
-EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params,
+static CUresult launch_kernel_ex(const CUlaunchConfig *config, CUfunction f, void **params,
 				 void **extra)
 {
 	(void)config; (void)f; (void)params; (void)extra;
 	launches++;
 	return CUDA_SUCCESS;
+}
+
+static CUresult (*volatile launch_kernel_ex_impl)(const CUlaunchConfig *, CUfunction, void **,
+						  void **) = launch_kernel_ex;
+
+EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params,
+				 void **extra)
+{
+	if (scx_stub_driver_state != DRIVER_READY)
+		return CUDA_ERROR_NOT_INITIALIZED;
+	return launch_kernel_ex_impl(config, f, params, extra);
 }
 
 EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f,
@@ -85,11 +122,20 @@ EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, un
 	return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, stream, params, NULL);
 }
 
-EXPORT CUresult cuGraphLaunch(CUgraphExec graph, CUstream stream)
+static CUresult graph_launch(CUgraphExec graph, CUstream stream)
 {
 	(void)graph; (void)stream;
 	launches++;
 	return CUDA_SUCCESS;
+}
+
+static CUresult (*volatile graph_launch_impl)(CUgraphExec, CUstream) = graph_launch;
+
+EXPORT CUresult cuGraphLaunch(CUgraphExec graph, CUstream stream)
+{
+	if (scx_stub_driver_state != DRIVER_READY)
+		return CUDA_ERROR_NOT_INITIALIZED;
+	return graph_launch_impl(graph, stream);
 }
 
 EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec graph, CUstream stream)
