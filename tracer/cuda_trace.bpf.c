@@ -149,21 +149,14 @@ static struct gpu_trace_event *launch_event(void)
 	return reserve(EV_LAUNCH);
 }
 
-static u32 stack_u32(struct pt_regs *ctx, int slot)
+/*
+ * The first n stack arguments (an 8-byte slot each) of the probed function:
+ * at its entry the return address is at sp, and they follow. One read for
+ * all: a helper call costs more than the bytes it copies. Zeroes on a fault.
+ */
+static __always_inline void stack_args(struct pt_regs *ctx, u64 *slots, u32 n)
 {
-	u32 v = 0;
-
-	/* At function entry the return address is at sp; stack args follow. */
-	bpf_probe_read_user(&v, sizeof(v), (void *)(PT_REGS_SP(ctx) + 8 * slot));
-	return v;
-}
-
-static u64 stack_u64(struct pt_regs *ctx, int slot)
-{
-	u64 v = 0;
-
-	bpf_probe_read_user(&v, sizeof(v), (void *)(PT_REGS_SP(ctx) + 8 * slot));
-	return v;
+	bpf_probe_read_user(slots, n * sizeof(*slots), (void *)(PT_REGS_SP(ctx) + 8));
 }
 
 /* cuLaunchKernel(f, gx, gy, gz, bx, by, bz, sharedMem, hStream, params, extra) */
@@ -171,18 +164,20 @@ SEC("uprobe")
 int BPF_UPROBE(on_launch_kernel, void *f, u32 gx, u32 gy, u32 gz, u32 bx, u32 by)
 {
 	struct gpu_trace_event *e = launch_event();
+	u64 stack[3];	/* bz, sharedMem, hStream */
 
 	if (!e)
 		return 0;
+	stack_args(ctx, stack, 3);
 	e->api = bpf_get_attach_cookie(ctx);
 	e->grid[0] = gx;
 	e->grid[1] = gy;
 	e->grid[2] = gz;
 	e->block[0] = bx;
 	e->block[1] = by;
-	e->block[2] = stack_u32(ctx, 1);
-	e->shared_mem = stack_u32(ctx, 2);
-	e->stream = stack_u64(ctx, 3);
+	e->block[2] = stack[0];
+	e->shared_mem = stack[1];
+	e->stream = stack[2];
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -235,9 +230,11 @@ SEC("uprobe")
 int BPF_UPROBE(on_cuda_launch_kernel, void *func, u64 gxy, u64 gz, u64 bxy, u64 bz, void **args)
 {
 	struct gpu_trace_event *e = launch_event();
+	u64 stack[2];	/* sharedMem, stream */
 
 	if (!e)
 		return 0;
+	stack_args(ctx, stack, 2);
 	e->api = bpf_get_attach_cookie(ctx);
 	e->grid[0] = (u32)gxy;
 	e->grid[1] = gxy >> 32;
@@ -245,8 +242,8 @@ int BPF_UPROBE(on_cuda_launch_kernel, void *func, u64 gxy, u64 gz, u64 bxy, u64 
 	e->block[0] = (u32)bxy;
 	e->block[1] = bxy >> 32;
 	e->block[2] = (u32)bz;
-	e->shared_mem = stack_u32(ctx, 1);
-	e->stream = stack_u64(ctx, 2);
+	e->shared_mem = stack[0];
+	e->stream = stack[1];
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
