@@ -16,9 +16,9 @@ ELF file, the instructions skipped are exactly the ones above, the landing
 instruction lies inside the function, and no relative branch in the function
 targets the skipped bytes or the landing instruction (past the decoded head,
 read at every byte, so never missed; a false alarm only keeps the probe at
-the entry). Jumps from other functions into a function's first bytes are not
-searched for: compilers enter functions at their symbol. Otherwise, or
-with SCX_GPU_UPROBE_AT_ENTRY=1 set, the probe stays on the entry.
+the entry). Otherwise, or with SCX_GPU_UPROBE_AT_ENTRY=1 set, the probe
+stays on the entry. Jumps from other functions into a function's first
+bytes are not searched for: compilers enter functions at their symbol.
 """
 
 from __future__ import annotations

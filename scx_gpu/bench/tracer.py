@@ -6,9 +6,10 @@
    measured too: the ring fills undrained, then one drain is timed.
 2. Overhead: the launcher at its normal rate, untraced and traced,
    interleaved `reps` times.
-3. Probe cost: the time one launch uprobe hit adds, with every probe on its
-   function's entry and with probes where probesite puts them, interleaved
-   untraced/entry/placed `reps` times in one run (medians, and their ratio).
+3. Probe cost: the CPU time one launch uprobe hit adds, with every probe on
+   its function's entry and with probes where probesite puts them,
+   interleaved untraced/entry/placed `reps` times in one run (medians, and
+   their ratio).
 4. Analysis: `analyse()` on 10M synthetic events.
 Needs root (BPF); runs on the host kernel.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,28 +85,33 @@ def tracer_overhead(reps: int, seconds: float) -> dict[str, Any]:
 PROBE_COST_LAUNCHES = 1000  # a token's launches; its one sync is noise beside them
 
 
-def _launch_rate(seconds: float, traced: TraceSession | None) -> float:
-    """Launches per second of one launcher thread that only launches."""
+def _cpu_ns_per_launch(seconds: float, traced: TraceSession | None) -> float:
+    """CPU time (user + system, the probes' traps and programs included) per launch
+    of one launcher thread that only launches: unlike its rate, not skewed by
+    whatever else the host runs."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(_launcher("--duration", str(seconds), "--work-us", "0",
                                    "--gpu-wait-us", "0", "--launches", str(PROBE_COST_LAUNCHES)),
                          capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if traced is not None:
         traced.drain()
     report = json_report(out)
     if report is None:
         raise RuntimeError(f"launcher printed no report: {out!r}")
-    return float(report["tokens_per_s"]) * PROBE_COST_LAUNCHES
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return 1e9 * cpu_s / float(sum(report["thread_launches"]))
 
 
-def _traced_rate(seconds: float, at_entry: bool) -> tuple[float, int]:
-    """The launch rate under the tracer's driver probes, and the events dropped."""
+def _traced_cpu_ns(seconds: float, at_entry: bool) -> tuple[float, int]:
+    """CPU ns per launch under the tracer's driver probes, and the events dropped."""
     previous = os.environ.pop(probesite.AT_ENTRY_ENV, None)
     if at_entry:
         os.environ[probesite.AT_ENTRY_ENV] = "1"
     session = TraceSession(ring_mb=512)
     try:
         session.probe_driver(program("libcuda.so.1"))
-        return _launch_rate(seconds, session), session.drops()
+        return _cpu_ns_per_launch(seconds, session), session.drops()
     finally:
         session.close()
         os.environ.pop(probesite.AT_ENTRY_ENV, None)
@@ -118,14 +125,14 @@ def probe_cost(reps: int, seconds: float) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"untraced": [], "entry": [], "placed": []}
     drops = 0
     for _ in range(reps):
-        runs["untraced"].append(_launch_rate(seconds, None))
+        runs["untraced"].append(_cpu_ns_per_launch(seconds, None))
         for mode in ("entry", "placed"):
-            rate, dropped = _traced_rate(seconds, at_entry=mode == "entry")
-            runs[mode].append(rate)
+            ns, dropped = _traced_cpu_ns(seconds, at_entry=mode == "entry")
+            runs[mode].append(ns)
             drops += dropped
-    base_ns = 1e9 / statistics.median(runs["untraced"])
-    cost = {mode: 1e9 / statistics.median(runs[mode]) - base_ns for mode in ("entry", "placed")}
-    return {"launches_per_s": runs, "drops": drops, "untraced_ns_per_launch": base_ns,
+    base = statistics.median(runs["untraced"])
+    cost = {mode: statistics.median(runs[mode]) - base for mode in ("entry", "placed")}
+    return {"cpu_ns_per_launch": runs, "drops": drops, "untraced_ns_per_launch": base,
             "entry_ns_per_hit": cost["entry"], "placed_ns_per_hit": cost["placed"],
             "entry_over_placed": cost["entry"] / cost["placed"],
             "placed_offsets": {s: probesite.symbol_probe_offset(stub, s)
@@ -183,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("dropped events", f"{t['drops'] + r['drops'] + c['drops']:,}", "0")
     table.add_row("tracer overhead on the launcher", f"{o['throughput_overhead_pct']:.2f}%",
                   "< 2%")
-    table.add_row("launch probe hit, probe on the entry", f"{c['entry_ns_per_hit']:,.0f} ns", "")
-    table.add_row("launch probe hit, probe placed (probesite)",
+    table.add_row("CPU per launch probe hit, probe on the entry",
+                  f"{c['entry_ns_per_hit']:,.0f} ns", "")
+    table.add_row("CPU per launch probe hit, probe placed (probesite)",
                   f"{c['placed_ns_per_hit']:,.0f} ns", "")
     table.add_row("entry / placed", f"{c['entry_over_placed']:.2f}x", "> 1")
     table.add_row(f"analysis of {a['events']:,} events", f"{a['cpu_seconds']:.1f} s", "< 20 s")
