@@ -106,8 +106,8 @@ def probe_offset(code: bytes) -> int:
 
 
 def _sections(elf: Elf) -> list[tuple[int, ...]] | None:
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:  # 64-bit little-endian
-        return None
+    if len(elf) < _EHDR.size or elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        return None  # not a 64-bit little-endian ELF file
     header = _EHDR.unpack_from(elf)
     machine, shoff, shentsize, shnum = header[2], header[6], header[11], header[12]
     if machine != _EM_X86_64 or shentsize != _SHDR.size or shoff + shnum * _SHDR.size > len(elf):

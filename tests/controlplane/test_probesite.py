@@ -1,5 +1,6 @@
 """Where a uprobe goes on a function: the instruction check, and the stub driver's ELF."""
 
+import random
 import struct
 
 import pytest
@@ -78,3 +79,23 @@ def test_entry_when_asked_or_unsure(monkeypatch, tmp_path):
     junk.write_bytes(b"\x7fELF" + bytes(200))
     assert probesite.symbol_probe_offset(junk, "cuLaunchKernel") == 0
     assert probesite.symbol_probe_offset(tmp_path / "missing.so", "cuLaunchKernel") == 0
+
+
+def test_a_damaged_elf_file_is_never_an_error(tmp_path, monkeypatch):
+    """Other users' files are parsed: truncated or corrupted, they only keep the entry."""
+    monkeypatch.delenv(probesite.AT_ENTRY_ENV, raising=False)
+    good = program("libcuda.so.1").read_bytes()
+    rng = random.Random(14)
+    damaged = [good[:n] for n in (1, 5, 63, 64, 65, len(good) // 2, len(good) - 1)]
+    shoff = struct.unpack_from("<Q", good, 0x28)[0]
+    regions = [(0, 64), (shoff, len(good)), (0, len(good))]  # ELF header, section headers
+    for _ in range(300):
+        copy = bytearray(good)
+        start, end = rng.choice(regions)
+        for _ in range(rng.randint(1, 8)):
+            copy[rng.randrange(start, end)] = rng.randrange(256)
+        damaged.append(bytes(copy))
+    for i, data in enumerate(damaged):
+        path = tmp_path / f"libcuda.so.{i}"
+        path.write_bytes(data)
+        assert probesite.symbol_probe_offset(path, "cuLaunchKernel") in (0, 14)
