@@ -150,5 +150,32 @@ static long sync_us(void)
 	return v ? atol(v) : 0;
 }
 
-EXPORT CUresult cuStreamSynchronize(CUstream stream) { (void)stream; sleep_us(sync_us()); return CUDA_SUCCESS; }
-EXPORT CUresult cuCtxSynchronize(void) { sleep_us(sync_us()); return CUDA_SUCCESS; }
+static CUresult stream_synchronize(CUstream stream)
+{
+	(void)stream;
+	sleep_us(sync_us());
+	return CUDA_SUCCESS;
+}
+
+static CUresult ctx_synchronize(void)
+{
+	sleep_us(sync_us());
+	return CUDA_SUCCESS;
+}
+
+static CUresult (*volatile stream_synchronize_impl)(CUstream) = stream_synchronize;
+static CUresult (*volatile ctx_synchronize_impl)(void) = ctx_synchronize;
+
+EXPORT CUresult cuStreamSynchronize(CUstream stream)
+{
+	if (scx_stub_driver_state != DRIVER_READY)
+		return CUDA_ERROR_NOT_INITIALIZED;
+	return stream_synchronize_impl(stream);
+}
+
+EXPORT CUresult cuCtxSynchronize(void)
+{
+	if (scx_stub_driver_state != DRIVER_READY)
+		return CUDA_ERROR_NOT_INITIALIZED;
+	return ctx_synchronize_impl();
+}

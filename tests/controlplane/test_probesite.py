@@ -61,7 +61,8 @@ def test_the_stub_driver_is_cet_built_and_shaped_like_the_real_one(monkeypatch):
     monkeypatch.delenv(probesite.AT_ENTRY_ENV, raising=False)
     stub = program("libcuda.so.1")
     # endbr64 (4) + the state compare (10), then the branch or a push
-    for symbol in ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch"):
+    for symbol in ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch", "cuStreamSynchronize",
+                   "cuCtxSynchronize"):
         assert probesite.symbol_probe_offset(stub, symbol) == 14, symbol
     # endbr64, then a tail jump to the unsuffixed entry point
     for symbol in ("cuLaunchKernel_ptsz", "cuLaunchKernelEx_ptsz", "cuGraphLaunch_ptsz"):

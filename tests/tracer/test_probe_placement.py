@@ -1,5 +1,6 @@
-"""Launch probes placed past the entry (probesite), on the host kernel: the kernel
-reports them where probesite put them, and every launch is still counted once."""
+"""Driver probes placed past the entry (probesite), on the host kernel: the kernel
+reports them where probesite put them, every launch is still counted once, and
+every sync still pairs its entry with its return (a uretprobe placed too)."""
 
 import json
 import subprocess
@@ -7,13 +8,15 @@ import subprocess
 import pytest
 
 from scx_gpu.controlplane import probesite
-from scx_gpu.tracer.events import EV_LAUNCH
+from scx_gpu.tracer.events import EV_LAUNCH, EV_SYNC_ENTER, EV_SYNC_EXIT
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import program
 
 pytestmark = pytest.mark.root
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
-SYMBOLS = ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch")  # what --api all calls
+# What --api all calls: the three launch entry points, a stream sync every token.
+SYMBOLS = ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch", "cuStreamSynchronize")
+PER_TOKEN = 9
 
 
 def _symbol_offsets() -> dict[str, int]:
@@ -43,7 +46,7 @@ def test_every_launch_counted_once(monkeypatch, at_entry, work_us):
         symbols = _symbol_offsets()
         assert {symbols[s] + skips[s] for s in SYMBOLS} <= _probed_offsets()
         out = subprocess.run([str(LAUNCHER), "--cuda-lib", str(STUB), "--threads", "2",
-                              "--api", "all", "--launches", "9", "--duration", "1",
+                              "--api", "all", "--launches", str(PER_TOKEN), "--duration", "1",
                               "--work-us", str(work_us), "--gpu-wait-us", "0"],
                              capture_output=True, text=True, check=True).stdout
         events, drops = session.drain(), session.drops()
@@ -56,3 +59,6 @@ def test_every_launch_counted_once(monkeypatch, at_entry, work_us):
     for tid, count in zip(report["tids"], report["thread_launches"], strict=True):
         assert count > 1000
         assert int((launches["tid"] == tid).sum()) == count, tid
+        mine = events[events["tid"] == tid]
+        for kind in (EV_SYNC_ENTER, EV_SYNC_EXIT):
+            assert int((mine["type"] == kind).sum()) == count // PER_TOKEN, (tid, kind)
