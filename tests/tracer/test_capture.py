@@ -205,15 +205,17 @@ def _launch_in_background(seconds: str) -> subprocess.Popen[str]:
 
 
 def test_comm_selection_traces_only_that_process(tmp_path):
-    launcher = _launch_in_background("3")
-    other = _launch_in_background("3")
+    # The launchers outlive the trace however long it takes to start under load.
+    launcher = _launch_in_background("60")
+    other = _launch_in_background("60")
     (tmp_path / "launcher-copy").symlink_to(LAUNCHER)
     copy = subprocess.Popen([str(tmp_path / "launcher-copy"), "--cuda-lib", str(STUB),
-                             "--duration", "3", "--work-us", "100"], stdout=subprocess.PIPE)
+                             "--duration", "60", "--work-us", "100"], stdout=subprocess.PIPE)
     out = tmp_path / "t"
     proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--comm",
                    "launcher-copy", "--duration", "1.5")
     for p in (launcher, other, copy):
+        p.kill()
         p.wait(timeout=30)
     assert proc.returncode == 0, proc.stderr
     frame, meta = tracefile.read(out)
@@ -278,13 +280,14 @@ def test_cgroup_selection(tmp_path):
     try:
         inside = subprocess.Popen(["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec \"$@\"",
                                    "sh", str(LAUNCHER), "--cuda-lib", str(STUB), "--duration",
-                                   "3", "--work-us", "100"], stdout=subprocess.PIPE)
-        outside = _launch_in_background("3")
+                                   "60", "--work-us", "100"], stdout=subprocess.PIPE)
+        outside = _launch_in_background("60")
         out = tmp_path / "t"
         proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--cgroup", group,
                        "--duration", "1.5")
-        inside.wait(timeout=30)
-        outside.wait(timeout=30)
+        for launcher in (inside, outside):
+            launcher.kill()
+            launcher.wait(timeout=30)
         assert proc.returncode == 0, proc.stderr
         frame, _ = tracefile.read(out)
         assert set(frame[frame.event_type.str.startswith("cu")].pid) == {inside.pid}
