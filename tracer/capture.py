@@ -105,7 +105,7 @@ def _probe_runtime(session: TraceSession, spec: CaptureSpec,
                    log: Callable[[str], None]) -> None:
     for path in spec.cudart_libs:
         probed = session.probe_runtime(Path(path))
-        log(f"probing {path} (runtime layer): {', '.join(probed.symbols) or 'no symbols'}")
+        log(f"probing {path} (runtime layer): {probed.describe()}")
 
 
 def capture(spec: CaptureSpec, log: Callable[[str], None]) -> Capture:
@@ -179,7 +179,7 @@ def _meta(spec: CaptureSpec, session: TraceSession, start_wall: float, seconds: 
         "ring_mb": spec.ring_mb, "command": spec.cmd, "exit_status": status,
         "selection": {"pids": spec.pids, "comms": spec.comms, "cgroups": spec.cgroups,
                       "all_launchers": not spec.selective},
-        "libraries": [{"path": str(p.path), "layer": p.layer, "symbols": p.symbols}
-                      for p in session.probed],
+        "libraries": [{"path": str(p.path), "layer": p.layer, "symbols": p.symbols,
+                       "probe_offsets": p.offsets} for p in session.probed],
         "tool": f"scx-gpu trace (python {sys.version.split()[0]})",
     }

@@ -120,7 +120,7 @@ class LibraryWatch:
             return
         probed = self.session.probe_driver(lib.path)
         self._mark(keys)
-        self.log(f"probing {lib.path} ({lib.source}): {', '.join(probed.symbols) or 'no symbols'}")
+        self.log(f"probing {lib.path} ({lib.source}): {probed.describe()}")
         if mapped is not None and not probed.launches:
             self._not_counted(mapped[0], str(lib.path), mapped[1],
                               "in which no launch entry point could be probed")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from scx_gpu.bpf import object_path
-from scx_gpu.controlplane import libbpf, maps
+from scx_gpu.controlplane import libbpf, maps, probesite
 from scx_gpu.controlplane.bpfobject import BpfObject
 from scx_gpu.errors import UsageError
 from scx_gpu.tracer.events import API_IDS, EVENT_DTYPE, LIB_DTYPE, TRACE_FOLLOW, TRACE_HOLD
@@ -42,11 +42,17 @@ class LibKey(ctypes.Structure):
 
 @dataclass
 class Probed:
-    """What a library got: the symbols whose probes attached."""
+    """What a library got: the symbols whose probes attached, and where."""
 
     path: Path
     layer: str
     symbols: list[str] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)  # bytes past each entry
+
+    def describe(self) -> str:
+        """The symbols, each with +offset where its probe is past the entry."""
+        return ", ".join(f"{s}+{self.offsets[s]}" if self.offsets.get(s) else s
+                         for s in self.symbols) or "no symbols"
 
     @property
     def launches(self) -> list[str]:
@@ -89,6 +95,7 @@ class TraceSession:
             self._uprobe_links.append(link)
             if symbol not in probed.symbols:
                 probed.symbols.append(symbol)
+                probed.offsets[symbol] = probesite.symbol_probe_offset(lib, symbol)
         self.probed.append(probed)
         return probed
 

@@ -68,6 +68,8 @@ def test_switches_of_both_launching_threads_and_syncs(launcher_trace):
     assert syncs.duration_ns.median() >= 1_900_000  # the 2 ms "GPU" wait
     assert meta["drops"] == 0 and meta["exit_status"] == 0
     assert meta["libraries"][0]["path"] == str(STUB)
+    offsets = meta["libraries"][0]["probe_offsets"]  # past endbr64 and the state compare
+    assert offsets["cuLaunchKernel"] == offsets["cuStreamSynchronize"] == 14
 
 
 def _blast_loopback(seconds: float) -> None:
