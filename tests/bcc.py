@@ -5,8 +5,9 @@ headers. That bcc cannot compile against them as it is: the kernel is built
 with CONFIG_CC_MS_EXTENSIONS (-fms-extensions, for anonymous embedded
 structs), and without it clang fails in include/linux/ns_common.h ("no member
 named 'ns_id' in 'struct ns_common'") and include/linux/fs.h. So each tool
-runs with the kernel's own flag added to bcc's compile flags, and nothing
-else of it changed.
+runs with the kernel's own flag added to bcc's compile flags, and with one
+binding bug of bookworm's bcc mended (WRAPPER says which); nothing else of it
+changed.
 """
 
 import os
@@ -21,15 +22,25 @@ from pathlib import Path
 
 TOOLS = Path("/usr/sbin")
 READY = "Tracing"
-# Runs a bcc tool with the kernel's compile flags added to every BPF() it builds.
+# Runs a bcc tool with the kernel's compile flags added to every BPF() it
+# builds, and with bcc's uprobe attach called as libbcc declares it: bookworm's
+# Python binding declares bpf_attach_uprobe with six arguments where libbcc
+# 0.26 takes seven, so the reference counter offset is whatever the register
+# holds (the kernel then refuses any other uprobe at that place: "ref_ctr_offset
+# mismatch"). The binding is given the seventh argument, 0 as bcc means it.
 WRAPPER = """
-import runpy, sys
+import ctypes, runpy, sys
 import bcc
+from bcc.libbcc import lib
 flags = sys.argv[1].split()
 build = bcc.BPF.__init__
 def with_kernel_flags(self, *args, cflags=(), **kwargs):
     build(self, *args, cflags=[*cflags, *flags], **kwargs)
 bcc.BPF.__init__ = with_kernel_flags
+attach = lib.bpf_attach_uprobe
+if len(attach.argtypes) == 6:
+    attach.argtypes = [*attach.argtypes, ctypes.c_uint32]
+    lib.bpf_attach_uprobe = lambda *args: attach(*args, 0)
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

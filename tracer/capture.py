@@ -180,6 +180,7 @@ def _meta(spec: CaptureSpec, session: TraceSession, start_wall: float, seconds: 
         "selection": {"pids": spec.pids, "comms": spec.comms, "cgroups": spec.cgroups,
                       "all_launchers": not spec.selective},
         "libraries": [{"path": str(p.path), "layer": p.layer, "symbols": p.symbols,
-                       "probe_offsets": p.offsets} for p in session.probed],
+                       "probe_offsets": p.offsets, "refused": p.refused}
+                      for p in session.probed],
         "tool": f"scx-gpu trace (python {sys.version.split()[0]})",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +49,17 @@ class Probed:
     layer: str
     symbols: list[str] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)  # bytes past each entry
+    # Entry points the library has whose probe the kernel refused, and why.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """The symbols, each with +offset where its probe is past the entry."""
-        return ", ".join(f"{s}+{self.offsets[s]}" if self.offsets.get(s) else s
+        """The symbols, each with +offset where its probe is past the entry,
+        and any the kernel refused."""
+        said = ", ".join(f"{s}+{self.offsets[s]}" if self.offsets.get(s) else s
                          for s in self.symbols) or "no symbols"
+        refused = "; ".join(f"{s}: {why}" for s, why in self.refused.items())
+        return f"{said}; NOT PROBED (launches there are not counted): {refused}" if refused \
+            else said
 
     @property
     def launches(self) -> list[str]:
@@ -90,8 +97,10 @@ class TraceSession:
             try:
                 link = self.obj.attach_uprobe(prog, lib, symbol, cookie=API_IDS[symbol],
                                               retprobe=ret)
-            except libbpf.LibbpfError:
-                continue  # this library lacks the entry point
+            except libbpf.LibbpfError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: the library lacks it
+                    probed.refused[symbol] = str(exc)
+                continue
             self._uprobe_links.append(link)
             if symbol not in probed.symbols:
                 probed.symbols.append(symbol)

@@ -295,3 +295,52 @@ def test_cgroup_selection(tmp_path):
         assert set(frame[frame.event_type.str.startswith("cu")].pid) == {inside.pid}
     finally:
         os.rmdir(group)
+
+
+def _file_offset(lib: Path, symbol: str) -> int:
+    """Where symbol's code sits in lib's file (its value, less .text's load bias)."""
+    syms = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True,
+                          text=True, check=True).stdout
+    value = next(int(v, 16) for v, _, name in (line.split() for line in syms.splitlines())
+                 if name == symbol)
+    sections = subprocess.run(["readelf", "-SW", str(lib)], capture_output=True, text=True,
+                              check=True).stdout
+    text = next(line.split("]", 1)[1].split() for line in sections.splitlines()
+                if " .text " in line)
+    return value - int(text[2], 16) + int(text[3], 16)
+
+
+def _uprobe_events(tracing: Path, line: str) -> None:
+    """Add or remove a tracefs uprobe (appended without a seek: tracefs refuses one)."""
+    fd = os.open(tracing / "uprobe_events", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def test_a_probe_the_kernel_refuses_is_said_not_swallowed(tmp_path):
+    """Another tool's uprobe at the same place with another reference counter
+    (bookworm's bcc passes garbage there) makes the kernel refuse ours."""
+    tracing = Path("/sys/kernel/tracing")
+    if not (tracing / "uprobe_events").exists():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(tracing)], check=True)
+    event = f"scxgpu_refuse_{os.getpid()}"
+    offset = _file_offset(STUB, "cuLaunchKernel")
+    _uprobe_events(tracing, f"p:uprobes/{event} {STUB}:{offset:#x}(0x6)")
+    enable = tracing / "events" / "uprobes" / event / "enable"
+    enable.write_text("1")
+    try:
+        out = tmp_path / "t"
+        proc = scx_gpu("trace", "-o", str(out), "--cuda-lib", str(STUB), "--", str(LAUNCHER),
+                       "--cuda-lib", str(STUB), "--api", "mixed", "--duration", "1",
+                       env={"SCX_GPU_UPROBE_AT_ENTRY": "1"})
+    finally:
+        enable.write_text("0")
+        _uprobe_events(tracing, f"-:uprobes/{event}")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "NOT PROBED" in line]
+    assert len(said) == 1 and "cuLaunchKernel: uprobe" in said[0], proc.stderr
+    library = tracefile.read(out)[1]["libraries"][0]
+    assert list(library["refused"]) == ["cuLaunchKernel"]
+    assert "cuLaunchKernelEx" in library["symbols"]
