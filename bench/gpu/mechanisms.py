@@ -21,6 +21,7 @@ the control plane woke from 100 ms sleeps. Settings:
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -125,11 +126,14 @@ class Knobs:
             _write(HOGS / "cpu.idle", "1" if idle else "0")
 
     def _launcher(self, nice: int, rr: bool) -> None:
-        if rr:
-            os.sched_setscheduler(self.launcher, os.SCHED_RR, os.sched_param(1))
-        else:
-            os.sched_setscheduler(self.launcher, os.SCHED_OTHER, os.sched_param(0))
-        os.setpriority(os.PRIO_PROCESS, self.launcher, nice)
+        try:
+            if rr:
+                os.sched_setscheduler(self.launcher, os.SCHED_RR, os.sched_param(1))
+            else:
+                os.sched_setscheduler(self.launcher, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, self.launcher, nice)
+        except OSError as err:  # RT group scheduling can refuse SCHED_RR in a cgroup
+            self.errors.append(f"launcher nice {nice} rr {rr}: {err}")
 
     def apply(self, setting: str) -> None:
         _write(HOGS / "cgroup.freeze", "1" if setting == "alone" else "0")
@@ -174,7 +178,8 @@ def main() -> None:
     kind, out = sys.argv[1], Path(sys.argv[2])
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     ncpu = os.cpu_count() or 1
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # switch windows on time
+    with contextlib.suppress(OSError):  # switch windows on time, where RT is allowed
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     times_file = Path(f"/tmp/mechanisms-{kind}.json")
     work = subprocess.Popen([sys.executable, __file__, "worker", kind, str(times_file)],
                             stdout=subprocess.PIPE, text=True,
