@@ -3,21 +3,27 @@ undeclared CPU hogs up to SCHED_IDLE hogs' tokens/s (run as root on the GPU mach
 
 One workload process decodes without pause (the torch decoder, or the
 transformers model's generate()) and keeps every token's time; 2 x CPUs hogs
-(the bench's built-in cpu noise) run in their own cgroup, as the bench's noise
-does; every WINDOW_S the settings switch, round-robin, ROUNDS times, so drift
-hits all alike. Per setting: tokens/s (first SETTLE_S of each window dropped),
-the hogs' share of all CPUs, and how late a nice -10 sleeper standing in for
-the control plane woke from 100 ms sleeps. Settings:
+(the bench's built-in cpu noise) run beside it, LAYOUT `own`: in their own
+cgroup below the root, as the bench's noise does (with the root's cpu
+controller on, that cgroup competes as one entity), or `shared`: in a child
+of the workload's cgroup without the cpu controller, so they compete with the
+launching thread task by task. Every WINDOW_S the settings switch,
+round-robin, ROUNDS times, so drift hits all alike. Per setting: tokens/s
+(first SETTLE_S of each window dropped), its ratio to batch-idle's in the same
+round, the hogs' share of all CPUs, and how late a sleeper at the fallback's
+GPU_NICE (where it runs the control plane) woke from 100 ms sleeps. Settings:
 
   alone       the hogs frozen (cgroup.freeze)
   stock       hogs and launcher as started, the root's cpu controller as found
   batch-idle  the hogs SCHED_IDLE, their cgroup cpu.idle=1 where the controller runs
   cg-only     the root's cpu controller on (as the fallback turns it on), nothing else
-  nice-10     that, and the launching thread at nice -10 (the fallback as it is)
+              (layout own only)
+  nice-10     that, and the launching thread at nice -10
   nice-20     that, at nice -20
-  rr          that, the launching thread SCHED_RR priority 1
+(SCHED_RR for the launching thread was refused there, EPERM: RT group
+scheduling gives cgroups no RT time, so the fallback cannot use it.)
 
-    python3 bench/gpu/mechanisms.py torch|hf OUT.json [ROUNDS]
+    python3 bench/gpu/mechanisms.py torch|hf OUT.json [ROUNDS] [own|shared]
 """
 
 import argparse
@@ -34,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path("/sys/fs/cgroup")
-HOGS = ROOT / "scx-gpu-explore-hogs"
 WINDOW_S, SETTLE_S, SLEEP_S = 2.0, 0.4, 0.1
-SETTINGS = ("alone", "stock", "batch-idle", "cg-only", "nice-10", "nice-20", "rr")
+SETTINGS = ("alone", "stock", "batch-idle", "cg-only", "nice-10", "nice-20")
+HOGS = ROOT / "scx-gpu-explore-hogs"  # the layout's choice, set by main()
 
 
 def worker(kind: str, out: Path) -> None:
@@ -125,28 +131,19 @@ class Knobs:
         if (HOGS / "cpu.idle").is_file():
             _write(HOGS / "cpu.idle", "1" if idle else "0")
 
-    def _launcher(self, nice: int, rr: bool) -> None:
-        try:
-            if rr:
-                os.sched_setscheduler(self.launcher, os.SCHED_RR, os.sched_param(1))
-            else:
-                os.sched_setscheduler(self.launcher, os.SCHED_OTHER, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, self.launcher, nice)
-        except OSError as err:  # RT group scheduling can refuse SCHED_RR in a cgroup
-            self.errors.append(f"launcher nice {nice} rr {rr}: {err}")
+    def _launcher(self, nice: int) -> None:
+        os.setpriority(os.PRIO_PROCESS, self.launcher, nice)
 
     def apply(self, setting: str) -> None:
         _write(HOGS / "cgroup.freeze", "1" if setting == "alone" else "0")
         self._hogs_idle(False)
-        self._launcher(0, False)
+        self._launcher(0)
         self._controller(self.cpu_found if setting in ("alone", "stock", "batch-idle")
                          else True)
         if setting == "batch-idle":
             self._hogs_idle(True)
         elif setting in ("nice-10", "nice-20"):
-            self._launcher(int(setting[4:]), False)
-        elif setting == "rr":
-            self._launcher(0, True)
+            self._launcher(int(setting[4:]))
 
 
 def _hog_cpu_s() -> float:
@@ -166,7 +163,9 @@ class Sleeper(threading.Thread):
 
     def run(self) -> None:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # not the harness's FIFO
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        from scx_gpu.controlplane.fallback import GPU_NICE
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), GPU_NICE)
         while True:
             start = time.monotonic()
             time.sleep(SLEEP_S)
@@ -177,6 +176,12 @@ class Sleeper(threading.Thread):
 def main() -> None:
     kind, out = sys.argv[1], Path(sys.argv[2])
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    layout = sys.argv[4] if len(sys.argv) > 4 else "own"
+    global HOGS
+    if layout == "shared":
+        own = Path(f"/proc/{os.getpid()}/cgroup").read_text().strip().split("::", 1)[1]
+        HOGS = ROOT / own.lstrip("/") / "scx-gpu-explore-hogs"
+    settings = [s for s in SETTINGS if layout == "own" or s != "cg-only"]
     ncpu = os.cpu_count() or 1
     with contextlib.suppress(OSError):  # switch windows on time, where RT is allowed
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
@@ -203,7 +208,7 @@ def main() -> None:
     windows = []
     try:
         for _ in range(rounds):
-            for setting in SETTINGS:
+            for setting in settings:
                 knobs.apply(setting)
                 start, cpu0 = time.monotonic(), _hog_cpu_s()
                 time.sleep(WINDOW_S)
@@ -216,11 +221,12 @@ def main() -> None:
         work.send_signal(signal.SIGTERM)
         work.wait(timeout=120)
     times = json.loads(times_file.read_text())
-    result: dict[str, Any] = {"kind": kind, "rounds": rounds, "window_s": WINDOW_S,
+    result: dict[str, Any] = {"kind": kind, "layout": layout, "hogs_cgroup": str(HOGS),
+                              "rounds": rounds, "window_s": WINDOW_S,
                               "settle_s": SETTLE_S, "hogs": 2 * ncpu,
                               "cpu_controller_found": knobs.cpu_found,
                               "errors": knobs.errors, "settings": {}}
-    for setting in SETTINGS:
+    for setting in settings:
         rates, shares, late = [], [], []
         for name, start, end, share in windows:
             if name != setting:
@@ -235,11 +241,14 @@ def main() -> None:
             "sleeper_late_ms_p99": 1e3 * sorted(late)[int(0.99 * (len(late) - 1))]
             if late else None,
             "sleeper_late_ms_max": 1e3 * max(late) if late else None}
-    ref = result["settings"]["batch-idle"]["mean"]
+    ref = result["settings"]["batch-idle"]["tokens_per_s"]
     for row in result["settings"].values():
-        row["vs_batch_idle"] = row["mean"] / ref
+        ratios = [a / b for a, b in zip(row["tokens_per_s"], ref, strict=True)]
+        row["vs_batch_idle_by_round"] = ratios
+        row["vs_batch_idle"] = statistics.median(ratios)
     out.write_text(json.dumps(result, indent=2))
-    print(f"{kind}: setting, tokens/s mean, vs batch-idle, hog CPU share, sleeper late p99/max ms")
+    print(f"{kind} ({layout}): setting, tokens/s mean, vs batch-idle (median of rounds),"
+          " hog CPU share, sleeper late p99/max ms")
     for name, row in result["settings"].items():
         print(f"  {name:10s} {row['mean']:8.1f} {row['vs_batch_idle']:6.3f} "
               f"{row['hog_cpu_share']:6.3f} {row['sleeper_late_ms_p99']} "

@@ -7,8 +7,11 @@
 #                                      token, tracer vs PyTorch's profiler; mechanisms.py
 #                                      on both workloads (item 4)
 #   sh bench/gpu/round2.sh start       in the background (its own session, so it outlives
-#                                      the call): detector cost (item 2), then the torch
-#                                      bench (item 1), then the transformers bench (item 3)
+#                                      the call): mechanisms.py with the hogs sharing the
+#                                      workload's cgroup, detector cost (item 2), the torch
+#                                      bench (item 1), the transformers bench (item 3); the
+#                                      benches stop (keeping finished cells) at DEADLINE
+#                                      (epoch seconds)
 #   sh bench/gpu/round2.sh wait SECS   until that is done or SECS passed; copies what is
 #                                      finished to $OUT (again in the next call if not done)
 # The benches: REPS_TORCH, REPS_HF (default 3), DURATION (3 s), 2 x CPUs hogs for cpu.
@@ -28,13 +31,14 @@ bench() {  # $1: torch|hf; $2: reps
 	set -- --noise none,cpu,heavy --cpu-hogs $((2 * N)) --reps "$2" \
 		--duration "${DURATION:-3}" -o "$dir"
 	if [ "$name" = torch ]; then
-		python3 -m scx_gpu bench run --workload torch "$@" \
+		timeout -s INT $((DEADLINE - $(date +%s))) python3 -m scx_gpu bench run --workload torch "$@" \
 			--policy stock,batch-idle,gpu-nice,fallback,fallback-undeclared
 	else
-		python3 -m scx_gpu bench run --workload cmd "$@" \
+		timeout -s INT $((DEADLINE - $(date +%s))) python3 -m scx_gpu bench run --workload cmd "$@" \
 			--policy stock,batch-idle,fallback-undeclared,fallback \
 			-- python3 "$ROOT/bench/gpu/hf_generate.py" --duration "${DURATION:-3}"
 	fi
+	echo "bench run: exit $?"
 	python3 -m scx_gpu bench compare "$dir" --format markdown -o "$dir/report.md"
 }
 
@@ -56,10 +60,16 @@ explore)
 	done ;;
 start)
 	rm -f "$WORK"/*.done
+	: "${DEADLINE:?set DEADLINE, epoch seconds}"
 	setsid sh "$0" chain > "$WORK/chain.log" 2>&1 < /dev/null &
 	echo "started: $!" ;;
 chain)
-	WORKLOAD="python3 $ROOT/scx_gpu/workloads/torch_decode.py --warmup 1.5 --duration 5" \
+	for kind in torch hf; do
+		python3 bench/gpu/mechanisms.py "$kind" "$WORK/mechanisms-shared-$kind.json" \
+			"${ROUNDS:-6}" shared > "$WORK/mechanisms-shared-$kind.txt" 2>&1 || true
+	done
+	touch "$WORK/mechanisms.done"
+	WORKLOAD="python3 $ROOT/scx_gpu/workloads/torch_decode.py --warmup 1.5 --duration 4" \
 		OUT="$WORK/detector" sh bench/gpu/detector_cost.sh > "$WORK/detector.log" 2>&1
 	touch "$WORK/detector.done"
 	bench torch "${REPS_TORCH:-3}" > "$WORK/torch.log" 2>&1 || true
@@ -67,10 +77,15 @@ chain)
 	bench hf "${REPS_HF:-3}" > "$WORK/hf.log" 2>&1 || true
 	touch "$WORK/hf.done" ;;
 wait)
+	set +e  # copy whatever is there
 	end=$(($(date +%s) + ${2:-560}))
 	while [ ! -e "$WORK/hf.done" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
 	cp "$WORK/chain.log" "$OUT/" 2>/dev/null || true
-	[ -e "$WORK/detector.done" ] && cp "$WORK/detector/detector-cost.jsonl" "$OUT/"
+	[ -e "$WORK/mechanisms.done" ] && cat "$WORK"/mechanisms-shared-*.txt \
+		&& tar czf "$OUT/mechanisms-shared.tgz" -C "$WORK" mechanisms-shared-torch.json \
+			mechanisms-shared-hf.json mechanisms-shared-torch.txt mechanisms-shared-hf.txt
+	[ -e "$WORK/detector.done" ] && cp "$WORK/detector/detector-cost.jsonl" "$OUT/" \
+		&& cat "$WORK/detector/detector-cost.jsonl"
 	for b in torch hf; do
 		[ -e "$WORK/$b.done" ] || { tail -c 2000 "$WORK/$b.log" 2>/dev/null; continue; }
 		tail -c 600 "$WORK/$b.log" | tr '\r' '\n' | tail -5
