@@ -19,7 +19,7 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 export LD_LIBRARY_PATH="$ROOT/.carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT:$ROOT/.carry/py"
 OUT=${OUT:-/tmp/out}
 WORK=/tmp/round2
 N=$(nproc)
@@ -59,16 +59,16 @@ explore)
 			| tee "$OUT/mechanisms-$kind.txt"
 	done ;;
 start)
-	rm -f "$WORK"/*.done
+	rm -f "$WORK"/detector.done "$WORK"/torch.done "$WORK"/hf.done
 	: "${DEADLINE:?set DEADLINE, epoch seconds}"
 	setsid sh "$0" chain > "$WORK/chain.log" 2>&1 < /dev/null &
 	echo "started: $!" ;;
 chain)
-	for kind in torch hf; do
+	[ "${MECHANISMS:-1}" = 1 ] && for kind in torch hf; do
 		python3 bench/gpu/mechanisms.py "$kind" "$WORK/mechanisms-shared-$kind.json" \
 			"${ROUNDS:-6}" shared > "$WORK/mechanisms-shared-$kind.txt" 2>&1 || true
 	done
-	touch "$WORK/mechanisms.done"
+	[ "${MECHANISMS:-1}" = 1 ] && touch "$WORK/mechanisms.done"
 	WORKLOAD="python3 $ROOT/scx_gpu/workloads/torch_decode.py --warmup 1.5 --duration 4" \
 		OUT="$WORK/detector" sh bench/gpu/detector_cost.sh > "$WORK/detector.log" 2>&1
 	touch "$WORK/detector.done"
