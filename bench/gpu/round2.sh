@@ -1,8 +1,9 @@
 #!/bin/sh
 # Issue 15's experiments on the lent H200 machine (kernel without sched_ext,
 # so `fallback` is the mainline fallback). Run as root from a copy of the
-# repository with the built BPF objects (scx_gpu/bpf/) and .carry/lib
-# (libbpf.so.1, libelf.so.1); results go to $OUT, for docs/results/h200/round2/.
+# repository with the built BPF objects (scx_gpu/bpf/), .carry/lib
+# (libbpf.so.1, libelf.so.1) and .carry/py (jeepney: the image lacks it and
+# the control plane imports it); results go to $OUT, for docs/results/h200/round2/.
 #   sh bench/gpu/round2.sh explore     probe; the transformers model's launches per
 #                                      token, tracer vs PyTorch's profiler; mechanisms.py
 #                                      on both workloads (item 4)
