@@ -8,7 +8,7 @@
 #     --duration 4 --work-us 100" EXTRA="--cuda-lib scx_gpu/workloads/bin/libcuda.so.1" \
 #     PYTHON=.venv/bin/python sh bench/gpu/detector_cost.sh   # a dry run with the stub
 set -eu
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export LD_LIBRARY_PATH="$PWD/.carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

@@ -3,6 +3,8 @@
 1. Launches per token as the tracer counts them, in the workload's measured
    window, against PyTorch's profiler (eager), and graph replays counted as
    cuGraphLaunch (graph mode). libcuda comes from discovery, not from flags.
+   Part `hf-launches` does the same for a model we did not write
+   (bench/gpu/hf_generate.py: transformers' generate(), issue 15 item 3).
 2. Tracer overhead: tokens/s untraced and traced, interleaved, REPS times.
 Writes one JSON document (argv[1]).
 """
@@ -20,6 +22,7 @@ from scx_gpu.tracer.analysis import LAUNCH_EVENTS
 
 DECODE = [sys.executable, str(Path(__file__).resolve().parents[2] / "scx_gpu" / "workloads"
                               / "torch_decode.py")]
+GENERATE = [sys.executable, str(Path(__file__).resolve().parent / "hf_generate.py")]
 REPS = 3
 
 
@@ -28,9 +31,9 @@ def _report(stdout: str) -> dict[str, Any]:
     return report
 
 
-def traced(args: list[str]) -> tuple[dict[str, Any], capture.Capture]:
+def traced(args: list[str], cmd: list[str] = DECODE) -> tuple[dict[str, Any], capture.Capture]:
     with tempfile.TemporaryFile("w+") as out:
-        cap = capture.capture(capture.CaptureSpec(cmd=[*DECODE, *args], stdout=out), print)
+        cap = capture.capture(capture.CaptureSpec(cmd=[*cmd, *args], stdout=out), print)
         out.seek(0)
         return _report(out.read()), cap
 
@@ -44,7 +47,18 @@ def launches_per_token(mode: str) -> dict[str, Any]:
     args = ["--mode", mode, "--warmup", "2", "--duration", "4"]
     if mode == "eager":
         args += ["--profile-tokens", "20"]
-    report, cap = traced(args)
+    return counted(*traced(args), mode)
+
+
+def generate_launches() -> dict[str, Any]:
+    """The same for transformers' generate(): per new token, each call's prefill included."""
+    report, cap = traced(["--duration", "4", "--profile-calls", "2"], GENERATE)
+    return counted(report, cap, "generate") | {
+        "calls": report["calls"], "new_tokens_per_call": report["new_tokens_per_call"],
+        "transformers": report["transformers"], "attn": report["attn"]}
+
+
+def counted(report: dict[str, Any], cap: capture.Capture, mode: str) -> dict[str, Any]:
     frame = tracefile.to_frame(cap.events)  # its timestamps start at the first event
     raw = cap.events["ts_ns"].astype("int64")
     window = frame[(raw >= report["measured_from_ns"]) & (raw <= report["measured_to_ns"])]
@@ -79,6 +93,8 @@ def main() -> None:
     result: dict[str, Any] = {}
     if "launches" in parts:
         result["launches"] = [launches_per_token(m) for m in ("eager", "graph")]
+    if "hf-launches" in parts:
+        result["hf_launches"] = generate_launches()
     if "overhead" in parts:
         result["overhead"] = [overhead(m) for m in ("eager", "graph")]
     Path(sys.argv[1]).write_text(json.dumps(result, indent=2, default=int))

@@ -50,6 +50,8 @@ def _noises(names: str) -> list[str]:
 @click.option("--policy", "policy_names", default="stock,scx-gpu", show_default=True,
               help=f"Comma-separated, from {', '.join(policies.POLICIES)}.")
 @click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--cpu-hogs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CPU hogs of the cpu and heavy noise (0: one per CPU).")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Measured seconds per cell (synthetic and torch).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
@@ -59,13 +61,13 @@ def _noises(names: str) -> list[str]:
               show_default=True)
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
-            duration: float, output: Path, cuda_lib: str | None, torch_mode: str,
+            cpu_hogs: int, duration: float, output: Path, cuda_lib: str | None, torch_mode: str,
             cmd: tuple[str, ...]) -> None:
     """Run every noise x policy cell REPS times, traced; results to -o DIR."""
     from scx_gpu.bench import compare, matrix, results
 
     chosen = policies.parse(policy_names)
-    cells = matrix.plan(_noises(noise_names), chosen, reps)
+    cells = matrix.plan(_noises(noise_names), chosen, reps, cpu_hogs)
     matrix.check_dir(output)
     workload = workloads.make(workload_name, duration, list(cmd), cuda_lib, torch_mode)
     policies.check_kernel(chosen)

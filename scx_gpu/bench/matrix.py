@@ -30,19 +30,20 @@ class Cell:
     noise: str
     policy: Policy
     rep: int
+    cpu_hogs: int = 0  # the cpu noise's hogs; 0: one per CPU
 
     @property
     def name(self) -> str:
         return f"{self.noise}_{self.policy.name}_r{self.rep}"
 
 
-def plan(noises: list[str], policies: list[Policy], reps: int) -> list[Cell]:
+def plan(noises: list[str], policies: list[Policy], reps: int, cpu_hogs: int = 0) -> list[Cell]:
     """Interleaved: each rep visits every cell once, so drift hits all alike;
     no noise first: the baseline every other cell is judged against."""
     if "none" not in noises:
         raise UsageError("--noise must include none: degradation is measured against it")
     ordered = sorted(noises, key=lambda n: n != "none")
-    return [Cell(n, p, r) for r in range(reps) for n in ordered for p in policies]
+    return [Cell(n, p, r, cpu_hogs) for r in range(reps) for n in ordered for p in policies]
 
 
 def check_dir(out: Path) -> None:
@@ -61,7 +62,7 @@ def write_marker(out: Path, workload: Workload, cells: list[Cell], duration: flo
         "policies": list(dict.fromkeys(c.policy.name for c in cells)),
         "reps": max(c.rep for c in cells) + 1, "host": platform.node(),
         "kernel": platform.release(), "cpus": os.cpu_count(), "started": time.time(),
-        "noise_commands": {n: noise.commands(n) for n in noise.NOISES},
+        "noise_commands": {n: noise.commands(n, cells[0].cpu_hogs) for n in noise.NOISES},
     }
     (out / MARKER).write_text(json.dumps(config, indent=2))
 
@@ -104,7 +105,7 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
                                cuda_libs=workload.cuda_libs, ring_mb=RING_MB)
     with ExitStack() as stack, tempfile.TemporaryFile("w+") as stdout:
         stack.enter_context(_policy(cell.policy, workload))
-        stack.enter_context(noise.running(cell.noise, idle=cell.policy.noise_idle))
+        stack.enter_context(noise.running(cell.noise, cell.policy.noise_idle, cell.cpu_hogs))
         spec.stdout = stdout
         cpu_before, start = noise.cpu_seconds(), time.monotonic()
         cap = capture.capture(spec, log)

@@ -1,10 +1,10 @@
 """Noise scenarios: what runs beside the workload, in one measuring cgroup.
 
-none, cpu (stress-ng --cpu 0), net (iperf3 over loopback), disk (fio random
-writes), heavy (all three). Each falls back to the built-in generator
-(scx_gpu.bench.noisegen) when its tool is not installed. Everything runs in
-NOISE_CGROUP, so its CPU time can be measured and it can be declared batch;
-it is stopped by killing that cgroup.
+none, cpu (stress-ng --cpu 0: one hog per CPU, or a given count), net
+(iperf3 over loopback), disk (fio random writes), heavy (all three). Each
+falls back to the built-in generator (scx_gpu.bench.noisegen) when its tool
+is not installed. Everything runs in NOISE_CGROUP, so its CPU time can be
+measured and it can be declared batch; it is stopped by killing that cgroup.
 """
 
 import os
@@ -33,10 +33,11 @@ def _builtin(kind: str, workers: int) -> list[str]:
             "--dir", str(DISK_DIR)]
 
 
-def _cpu() -> list[str]:
+def _cpu(hogs: int) -> list[str]:
+    """hogs busy loops; 0: one per CPU."""
     if shutil.which("stress-ng"):
-        return ["stress-ng", "--cpu", "0", "--cpu-method", "int64", "--quiet"]
-    return _builtin("cpu", NPROC)
+        return ["stress-ng", "--cpu", str(hogs), "--cpu-method", "int64", "--quiet"]
+    return _builtin("cpu", hogs or NPROC)
 
 
 def _net() -> list[str]:
@@ -55,10 +56,12 @@ def _disk() -> list[str]:
     return _builtin("disk", 2)
 
 
-def commands(noise: str) -> list[list[str]]:
-    """The command lines one noise scenario runs."""
-    parts = {"none": [], "cpu": [_cpu()], "net": [_net()], "disk": [_disk()],
-             "heavy": [_cpu(), _net(), _disk()]}
+def commands(noise: str, cpu_hogs: int = 0) -> list[list[str]]:
+    """The command lines one noise scenario runs (cpu_hogs: 0 for one per CPU)."""
+    if cpu_hogs < 0:
+        raise UsageError(f"--cpu-hogs {cpu_hogs}: give a count >= 0 (0: one per CPU)")
+    parts = {"none": [], "cpu": [_cpu(cpu_hogs)], "net": [_net()], "disk": [_disk()],
+             "heavy": [_cpu(cpu_hogs), _net(), _disk()]}
     if noise not in parts:
         raise UsageError(f"unknown noise {noise!r}: choose from {', '.join(NOISES)}")
     return parts[noise]
@@ -89,9 +92,9 @@ def cpu_seconds() -> float:
 
 
 @contextmanager
-def running(noise: str, idle: bool = False) -> Iterator[None]:
+def running(noise: str, idle: bool = False, cpu_hogs: int = 0) -> Iterator[None]:
     """The noise running for the body's duration, then killed to the last process."""
-    cmds = commands(noise)
+    cmds = commands(noise, cpu_hogs)
     prepare()
     DISK_DIR.mkdir(parents=True, exist_ok=True)
     _idle_group(idle)

@@ -35,6 +35,16 @@ def test_noise_commands_fall_back_to_builtins(monkeypatch):
     assert len(noise.commands("heavy")) == 3 and noise.commands("none") == []
 
 
+def test_cpu_hog_count(monkeypatch):
+    for tool, count_at in (("stress-ng", 2), (None, 5)):
+        monkeypatch.setattr("shutil.which", lambda name, tool=tool: tool)
+        assert noise.commands("cpu")[0][count_at] == ("0" if tool else str(noise.NPROC))
+        assert noise.commands("cpu", 32)[0][count_at] == "32"
+        assert noise.commands("heavy", 32)[0][count_at] == "32"
+    cells = matrix.plan(["none", "cpu"], [policies.POLICIES["stock"]], 1, cpu_hogs=32)
+    assert {c.cpu_hogs for c in cells} == {32}
+
+
 def test_bad_input(tmp_path):
     stranger = tmp_path / "stranger"
     stranger.mkdir()
@@ -46,6 +56,7 @@ def test_bad_input(tmp_path):
         (["--policy", "stock,magic", "-o", out], 2, ["unknown policy 'magic'", "batch-idle"]),
         (["--workload", "cmd", "-o", out], 2, ["needs the command"]),
         (["--noise", "cpu", "--policy", "stock", "-o", out], 2, ["must include none"]),
+        (["--cpu-hogs", "-1", "-o", out], 2, ["--cpu-hogs", ">=0"]),
         (["--policy", "stock", "-o", str(stranger)], 2, ["not a bench result"]),
         (["--policy", "scx-gpu", "-o", out], 1, ["needs a kernel with sched_ext", "scx-gpu vm"]),
     ]
