@@ -18,6 +18,7 @@ over the launcher's whole run; equal, entry point by entry point.
 """
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -61,9 +62,8 @@ def _gpu_wait_hist() -> list[int]:
     return hist
 
 
-def _launcher_tids(cmd: list[str]) -> set[int]:
-    """Run cmd to completion; every thread id its process had."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+def _thread_ids(proc: subprocess.Popen[bytes]) -> set[int]:
+    """Every thread id proc has while it runs (then waits for it)."""
     tids: set[int] = set()
     while proc.poll() is None:
         try:
@@ -76,17 +76,27 @@ def _launcher_tids(cmd: list[str]) -> set[int]:
 
 
 def test_runqlat_agrees_with_the_gpu_tier_wait_histogram():
-    launcher = [*sc.SCX_GPU, "run", "--tier", "gpu", "--", str(LAUNCHER), "--cuda-lib",
-                str(STUB), "--threads", "2", "--duration", "6", *sc.BUSY_LAUNCHER]
-    with sc.loaded(), sc.hogs(2 * NPROC), bcc.tracing("runqlat", "-L") as out:
-        before = _gpu_wait_hist()
-        tids = _launcher_tids(launcher)
-        after = _gpu_wait_hist()
+    # The launcher joins the gpu tier, then stops itself until runqlat is
+    # watching its process: runqlat -L keeps at most 64 (thread, bucket)
+    # pairs, so it must watch that process alone (-p), known only once started.
+    launcher = [*sc.SCX_GPU, "run", "--tier", "gpu", "--", "sh", "-c",
+                'kill -STOP $$ && exec "$@"', "sh", str(LAUNCHER), "--cuda-lib", str(STUB),
+                "--threads", "2", "--duration", "6", *sc.BUSY_LAUNCHER]
+    with sc.loaded(), sc.hogs(2 * NPROC):
+        proc = subprocess.Popen(launcher, stdout=subprocess.DEVNULL)
+        sc.wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split()[2] == "T", 60,
+                    "the launcher to stop itself in the gpu tier")
+        with bcc.tracing("runqlat", "-L", "-p", str(proc.pid)) as out:
+            before = _gpu_wait_hist()
+            os.kill(proc.pid, signal.SIGCONT)
+            tids = _thread_ids(proc)
+            after = _gpu_wait_hist()
     ours = _scx_gpu_buckets([a - b for a, b in zip(after, before, strict=True)])
     per_tid = bcc.runqlat_by_tid(out)
-    theirs = _runqlat_buckets([row for tid in tids for row in per_tid.get(tid, [])])
+    assert set(per_tid) <= tids, (sorted(per_tid), sorted(tids))
+    theirs = _runqlat_buckets([row for rows in per_tid.values() for row in rows])
     counts = (sum(c for *_, c in ours), sum(c for *_, c in theirs))
-    assert min(counts) >= MIN_WAITS, (counts, sorted(tids), sorted(per_tid), "\n".join(out[-40:]))
+    assert min(counts) >= MIN_WAITS, (counts, sorted(tids), "\n".join(out[-40:]))
     for q in (0.50, 0.99):
         a, b = _upper_bound(ours, q), _upper_bound(theirs, q)
         print(f"p{q * 100:.0f}: scx-gpu <= {a:.0f} us, runqlat <= {b:.0f} us; waits {counts}")
