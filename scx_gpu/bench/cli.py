@@ -79,6 +79,8 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
 
         def step(done: int, name: str) -> None:
             progress.update(task, description=name, completed=done)
+            if not console.is_interactive:  # no live bar: a line per cell
+                console.print(f"scx-gpu bench: cell {done + 1}/{len(cells)}: {name}")
 
         def log(line: str) -> None:
             if "no symbols" in line:

@@ -3,6 +3,8 @@
 # job from the job disk, report its exit status on the console, power off.
 # It must never exit: PID 1 exiting panics the kernel.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+# The console is a serial line read line by line on the host: no cursor control.
+export TERM=dumb
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
 mount -t sysfs sys /sys

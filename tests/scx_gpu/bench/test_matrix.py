@@ -101,3 +101,6 @@ def test_small_matrix_end_to_end_on_the_host(tmp_path):
     config = json.loads((out / results.MARKER).read_text())
     assert config["workload"] == "synthetic" and config["reps"] == 1
     assert "degradation" in proc.stdout and "gpu-nice" in proc.stdout
+    # Not a terminal: a line per cell says what runs (the live bar would not show).
+    cells = [line for line in proc.stderr.splitlines() if line.startswith("scx-gpu bench: cell")]
+    assert len(cells) == 6 and cells[0].startswith("scx-gpu bench: cell 1/6: "), proc.stderr
