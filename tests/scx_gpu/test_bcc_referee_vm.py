@@ -4,14 +4,16 @@ runqlat -L against the gpu tier's wait histogram. They time slightly
 different intervals of each wait: runqlat from the sched_wakeup tracepoint
 (fired in try_to_wake_up after the task was enqueued) or from a preemption's
 sched_switch, scx-gpu from ops.enqueue; both end at the switch to the task.
-scx-gpu's waits are therefore the longer by the rest of the wake-up path, a
-few microseconds. Both are log2 histograms (runqlat's of microseconds,
-scx-gpu's of nanoseconds, whose edges differ by 2.4%), so a quantile is
-known from each only to within its bucket: the two upper bounds of the same
-quantile can differ by one bucket, a factor of 2, and by the wake-up path on
-top. Hence the bound: within a factor of 2 at p50 and p99, over waits of
-hundreds of microseconds (a gpu launcher preempting CPU hogs under
-emulation), where a few microseconds cannot move a quantile across a bucket.
+scx-gpu's waits are therefore the longer by the rest of the wake-up path:
+microseconds, tens under emulation, so up to about 20% of the launcher's
+typical 30-60 us wait there. Both are log2 histograms, runqlat's of
+microseconds and scx-gpu's of nanoseconds (edges 2.4% apart), so a quantile
+is known from each only as its bucket's upper edge, and the same quantile
+can land one bucket apart: a factor of 2 x 1.024. Hence the bound at p50
+and p99: 2 x 1.024 x 1.2 = 2.46, rounded to 2.5. (The first run in the VM
+gave p50 65.5 us against 32 us: one bucket apart.) scx-gpu also counts more
+waits (a slice refilled on an enqueue with no switch), which runqlat cannot
+see; counts are not compared.
 
 funccount against `scx-gpu trace`: the same uprobes, counted by each tool
 over the launcher's whole run; equal, entry point by entry point.
@@ -34,7 +36,7 @@ from tests.helpers import scx_gpu
 pytestmark = pytest.mark.vm
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
 NPROC = os.cpu_count() or 1
-AGREEMENT_FACTOR = 2.0
+AGREEMENT_FACTOR = 2.5
 MIN_WAITS = 200
 
 
