@@ -77,9 +77,9 @@ test-host: setup build
 DEMO_POLICIES := stock,batch-idle,scx-gpu,scx-gpu-undeclared
 demo: setup build
 	rm -rf demo-results
-	$(BIN)/scx-gpu vm run --timeout 1200 --out demo-results -- env COLUMNS=160 \
-		scx-gpu bench run --workload synthetic --noise none,cpu --policy $(DEMO_POLICIES) \
-		--reps 1 --duration 5 -o /job/out/run >/dev/null
+	$(BIN)/scx-gpu vm run --timeout 1200 --out demo-results -- sh -c \
+		'COLUMNS=160 scx-gpu bench run --workload synthetic --noise none,cpu \
+		--policy $(DEMO_POLICIES) --reps 1 --duration 5 -o /job/out/run >/dev/null'
 	$(BIN)/scx-gpu bench compare demo-results/run
 	$(BIN)/scx-gpu bench compare demo-results/run --format markdown -o demo-results/report.md
 # Scheduler vs the mainline knobs, in the test VM; results in bench-results/.
