@@ -252,7 +252,7 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
         accel = "kvm" if kvm_usable() else "tcg"
         console, start = _boot(spec, job_disk, accel, out)
         if accel == "kvm" and console.booted_at is None and console.exit_code is None:
-            _give_up_kvm(console)
+            _give_up_kvm(console, time.monotonic() - start)
             accel = "tcg"
             console, start = _boot(spec, job_disk, accel, out)
         total = time.monotonic() - start
@@ -267,11 +267,15 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
         return VmResult(console.exit_code, accel, boot_s, total, "\n".join(console.lines))
 
 
-def _give_up_kvm(console: _Console) -> None:
+def _give_up_kvm(console: _Console, elapsed: float) -> None:
     """Remember that KVM cannot run the guest on this host kernel, and say why, once."""
-    why = console.kvm_failure or f"no guest boot within {KVM_BOOT_WINDOW_S:g}s"
-    if console.kvm_failure is None and console.lines:
-        why += f"; last line: {console.lines[-1].strip()}"
+    last = console.lines[-1].strip() if console.lines else "nothing"
+    if console.kvm_failure:
+        why = console.kvm_failure
+    elif elapsed < KVM_BOOT_WINDOW_S:
+        why = f"QEMU stopped before the guest booted; it said: {last}"
+    else:
+        why = f"no guest boot within {KVM_BOOT_WINDOW_S:g}s; last line: {last}"
     marker = _kvm_marker()
     marker.write_text(why + "\n")
     say(f"KVM cannot run the guest here ({why}); using software emulation (TCG), "
