@@ -8,7 +8,15 @@ hands every new token to a streamer; the streamer's clock gives the token
 times. Prints one JSON line like the torch workload's (tokens/s, token time
 percentiles, the measured window), so `scx-gpu bench run --workload cmd`
 reads it; with --profile-calls N, also the kernels per token that PyTorch's
-profiler saw over N calls.
+profiler saw over N calls, and the seconds its start took (imports, model
+build, warm-up calls).
+
+A bench cell starts this afresh, so the start is kept short: torchvision is
+hidden from transformers (its image utilities import it, and with it
+torch._dynamo and sympy, seconds of imports a text model never uses), and
+the model is built in bf16 on the GPU with transformers' weight init
+skipped, then filled as that init would (normal(0, initializer_range),
+norm weights 1) in a few GPU kernels.
 """
 
 import argparse
@@ -18,11 +26,21 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-from transformers import LlamaConfig, LlamaForCausalLM
+sys.modules.setdefault("torchvision", None)  # type: ignore[arg-type]
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers.initialization import no_init_weights  # noqa: E402
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (/proc/self/stat's starttime, in clock ticks)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: after pid, comm, state
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started
 
 
 class Clock:
@@ -44,9 +62,15 @@ def build(args: argparse.Namespace) -> LlamaForCausalLM:
                          intermediate_size=args.dim * 11 // 4, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, num_key_value_heads=args.heads,
                          max_position_embeddings=2048)
-    with torch.device("cuda"):  # random init on the GPU
-        model = LlamaForCausalLM(config)
-    model = model.to(torch.bfloat16).eval()
+    with torch.device("cuda"), no_init_weights():
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:  # RMSNorm weights
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, config.initializer_range)
+    model.eval()
     generation = model.generation_config
     generation.eos_token_id = None  # random weights: never stop early
     generation.pad_token_id = 0
@@ -70,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("hf_generate: no CUDA device", file=sys.stderr)
         return 2
+    imported = time.monotonic()
+    age = _process_age_s()  # the interpreter's start and the imports
     model = build(args)
     prompt = torch.randint(1, args.vocab, (1, args.prompt), device="cuda")
+    torch.cuda.synchronize()
+    built = time.monotonic()
 
     def call(clock: Clock | None = None) -> int:
         out = model.generate(prompt, max_new_tokens=args.new_tokens, streamer=clock)
@@ -80,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for _ in range(args.warmup_calls):
             call()
+        torch.cuda.synchronize()
+        warm = time.monotonic()
         kernels = None
         if args.profile_calls:
             from torch.profiler import ProfilerActivity, profile
@@ -116,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "token_us_p50": 1e6 * statistics.median(times),
         "token_us_p99": 1e6 * sorted(times)[min(len(times) - 1, int(0.99 * len(times)))],
         "profiler_kernels_per_token": kernels,
+        "start_s": {"imports": age, "build": built - imported,
+                    "warmup": warm - built},
         "measured_from_ns": start_ns, "measured_to_ns": end_ns,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(),
