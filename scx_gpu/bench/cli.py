@@ -59,15 +59,21 @@ def _noises(names: str) -> list[str]:
 @click.option("--cuda-lib", help="libcuda for the synthetic launcher (default: the stub).")
 @click.option("--torch-mode", type=click.Choice(["eager", "graph"]), default="eager",
               show_default=True)
+@click.option("--noise-cgroup", "noise_layout", type=click.Choice(noise.LAYOUTS), default="own",
+              show_default=True,
+              help="own: the noise in a cgroup below the root; shared: in a child of this "
+                   "command's cgroup, competing with the workload task by task.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
             cpu_hogs: int, duration: float, output: Path, cuda_lib: str | None, torch_mode: str,
-            cmd: tuple[str, ...]) -> None:
+            noise_layout: str, cmd: tuple[str, ...]) -> None:
     """Run every noise x policy cell REPS times, traced; results to -o DIR."""
     from scx_gpu.bench import compare, matrix, results
 
     chosen = policies.parse(policy_names)
-    cells = matrix.plan(_noises(noise_names), chosen, reps, cpu_hogs)
+    policies.check_noise_layout(chosen, noise_layout)
+    cells = matrix.plan(_noises(noise_names), chosen, reps, cpu_hogs,
+                        noise.cgroup_for(noise_layout))
     matrix.check_dir(output)
     workload = workloads.make(workload_name, duration, list(cmd), cuda_lib, torch_mode)
     policies.check_kernel(chosen)

@@ -16,6 +16,7 @@ from typing import Any
 
 import scx_gpu
 from scx_gpu.bench import noise, scenario
+from scx_gpu.bench.noise import NOISE_CGROUP
 from scx_gpu.bench.policies import Policy
 from scx_gpu.bench.results import KIND, MARKER, TRACES, save
 from scx_gpu.bench.workloads import Workload, metric
@@ -31,19 +32,22 @@ class Cell:
     policy: Policy
     rep: int
     cpu_hogs: int = 0  # the cpu noise's hogs; 0: one per CPU
+    noise_cgroup: Path = NOISE_CGROUP  # where the noise runs (noise.cgroup_for)
 
     @property
     def name(self) -> str:
         return f"{self.noise}_{self.policy.name}_r{self.rep}"
 
 
-def plan(noises: list[str], policies: list[Policy], reps: int, cpu_hogs: int = 0) -> list[Cell]:
+def plan(noises: list[str], policies: list[Policy], reps: int, cpu_hogs: int = 0,
+         noise_cgroup: Path = NOISE_CGROUP) -> list[Cell]:
     """Interleaved: each rep visits every cell once, so drift hits all alike;
     no noise first: the baseline every other cell is judged against."""
     if "none" not in noises:
         raise UsageError("--noise must include none: degradation is measured against it")
     ordered = sorted(noises, key=lambda n: n != "none")
-    return [Cell(n, p, r, cpu_hogs) for r in range(reps) for n in ordered for p in policies]
+    return [Cell(n, p, r, cpu_hogs, noise_cgroup)
+            for r in range(reps) for n in ordered for p in policies]
 
 
 def check_dir(out: Path) -> None:
@@ -63,18 +67,19 @@ def write_marker(out: Path, workload: Workload, cells: list[Cell], duration: flo
         "reps": max(c.rep for c in cells) + 1, "host": platform.node(),
         "kernel": platform.release(), "cpus": os.cpu_count(), "started": time.time(),
         "noise_commands": {n: noise.commands(n, cells[0].cpu_hogs) for n in noise.NOISES},
+        "noise_cgroup": str(cells[0].noise_cgroup),
     }
     (out / MARKER).write_text(json.dumps(config, indent=2))
 
 
 @contextmanager
-def _policy(policy: Policy, workload: Workload) -> Iterator[None]:
+def _policy(policy: Policy, workload: Workload, noise_cgroup: Path) -> Iterator[None]:
     if policy.scheduler is None:
         yield
         return
     args = [*policy.scheduler, *(a for lib in workload.cuda_libs for a in ("--cuda-lib", lib))]
     if policy.declare_noise:
-        args += ["--batch-cgroup", str(noise.NOISE_CGROUP)]
+        args += ["--batch-cgroup", str(noise_cgroup)]
     with scenario.loaded(*args, cuda_lib=False):
         yield
 
@@ -100,18 +105,20 @@ def _trace_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 def run_cell(cell: Cell, workload: Workload, out: Path,
              log: Callable[[str], None]) -> dict[str, Any]:
-    noise.prepare()  # --batch-cgroup needs the cgroup before the scheduler loads
+    noise.prepare(cell.noise_cgroup)  # --batch-cgroup needs it before the scheduler loads
     spec = capture.CaptureSpec(cmd=[*cell.policy.prefix, *workload.argv],
                                cuda_libs=workload.cuda_libs, ring_mb=RING_MB)
     with ExitStack() as stack, tempfile.TemporaryFile("w+") as stdout:
-        stack.enter_context(_policy(cell.policy, workload))
-        stack.enter_context(noise.running(cell.noise, cell.policy.noise_idle, cell.cpu_hogs))
+        stack.enter_context(_policy(cell.policy, workload, cell.noise_cgroup))
+        stack.enter_context(noise.running(cell.noise, cell.policy.noise_idle, cell.cpu_hogs,
+                                          cell.noise_cgroup))
         spec.stdout = stdout
-        cpu_before, start = noise.cpu_seconds(), time.monotonic()
+        cpu_before, start = noise.cpu_seconds(cell.noise_cgroup), time.monotonic()
         cap = capture.capture(spec, log)
         if cap.interrupted:
             raise KeyboardInterrupt
-        noise_cpu, elapsed = noise.cpu_seconds() - cpu_before, time.monotonic() - start
+        noise_cpu = noise.cpu_seconds(cell.noise_cgroup) - cpu_before
+        elapsed = time.monotonic() - start
         stdout.seek(0)
         printed = stdout.read()
     if cap.exit_status != 0:
@@ -146,5 +153,6 @@ def run(cells: list[Cell], workload: Workload, out: Path, duration: float,
             rows.append(run_cell(cell, workload, out, log))
             save(out, rows)
     finally:
-        noise.stop()
+        for cgroup in {c.noise_cgroup for c in cells}:
+            noise.release(cgroup)
     return rows

@@ -3,8 +3,17 @@
 none, cpu (stress-ng --cpu 0: one hog per CPU, or a given count), net
 (iperf3 over loopback), disk (fio random writes), heavy (all three). Each
 falls back to the built-in generator (scx_gpu.bench.noisegen) when its tool
-is not installed. Everything runs in NOISE_CGROUP, so its CPU time can be
+is not installed. Everything runs in one cgroup, so its CPU time can be
 measured and it can be declared batch; it is stopped by killing that cgroup.
+
+Where that cgroup sits decides what the noise competes with (LAYOUTS):
+own     NOISE_CGROUP, below the root. With the root's cpu controller on (as
+        on systemd hosts) it competes with the workload's cgroup as one
+        entity, which shields a workload that uses little of its share.
+shared  a child of the bench's own cgroup, where the workload runs. The cpu
+        controller cannot run there (that cgroup holds processes), so the
+        noise competes with the launching thread task by task, as a job's own
+        helper processes, or batch work on a host without that controller, do.
 """
 
 import os
@@ -21,7 +30,9 @@ from scx_gpu.controlplane.tiers import CGROUP_ROOT
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 NOISES = ("none", "cpu", "net", "disk", "heavy")
-NOISE_CGROUP = CGROUP_ROOT / "scx-gpu-bench-noise"
+LAYOUTS = ("own", "shared")
+NOISE_NAME = "scx-gpu-bench-noise"
+NOISE_CGROUP = CGROUP_ROOT / NOISE_NAME
 DISK_DIR = Path("/var/tmp/scx-gpu-noise")
 IPERF_PORT = 5299
 SETTLE_S = 1.0
@@ -67,62 +78,93 @@ def commands(noise: str, cpu_hogs: int = 0) -> list[list[str]]:
     return parts[noise]
 
 
-def prepare() -> Path:
+def own_cgroup(proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path:
+    """This process's cgroup v2 group."""
+    for line in proc_cgroup.read_text().splitlines():
+        if line.startswith("0::"):
+            return CGROUP_ROOT / line[3:].strip().lstrip("/")
+    raise EnvironmentProblem(f"{proc_cgroup} names no cgroup v2 group: is cgroup v2 mounted?")
+
+
+def cgroup_for(layout: str, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path:
+    """The noise's cgroup in that layout (see LAYOUTS above)."""
+    if layout == "own":
+        return NOISE_CGROUP
+    if layout != "shared":
+        raise UsageError(f"unknown noise cgroup layout {layout!r}: choose from "
+                         f"{', '.join(LAYOUTS)}")
+    parent = own_cgroup(proc_cgroup)
+    controls = parent / "cgroup.subtree_control"
+    if controls.is_file() and "cpu" in controls.read_text().split():
+        raise UsageError(f"--noise-cgroup shared: the cpu controller runs below {parent}, so "
+                         "noise in a child of it competes as one entity, as with own; start "
+                         "the bench in a cgroup of its own (systemd-run --scope ...)")
+    return parent / NOISE_NAME
+
+
+def prepare(cgroup: Path = NOISE_CGROUP) -> Path:
     """The noise cgroup, empty (it must exist before a scheduler declares it batch)."""
-    NOISE_CGROUP.mkdir(exist_ok=True)
-    stop()
-    return NOISE_CGROUP
+    cgroup.mkdir(exist_ok=True)
+    stop(cgroup)
+    return cgroup
 
 
-def stop() -> None:
-    if (NOISE_CGROUP / "cgroup.kill").exists():
-        (NOISE_CGROUP / "cgroup.kill").write_text("1")
+def stop(cgroup: Path = NOISE_CGROUP) -> None:
+    if (cgroup / "cgroup.kill").exists():
+        (cgroup / "cgroup.kill").write_text("1")
         deadline = time.monotonic() + 10
-        while (NOISE_CGROUP / "cgroup.procs").read_text().strip():
+        while (cgroup / "cgroup.procs").read_text().strip():
             if time.monotonic() > deadline:
-                raise EnvironmentProblem(
-                    f"{NOISE_CGROUP}: noise survived cgroup.kill; kill it by hand")
+                raise EnvironmentProblem(f"{cgroup}: noise survived cgroup.kill; kill it by hand")
             time.sleep(0.05)
     shutil.rmtree(DISK_DIR, ignore_errors=True)
 
 
-def cpu_seconds() -> float:
+def release(cgroup: Path) -> None:
+    """Stop the noise; a shared layout's cgroup is removed too (it sits in the
+    caller's cgroup, which is not ours to leave things in)."""
+    stop(cgroup)
+    if cgroup != NOISE_CGROUP and cgroup.is_dir():
+        cgroup.rmdir()
+
+
+def cpu_seconds(cgroup: Path = NOISE_CGROUP) -> float:
     """CPU seconds the noise used so far (cgroup v2 cpu.stat)."""
-    return cgroup_cpu_s(NOISE_CGROUP)
+    return cgroup_cpu_s(cgroup)
 
 
 @contextmanager
-def running(noise: str, idle: bool = False, cpu_hogs: int = 0) -> Iterator[None]:
+def running(noise: str, idle: bool = False, cpu_hogs: int = 0,
+            cgroup: Path = NOISE_CGROUP) -> Iterator[None]:
     """The noise running for the body's duration, then killed to the last process."""
     cmds = commands(noise, cpu_hogs)
-    prepare()
+    prepare(cgroup)
     DISK_DIR.mkdir(parents=True, exist_ok=True)
-    _idle_group(idle)
+    _idle_group(cgroup, idle)
     # SCHED_IDLE (chrt) is inherited by everything the noise starts.
-    procs = [subprocess.Popen(in_cgroup(NOISE_CGROUP, ["chrt", "--idle", "0", *cmd] if idle
-                                        else cmd),
+    procs = [subprocess.Popen(in_cgroup(cgroup, ["chrt", "--idle", "0", *cmd] if idle else cmd),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for cmd in cmds]
     try:
         for proc in procs:
-            joined(NOISE_CGROUP, proc)
+            joined(cgroup, proc)
         if procs:
             time.sleep(SETTLE_S)
         yield
     finally:
-        stop()
+        stop(cgroup)
         for proc in procs:
             proc.kill()  # one that never joined the cgroup; a no-op for the rest
             proc.wait()
-        _idle_group(False)
+        _idle_group(cgroup, False)
 
 
-def _idle_group(idle: bool) -> None:
+def _idle_group(cgroup: Path, idle: bool) -> None:
     """cpu.idle on the noise cgroup when the cpu controller runs there.
 
     With the controller on, the cgroup competes as one entity of normal
     weight, so SCHED_IDLE inside it yields only to its own siblings.
     """
-    knob = NOISE_CGROUP / "cpu.idle"
+    knob = cgroup / "cpu.idle"
     if knob.is_file():
         knob.write_text("1" if idle else "0")

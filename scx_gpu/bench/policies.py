@@ -57,6 +57,16 @@ def parse(names: str) -> list[Policy]:
     return chosen
 
 
+def check_noise_layout(chosen: list[Policy], layout: str) -> None:
+    """The mainline fallback declares the noise by its cgroup's cpu settings,
+    which a shared layout's cgroup lacks (the cpu controller cannot run there)."""
+    declaring = [p.name for p in chosen if p.declare_noise and p.scheduler == MAINLINE]
+    if layout == "shared" and declaring:
+        raise UsageError(f"policy {', '.join(declaring)} declares the noise's cgroup, which "
+                         "--noise-cgroup shared puts where the cpu controller cannot run: drop "
+                         "it or use --noise-cgroup own")
+
+
 def check_kernel(chosen: list[Policy]) -> None:
     """Policies that load scx-gpu need sched_ext."""
     needs_scx = [p.name for p in chosen if p.scheduler not in (None, MAINLINE)]

@@ -2,12 +2,16 @@
 the host kernel has no sched_ext; the VM test runs scx-gpu's)."""
 
 import json
+import subprocess
 import time
+import uuid
 
 import pandas as pd
 import pytest
 
-from scx_gpu.bench import matrix, noise, policies, results, workloads
+from scx_gpu.bench import matrix, noise, policies, results, scenario, workloads
+from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.errors import UsageError
 from tests.helpers import assert_one_line_error, leftovers, scx_gpu
 
 
@@ -45,6 +49,23 @@ def test_cpu_hog_count(monkeypatch):
     assert {c.cpu_hogs for c in cells} == {32}
 
 
+def test_noise_cgroup_layouts(tmp_path, monkeypatch):
+    assert noise.cgroup_for("own") == noise.NOISE_CGROUP
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/job.scope\n")
+    assert noise.cgroup_for("shared", proc) == (
+        CGROUP_ROOT / "system.slice" / "job.scope" / noise.NOISE_NAME)
+    # In the root cgroup with the cpu controller on below it, a child would
+    # compete as one entity: that is `own`, not `shared`.
+    monkeypatch.setattr(noise, "CGROUP_ROOT", tmp_path)
+    (tmp_path / "cgroup.subtree_control").write_text("cpuset cpu io memory\n")
+    proc.write_text("0::/\n")
+    with pytest.raises(UsageError, match="competes as one entity"):
+        noise.cgroup_for("shared", proc)
+    with pytest.raises(UsageError, match="own, shared"):
+        noise.cgroup_for("nearby", proc)
+
+
 def test_bad_input(tmp_path):
     stranger = tmp_path / "stranger"
     stranger.mkdir()
@@ -59,6 +80,8 @@ def test_bad_input(tmp_path):
         (["--cpu-hogs", "-1", "-o", out], 2, ["--cpu-hogs", ">=0"]),
         (["--policy", "stock", "-o", str(stranger)], 2, ["not a bench result"]),
         (["--policy", "scx-gpu", "-o", out], 1, ["needs a kernel with sched_ext", "scx-gpu vm"]),
+        (["--policy", "stock,fallback", "--noise-cgroup", "shared", "-o", out], 2,
+         ["policy fallback declares the noise's cgroup", "--noise-cgroup own"]),
     ]
     for args, code, needles in cases:
         assert_one_line_error(scx_gpu("bench", "run", *args), code, needles)
@@ -104,3 +127,29 @@ def test_small_matrix_end_to_end_on_the_host(tmp_path):
     # Not a terminal: a line per cell says what runs (the live bar would not show).
     cells = [line for line in proc.stderr.splitlines() if line.startswith("scx-gpu bench: cell")]
     assert len(cells) == 6 and cells[0].startswith("scx-gpu bench: cell 1/6: "), proc.stderr
+
+
+@pytest.mark.root
+def test_shared_noise_runs_in_a_child_of_the_bench_cgroup(tmp_path):
+    home = CGROUP_ROOT / f"scx-gpu-test-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "run"
+    try:
+        cmd = [*scenario.SCX_GPU, "bench", "run", "--noise", "none,cpu", "--policy",
+               "stock,batch-idle", "--reps", "1", "--duration", "1", "--noise-cgroup", "shared",
+               "-o", str(out)]
+        proc = subprocess.run(scenario.in_cgroup(home, cmd), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        shared = home / noise.NOISE_NAME
+        assert json.loads((out / results.MARKER).read_text())["noise_cgroup"] == str(shared)
+        rows = pd.read_parquet(out / results.RESULTS)
+        assert len(rows) == 4 and (rows[rows.noise == "cpu"].noise_cpu_s > 0.5).all(), rows
+        assert not shared.exists()  # nothing left in the caller's cgroup
+    finally:
+        if home.is_dir():
+            (home / "cgroup.kill").write_text("1")
+            scenario.wait_for(lambda: not (home / "cgroup.procs").read_text().strip(), 10,
+                              f"{home} to empty")
+            for child in (home / noise.NOISE_NAME, home):
+                if child.is_dir():
+                    child.rmdir()
