@@ -14,7 +14,7 @@ BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 	-fms-extensions -Wno-microsoft-anon-tag -Isched/bpf -Itracer
 SETUP_STAMP := $(VENV)/.setup-stamp
 WL      := scx_gpu/workloads
-PROGRAMS := $(WL)/bin/launcher $(WL)/bin/libcuda.so.1 $(WL)/bin/libcudart.so.13
+PROGRAMS := $(WL)/bin/launcher $(WL)/bin/spinners $(WL)/bin/libcuda.so.1 $(WL)/bin/libcudart.so.13
 CFLAGS  ?= -O2 -g -Wall -Wextra -Werror
 
 vpath %.bpf.c sched/bpf tracer
@@ -52,6 +52,10 @@ $(WL)/bin/libcudart.so.13: $(WL)/cudart_stub.c $(WL)/bin/libcuda.so.1
 $(WL)/bin/launcher: $(WL)/launcher.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -pthread -o $@ $< -ldl
+
+$(WL)/bin/spinners: $(WL)/spinners.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -pthread -o $@ $<
 
 build: bpf programs
 

@@ -32,6 +32,7 @@ from scx_gpu.controlplane import (
     stats,
     stats_socket,
     tiers,
+    trust,
 )
 from scx_gpu.controlplane.detector import Detector
 from scx_gpu.controlplane.scheduler import (
@@ -39,6 +40,7 @@ from scx_gpu.controlplane.scheduler import (
     BpfScheduler,
     ReadOnlyOptions,
     comm_prefix_lens,
+    gpu_tag_times,
     unpin,
 )
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
@@ -50,7 +52,7 @@ POLL_S = 0.1
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
-CONTROL_NICE = -20  # in the normal tier, ahead of its other work (never of the gpu tier)
+CONTROL_NICE = -20  # ahead of the normal tier's other work; the detector thread is gpu tier
 
 
 def sched_ext_state() -> tuple[str | None, str | None]:
@@ -108,8 +110,12 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
         nr_cpus=os.cpu_count() or 1,
         fair_only=config.policy == "fair",
         gpu_preempts_normal=config.gpu_preempts_normal,
+        gpu_budget_pct=config.gpu_budget_pct,
+        gpu_proc_budget_pct=config.gpu_proc_budget_pct,
+        gpu_allow_set=bool(config.gpu_allow),
         sched_idle_is_batch=config.sched_idle_batch,
         detect_scope=intf.Scope[config.scope.upper()],
+        control_tid=threading.get_native_id(),
     )
 
 
@@ -120,11 +126,16 @@ def tunables(config: Config) -> intf.Tunables:
                          floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6)
 
 
+DUMP_MARK = "scx_gpu: tier"  # the lines ops.dump writes: each tier's queue and oldest waiter
+
+
 def exit_message(info: intf.ExitInfo) -> str:
     reason = info.reason.decode(errors="replace")
     msg = info.msg.decode(errors="replace")
+    tiers = [line.strip() for line in info.dump.decode(errors="replace").splitlines()
+             if DUMP_MARK in line]
     return f"scheduler exited (kind {info.kind}, code {info.exit_code:#x}): {reason}" + (
-        f": {msg}" if msg else "")
+        f": {msg}" if msg else "") + "".join(f"\n  {line}" for line in tiers)
 
 
 class Loader:
@@ -137,6 +148,7 @@ class Loader:
         self.stop = threading.Event()
         self.took_over: scx_loader.Running | None = None  # scx_loader's, started on exit
         self.last_quota_change: autoquota.Change | None = None
+        self.refused: set[Path] = set()  # libcuda files reported untrusted, once each
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()
@@ -189,6 +201,7 @@ class Loader:
             sched.load()
             sched.write_tunables(tunables(self.config))
             tiers.populate(sched, self.config, tiers.own_cgroups())
+            tiers.populate_gpu_allow(sched, self.config.gpu_allow)
             unpin()
             sched.pin()
             sched.attach_ops()
@@ -229,8 +242,10 @@ class Loader:
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
 
     def _detector(self, sched: BpfScheduler) -> Detector:
+        tags_fd = sched.map_fd("gpu_tags")
         return Detector(sched.attach_detector, sched.destroy_link,
-                        self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000)
+                        self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
+                        ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd))
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
@@ -266,8 +281,21 @@ class Loader:
             return None
         return libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s).start()
 
+    def _trusted(self, found: list[libcuda.CudaLib]) -> list[libcuda.CudaLib]:
+        """The files the operator trusts; each other one is reported once."""
+        dirs = [Path(os.path.realpath(d)) for d in self.config.trusted_lib_dirs]
+        ok = []
+        for lib in found:
+            why = trust.untrusted(lib, dirs)
+            if why is None:
+                ok.append(lib)
+            elif lib.path not in self.refused:
+                self.refused.add(lib.path)
+                self.emit(f"scx-gpu: not probing {lib.path} ({lib.source}): {why}")
+        return ok
+
     def _probe_found(self, scanner: libcuda.Rescanner | None, detector: Detector) -> None:
-        found = scanner.found() if scanner else []
+        found = self._trusted(scanner.found() if scanner else [])
         for lib in detector.add_libraries([lib.path for lib in found]):
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
@@ -288,7 +316,7 @@ class Loader:
                 current = sched.read_stats()
                 self._print_stats(sched, stats.diff(current, before), now - last_stats, detector)
                 before, last_stats = current, now
-            self.stop.wait(POLL_S)
+            self.stop.wait(detector.poll_s(POLL_S))
         return None
 
     def _print_stats(self, sched: BpfScheduler, delta: intf.Stats, interval: float,
@@ -344,6 +372,7 @@ class FallbackLoader(Loader):
             sched.detector_only()
             sched.set_options(read_only_options(self.config))
             sched.load()
+            tiers.populate_gpu_allow(sched, self.config.gpu_allow)
         except BaseException:
             sched.close()
             raise
@@ -380,4 +409,4 @@ class FallbackLoader(Loader):
             if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
                 members.scan()
                 last_members = now
-            self.stop.wait(POLL_S)
+            self.stop.wait(detector.poll_s(POLL_S))

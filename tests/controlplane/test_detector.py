@@ -1,6 +1,7 @@
 """The duty cycle of the launch detector, on a fake clock and fake probes."""
 
 import errno
+import itertools
 from pathlib import Path
 
 from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, Detector
@@ -68,3 +69,47 @@ def test_missing_entry_points_are_skipped_and_windows_repeat(tmp_path):
     assert abs(det.duty_cycle() - 0.2) < 0.05
     det.close()
     assert not probes.live
+
+
+class FakeTags:
+    """gpu_tags on the fake clock: launchers launch every interval_s while tagged."""
+
+    def __init__(self, probes: FakeProbes, interval_s: float, ids: tuple[int, ...]) -> None:
+        self.probes, self.interval_s, self.ids = probes, interval_s, ids
+        self.seen: dict[int, int] = {}
+
+    def launch(self) -> None:
+        """Each launcher's latest launch, if the probes were attached then."""
+        if self.probes.live:
+            last = self.probes.now - self.probes.now % self.interval_s
+            for k in self.ids:
+                self.seen[k] = int(last * 1e9)
+
+    def __call__(self) -> dict[int, int]:
+        return dict(self.seen)
+
+
+def test_windows_close_once_tagged_threads_launch_again_and_renew_before_expiry(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    tags = FakeTags(probes, interval_s=0.001, ids=(7, 8))  # 1,000 launches/s each
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now)
+    det.add_libraries([lib])
+    live, step = [], 0.001
+    while probes.now < 20.0:
+        det.tick()
+        tags.launch()
+        if probes.live:
+            live.append(probes.now)
+        # no tag may expire: each is younger than the ttl at every moment
+        assert all(probes.now - s / 1e9 < 3.0 for s in tags.seen.values())
+        probes.now += step
+    # The first window finds them (a full window: nothing was tagged); the
+    # later ones close within a few polls, once both launched again, and open
+    # when the tags are half way to expiry (1.5 s), not every period.
+    assert len(live) * step / 20.0 < 0.02, len(live)
+    starts = [t for i, t in enumerate(live) if i == 0 or t - live[i - 1] > 0.5]
+    assert all(1.4 < b - a < 1.6 for a, b in itertools.pairwise(starts[1:])), starts
+    assert det.poll_s(0.1) == 0.1

@@ -123,6 +123,31 @@ def test_run_places_commands_under_the_fallback(hierarchy):
         assert "weaker guarantee" in scx_gpu("status").stdout
 
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@BOTH
+def test_gpu_allow_limits_whom_the_fallback_renices(hierarchy):
+    # The detector itself refuses to tag others, so the renice follows.
+    with fallback_loaded("--gpu-allow", "65534"):
+        runs = {who: subprocess.Popen([*prefix, LAUNCHER, "--cuda-lib", STUB, "--duration", "30",
+                                       "--work-us", "100"], stdout=subprocess.DEVNULL)
+                for who, prefix in (("root", []), ("nobody", NOBODY))}
+        try:
+            time.sleep(0.5)
+            (allowed,) = launching_threads(runs["nobody"].pid)
+            (other,) = launching_threads(runs["root"].pid)
+            sc.wait_for(lambda: nice_of(runs["nobody"].pid, allowed) == fallback.GPU_NICE, 10,
+                        "the allowed user's launching thread to be reniced")
+            for _ in range(3):  # detector windows come and go: look through a few
+                assert nice_of(runs["root"].pid, other) == 0
+                time.sleep(1)
+        finally:
+            for proc in runs.values():
+                proc.kill()
+                proc.wait()
+
+
 def test_fallback_bad_input():
     assert_one_line_error(scx_gpu("load", "--fallback", "maybe"), 2,
                           ["unknown fallback 'maybe'", "refuse, auto, mainline"])
