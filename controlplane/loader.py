@@ -106,6 +106,7 @@ def preflight() -> None:
 def read_only_options(config: Config) -> ReadOnlyOptions:
     return ReadOnlyOptions(
         slice_ns=config.slice_us * 1000,
+        gpu_slice_ns=config.gpu_slice_us * 1000,
         batch_slice_ns=config.batch_slice_us * 1000,
         nr_cpus=os.cpu_count() or 1,
         fair_only=config.policy == "fair",

@@ -27,6 +27,7 @@ class ReadOnlyOptions:
     """Values baked into .rodata before load."""
 
     slice_ns: int
+    gpu_slice_ns: int
     batch_slice_ns: int
     nr_cpus: int
     fair_only: bool

@@ -23,11 +23,11 @@
  *  - floor service: a normal or batch task at the head of its queue that has
  *    waited F runs next, ahead of the gpu tier, in slices of s, within f% of
  *    all CPUs per period per tier (batch's also within its quota, which is
- *    at least f). A gpu thread preempts it like any task of a lower tier,
- *    so floor service never delays one; a task whose floor slice a gpu
- *    thread cut short keeps its place (its wait goes on), and floor slices
- *    alternate with queued gpu work. The gpu tier keeps at least
- *    100 - 2f = 80% of the CPUs when all tiers are saturated.
+ *    at least f). Only a waking gpu thread preempts it, so floor service
+ *    never delays one; a task whose floor slice it cut short keeps its place
+ *    (its wait goes on). A gpu thread whose slice ended waits at most s,
+ *    and floor slices alternate with queued gpu work. The gpu tier keeps at
+ *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
  *  - the normal slice shrinks to slice * C / queued (not below s) so a round
  *    over N runnable normal tasks takes N * s / C; a slice timer enforces
  *    slices shorter than the kernel's tick.
@@ -40,7 +40,7 @@
  *    most its quota (the control plane refuses a quota below f).
  *  - a launch tag is a claim anyone can make: what detected gpu threads take
  *    is metered, per process and for the tier, as a share of all CPUs (a
- *    token bucket banking BUDGET_BURST_NS of wall time). A process over its
+ *    token bucket banking one gpu slice per CPU). A process over its
  *    share, or every process while the tier is over, runs in the normal
  *    tier until the bucket is back at zero: at most about one slice per
  *    CPU at a time. Operator-pinned tasks are not metered.
@@ -59,10 +59,10 @@ char _license[] SEC("license") = "GPL";
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
 #define CLOCK_MONOTONIC	1
 #define FOREVER		(~0ULL >> 1)	/* a tier that no clock expires */
-#define BUDGET_BURST_NS	NSEC_PER_MSEC	/* a budget banks this much wall time */
 
 /* Read-only options, set by the control plane before load. */
 const volatile u64 slice_ns = 5 * NSEC_PER_MSEC;
+const volatile u64 gpu_slice_ns = 20 * NSEC_PER_MSEC;	/* they preempt anyway: fewer expiries */
 const volatile u64 batch_slice_ns = 2 * NSEC_PER_MSEC;
 const volatile u32 nr_cpus = 1;
 const volatile bool fair_only;		/* policy "fair": no tiers at all */
@@ -188,6 +188,7 @@ struct {
 struct cpu_ctx {
 	u32 tier;		/* tier of the task running, or TIER_IDLE */
 	s32 pid;		/* the task running, 0 when none of ours */
+	bool floor;		/* it runs floor service: only a waking gpu task preempts */
 	u64 slice_end;		/* a slice shorter than the tick ends here; 0: none */
 	u64 throttled_since;	/* went idle with batch held back by the quota */
 };
@@ -389,9 +390,10 @@ static u64 over_budget(struct task_struct *p, u64 now)
 /* Take @used ns of CPU from a bucket refilled at @pct% of all CPUs. */
 static void bucket_charge(u64 *tat, u64 used, u32 pct, u64 now)
 {
-	u64 old = *tat, banked = now - BUDGET_BURST_NS;
+	/* Charges come a slice at a time: it banks one slice on every CPU at once. */
+	u64 old = *tat, banked = now - gpu_slice_ns * 100 / pct;
 
-	/* A bucket banks at most BUDGET_BURST_NS; another CPU's charge wins a race. */
+	/* Another CPU's charge wins a race. */
 	if ((s64)(old - banked) < 0)
 		__sync_val_compare_and_swap(tat, old, banked);
 	__sync_fetch_and_add(tat, used * 100 / ((u64)pct * nr_cpus));
@@ -400,7 +402,7 @@ static void bucket_charge(u64 *tat, u64 used, u32 pct, u64 now)
 /* Charge @used ns of a detected gpu thread's CPU time; is it over budget now? */
 static bool charge_budget(struct task_struct *p, u64 used, u64 now)
 {
-	u64 fresh = now - BUDGET_BURST_NS, *tat;
+	u64 fresh = now - gpu_slice_ns * 100 / gpu_proc_budget_pct, *tat;
 	u32 tgid = p->tgid;
 
 	tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
@@ -510,11 +512,16 @@ static bool floor_budget_left(u32 tier)
 	return floor_used_ns[tier] * 100 < (u64)FLOOR_PCT * t->batch_period_ns * nr_cpus;
 }
 
-/* Is @cpu (@c) a CPU that @p may take over, running a lower tier than @than? */
-static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest, u32 than)
+/*
+ * Is @cpu (@c) a CPU that @p may take over, running a lower tier than @than?
+ * Floor service lasts one MIN_SLICE_NS: only a waking gpu task, which the
+ * guarantee protects, cuts it short.
+ */
+static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest, u32 than,
+		      bool waking_gpu)
 {
 	return c && c->tier != TIER_IDLE && c->tier >= lowest && c->tier > than &&
-	       bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
+	       (!c->floor || waking_gpu) && bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
 }
 
 /*
@@ -524,14 +531,15 @@ static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 low
  * never take the same victim; the claim holds until the CPU runs its next
  * task (ops.running records that task's tier).
  */
-static s32 find_victim(struct task_struct *p, u32 tier)
+static s32 find_victim(struct task_struct *p, u32 tier, u64 enq_flags)
 {
 	u32 lowest = tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
+	bool waking_gpu = tier == TIER_GPU && (enq_flags & SCX_ENQ_WAKEUP);
 	s32 cpu, prev = scx_bpf_task_cpu(p), best = -1;
 	struct cpu_ctx *c = cpu_ctx_of(prev);
 	u32 best_tier = tier;
 
-	if (victim_ok(p, prev, c, lowest, best_tier)) {
+	if (victim_ok(p, prev, c, lowest, best_tier, waking_gpu)) {
 		best = prev;
 		best_tier = c->tier;
 	}
@@ -539,7 +547,7 @@ static s32 find_victim(struct task_struct *p, u32 tier)
 		if (cpu >= MAX_CPUS || best_tier == TIER_BATCH)
 			break;
 		c = cpu_ctx_of(cpu);
-		if (victim_ok(p, cpu, c, lowest, best_tier)) {
+		if (victim_ok(p, cpu, c, lowest, best_tier, waking_gpu)) {
 			best = cpu;
 			best_tier = c->tier;
 		}
@@ -569,17 +577,17 @@ static void enqueue_gpu(struct task_struct *p, u64 enq_flags)
 
 	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0) {
-		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags);
+		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, gpu_slice_ns, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		return;
 	}
-	cpu = find_victim(p, TIER_GPU);
+	cpu = find_victim(p, TIER_GPU, enq_flags);
 	if (cpu >= 0) {
-		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, gpu_slice_ns, enq_flags | SCX_ENQ_PREEMPT);
 		count_preemption(TIER_GPU);
 		return;
 	}
-	dsq_insert(p, dsq_of(TIER_GPU, 0), slice_ns, enq_flags);
+	dsq_insert(p, dsq_of(TIER_GPU, 0), gpu_slice_ns, enq_flags);
 }
 
 /* Deadline: when it became runnable plus its weighted slice, at most floor_ns. */
@@ -602,7 +610,7 @@ static void enqueue_normal(struct task_struct *p, struct task_ctx *tctx, u64 enq
 			 enq_flags & ~SCX_ENQ_HEAD);
 	if (fair_only || !(enq_flags & SCX_ENQ_WAKEUP))
 		return;
-	cpu = find_victim(p, TIER_NORMAL);
+	cpu = find_victim(p, TIER_NORMAL, enq_flags);
 	if (cpu >= 0) {
 		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 		count_preemption(TIER_NORMAL);
@@ -614,13 +622,15 @@ s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake
 	struct task_ctx *tctx = task_ctx_of(p);
 	bool is_idle = false;
 	s32 cpu;
+	u32 tier;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (!is_idle || !tctx)
 		return cpu;
 	/* Batch must go through its queue: the quota decides when it runs. */
-	if (task_tier(p, tctx, bpf_ktime_get_ns()) != TIER_BATCH)
-		dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+	tier = task_tier(p, tctx, bpf_ktime_get_ns());
+	if (tier != TIER_BATCH)
+		dsq_insert(p, SCX_DSQ_LOCAL, tier == TIER_GPU ? gpu_slice_ns : slice_ns, 0);
 	return cpu;
 }
 
@@ -734,11 +744,13 @@ static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 no
 /* Refilled: the kernel keeps prev running, with no idle gap. */
 static void keep_running(struct task_struct *prev, struct cpu_ctx *c, u32 tier)
 {
-	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns : slice_ns;
+	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns :
+			  tier == TIER_GPU ? gpu_slice_ns : slice_ns;
 	if (!c)
 		return;
 	c->tier = tier;
 	c->pid = prev->pid;
+	c->floor = false;
 }
 
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
@@ -863,6 +875,7 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 	if (c) {
 		c->tier = tctx->tier;
 		c->pid = p->pid;
+		c->floor = tctx->floor_served;
 		set_running_slice(p, tctx, c, now);
 		if (c->throttled_since) {
 			if (s)
@@ -894,11 +907,12 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 			s->cpu_mismatches++;
 		c->tier = TIER_IDLE;
 		c->pid = 0;
+		c->floor = false;
 		c->slice_end = 0;
 	}
 	if (!tctx || !tctx->run_at)
 		return;
-	/* Floor service cut short by a gpu task: still the same wait. */
+	/* Floor service cut short by a waking gpu task: still the same wait. */
 	if (runnable)
 		tctx->runnable_at = tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS ?
 				    tctx->waited_from : now;
