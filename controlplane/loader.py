@@ -106,13 +106,10 @@ def preflight() -> None:
 def read_only_options(config: Config) -> ReadOnlyOptions:
     return ReadOnlyOptions(
         slice_ns=config.slice_us * 1000,
-        gpu_slice_ns=config.gpu_slice_us * 1000,
         batch_slice_ns=config.batch_slice_us * 1000,
         nr_cpus=os.cpu_count() or 1,
         fair_only=config.policy == "fair",
         gpu_preempts_normal=config.gpu_preempts_normal,
-        gpu_budget_pct=config.gpu_budget_pct,
-        gpu_proc_budget_pct=config.gpu_proc_budget_pct,
         gpu_allow_set=bool(config.gpu_allow),
         sched_idle_is_batch=config.sched_idle_batch,
         detect_scope=intf.Scope[config.scope.upper()],

@@ -27,13 +27,10 @@ class ReadOnlyOptions:
     """Values baked into .rodata before load."""
 
     slice_ns: int
-    gpu_slice_ns: int
     batch_slice_ns: int
     nr_cpus: int
     fair_only: bool
     gpu_preempts_normal: bool
-    gpu_budget_pct: int  # detected gpu threads: the tier's share of all CPUs
-    gpu_proc_budget_pct: int  # ... and each process's
     gpu_allow_set: bool  # only the gpu_allow maps' users and cgroups may be tagged
     sched_idle_is_batch: bool
     detect_scope: int

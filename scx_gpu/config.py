@@ -32,12 +32,9 @@ class Config:
     floor_ms: int = 1000             # longest wait of a normal or batch task
     gpu_ttl_ms: int = 3000           # a launch keeps its thread in the gpu tier this long
     slice_us: int = 5000
-    gpu_slice_us: int = 20000        # gpu threads preempt anyway: a slice only ends busy runs
     batch_slice_us: int = 2000
     scope: str = "thread"            # tag the launching thread or its whole process
     gpu_preempts_normal: bool = True
-    gpu_budget_pct: int = 75         # detected gpu threads may take this share of all CPUs ...
-    gpu_proc_budget_pct: int = 75    # ... and those of one process this share
     sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
     detect_window_ms: int = 100      # launch probes attached this long ...
     detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
@@ -70,18 +67,13 @@ class Config:
         if self.metrics_addr:
             parse_addr(self.metrics_addr)
         self._validate_quota()
-        for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "gpu_slice_us",
-                     "batch_slice_us",
+        for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "batch_slice_us",
                      "detect_window_ms", "detect_period_ms", "rescan_s", "stats_interval_s",
                      "gpu_wait_target_us", "auto_quota_step", "auto_quota_period_s"):
             if not getattr(self, name) > 0:  # NaN too
                 raise UsageError(f"{name} must be positive, not {getattr(self, name)}")
         if self.detect_window_ms > self.detect_period_ms:
             raise UsageError("detect_window_ms must not exceed detect_period_ms")
-        for name in ("gpu_budget_pct", "gpu_proc_budget_pct"):
-            if not 1 <= getattr(self, name) <= 100:
-                raise UsageError(f"{name} {getattr(self, name)} is outside 1-100 (percent of "
-                                 "all CPUs)")
         self._validate_bound()
         for tier in (self.gpu, self.batch):
             for comm in tier.comms:

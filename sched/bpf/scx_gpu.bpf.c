@@ -38,12 +38,6 @@
  *    a task became runnable (ops.runnable, or the end of its last run).
  *  - batch gets at least f% of all CPUs per period while it starves and at
  *    most its quota (the control plane refuses a quota below f).
- *  - a launch tag is a claim anyone can make: what detected gpu threads take
- *    is metered, per process and for the tier, as a share of all CPUs (a
- *    token bucket banking one gpu slice per CPU). A process over its
- *    share, or every process while the tier is over, runs in the normal
- *    tier until the bucket is back at zero: at most about one slice per
- *    CPU at a time. Operator-pinned tasks are not metered.
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -62,7 +56,6 @@ char _license[] SEC("license") = "GPL";
 
 /* Read-only options, set by the control plane before load. */
 const volatile u64 slice_ns = 5 * NSEC_PER_MSEC;
-const volatile u64 gpu_slice_ns = 20 * NSEC_PER_MSEC;	/* they preempt anyway: fewer expiries */
 const volatile u64 batch_slice_ns = 2 * NSEC_PER_MSEC;
 const volatile u32 nr_cpus = 1;
 const volatile bool fair_only;		/* policy "fair": no tiers at all */
@@ -70,8 +63,6 @@ const volatile bool gpu_preempts_normal = true;
 const volatile bool sched_idle_is_batch;
 const volatile u32 detect_scope = SCOPE_THREAD;
 const volatile s32 control_tid;		/* the control plane's detector thread */
-const volatile u32 gpu_budget_pct = 100;	/* detected gpu threads: the tier's share */
-const volatile u32 gpu_proc_budget_pct = 100;	/* ... and each process's */
 const volatile bool gpu_allow_set;	/* only gpu_allow_uids/_cgroups may be tagged */
 
 struct {
@@ -95,20 +86,6 @@ struct {
 	__type(key, u32);
 	__type(value, u64);
 } gpu_tags SEC(".maps");
-
-/*
- * Budgets of detected gpu threads, as GCRA token buckets: the time the
- * bucket is empty again (theoretical arrival time), per process (tgid) and
- * for the whole tier.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, u32);
-	__type(value, u64);
-} proc_budgets SEC(".maps");
-
-u64 tier_budget_tat;
 
 /* Operator-pinned membership: pid/tgid, cgroup id (and its subtree), comm. */
 struct {
@@ -174,7 +151,6 @@ struct task_ctx {
 	u32 policy;
 	u32 tier;
 	bool classified;
-	bool metered;		/* in the gpu tier by a launch tag: its CPU time is budgeted */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 };
 
@@ -374,59 +350,12 @@ static u64 gpu_tag_expiry(struct task_struct *p, u64 now)
 	return t && seen && (s64)(now - *seen) < (s64)t->gpu_ttl_ns ? *seen + t->gpu_ttl_ns : 0;
 }
 
-/* When @p's process and the gpu tier are within their budgets again; 0: they are. */
-static u64 over_budget(struct task_struct *p, u64 now)
+/* @p's tier from the membership maps and its launch tag, and until when it holds. */
+static u32 classify(struct task_struct *p, u64 now, u64 *until)
 {
-	u32 tgid = p->tgid;
-	u64 *tat = bpf_map_lookup_elem(&proc_budgets, &tgid), until = 0;
-
-	if (tat && (s64)(*tat - now) > 0)
-		until = *tat;
-	if ((s64)(tier_budget_tat - now) > 0 && tier_budget_tat > until)
-		until = tier_budget_tat;
-	return until;
-}
-
-/* Take @used ns of CPU from a bucket refilled at @pct% of all CPUs. */
-static void bucket_charge(u64 *tat, u64 used, u32 pct, u64 now)
-{
-	/* Charges come a slice at a time: it banks one slice on every CPU at once. */
-	u64 old = *tat, banked = now - gpu_slice_ns * 100 / pct;
-
-	/* Another CPU's charge wins a race. */
-	if ((s64)(old - banked) < 0)
-		__sync_val_compare_and_swap(tat, old, banked);
-	__sync_fetch_and_add(tat, used * 100 / ((u64)pct * nr_cpus));
-}
-
-/* Charge @used ns of a detected gpu thread's CPU time; is it over budget now? */
-static bool charge_budget(struct task_struct *p, u64 used, u64 now)
-{
-	u64 fresh = now - gpu_slice_ns * 100 / gpu_proc_budget_pct, *tat;
-	u32 tgid = p->tgid;
-
-	tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
-	if (!tat) {
-		bpf_map_update_elem(&proc_budgets, &tgid, &fresh, BPF_NOEXIST);
-		tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
-	}
-	if (tat)
-		bucket_charge(tat, used, gpu_proc_budget_pct, now);
-	bucket_charge(&tier_budget_tat, used, gpu_budget_pct, now);
-	return over_budget(p, now) != 0;
-}
-
-/*
- * @p's tier from the membership maps and its launch tag, until when it holds,
- * and whether its CPU time is metered (a launch tag, which anyone can get).
- */
-static u32 classify(struct task_struct *p, u64 now, u64 *until, bool *metered)
-{
-	u64 over;
 	u32 tier;
 
 	*until = FOREVER;
-	*metered = false;
 	if (fair_only)
 		return TIER_NORMAL;
 	/* It renews the launch tags: behind a storm of normal tasks they would expire. */
@@ -436,14 +365,8 @@ static u32 classify(struct task_struct *p, u64 now, u64 *until, bool *metered)
 	if (tier < NR_TIERS)
 		return tier;
 	*until = gpu_tag_expiry(p, now);
-	if (*until) {
-		over = over_budget(p, now);
-		*metered = !over;
-		if (!over)
-			return TIER_GPU;
-		*until = over < *until ? over : *until;
-		return TIER_NORMAL;
-	}
+	if (*until)
+		return TIER_GPU;
 	*until = FOREVER;
 	if (sched_idle_is_batch && p->policy == SCHED_IDLE)
 		return TIER_BATCH;
@@ -468,7 +391,6 @@ static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	u64 gen = tier_generation(), until, comm[2];
 	u64 cgroup = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
 	struct scx_gpu_stats *s;
-	bool metered;
 	u32 tier;
 
 	/* ops.cgroup_move misses moves that the cpu controller does not see. */
@@ -477,9 +399,8 @@ static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	    tctx->comm[0] == comm[0] && tctx->comm[1] == comm[1] && tctx->policy == p->policy &&
 	    tctx->cgroup == cgroup)
 		return tctx->tier;
-	tier = classify(p, now, &until, &metered);
+	tier = classify(p, now, &until);
 	set_task_tier(tctx, tier);
-	tctx->metered = metered;
 	tctx->gen = gen;
 	tctx->tier_until = until;
 	tctx->comm[0] = comm[0];
@@ -577,17 +498,17 @@ static void enqueue_gpu(struct task_struct *p, u64 enq_flags)
 
 	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0) {
-		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, gpu_slice_ns, enq_flags);
+		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		return;
 	}
 	cpu = find_victim(p, TIER_GPU, enq_flags);
 	if (cpu >= 0) {
-		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, gpu_slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
 		count_preemption(TIER_GPU);
 		return;
 	}
-	dsq_insert(p, dsq_of(TIER_GPU, 0), gpu_slice_ns, enq_flags);
+	dsq_insert(p, dsq_of(TIER_GPU, 0), slice_ns, enq_flags);
 }
 
 /* Deadline: when it became runnable plus its weighted slice, at most floor_ns. */
@@ -622,15 +543,13 @@ s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake
 	struct task_ctx *tctx = task_ctx_of(p);
 	bool is_idle = false;
 	s32 cpu;
-	u32 tier;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (!is_idle || !tctx)
 		return cpu;
 	/* Batch must go through its queue: the quota decides when it runs. */
-	tier = task_tier(p, tctx, bpf_ktime_get_ns());
-	if (tier != TIER_BATCH)
-		dsq_insert(p, SCX_DSQ_LOCAL, tier == TIER_GPU ? gpu_slice_ns : slice_ns, 0);
+	if (task_tier(p, tctx, bpf_ktime_get_ns()) != TIER_BATCH)
+		dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	return cpu;
 }
 
@@ -638,8 +557,7 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	u64 now = bpf_ktime_get_ns(), until;
-	bool metered;
-	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
+	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until);
 
 	if (tier == TIER_GPU)
 		enqueue_gpu(p, enq_flags);
@@ -698,10 +616,10 @@ static bool serve_floor(u32 tier, s32 cpu, u64 now)
 }
 
 /*
- * Charge @p's run since tctx->run_at: its tier's runtime, the batch quota,
- * the floor share, a detected gpu thread's budget (over it: classify again).
+ * Charge the run since tctx->run_at: its tier's runtime, the batch quota,
+ * the floor share.
  */
-static void account_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
+static void account_run(struct task_ctx *tctx, u64 now)
 {
 	struct scx_gpu_stats *s = stat();
 	u64 used = now - tctx->run_at;
@@ -715,8 +633,6 @@ static void account_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
 		__sync_fetch_and_add(&floor_used_ns[tier], now - tctx->floor_at);
 	if (tier == TIER_BATCH)
 		__sync_fetch_and_add(&batch_used_ns, used);
-	if (tier == TIER_GPU && tctx->metered && charge_budget(p, used, now))
-		tctx->classified = false;
 	if (s && tier < NR_TIERS)
 		s->tier[tier].runtime_ns += used;
 }
@@ -733,7 +649,7 @@ static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 no
 
 	if (!prev || !tctx || !tctx->run_at || !(prev->scx.flags & SCX_TASK_QUEUED))
 		return NR_TIERS;
-	account_run(prev, tctx, now);
+	account_run(tctx, now);
 	tctx->floor_served = false;
 	tier = task_tier(prev, tctx, now);
 	if (tier >= NR_TIERS || (tier == TIER_BATCH && !batch_budget_left()))
@@ -744,8 +660,7 @@ static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 no
 /* Refilled: the kernel keeps prev running, with no idle gap. */
 static void keep_running(struct task_struct *prev, struct cpu_ctx *c, u32 tier)
 {
-	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns :
-			  tier == TIER_GPU ? gpu_slice_ns : slice_ns;
+	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns : slice_ns;
 	if (!c)
 		return;
 	c->tier = tier;
@@ -916,7 +831,7 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 	if (runnable)
 		tctx->runnable_at = tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS ?
 				    tctx->waited_from : now;
-	account_run(p, tctx, now);
+	account_run(tctx, now);
 	tctx->run_at = 0;
 	tctx->floor_served = false;
 }
