@@ -135,10 +135,9 @@ def _restore(moves: list[Move], root: Path, write: Writer) -> None:
                                  + f": write the original CPU lists to {root}/N/{AFFINITY}")
 
 
-def steer(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
-          online: frozenset[int] | None = None,
-          write: Writer = _write) -> tuple[list[Move], Callable[[], None]]:
-    """Move matching interrupts off `avoid`; (what happened, the undo)."""
+def selected(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
+             online: frozenset[int] | None = None) -> list[Irq]:
+    """The interrupts steer() would move; bad input is an error here, before any move."""
     online = online_cpus() if online is None else online
     if not online - avoid:
         raise UsageError(f"the CPUs to keep interrupts off ({format_cpulist(avoid)}) are every "
@@ -147,6 +146,15 @@ def steer(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
     if not irqs:
         raise UsageError(f"no interrupt has a handler matching {', '.join(patterns)}: "
                          "see the names in /proc/interrupts")
+    return irqs
+
+
+def steer(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
+          online: frozenset[int] | None = None,
+          write: Writer = _write) -> tuple[list[Move], Callable[[], None]]:
+    """Move matching interrupts off `avoid`; (what happened, the undo)."""
+    online = online_cpus() if online is None else online
+    irqs = selected(avoid, patterns, root, online)
     moves: list[Move] = []
     try:
         for irq in irqs:

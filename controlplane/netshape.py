@@ -95,8 +95,9 @@ def device_speed_bps(dev: str, sys_net: Path = SYS_NET) -> int:
     return mbit * 10**6
 
 
-def plan(dev: str, link_rate: str, share_pct: int, batch_rate: str,
+def plan(ipr: IPRoute, dev: str, link_rate: str, share_pct: int, batch_rate: str,
          sys_net: Path = SYS_NET) -> Plan:
+    _index(ipr, dev)
     link = (parse_rate(link_rate, "net_link_rate") if link_rate
             else int(device_speed_bps(dev, sys_net) * LINK_HEADROOM))
     ceil = parse_rate(batch_rate, "batch_net_rate") if batch_rate else link
@@ -128,7 +129,7 @@ def _root_qdisc(ipr: IPRoute, index: int) -> tuple[str, int] | None:
 
 def _check_free(ipr: IPRoute, index: int, dev: str) -> None:
     """Refuse to replace an operator's qdisc (the kernel's default has handle 0;
-    ours, left by a killed loader, is replaced)."""
+    ours, left by a killed loader, goes)."""
     root = _root_qdisc(ipr, index)
     if root and root[1] not in (0, HANDLE):
         raise EnvironmentProblem(
@@ -145,7 +146,7 @@ def _burst(ceil_bps: int, seconds: float) -> int:
 
 
 def _install(ipr: IPRoute, index: int, p: Plan) -> None:
-    ipr.tc("replace", "htb", index, HANDLE, default=NORMAL_CLASS & 0xFFFF)
+    ipr.tc("replace", "htb", index, HANDLE, default=NORMAL_CLASS & 0xFFFF)  # the default
     link_burst = _burst(p.link_bps, BURST_S)
     ipr.tc("add-class", "htb", index, ROOT_CLASS, parent=HANDLE, rate=_bytes(p.link_bps),
            ceil=_bytes(p.link_bps), burst=link_burst, cburst=link_burst)
@@ -163,6 +164,7 @@ def shape(ipr: IPRoute, p: Plan) -> Callable[[], None]:
     index = _index(ipr, p.dev)
     _check_free(ipr, index, p.dev)
     undo = _remover(ipr, index)
+    undo()  # a killed loader's hierarchy, classes and all
     try:
         _install(ipr, index, p)
     except NetlinkError as exc:

@@ -10,6 +10,7 @@ packet is 5 ms of link, which no priority can interrupt.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, NetNS
 
+from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import netshape, skbprio
-from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
+from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +31,10 @@ BOTTLENECK = "100mbit"
 LINK_RATE = "95mbit"
 LINK_BPS = 95 * 10**6
 MTU_MS = 1514 * 8 / 100e6 * 1e3  # one full frame on the bottleneck
+BURST_FRAMES = netshape.MIN_BURST_BYTES // 1514
 SECONDS = 5.0
+RR_NICE = -10
+RR_TRIES = 3
 A_IP, B_IP = "10.77.1.1", "10.77.2.2"
 
 
@@ -94,8 +100,11 @@ class Flows:
 
     def start(self, ns: str, group: Path | None, *args: str) -> subprocess.Popen[str]:
         join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
-        cmd = (f"{join}exec ip netns exec {ns} {sys.executable} -m tests.controlplane.netflows "
-               + " ".join(args))
+        # The request/response ends ahead of other CPU work on this shared machine, in
+        # every measurement alike: the test measures the link, not the CPU scheduler.
+        nice = f"nice -n {RR_NICE} " if args[0] in ("rr", "echo") else ""
+        cmd = (f"{join}exec {nice}ip netns exec {ns} {sys.executable} -m "
+               "tests.controlplane.netflows " + " ".join(args))
         proc = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.PIPE, text=True, cwd=REPO)
         self.procs.append(proc)
         return proc
@@ -154,7 +163,7 @@ def measure(net: Net, rr: Path | None = None, normal_bulk: bool = False,
 
 def isolate(ipr: IPRoute, net: Net, batch_rate: str = "") -> Callable[[], None]:
     """Shape A's device and mark the batch cgroup; returns the undo."""
-    undo_shape = netshape.shape(ipr, netshape.plan("va", LINK_RATE, 95, batch_rate))
+    undo_shape = netshape.shape(ipr, netshape.plan(ipr, "va", LINK_RATE, 95, batch_rate))
     undo_mark = skbprio.mark([net.batch], netshape.BATCH_CLASS)
 
     def undo() -> None:
@@ -176,9 +185,9 @@ def _leftovers(ipr: IPRoute, net: Net) -> list[str]:
 
 
 def best_rr(net: Net, batch_bulk: bool) -> dict[str, float]:
-    """The better of two runs: other work on the machine inflates a round trip, never shortens
+    """The best of a few runs: other work on the machine inflates a round trip, never shortens
     it."""
-    return min((measure(net, rr=net.normal, batch_bulk=batch_bulk) for _ in range(2)),
+    return min((measure(net, rr=net.normal, batch_bulk=batch_bulk) for _ in range(RR_TRIES)),
                key=lambda got: got["rr_p99_ms"])
 
 
@@ -209,10 +218,79 @@ def test_batch_egress_yields_the_link_and_keeps_its_ceiling(net):
           f"under a 20mbit ceiling {ceiling['batch_mbit']:.1f}")
     # Without isolation the requests queue behind the bulk transfer (the setup works) ...
     assert plain["rr_p99_ms"] > 20 * MTU_MS, (alone, plain)
-    # ... with it they wait behind at most the batch packet on the wire (one MTU time).
-    assert iso["rr_p99_ms"] <= 1.5 * alone["rr_p99_ms"] + MTU_MS, (alone, plain, iso)
+    # ... with it a request waits for its own frame and at most the batch class's burst
+    # (BURST_FRAMES) on the bottleneck, whose tokens batch traffic keeps spent.
+    assert iso["rr_p99_ms"] <= 1.5 * alone["rr_p99_ms"] + (1 + BURST_FRAMES) * MTU_MS, (
+        alone, plain, iso)
     assert iso["normal_mbit"] >= 0.9 * (iso["normal_mbit"] + iso["batch_mbit"]), iso
     assert fill["batch_mbit"] >= 0.85 * LINK_BPS / 1e6, fill
     assert 0.7 * 20 <= ceiling["batch_mbit"] <= 1.05 * 20, ceiling
     assert len(installed) == 5 and "cgroup program scx_gpu_skbprio" in installed, installed
     assert left == [], left
+
+
+def _ours(ns: str) -> list[str]:
+    """What scx-gpu has installed: qdiscs on A's device, programs on the batch group."""
+    with NetNS(ns) as ipr:
+        index = ipr.link_lookup(ifname="va")[0]
+        found = [f"qdisc {q.get_attr('TCA_KIND')}" for q in ipr.get_qdiscs(index)
+                 if q["handle"] == netshape.HANDLE]
+    progs = subprocess.run(["bpftool", "-j", "cgroup", "show", str(OWN_ROOT / "batch")],
+                           capture_output=True, text=True, check=False).stdout
+    listed = json.loads(progs.strip() or "[]")  # an error object while the group is missing
+    return found + [p["name"] for p in listed if isinstance(listed, list)]
+
+
+def in_netns(ns: str) -> list[str]:
+    """Run in namespace ns (not `ip netns exec`: its own /sys hides the cgroup mounts)."""
+    return ["nsenter", f"--net=/run/netns/{ns}"]
+
+
+def _load(ns: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*in_netns(ns), *sc.SCX_GPU, "load", "--fallback",
+                             "mainline", "--quiet", "--net-isolate", "--net-dev", "va", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_load_applies_network_isolation_and_undoes_it_on_every_exit(net):
+    proc = _load(net.a, "--net-link-rate", "95mbit", "--batch-net-rate", "20mbit")
+    sc.wait_for(lambda: len(_ours(net.a)) == 2 or proc.poll() is not None, 30,
+                "the HTB hierarchy and the marking program")
+    assert proc.poll() is None, proc.communicate()[0]
+    status = json.loads(scx_gpu("status", "--json").stdout)["colocation"]
+    assert status["network"][0]["batch_ceil_bps"] == 20 * 10**6, status
+    # A killed loader leaves its qdisc (the program dies with it); the next load takes it over.
+    proc.kill()
+    proc.wait()
+    assert _ours(net.a) == ["qdisc htb"]
+    proc = _load(net.a, "--net-link-rate", "95mbit")
+    sc.wait_for(lambda: len(_ours(net.a)) == 2 or proc.poll() is not None, 30,
+                "the second load to install its hierarchy")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "va: link 95 Mbit/s" in out and "co-location settings undone" in out, out
+    assert _ours(net.a) == []
+    assert scx_gpu("status", "--json").stdout.find("colocation") == -1
+
+
+@pytest.mark.parametrize("args,code,needles", [
+    (["--net-dev", "nosuch", "--net-link-rate", "95mbit"], 2, ["'nosuch' does not exist",
+                                                                 "va"]),
+    (["--net-link-rate", "0mbit"], 2, ["at least 8kbit"]),
+    (["--net-link-rate", "95mbit", "--batch-net-rate", "1gbit"], 2, ["exceeds the link"]),
+    (["--net-link-rate", "fast"], 2, ["100mbit"]),
+    (["--net-link-rate", "95mbit", "--net-share-pct", "100"], 2, ["1-99"]),
+    (["--net-link-rate", "95mbit", "--irq-steer", "--irq-avoid-cpus",
+      f"0-{os.cpu_count() or 1}"], 2, ["leave at least one"]),
+    (["--net-link-rate", "95mbit", "--batch-mem-high", "0"], 2, ["0 bytes"]),
+    # This host's cgroup v2 hierarchy has no memory controller (v1 has it).
+    (["--net-link-rate", "95mbit", "--batch-mem-high", "1G"], 1, ["no memory controller"]),
+], ids=["device", "zero-rate", "ceiling", "rate-syntax", "share", "irq-cpus", "zero-memory",
+        "controller"])
+def test_bad_input_is_one_line_and_applies_nothing(net, args, code, needles):
+    proc = subprocess.run([*in_netns(net.a), *sc.SCX_GPU, "load", "--fallback",
+                           "mainline", "--net-isolate", "--net-dev", "va", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_error(proc, code, needles)
+    assert _ours(net.a) == []
