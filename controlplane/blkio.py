@@ -16,6 +16,7 @@ from pathlib import Path
 from scx_gpu.controlplane.cgknobs import Knob
 from scx_gpu.errors import UsageError
 
+SYS_DEV_BLOCK = Path("/sys/dev/block")
 DEFAULT_WEIGHT = 100
 MAX_WEIGHT = 10000
 LIMIT_KEYS = ("rbps", "wbps", "riops", "wiops")
@@ -31,17 +32,23 @@ def weight_knob(cgroup: Path, weight: int) -> Knob:
                 lambda old: [old.splitlines()[0]])  # "default N"; per-device lines untouched
 
 
-def device_number(spec: str) -> str:
-    """'MAJ:MIN' of a block device given as /dev path or MAJ:MIN."""
+def device_number(spec: str, sys_block: Path = SYS_DEV_BLOCK) -> str:
+    """'MAJ:MIN' of the disk of a block device given as /dev path or MAJ:MIN (io.max
+    takes whole disks: a partition stands for its disk)."""
     if re.fullmatch(r"\d+:\d+", spec):
-        return spec
-    try:
-        st = os.stat(spec)
-    except OSError as exc:
-        raise UsageError(f"block device {spec}: {exc.strerror}") from exc
-    if not stat.S_ISBLK(st.st_mode):
-        raise UsageError(f"{spec} is not a block device: give /dev/NAME or MAJ:MIN")
-    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        number = spec
+    else:
+        try:
+            st = os.stat(spec)
+        except OSError as exc:
+            raise UsageError(f"block device {spec}: {exc.strerror}") from exc
+        if not stat.S_ISBLK(st.st_mode):
+            raise UsageError(f"{spec} is not a block device: give /dev/NAME or MAJ:MIN")
+        number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    node = sys_block / number
+    if (node / "partition").is_file():
+        return (node.resolve().parent / "dev").read_text().strip()
+    return number
 
 
 def parse_limit(spec: str) -> str:

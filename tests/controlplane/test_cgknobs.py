@@ -136,3 +136,18 @@ def test_io_weight_range(tree):
     for bad in (-1, 10001):
         with pytest.raises(UsageError, match="1-10000"):
             blkio.weight_knob(batch, bad)
+
+
+def test_a_partition_stands_for_its_disk(tmp_path):
+    disk = tmp_path / "devices" / "nvme0n1"
+    part = disk / "nvme0n1p1"
+    part.mkdir(parents=True)
+    (disk / "dev").write_text("259:0\n")
+    (part / "dev").write_text("259:1\n")
+    (part / "partition").write_text("1\n")
+    block = tmp_path / "dev-block"
+    block.mkdir()
+    (block / "259:1").symlink_to(part)
+    (block / "259:0").symlink_to(disk)
+    assert blkio.device_number("259:1", block) == "259:0"
+    assert blkio.device_number("259:0", block) == "259:0"
