@@ -5,8 +5,8 @@ the thread feeding the GPU included. steer() gives every interrupt whose
 handler name matches a pattern (NICs and NVMe by default) an affinity
 without the avoided CPUs: its own online CPUs minus those, or, when that is
 empty, every online CPU but those, so no interrupt is ever left without a
-CPU. Interrupts the kernel manages (NVMe's per-queue vectors) refuse
-(EIO) and are reported as left in place. The undo writes every original
+CPU. Interrupts the kernel keeps (NVMe's managed per-queue vectors) refuse
+and are reported as left in place. The undo writes every original
 affinity back; a failure midway undoes what was already moved.
 """
 
@@ -28,6 +28,10 @@ AFFINITY = "smp_affinity_list"
 # and drivers that name vectors after the interface.
 DEFAULT_PATTERNS = ("nvme*", "virtio*-input.*", "virtio*-output.*", "mlx5_comp*", "mlx4-*",
                     "*-TxRx-*", "*-rx-*", "*-tx-*", "bnxt_en*", "eth*", "en*")
+
+# The kernel's answers for interrupts whose affinity it keeps: EPERM for managed
+# ones (NVMe's per-queue vectors), EIO where the interrupt chip cannot move it.
+REFUSED = (errno.EPERM, errno.EIO)
 
 Writer = Callable[[Path, str], None]
 
@@ -172,10 +176,10 @@ def _move(irq: Irq, after: frozenset[int], root: Path, write: Writer) -> Move:
     try:
         write(root / str(irq.number) / AFFINITY, format_cpulist(after))
     except OSError as exc:
-        if exc.errno == errno.EIO:
+        if exc.errno in REFUSED:
             return Move(irq, None, "the kernel manages its affinity")
         if exc.errno == errno.ENOENT:
             return Move(irq, None, "gone")
         raise EnvironmentProblem(f"cannot set the affinity of irq {irq.number}: "
-                                 f"{exc.strerror} (scx-gpu load needs root)") from exc
+                                 f"{exc.strerror}: leave it out with --irq-pattern") from exc
     return Move(irq, after)
