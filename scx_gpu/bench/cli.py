@@ -142,12 +142,14 @@ def wakeup_cmd(policy_names: str, reps: int, groups: int, pairs: int, loops: int
         return
     table = Table(title=f"wakeup: {groups} x {pairs} pairs x {loops} messages of {size} B "
                         f"({mode} mode), {report['cpus']} CPUs")
-    for column in ("policy", "messages/s", "sd", "seconds", "vs stock"):
+    for column in ("policy", "messages/s", "sd", "seconds", "vs stock", "switches",
+                   "preempted"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, row in report["summary"].items():
         ratio = f"{100 * row['vs_stock']:.1f}%" if "vs_stock" in row else "-"
         table.add_row(name, f"{row['messages_per_s']:.0f}", f"{row['messages_per_s_sd']:.0f}",
-                      f"{row['seconds']:.3f}", ratio)
+                      f"{row['seconds']:.3f}", ratio, f"{row['voluntary_switches']:.0f}",
+                      f"{row['involuntary_switches']:.0f}")
     Console().print(table)
 
 

@@ -5,7 +5,9 @@ receivers passing messages over pipes, every message a possible wake-up)
 runs under each policy, loaded as `bench run` loads it; the cells are
 `bench run`'s without noise, interleaved over the reps. The report holds
 every run and, per policy, the mean messages/s, its spread and its ratio to
-stock (when stock ran): the figure that must not fall as CPUs are added.
+stock (when stock ran): the figure that must not fall as CPUs are added;
+and the tasks' context switches, voluntary (blocked on a pipe) and
+involuntary (preempted).
 """
 
 import json
@@ -26,6 +28,8 @@ from scx_gpu.workloads import program
 KIND = "scx-gpu-bench-wakeup"
 MAX_TASKS = 4096  # wakebench.c's
 RUN_TIMEOUT_S = 600
+REPORTED = ("messages", "seconds", "messages_per_s", "voluntary_switches",
+            "involuntary_switches")
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,14 @@ def run_cell(cell: matrix.Cell, shape: Shape) -> dict[str, Any]:
         raise EnvironmentProblem(f"wakebench under {cell.policy.name} exited with status "
                                  f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"policy": cell.policy.name, "rep": cell.rep, "messages": report["messages"],
-            "seconds": report["seconds"], "messages_per_s": report["messages_per_s"]}
+    return {"policy": cell.policy.name, "rep": cell.rep,
+            **{key: report[key] for key in REPORTED}}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per policy, in the order run: mean messages/s, its standard deviation,
-    mean seconds, reps, and the ratio to stock's mean (when stock ran)."""
+    mean seconds and context switches, reps, and the ratio to stock's mean
+    (when stock ran)."""
     by_policy: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_policy.setdefault(run["policy"], []).append(run)
@@ -69,7 +74,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for policy, rows in by_policy.items():
         mean = statistics.mean(rates[policy])
         row = {"messages_per_s": mean, "messages_per_s_sd": statistics.pstdev(rates[policy]),
-               "seconds": statistics.mean(r["seconds"] for r in rows), "reps": len(rows)}
+               **{key: statistics.mean(r[key] for r in rows)
+                  for key in ("seconds", "voluntary_switches", "involuntary_switches")},
+               "reps": len(rows)}
         if stock:
             row["vs_stock"] = mean / stock
         summary[policy] = row

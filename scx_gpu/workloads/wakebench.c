@@ -8,7 +8,8 @@
  * wake-up of a blocked reader, and a full pipe blocks its writers. Tasks are
  * threads or processes (--mode). All tasks wait at a start gate; the clock
  * runs from opening the gate until the last receiver has read everything.
- * Prints one JSON object: messages, seconds, messages per second.
+ * Prints one JSON object: messages, seconds, messages per second, and the
+ * tasks' voluntary (blocked) and involuntary (preempted) context switches.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -204,6 +206,7 @@ int main(int argc, char **argv)
 	long ntasks, per_group;
 	struct task *tasks;
 	double begin, seconds;
+	struct rusage usage;
 	long messages;
 
 	parse(argc, argv);
@@ -235,11 +238,15 @@ int main(int argc, char **argv)
 	for (long i = 0; i < ntasks; i++)
 		finish(&tasks[i]);
 	seconds = now_s() - begin;
+	/* Reaped children's, or every thread's (the main one's few included). */
+	if (getrusage(opt.processes ? RUSAGE_CHILDREN : RUSAGE_SELF, &usage))
+		die("getrusage");
 	messages = opt.groups * opt.pairs * opt.pairs * opt.loops;
 	printf("{\"mode\": \"%s\", \"groups\": %ld, \"pairs\": %ld, \"loops\": %ld, "
 	       "\"size\": %ld, \"tasks\": %ld, \"messages\": %ld, \"seconds\": %.6f, "
-	       "\"messages_per_s\": %.1f}\n", opt.processes ? "process" : "thread",
+	       "\"messages_per_s\": %.1f, \"voluntary_switches\": %ld, "
+	       "\"involuntary_switches\": %ld}\n", opt.processes ? "process" : "thread",
 	       opt.groups, opt.pairs, opt.loops, opt.size, ntasks, messages, seconds,
-	       messages / seconds);
+	       messages / seconds, usage.ru_nvcsw, usage.ru_nivcsw);
 	return 0;
 }

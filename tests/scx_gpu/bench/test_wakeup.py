@@ -30,6 +30,9 @@ def test_json_report_counts_every_message(tmp_path):
         assert run["messages"] == 2 * 3 * 3 * 40
         assert run["seconds"] > 0
         assert run["messages_per_s"] == pytest.approx(run["messages"] / run["seconds"], rel=1e-3)
+        # Tasks block at the start gate and on empty or full pipes.
+        assert run["voluntary_switches"] > 0, run
+        assert run["involuntary_switches"] >= 0, run
     stock = report["summary"]["stock"]
     assert stock["reps"] == 2 and stock["vs_stock"] == 1.0
     assert "scx-gpu bench: wakeup 2/2: stock r1" in proc.stderr
@@ -43,13 +46,15 @@ def test_table_by_default_in_process_mode():
 
 
 def test_summary_ratios_to_stock_in_run_order():
-    runs = [{"policy": p, "rep": r, "seconds": s, "messages_per_s": m}
-            for p, r, s, m in (("fair", 0, 2.0, 50.0), ("stock", 0, 1.0, 100.0),
-                               ("fair", 1, 2.0, 70.0), ("stock", 1, 1.0, 100.0))]
+    runs = [{"policy": p, "rep": r, "seconds": s, "messages_per_s": m,
+             "voluntary_switches": v, "involuntary_switches": i}
+            for p, r, s, m, v, i in (("fair", 0, 2.0, 50.0, 10, 1), ("stock", 0, 1.0, 100.0, 5, 5),
+                                     ("fair", 1, 2.0, 70.0, 20, 2), ("stock", 1, 1.0, 100.0, 5, 5))]
     summary = wakeup.summarise(runs)
     assert list(summary) == ["fair", "stock"]
     assert summary["fair"] == {"messages_per_s": 60.0, "messages_per_s_sd": 10.0,
-                               "seconds": 2.0, "reps": 2, "vs_stock": 0.6}
+                               "seconds": 2.0, "voluntary_switches": 15,
+                               "involuntary_switches": 1.5, "reps": 2, "vs_stock": 0.6}
     without_stock = wakeup.summarise(runs[:1])
     assert "vs_stock" not in without_stock["fair"]
 
