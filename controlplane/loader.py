@@ -114,7 +114,7 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
         gpu_allow_set=bool(config.gpu_allow),
         sched_idle_is_batch=config.sched_idle_batch,
         detect_scope=intf.Scope[config.scope.upper()],
-        control_tid=threading.get_native_id(),
+        control_tgid=os.getpid(),
     )
 
 

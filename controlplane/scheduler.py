@@ -34,7 +34,7 @@ class ReadOnlyOptions:
     gpu_allow_set: bool  # only the gpu_allow maps' users and cgroups may be tagged
     sched_idle_is_batch: bool
     detect_scope: int
-    control_tid: int  # the thread that runs the detector: in the gpu tier
+    control_tgid: int  # the control plane's process: all its threads in the gpu tier
 
 
 class BpfScheduler(BpfObject):

@@ -62,7 +62,7 @@ const volatile bool fair_only;		/* policy "fair": no tiers at all */
 const volatile bool gpu_preempts_normal = true;
 const volatile bool sched_idle_is_batch;
 const volatile u32 detect_scope = SCOPE_THREAD;
-const volatile s32 control_tid;		/* the control plane's detector thread */
+const volatile s32 control_tgid;	/* the control plane: every thread of it */
 const volatile bool gpu_allow_set;	/* only gpu_allow_uids/_cgroups may be tagged */
 
 struct {
@@ -358,8 +358,12 @@ static u32 classify(struct task_struct *p, u64 now, u64 *until)
 	*until = FOREVER;
 	if (fair_only)
 		return TIER_NORMAL;
-	/* It renews the launch tags: behind a storm of normal tasks they would expire. */
-	if (p->pid == control_tid)
+	/*
+	 * It renews the launch tags: behind a storm of normal tasks they would
+	 * expire. All its threads: one starved while holding Python's GIL
+	 * stops the detector too.
+	 */
+	if (p->tgid == control_tgid)
 		return TIER_GPU;
 	tier = pinned_tier(p);
 	if (tier < NR_TIERS)

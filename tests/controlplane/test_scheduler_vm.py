@@ -502,10 +502,11 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
             sc.hogs(2 * NPROC) as cgroup:
         share = sc.cpu_share(cgroup, 4)
         tasks = sc.status()["scx_gpu"]["tier_tasks"]
-    print(json.dumps({"share": share, "tier_tasks": tasks}))
+        control = len(list(Path(f"/proc/{loader.run_state()['pid']}/task").iterdir()))
+    print(json.dumps({"share": share, "tier_tasks": tasks, "control_threads": control}))
     assert tasks["batch"] >= 2 * NPROC, tasks  # the stress-ng workers
-    # The gpu tier holds only the control plane's detector thread (it renews tags).
-    assert tasks["normal"] > 0 and tasks["gpu"] == 1, tasks
+    # The gpu tier holds only the control plane's threads (they renew tags).
+    assert tasks["normal"] > 0 and 1 <= tasks["gpu"] <= control, (tasks, control)
     assert abs(share - 0.30) <= 0.10, share  # matched by name alone, held to the quota
 
 
