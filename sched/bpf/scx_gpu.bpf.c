@@ -253,11 +253,22 @@ static u32 log2_bucket(u64 v)
  */
 static u32 *cgroup_lookup(struct task_struct *p, void *map)
 {
-	struct cgroup *cgrp = BPF_CORE_READ(p, cgroups, dfl_cgrp), *anc;
-	s32 level = BPF_CORE_READ(cgrp, level), i;
-	u64 ancestors = (u64)cgrp + bpf_core_field_offset(struct cgroup, ancestors), id;
+	u64 css = (u64)BPF_CORE_READ(p, cgroups), cgrp, ancestors, id;
+	struct cgroup *anc;
+	s32 level, i;
 	u32 *value;
 
+	/*
+	 * Addresses as plain numbers read with probe reads: given a typed
+	 * cgroup pointer, the compiler may fold the offset into it, and the
+	 * verifier refuses a variable offset on a trusted pointer.
+	 */
+	if (bpf_probe_read_kernel(&cgrp, sizeof(cgrp),
+				  (void *)(css + bpf_core_field_offset(struct css_set, dfl_cgrp))) ||
+	    bpf_probe_read_kernel(&level, sizeof(level),
+				  (void *)(cgrp + bpf_core_field_offset(struct cgroup, level))))
+		return NULL;
+	ancestors = cgrp + bpf_core_field_offset(struct cgroup, ancestors);
 	bpf_for(i, 0, level + 1) {
 		if (bpf_probe_read_kernel(&anc, sizeof(anc),
 					  (void *)(ancestors + (u64)(level - i) * sizeof(anc))) || !anc)
