@@ -106,9 +106,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_GuestRecorder(Path(os.environ[RESULTS_ENV])))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After deselection (-k, -m): boot for the tests that will run only.
     if not in_guest():
-        config.stash[_SESSION] = GuestSession([i for i in items if _guest_body(i)])
+        session.config.stash[_SESSION] = GuestSession([i for i in session.items
+                                                       if _guest_body(i)])
 
 
 _SESSION = pytest.StashKey[GuestSession]()
