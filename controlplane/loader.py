@@ -22,6 +22,7 @@ from typing import Any
 from scx_gpu.config import Config
 from scx_gpu.controlplane import (
     autoquota,
+    colocation,
     fallback,
     intf,
     libbpf,
@@ -158,7 +159,9 @@ class Loader:
             tiers.check_members(self.config)
             autoquota.write_mode(autoquota.AUTO if self.config.auto_quota else autoquota.FIXED)
             try:
-                return self._run_until_stopped()
+                with colocation.applied(self.config, self.emit,
+                                        *colocation.tier_cgroups(self.config)):
+                    return self._run_until_stopped()
             finally:
                 autoquota.QUOTA_MODE.unlink(missing_ok=True)
                 if self.took_over is not None:  # scx_loader's scheduler attaches next
@@ -331,7 +334,9 @@ class FallbackLoader(Loader):
             signal.signal(sig, self._on_signal)
         group = fallback.CpuGroup()
         try:
-            self._run_fallback(group)
+            with colocation.applied(self.config, self.emit, *colocation.tier_cgroups(
+                    self.config, group.path if group.v2 else None)):
+                self._run_fallback(group)
         finally:
             group.remove()
         self.emit("scx-gpu: mainline fallback undone (nice values, cgroups restored)")

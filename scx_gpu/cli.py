@@ -11,6 +11,7 @@ from rich.table import Table
 
 from scx_gpu import __version__, config, doctor, install, status
 from scx_gpu.bench.cli import bench_group
+from scx_gpu.colocation_options import as_settings, colocation_options
 from scx_gpu.controlplane import autoquota, fallback, loader, maps, stats_socket, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
@@ -164,6 +165,7 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
 @click.option("--monitor", type=click.FloatRange(min=0.1),
               help="Do not load: print the running scheduler's statistics every MONITOR s.")
+@colocation_options
 def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
              batch_cgroup: tuple[str, ...], batch_comm: tuple[str, ...],
              batch_pid: tuple[int, ...], gpu_cgroup: tuple[str, ...], gpu_comm: tuple[str, ...],
@@ -177,6 +179,7 @@ def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
     flags["cuda_libs"] = list(cuda_libs) or None
     flags["batch"] = _members(batch_cgroup, batch_comm, batch_pid)
     flags["gpu"] = _members(gpu_cgroup, gpu_comm, gpu_pid)
+    as_settings(flags)
     cfg = config.build(config_path, flags)
     if print_config:
         click.echo(json.dumps(cfg.as_dict(), indent=2))

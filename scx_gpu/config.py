@@ -49,6 +49,19 @@ class Config:
     auto_quota_period_s: float = 1.0
     gpu: TierMembers = field(default_factory=TierMembers)
     batch: TierMembers = field(default_factory=TierMembers)
+    # Co-location beyond the CPU (controlplane.colocation); each is off until set.
+    net_isolate: bool = False        # batch egress yields the link (HTB on net_devs)
+    net_devs: list[str] = field(default_factory=list)  # default: the default route's device
+    net_link_rate: str = ""          # e.g. 10gbit (default: 95% of the device's speed)
+    net_share_pct: int = 95          # the rest's guaranteed share of the link
+    batch_net_rate: str = ""         # batch egress ceiling, e.g. 1gbit (default: the link)
+    batch_io_weight: int = 0         # io.weight of the batch tier, 1-10000 (the rest: 100)
+    batch_io_max: list[str] = field(default_factory=list)  # "DEV wbps=N ...", io.max
+    batch_mem_high: str = ""         # memory.high of the batch tier: 4G, 25%
+    gpu_mem_low: str = ""            # memory.low of the gpu tier's cgroups: max, 8G
+    irq_steer: bool = False          # device interrupts off irq_avoid_cpus
+    irq_patterns: list[str] = field(default_factory=list)  # handler globs (default: NICs, NVMe)
+    irq_avoid_cpus: str = ""         # CPU list (default: the NVIDIA GPUs' local CPUs)
 
     def validate(self) -> "Config":
         if self.policy not in POLICIES:
@@ -68,6 +81,11 @@ class Config:
                      "gpu_wait_target_us", "auto_quota_step", "auto_quota_period_s"):
             if not getattr(self, name) > 0:  # NaN too
                 raise UsageError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 < self.net_share_pct < 100:
+            raise UsageError(f"net_share_pct {self.net_share_pct}: 1-99 (percent of the link "
+                             "guaranteed to the tiers other than batch)")
+        if not 0 <= self.batch_io_weight <= 10000:
+            raise UsageError(f"batch_io_weight {self.batch_io_weight}: 1-10000 (the rest: 100)")
         if self.detect_window_ms > self.detect_period_ms:
             raise UsageError("detect_window_ms must not exceed detect_period_ms")
         for tier in (self.gpu, self.batch):

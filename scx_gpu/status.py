@@ -5,7 +5,7 @@ from ctypes import c_int64, c_uint32
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import autoquota, fallback, intf, libbpf, maps, stats
+from scx_gpu.controlplane import autoquota, colocation, fallback, intf, libbpf, maps, stats
 from scx_gpu.controlplane.loader import FALLBACK_MODE, run_state, sched_ext_state
 from scx_gpu.controlplane.scheduler import PIN_DIR, live_gpu_tags, sum_stats
 from scx_gpu.errors import ScxGpuError
@@ -66,6 +66,8 @@ def collect() -> dict[str, Any]:
     state, ops = sched_ext_state()
     report: dict[str, Any] = {"sched_ext": state is not None, "state": state, "ops": ops}
     run = run_state()
+    if applied := colocation.saved():
+        report["colocation"] = applied
     if run.get("mode") == FALLBACK_MODE:
         report["fallback"] = _fallback_report(run)
     if ops == "scx_gpu" and (PIN_DIR / "stats").exists():
@@ -76,12 +78,25 @@ def collect() -> dict[str, Any]:
     return report
 
 
+def _colocation_lines(applied: dict[str, Any]) -> list[str]:
+    lines = [f"  network {n['dev']}: link {n['link_bps'] / 1e6:g} Mbit/s, the rest guaranteed "
+             f"{n['rest_guaranteed_bps'] / 1e6:g}, batch at most {n['batch_ceil_bps'] / 1e6:g}"
+             for n in applied.get("network", [])]
+    lines += [f"  {s['cgroup']}/{s['file']} = {s['value']}"
+              for s in applied.get("cgroup_settings", [])]
+    lines += [f"  irq {m['irq']} ({','.join(m['names'])}): CPUs {m['before']} -> "
+              f"{m['after'] if m['after'] is not None else m['before'] + ' (' + m['why'] + ')'}"
+              for m in applied.get("irqs", [])]
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
+    extra = _colocation_lines(report.get("colocation", {}))
     if "fallback" in report:
         fb = report["fallback"]
-        return (f"scx-gpu: {fb['guarantee']}\n  loader pid {fb['loader_pid']}, batch group "
-                f"{fb['batch_group']} ({fb['batch_processes']} processes, quota "
-                f"{fb['batch_quota_pct']}%)")
+        return "\n".join([f"scx-gpu: {fb['guarantee']}\n  loader pid {fb['loader_pid']}, "
+                          f"batch group {fb['batch_group']} ({fb['batch_processes']} "
+                          f"processes, quota {fb['batch_quota_pct']}%)", *extra])
     if not report["sched_ext"]:
         return "sched_ext: not in this kernel"
     lines = [f"sched_ext: {report['state']}" + (f", scheduler {report['ops']}"
@@ -108,4 +123,4 @@ def render(report: dict[str, Any]) -> str:
     tot = ours["totals"]
     lines.append(f"  batch throttled {tot['batch_throttled_ms']:.0f} ms, floor dispatches "
                  f"{tot['floor_dispatches']}, detector hits {tot['detector_hits']}")
-    return "\n".join(lines)
+    return "\n".join(lines + extra)

@@ -22,6 +22,7 @@ from scx_gpu.vm.progress import say, step
 SUITE = "bookworm"
 BASE_PACKAGES = (
     "python3", "python3-click", "python3-rich", "python3-pytest", "python3-jeepney",
+    "python3-pyroute2",
     "stress-ng", "iproute2", "procps", "util-linux",
     "dbus-daemon",  # a private bus for the scx_loader takeover test
     "systemd",      # the service test runs systemd (in a PID namespace)

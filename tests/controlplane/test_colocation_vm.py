@@ -1,0 +1,236 @@
+"""Co-location beyond the CPU in the VM: IRQ steering, the batch tier's I/O and memory.
+
+Each check runs `scx-gpu load` (the sched_ext scheduler) with and without
+the option under test, so the CPU side is the same in both; the batch and
+gpu workloads join their tiers through `scx-gpu run --tier`. Timing under
+emulation is coarse: the assertions ask for large effects only.
+"""
+
+import ctypes
+import json
+import mmap
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane import irqsteer
+from scx_gpu.controlplane.tiers import OWN_ROOT
+from tests.helpers import scx_gpu
+
+pytestmark = [pytest.mark.vm, pytest.mark.root]
+REPO = Path(__file__).resolve().parents[2]
+LOAD = [sys.executable, "-m", "tests.controlplane.colocload"]
+IO_SECONDS = 8.0
+MEM_SECONDS = 10.0
+HOLD_BYTES = 160 << 20
+BATCH_MEM_HIGH = 64 << 20
+PAGE = 4096
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.mmap.restype = ctypes.c_void_p
+LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+HEADROOM = 16 << 20  # the hog leaves this much of the available memory
+
+
+def _in_tier(tier: str, *args: str) -> list[str]:
+    return [*sc.SCX_GPU, "run", "--tier", tier, "--", *LOAD, *args]
+
+
+def _status() -> dict[str, object]:
+    report: dict[str, object] = json.loads(scx_gpu("status", "--json").stdout)
+    return report
+
+
+def _nvme_irqs() -> dict[int, str]:
+    return {irq.number: irqsteer.format_cpulist(irq.affinity)
+            for irq in irqsteer.matching(["nvme*"])}
+
+
+def test_irq_steering_moves_nvme_interrupts_off_a_cpu_and_back():
+    before = _nvme_irqs()
+    assert before, "the VM's NVMe disk has no interrupts?"
+    with sc.loaded("--irq-steer", "--irq-avoid-cpus", "0"):
+        moves = _status()["colocation"]["irqs"]  # type: ignore[index]
+        during = _nvme_irqs()
+        effective = {n: Path(f"/proc/irq/{n}/effective_affinity_list").read_text().strip()
+                     for n in during}
+    after = _nvme_irqs()
+    print(f"nvme interrupts before {before}, while loaded {during} (effective {effective}), "
+          f"after {after}")
+    print("\n".join(f"irq {m['irq']} {m['names']}: {m['before']} -> {m['after']} {m['why']}"
+                    for m in moves))
+    moved = [m for m in moves if m["after"] is not None]
+    assert moved, moves
+    for m in moved:
+        assert during[m["irq"]] == m["after"] and "0" not in m["after"].split(","), (m, during)
+        assert 0 not in irqsteer.parse_cpulist(effective[m["irq"]]), (m, effective)
+    for m in moves:
+        if m["after"] is None:
+            assert during[m["irq"]] == before[m["irq"]], (m, during)
+    assert after == before
+
+
+def _files(tmp: Path) -> tuple[Path, Path]:
+    readf, writef = tmp / "read.dat", tmp / "write.dat"
+    with readf.open("wb") as f:  # real blocks: unwritten extents read without I/O
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    with writef.open("wb") as f:
+        f.truncate(128 << 20)
+    os.sync()
+    return readf, writef
+
+
+def _io_phase(readf: Path, writef: Path, *load_args: str) -> dict[str, float]:
+    with sc.loaded(*load_args):
+        writer = subprocess.Popen(_in_tier("batch", "writer", str(writef), str(IO_SECONDS + 2),
+                                           "4"), stdout=subprocess.PIPE, text=True, cwd=REPO)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        time.sleep(1)  # the writer's queue fills
+        read = subprocess.run([*LOAD, "reader", str(readf), str(IO_SECONDS)], cwd=REPO,
+                              capture_output=True, text=True, check=True)
+        wrote = writer.communicate(timeout=60)[0]
+    return {**json.loads(read.stdout), **json.loads(wrote.strip().splitlines()[-1])}
+
+
+def test_batch_writes_yield_the_disk_to_a_normal_reader():
+    tmp = Path("/root/colocation-io")
+    tmp.mkdir(exist_ok=True)
+    try:
+        readf, writef = _files(tmp)
+        alone = json.loads(subprocess.run([*LOAD, "reader", str(readf), str(IO_SECONDS)],
+                                          cwd=REPO, capture_output=True, text=True,
+                                          check=True).stdout)
+        plain = _io_phase(readf, writef)
+        dev = f"{os.major(readf.stat().st_dev)}:{os.minor(readf.stat().st_dev)}"
+        limited = _io_phase(readf, writef, "--batch-io-weight", "10", "--batch-io-max",
+                            f"{dev} wbps=4m wiops=64")
+    finally:
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+    print(f"normal reader p99: alone {alone['p99_ms']:.2f} ms, beside batch writes "
+          f"{plain['p99_ms']:.2f} ms without isolation ({plain['mb_s']:.1f} MB/s written), "
+          f"{limited['p99_ms']:.2f} ms with ({limited['mb_s']:.1f} MB/s written)")
+    assert limited["mb_s"] <= 4 * 1.25 * 1.048576, limited  # the ceiling holds
+    assert limited["p99_ms"] < plain["p99_ms"] / 2, (alone, plain, limited)
+
+
+def _rss_file_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no RssFile for {pid}")
+
+
+def _cached_mb(path: Path) -> float:
+    """How much of the file is in memory (its page cache, whoever maps it): unlike a
+    process's RssFile, this does not dip while the kernel migrates a page."""
+    size = path.stat().st_size
+    pages = (size + PAGE - 1) // PAGE
+    vec = (ctypes.c_ubyte * pages)()
+    with path.open("rb") as f:
+        addr = LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    try:
+        if LIBC.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+    finally:
+        LIBC.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    return sum(b & 1 for b in vec) * PAGE / 2**20
+
+
+def _available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no MemAvailable")
+
+
+def _watch(during: Callable[[], None], probe: Callable[[], int], seconds: float) -> list[int]:
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        during()
+        samples.append(probe())
+        time.sleep(0.2)
+    return samples
+
+
+def _mem_phase(held: Path, *load_args: str) -> dict[str, float]:
+    with sc.loaded(*load_args):
+        holder = subprocess.Popen(_in_tier("gpu", "holder", str(held)), stdout=subprocess.PIPE,
+                                  text=True, cwd=REPO)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+            before = _rss_file_kb(holder.pid)
+            cached_before = _cached_mb(held)
+            target = _available() - HEADROOM
+            hog = subprocess.Popen(_in_tier("batch", "hog", str(target), str(MEM_SECONDS)),
+                                   stdout=subprocess.PIPE, text=True, cwd=REPO)
+            batch = OWN_ROOT / "batch" / "memory.current"
+            peak = [0]
+
+            def batch_peak() -> None:
+                peak[0] = max(peak[0], int(batch.read_text()))
+            cached: list[float] = []
+
+            def sample() -> None:
+                batch_peak()
+                cached.append(_cached_mb(held))
+            rss = _watch(sample, lambda: _rss_file_kb(holder.pid), MEM_SECONDS)
+            lines = hog.communicate(timeout=60)[0].strip().splitlines()
+            allocated = json.loads(lines[-1])["allocated"] if lines else 0
+            events = (OWN_ROOT / "batch" / "memory.events").read_text().split()
+            high_events = int(events[events.index("high") + 1])
+        finally:
+            holder.kill()
+            holder.wait()
+    return {"rss_before_mb": before / 1024, "rss_min_mb": min(rss) / 1024,
+            "cached_before_mb": cached_before, "cached_min_mb": min(cached),
+            "hog_exit": hog.returncode,
+            "batch_peak_mb": peak[0] / 2**20, "hog_target_mb": target / 2**20,
+            "hog_allocated_mb": allocated / 2**20, "high_events": high_events}
+
+
+def test_batch_memory_hog_is_held_while_the_gpu_tier_keeps_its_pages():
+    held = Path("/root/colocation-held.dat")
+    with held.open("wb") as f:
+        for _ in range(HOLD_BYTES >> 20):
+            f.write(os.urandom(1 << 20))
+        # Out of the cache: a page is charged to the cgroup that faults it in, and the gpu
+        # process (its cgroup's memory.low) should own its pages, as a job loading its data.
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    # The memory controller on for both runs, so the batch tier's usage can be read in both.
+    controls = [OWN_ROOT.parent / "cgroup.subtree_control", OWN_ROOT / "cgroup.subtree_control"]
+    (OWN_ROOT / "batch").mkdir(parents=True, exist_ok=True)
+    for control in controls:
+        control.write_text("+memory")
+    try:
+        plain = _mem_phase(held)
+        isolated = _mem_phase(held, "--batch-mem-high", str(BATCH_MEM_HIGH), "--gpu-mem-low",
+                              "max")
+    finally:
+        held.unlink()
+        for control in reversed(controls):
+            control.write_text("-memory")
+    print(f"gpu-tier file in memory, MB: without isolation {plain['cached_before_mb']:.0f} "
+          f"-> min {plain['cached_min_mb']:.0f} (batch peak {plain['batch_peak_mb']:.0f}); with "
+          f"{isolated['cached_before_mb']:.0f} -> min {isolated['cached_min_mb']:.0f} (batch "
+          f"peak {isolated['batch_peak_mb']:.0f}, {isolated['high_events']} memory.high events)")
+    print(f"without: {plain}\nwith: {isolated}")
+    # Without isolation the hog takes the gpu tier's pages (the setup makes pressure) ...
+    assert plain["cached_min_mb"] < 0.75 * plain["cached_before_mb"], plain
+    # ... with it the hog is throttled and reclaimed at memory.high, and they stay.
+    assert isolated["high_events"] > 0, isolated
+    assert isolated["batch_peak_mb"] <= 2 * BATCH_MEM_HIGH / 2**20, isolated
+    assert isolated["cached_min_mb"] >= 0.95 * isolated["cached_before_mb"], isolated
