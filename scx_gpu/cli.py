@@ -17,6 +17,7 @@ from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
 from scx_gpu.vm import runner as vm_runner
+from scx_gpu.vm import topology as vm_topology
 
 LIBBPF_LOG_TAIL = 40
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "missing": "red", "info": "cyan"}
@@ -84,6 +85,9 @@ def vm_image_cmd() -> None:
 @kernel_option
 @click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Virtual CPUs.")
+@click.option("--topology", "topology", metavar="sockets=S,cores=C,threads=T",
+              help="Emulate this CPU topology (S x C x T vCPUs, replacing --cpus), "
+                   "with one NUMA node per socket sharing --mem equally.")
 @click.option("--mem", default="1G", show_default=True, help="Guest memory (QEMU syntax).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds before the VM is stopped.")
@@ -93,13 +97,22 @@ def vm_image_cmd() -> None:
               help="Copy the guest's /job/out here afterwards (also after a timeout: "
                    "what the guest wrote and synced).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
-def vm_run_cmd(kernel_path: Path | None, cpus: int, mem: str, timeout: float,
-               copies: tuple[str, ...], out_dir: Path | None, cmd: tuple[str, ...]) -> None:
+def vm_run_cmd(kernel_path: Path | None, cpus: int, topology: str | None, mem: str,
+               timeout: float, copies: tuple[str, ...], out_dir: Path | None,
+               cmd: tuple[str, ...]) -> None:
     """Boot the VM and run CMD as root in it; exit with CMD's status."""
     parsed = [vm_runner.parse_copy(c) for c in copies]
+    topo = vm_topology.parse(topology) if topology else None
+    if topo:
+        source = click.get_current_context().get_parameter_source("cpus")
+        if source is not click.core.ParameterSource.DEFAULT and cpus != topo.cpus:
+            raise UsageError(f"--cpus {cpus} and --topology {topology} ({topo.cpus} vCPUs) "
+                             "disagree: give one of them")
+        vm_topology.qemu_args(topo, mem)  # bad --mem for the nodes: say so before booting
+        cpus = topo.cpus
     k = _kernel(kernel_path)
     spec = vm_runner.VmSpec(k.vmlinuz, vm_image.ensure_image(k), cpus=cpus, mem=mem,
-                            timeout=timeout, copies=parsed, out_dir=out_dir)
+                            timeout=timeout, copies=parsed, out_dir=out_dir, topology=topo)
     result = vm_runner.run(cmd, spec)
     click.echo(f"scx-gpu vm: {k.version}, {result.accel}, boot {result.boot_s:.1f}s, "
                f"total {result.total_s:.1f}s, exit {result.exit_code}", err=True)

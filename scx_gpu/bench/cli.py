@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from scx_gpu.bench import noise, policies, workloads
 from scx_gpu.errors import UsageError
@@ -103,6 +104,59 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
         progress.update(task, completed=len(cells), description="done")
     run = results.load(output)
     compare.console().print(compare.rich_table(results.summarise(run.rows), str(output)))
+
+
+@bench_group.command("wakeup")
+@click.option("--policy", "policy_names", default="stock,fair,scx-gpu", show_default=True,
+              help=f"Comma-separated, from {', '.join(policies.POLICIES)}.")
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--groups", type=click.IntRange(1, 2048), default=4, show_default=True,
+              help="Groups of senders and receivers.")
+@click.option("--pairs", type=click.IntRange(1, 2048), default=10, show_default=True,
+              help="Senders, and receivers, per group.")
+@click.option("--loops", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Messages from each sender to each receiver of its group.")
+@click.option("--size", type=click.IntRange(1, 4096), default=100, show_default=True,
+              help="Bytes a message.")
+@click.option("--mode", type=click.Choice(["process", "thread"]), default="process",
+              show_default=True, help="Senders and receivers as processes or threads.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the report as JSON here.")
+def wakeup_cmd(policy_names: str, reps: int, groups: int, pairs: int, loops: int, size: int,
+               mode: str, fmt: str, output: Path | None) -> None:
+    """Wake-up and context-switch throughput (hackbench-like) per policy."""
+    from scx_gpu.bench import wakeup
+
+    chosen = policies.parse(policy_names)
+    if 2 * groups * pairs > wakeup.MAX_TASKS:
+        raise UsageError(f"--groups x --pairs: at most {wakeup.MAX_TASKS // 2} "
+                         f"(each pair is two tasks), got {groups * pairs}")
+    policies.check_kernel(chosen)
+    console = Console(stderr=True)
+
+    def step(done: int, total: int, name: str) -> None:
+        console.print(f"scx-gpu bench: wakeup {done + 1}/{total}: {name}")
+
+    report = wakeup.run(chosen, wakeup.Shape(groups, pairs, loops, size, mode), reps, step)
+    text = json.dumps(report, indent=2)
+    if output:
+        output.write_text(text + "\n")
+    if fmt == "json":
+        click.echo(text)
+        return
+    table = Table(title=f"wakeup: {groups} x {pairs} pairs x {loops} messages of {size} B "
+                        f"({mode} mode), {report['cpus']} CPUs")
+    for column in ("policy", "messages/s", "sd", "seconds", "vs stock", "switches",
+                   "preempted"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, row in report["summary"].items():
+        ratio = f"{100 * row['vs_stock']:.1f}%" if "vs_stock" in row else "-"
+        table.add_row(name, f"{row['messages_per_s']:.0f}", f"{row['messages_per_s_sd']:.0f}",
+                      f"{row['seconds']:.3f}", ratio, f"{row['voluntary_switches']:.0f}",
+                      f"{row['involuntary_switches']:.0f}")
+    Console().print(table)
 
 
 @bench_group.command("compare")

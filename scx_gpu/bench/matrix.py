@@ -73,11 +73,14 @@ def write_marker(out: Path, workload: Workload, cells: list[Cell], duration: flo
 
 
 @contextmanager
-def _policy(policy: Policy, workload: Workload, noise_cgroup: Path) -> Iterator[None]:
+def scheduled(policy: Policy, cuda_libs: list[str],
+              noise_cgroup: Path = noise.NOISE_CGROUP) -> Iterator[None]:
+    """The policy's scheduler (if any) loaded for the body's duration,
+    probing cuda_libs beyond the libraries it discovers."""
     if policy.scheduler is None:
         yield
         return
-    args = [*policy.scheduler, *(a for lib in workload.cuda_libs for a in ("--cuda-lib", lib))]
+    args = [*policy.scheduler, *(a for lib in cuda_libs for a in ("--cuda-lib", lib))]
     if policy.declare_noise:
         args += ["--batch-cgroup", str(noise_cgroup)]
     with scenario.loaded(*args, cuda_lib=False):
@@ -109,7 +112,7 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
     spec = capture.CaptureSpec(cmd=[*cell.policy.prefix, *workload.argv],
                                cuda_libs=workload.cuda_libs, ring_mb=RING_MB)
     with ExitStack() as stack, tempfile.TemporaryFile("w+") as stdout:
-        stack.enter_context(_policy(cell.policy, workload, cell.noise_cgroup))
+        stack.enter_context(scheduled(cell.policy, workload.cuda_libs, cell.noise_cgroup))
         stack.enter_context(noise.running(cell.noise, cell.policy.noise_idle, cell.cpu_hogs,
                                           cell.noise_cgroup))
         spec.stdout = stdout

@@ -8,6 +8,8 @@ batch-idle          the noise as SCHED_IDLE (its cgroup cpu.idle=1 where the
                     cpu controller runs).
 scx-gpu             gpu-first, the noise declared batch (its cgroup).
 scx-gpu-undeclared  gpu-first, the noise left normal: nothing declared.
+fair                scx-gpu's fair policy (no tiers, no detector): what
+                    sched_ext and the scheduler cost by themselves.
 fallback            `scx-gpu load --fallback mainline` (no sched_ext needed),
                     the noise's cgroup declared batch (cgroup v2).
 fallback-undeclared the same, nothing declared.
@@ -40,6 +42,7 @@ POLICIES = {p.name: p for p in (
     Policy("batch-idle", noise_idle=True),
     Policy("scx-gpu", scheduler=(), declare_noise=True),
     Policy("scx-gpu-undeclared", scheduler=()),
+    Policy("fair", scheduler=("--policy", "fair")),
     Policy("fallback", scheduler=MAINLINE, declare_noise=True),
     Policy("fallback-undeclared", scheduler=MAINLINE),
 )}

@@ -23,6 +23,7 @@ from scx_gpu.cache import cache_dir
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
 from scx_gpu.vm.image import INIT_PATH, ROOT_PARTUUID
 from scx_gpu.vm.progress import say
+from scx_gpu.vm.topology import Topology, qemu_args
 
 BOOTED, EXIT_PREFIX = "SCXGPU-BOOTED", "SCXGPU-EXIT:"
 JOB_LABEL = "scxgpu-job"
@@ -66,6 +67,7 @@ class VmSpec:
     copies: Sequence[tuple[Path, str]] = ()
     out_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    topology: Topology | None = None  # None: cpus flat vCPUs, one node
 
 
 @dataclass
@@ -128,10 +130,15 @@ def kvm_usable() -> bool:
 
 
 def _qemu_command(spec: VmSpec, job_disk: Path, accel: str) -> list[str]:
+    # topoext: QEMU's emulated CPU is an AMD one, which describes SMT
+    # threads and cache sharing through the topology extensions.
+    tcg_cpu = "max,topoext=on" if spec.topology else "max"
     accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
-        ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        ["-accel", "tcg,thread=multi", "-cpu", tcg_cpu]
+    machine = qemu_args(spec.topology, spec.mem) if spec.topology else \
+        ["-smp", str(spec.cpus), "-m", spec.mem]
     return [
-        "qemu-system-x86_64", *accel_args, "-smp", str(spec.cpus), "-m", spec.mem,
+        "qemu-system-x86_64", *accel_args, *machine,
         "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
         "-kernel", str(spec.vmlinuz), "-append", KERNEL_ARGS,
         # The kernel finds root by PARTUUID and init the job disk by label:
@@ -192,7 +199,9 @@ class _Console:
 
 
 def _boot(spec: VmSpec, job_disk: Path, accel: str, out: TextIO) -> tuple[_Console, float]:
-    say(f"booting the guest ({accel}, {spec.cpus} vCPUs, {spec.mem})")
+    shape = f"{spec.topology.cpus} vCPUs as {spec.topology}" if spec.topology else \
+        f"{spec.cpus} vCPUs"
+    say(f"booting the guest ({accel}, {shape}, {spec.mem})")
     start = time.monotonic()
     console = _Console(out, hold_until_boot=accel == "kvm")
     try:

@@ -89,3 +89,18 @@ def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
     rows = pd.read_parquet(out / results.RESULTS)
     assert 1 <= len(rows) < 4 and rows.notna().all().all(), rows
     assert f"{len(rows)}/4" in err, err  # the progress bar counted the completed cells
+
+
+def test_wakeup_under_gpu_first():
+    # One scheduler load (about 12 s here); bench-sched loads fair.
+    proc = scx_gpu("bench", "wakeup", "--policy", "stock,scx-gpu", "--reps", "1",
+                   "--groups", "2", "--pairs", "4", "--loops", "50", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert not leftovers(proc) and sc.disabled()
+    report = json.loads(proc.stdout)
+    summary = report["summary"]
+    print(json.dumps({p: round(row["vs_stock"], 3) for p, row in summary.items()}))
+    assert list(summary) == ["stock", "scx-gpu"]
+    assert all(r["messages"] == 2 * 4 * 4 * 50 for r in report["runs"]), report["runs"]
+    # Emulated timing: only a collapse counts (a stall, a watchdog exit).
+    assert all(row["vs_stock"] > 0.2 for row in summary.values()), summary
