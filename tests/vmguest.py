@@ -28,7 +28,7 @@ import pytest
 
 IN_GUEST_ENV = "SCX_GPU_IN_VM"
 REPO = Path(__file__).resolve().parent.parent
-GUEST_TIMEOUT_S = 1500
+GUEST_TIMEOUT_S = 2100
 # The longest vm test takes about 140 s under emulation.
 GUEST_TEST_TIMEOUT_S = 420
 CLEANUP_TIMEOUT_S = 60
