@@ -18,12 +18,8 @@
 # The benches: REPS_TORCH, REPS_HF (default 3), DURATION (3 s), 2 x CPUs hogs for cpu.
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
-export LD_LIBRARY_PATH="$ROOT/.carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT:$ROOT/.carry/py"
-OUT=${OUT:-/tmp/out}
+. "$ROOT/bench/gpu/device-env.sh"
 WORK=/tmp/round2
-N=$(nproc)
 mkdir -p "$OUT" "$WORK"
 
 bench() {  # $1: torch|hf; $2: reps

@@ -21,12 +21,8 @@
 # REPS (3), DURATION (3 s), 2 x CPUs hogs for cpu; ROUNDS (6) for the detector.
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
-export LD_LIBRARY_PATH="$ROOT/.carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT:$ROOT/.carry/py"
-OUT=${OUT:-/tmp/out}
+. "$ROOT/bench/gpu/device-env.sh"
 WORK=/tmp/round3
-N=$(nproc)
 STEPS="probe hf detector hf-shared torch-shared"
 mkdir -p "$OUT" "$WORK"
 
