@@ -376,13 +376,16 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
         sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 20,
                     "the launcher to be tagged")
         storm = _spinners(20, 100, seconds)
+        before = sc.status()["scx_gpu"]["totals"]
         during = json.loads(launcher.communicate(timeout=240)[0])["tokens_per_s"]
+        after = sc.status()["scx_gpu"]["totals"]
         normal, hogs = _spun(storm), _spun(batch)
         assert sc.enabled(), "the kernel ejected the scheduler"
     bound = {"normal": bounds.wait_bound_s(floor_ms, period_ms, normal["tasks"] + NPROC, NPROC),
              "batch": bounds.wait_bound_s(floor_ms, period_ms, hogs["tasks"], NPROC)}
     print(json.dumps({"launcher_ratio": during / alone, "normal": normal, "batch": hogs,
-                      "bound_s": bound}))
+                      "bound_s": bound, "tier_cpu_s": _tier_cpu_s(before, after),
+                      "floor_dispatches": after["floor_dispatches"] - before["floor_dispatches"]}))
     assert normal["ran"] == normal["tasks"] == 2000 and hogs["ran"] == hogs["tasks"]
     assert hogs["max_gap_s"] <= bound["batch"], (hogs, bound)
     # Under emulation a switch among 2,000 tasks costs about 1.75 ms, far
@@ -393,6 +396,12 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
     # launcher's runs costs a 1.75 ms switch, and 0.67 was measured. The old
     # core was ejected by the watchdog here.
     assert during >= 0.50 * alone, (during, alone)
+
+
+def _tier_cpu_s(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds each tier ran between two `status` snapshots."""
+    return {tier: round(t["runtime_s"] - before["tiers"][tier]["runtime_s"], 2)
+            for tier, t in after["tiers"].items()}
 
 
 def _dump_lines() -> list[str]:
