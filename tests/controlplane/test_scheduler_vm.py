@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds, intf, loader, stats, stats_socket
 from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
@@ -376,9 +377,10 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
         sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 20,
                     "the launcher to be tagged")
         storm = _spinners(20, 100, seconds)
-        before = sc.status()["scx_gpu"]["totals"]
+        # In this process: a new one would start at the floor's pace among 2,000 tasks.
+        before = status.collect()["scx_gpu"]["totals"]
         during = json.loads(launcher.communicate(timeout=240)[0])["tokens_per_s"]
-        after = sc.status()["scx_gpu"]["totals"]
+        after = status.collect()["scx_gpu"]["totals"]
         normal, hogs = _spun(storm), _spun(batch)
         assert sc.enabled(), "the kernel ejected the scheduler"
     bound = {"normal": bounds.wait_bound_s(floor_ms, period_ms, normal["tasks"] + NPROC, NPROC),
