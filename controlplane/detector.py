@@ -8,6 +8,12 @@ every period, well inside its ttl, at a fraction of the always-on cost.
 A window is timed from when its probes are in place: attaching a probe per
 entry point can take longer than the window itself under emulation.
 
+Detaching a probe waits for the kernel's grace periods: 1.5 s for the 8
+entry points of an idle guest, 12-40 s behind a storm of 2,000 runnable
+tasks. In the control plane's loop that held back the next windows until
+busy launchers' tags expired, so the loader detaches on a thread of its own
+(BackgroundDetach): a probe stops firing as soon as its unregistering begins.
+
 The duty cycle adapts: a window closes as soon as every thread tagged when
 it opened has launched again (a busy launcher: within milliseconds), and
 while threads are tagged the next window opens only when their tags are
@@ -15,6 +21,8 @@ half way to expiry (never sooner than a period). The share of time the
 probes are attached is the share of a busy launcher's launches they hit.
 """
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,6 +47,28 @@ FAST_POLL_S = 0.005  # while a window waits for tagged threads to launch again
 
 def no_tags() -> dict[int, int]:
     return {}
+
+
+class BackgroundDetach:
+    """A Detach that returns at once: the links are destroyed in order on a
+    thread of its own; close() waits until every one given is gone."""
+
+    def __init__(self, detach: Detach) -> None:
+        self._detach = detach
+        self._links: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="probe-detach", daemon=True)
+        self._thread.start()
+
+    def __call__(self, link: int) -> None:
+        self._links.put(link)
+
+    def _run(self) -> None:
+        while (link := self._links.get()) is not None:
+            self._detach(link)
+
+    def close(self) -> None:
+        self._links.put(None)
+        self._thread.join()
 
 
 @dataclass

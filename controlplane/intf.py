@@ -46,6 +46,7 @@ class Stats(Structure):
         ("detector_hits", c_uint64),
         ("cpu_mismatches", c_uint64),
         ("classifications", c_uint64),
+        ("budget_demotions", c_uint64),
     ]
 
 

@@ -35,7 +35,7 @@ from scx_gpu.controlplane import (
     tiers,
     trust,
 )
-from scx_gpu.controlplane.detector import Detector
+from scx_gpu.controlplane.detector import BackgroundDetach, Detach, Detector
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
     BpfScheduler,
@@ -112,6 +112,8 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
         fair_only=config.policy == "fair",
         gpu_preempts_normal=config.gpu_preempts_normal,
         gpu_allow_set=bool(config.gpu_allow),
+        gpu_budget_pct=config.gpu_budget_pct,
+        gpu_proc_budget_pct=config.gpu_proc_budget_pct,
         sched_idle_is_batch=config.sched_idle_batch,
         detect_scope=intf.Scope[config.scope.upper()],
         control_tgid=os.getpid(),
@@ -214,7 +216,8 @@ class Loader:
 
     def _run_once(self) -> int:
         sched = self._load()
-        detector = self._detector(sched)
+        detach = BackgroundDetach(sched.destroy_link)
+        detector = self._detector(sched, detach)
         server = (metrics.MetricsServer(metrics.parse_addr(self.config.metrics_addr),
                                         lambda: self._snapshot(sched, detector))
                   if self.config.metrics_addr else None)
@@ -234,7 +237,8 @@ class Loader:
                 server.close()
             detector.close()
             unpin()
-            sched.close()
+            sched.close()  # the scheduler first: probes may take seconds to detach
+            detach.close()
             RUN_STATE.unlink(missing_ok=True)
         if info is None:
             self.emit("scx-gpu: detached")
@@ -242,9 +246,9 @@ class Loader:
         self.emit(f"scx-gpu: {exit_message(info)}")
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
 
-    def _detector(self, sched: BpfScheduler) -> Detector:
+    def _detector(self, sched: BpfScheduler, detach: Detach) -> Detector:
         tags_fd = sched.map_fd("gpu_tags")
-        return Detector(sched.attach_detector, sched.destroy_link,
+        return Detector(sched.attach_detector, detach,
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
                         ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd))
 
@@ -379,7 +383,8 @@ class FallbackLoader(Loader):
         except BaseException:
             sched.close()
             raise
-        detector = self._detector(sched)
+        detach = BackgroundDetach(sched.destroy_link)
+        detector = self._detector(sched, detach)
         renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                    self.config.scope == "process")
         scanner = self._rescanner()
@@ -397,6 +402,7 @@ class FallbackLoader(Loader):
             members.undo()
             detector.close()
             sched.close()
+            detach.close()
             RUN_STATE.unlink(missing_ok=True)
 
     def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,

@@ -32,6 +32,8 @@ class ReadOnlyOptions:
     fair_only: bool
     gpu_preempts_normal: bool
     gpu_allow_set: bool  # only the gpu_allow maps' users and cgroups may be tagged
+    gpu_budget_pct: int  # tagged threads, all together: share of all CPUs
+    gpu_proc_budget_pct: int  # ... and one process's
     sched_idle_is_batch: bool
     detect_scope: int
     control_tgid: int  # the control plane's process: all its threads in the gpu tier

@@ -21,6 +21,7 @@ def diff(now: Stats, before: Stats) -> Stats:
     out.detector_hits = now.detector_hits - before.detector_hits
     out.cpu_mismatches = now.cpu_mismatches - before.cpu_mismatches
     out.classifications = now.classifications - before.classifications
+    out.budget_demotions = now.budget_demotions - before.budget_demotions
     return out
 
 
@@ -85,6 +86,7 @@ class Summary:
             "detector_hits": self.stats.detector_hits,
             "cpu_mismatches": self.stats.cpu_mismatches,
             "classifications": self.stats.classifications,
+            "budget_demotions": self.stats.budget_demotions,
             "detector_duty_pct": 100.0 * self.duty_cycle,
         }
 

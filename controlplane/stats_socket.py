@@ -47,6 +47,8 @@ META: dict[str, Any] = {
                                        "(a scheduler bug; stays 0)"),
               "classifications": _field("u64", "tiers looked up in the membership maps "
                                         "(a task's cached tier serves until it may change)"),
+              "budget_demotions": _field("u64", "tagged threads moved to the normal tier by "
+                                         "the gpu budgets"),
               "detector_duty_pct": _field("float", "share of time the probes are attached, %"),
           }},
     "tier": {"name": "tier", "desc": "one tier's counters",

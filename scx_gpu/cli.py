@@ -152,6 +152,12 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--floor-ms", type=int, help="Longest wait of a normal or batch task [1000].")
 @click.option("--gpu-ttl-ms", type=int, help="How long a launch keeps a thread in the gpu tier.")
 @click.option("--scope", type=str, help="Tag the launching 'thread' [default] or 'process'.")
+@click.option("--gpu-budget", "gpu_budget_pct", type=int,
+              help="Share of all CPUs that tagged threads may take, % "
+                   f"[{config.Config.gpu_budget_pct}]; beyond it they run in the normal tier.")
+@click.option("--gpu-proc-budget", "gpu_proc_budget_pct", type=int,
+              help="The same for one process's tagged threads, % "
+                   f"[{config.Config.gpu_proc_budget_pct}].")
 @click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [100]")
 @click.option("--detect-period-ms", type=int, help="... once per this period [1000].")
 @click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")

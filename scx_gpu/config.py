@@ -35,6 +35,8 @@ class Config:
     batch_slice_us: int = 2000
     scope: str = "thread"            # tag the launching thread or its whole process
     gpu_preempts_normal: bool = True
+    gpu_budget_pct: int = 95         # tagged threads may take this share of all CPUs ...
+    gpu_proc_budget_pct: int = 90    # ... and those of one process this share
     sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
     detect_window_ms: int = 100      # launch probes attached this long ...
     detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
@@ -92,6 +94,9 @@ class Config:
             raise UsageError(f"batch_io_weight {self.batch_io_weight}: 1-10000 (the rest: 100)")
         if self.detect_window_ms > self.detect_period_ms:
             raise UsageError("detect_window_ms must not exceed detect_period_ms")
+        for name in ("gpu_budget_pct", "gpu_proc_budget_pct"):
+            if not 1 <= getattr(self, name) <= 100:
+                raise UsageError(f"{name} {getattr(self, name)}: 1-100 (percent of all CPUs)")
         self._validate_bound()
         for tier in (self.gpu, self.batch):
             for comm in tier.comms:

@@ -57,6 +57,7 @@ struct scx_gpu_stats {
 	__u64 detector_hits;		/* launch-probe hits */
 	__u64 cpu_mismatches;		/* ops.stopping saw another task on its CPU's record */
 	__u64 classifications;		/* tiers looked up in the maps (not the cached one) */
+	__u64 budget_demotions;		/* tagged threads moved out of the gpu tier by a budget */
 };
 
 /* Run-time tunables: one entry in the `tunables` array map. */

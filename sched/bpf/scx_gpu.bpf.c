@@ -38,6 +38,16 @@
  *    a task became runnable (ops.runnable, or the end of its last run).
  *  - batch gets at least f% of all CPUs per period while it starves and at
  *    most its quota (the control plane refuses a quota below f).
+ *  - a launch tag is a claim any local user can make, so detected gpu
+ *    threads are metered: all the CPU time of a process's tagged threads,
+ *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
+ *    all of them against gpu_budget_pct % (95), as token buckets banking
+ *    one slice. A process over either runs in the normal tier until back
+ *    within it, and its debt never exceeds a period: over-use costs the
+ *    gpu tier at most P after it stops. Kernel threads, the control plane
+ *    and operator-pinned members are not metered.
+ *  - kernel threads run in the gpu tier: RCU, reclaim and the uprobe
+ *    registration the detector waits on serve every tier.
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -48,6 +58,7 @@ char _license[] SEC("license") = "GPL";
 #define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
 #define MAX_CPUS	1024
 #define SCHED_IDLE	5
+#define PF_KTHREAD	0x00200000
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
@@ -64,6 +75,8 @@ const volatile bool sched_idle_is_batch;
 const volatile u32 detect_scope = SCOPE_THREAD;
 const volatile s32 control_tgid;	/* the control plane: every thread of it */
 const volatile bool gpu_allow_set;	/* only gpu_allow_uids/_cgroups may be tagged */
+const volatile u32 gpu_budget_pct = 100;	/* detected gpu threads, all together */
+const volatile u32 gpu_proc_budget_pct = 100;	/* ... and one process's */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -86,6 +99,19 @@ struct {
 	__type(key, u32);
 	__type(value, u64);
 } gpu_tags SEC(".maps");
+
+/*
+ * The budgets of detected gpu threads as GCRA token buckets: when each bucket
+ * is empty again (its theoretical arrival time), per process and for all.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32);
+	__type(value, u64);
+} proc_budgets SEC(".maps");
+
+u64 tier_budget_tat;
 
 /* Operator-pinned membership: pid/tgid, cgroup id (and its subtree), comm. */
 struct {
@@ -151,6 +177,7 @@ struct task_ctx {
 	u32 policy;
 	u32 tier;
 	bool classified;
+	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 };
 
@@ -361,12 +388,70 @@ static u64 gpu_tag_expiry(struct task_struct *p, u64 now)
 	return t && seen && (s64)(now - *seen) < (s64)t->gpu_ttl_ns ? *seen + t->gpu_ttl_ns : 0;
 }
 
-/* @p's tier from the membership maps and its launch tag, and until when it holds. */
-static u32 classify(struct task_struct *p, u64 now, u64 *until)
+/* Is the bucket that empties at @tat over budget at @now (beyond its bank)? */
+static bool bucket_over(u64 tat, u64 now)
 {
+	return (s64)(tat - now) > (s64)slice_ns;
+}
+
+/* When @p's process and the gpu tier are both within budget again; 0: now. */
+static u64 over_budget(struct task_struct *p, u64 now)
+{
+	u32 tgid = p->tgid;
+	u64 *tat = bpf_map_lookup_elem(&proc_budgets, &tgid), until = 0;
+
+	if (tat && bucket_over(*tat, now))
+		until = *tat - slice_ns;
+	if (bucket_over(tier_budget_tat, now) && tier_budget_tat - slice_ns > until)
+		until = tier_budget_tat - slice_ns;
+	return until;
+}
+
+/* Take @used ns of CPU from a bucket filled at @pct % of all CPUs. */
+static void bucket_charge(u64 *tat, u64 used, u32 pct, u64 now)
+{
+	struct scx_gpu_tunables *t = tun();
+	u64 old = *tat, cap;
+
+	/* A bucket that emptied in the past starts from now: no credit beyond its bank. */
+	if ((s64)(old - now) < 0)
+		__sync_val_compare_and_swap(tat, old, now);
+	__sync_fetch_and_add(tat, used * 100 / ((u64)pct * nr_cpus));
+	/* Debt of at most a period: over-use ends within one after it stops. */
+	cap = now + slice_ns + (t ? t->batch_period_ns : 0);
+	old = *tat;
+	if ((s64)(old - cap) > 0)
+		__sync_val_compare_and_swap(tat, old, cap);
+}
+
+/* Charge @used ns of a tagged thread's CPU time; is its process over budget now? */
+static bool charge_budget(struct task_struct *p, u64 used, u64 now)
+{
+	u32 tgid = p->tgid;
+	u64 *tat;
+
+	tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
+	if (!tat) {
+		bpf_map_update_elem(&proc_budgets, &tgid, &now, BPF_NOEXIST);
+		tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
+	}
+	if (tat)
+		bucket_charge(tat, used, gpu_proc_budget_pct, now);
+	bucket_charge(&tier_budget_tat, used, gpu_budget_pct, now);
+	return over_budget(p, now) != 0;
+}
+
+/*
+ * @p's tier from the membership maps and its launch tag, until when it holds,
+ * and whether its CPU time is metered (a launch tag, which anyone can get).
+ */
+static u32 classify(struct task_struct *p, u64 now, u64 *until, bool *metered)
+{
+	u64 over;
 	u32 tier;
 
 	*until = FOREVER;
+	*metered = false;
 	if (fair_only)
 		return TIER_NORMAL;
 	/*
@@ -374,15 +459,22 @@ static u32 classify(struct task_struct *p, u64 now, u64 *until)
 	 * expire. All its threads: one starved while holding Python's GIL
 	 * stops the detector too.
 	 */
-	if (p->tgid == control_tgid)
+	if (p->tgid == control_tgid || (p->flags & PF_KTHREAD))
 		return TIER_GPU;
 	tier = pinned_tier(p);
 	if (tier < NR_TIERS)
 		return tier;
 	*until = gpu_tag_expiry(p, now);
-	if (*until)
-		return TIER_GPU;
-	*until = FOREVER;
+	if (*until) {
+		*metered = true;
+		over = over_budget(p, now);
+		if (!over)
+			return TIER_GPU;
+		if (over < *until)
+			*until = over;
+	} else {
+		*until = FOREVER;
+	}
 	if (sched_idle_is_batch && p->policy == SCHED_IDLE)
 		return TIER_BATCH;
 	return TIER_NORMAL;
@@ -406,6 +498,7 @@ static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	u64 gen = tier_generation(), until, comm[2];
 	u64 cgroup = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
 	struct scx_gpu_stats *s;
+	bool metered;
 	u32 tier;
 
 	/* ops.cgroup_move misses moves that the cpu controller does not see. */
@@ -414,8 +507,9 @@ static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	    tctx->comm[0] == comm[0] && tctx->comm[1] == comm[1] && tctx->policy == p->policy &&
 	    tctx->cgroup == cgroup)
 		return tctx->tier;
-	tier = classify(p, now, &until);
+	tier = classify(p, now, &until, &metered);
 	set_task_tier(tctx, tier);
+	tctx->metered = metered;
 	tctx->gen = gen;
 	tctx->tier_until = until;
 	tctx->comm[0] = comm[0];
@@ -572,7 +666,8 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	u64 now = bpf_ktime_get_ns(), until;
-	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until);
+	bool metered;
+	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
 	if (tier == TIER_GPU)
 		enqueue_gpu(p, enq_flags);
@@ -631,10 +726,10 @@ static bool serve_floor(u32 tier, s32 cpu, u64 now)
 }
 
 /*
- * Charge the run since tctx->run_at: its tier's runtime, the batch quota,
- * the floor share.
+ * Charge @p's run since tctx->run_at: its tier's runtime, the batch quota,
+ * the floor share, a tagged thread's budgets (over them: classify it again).
  */
-static void account_run(struct task_ctx *tctx, u64 now)
+static void account_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
 	struct scx_gpu_stats *s = stat();
 	u64 used = now - tctx->run_at;
@@ -648,6 +743,11 @@ static void account_run(struct task_ctx *tctx, u64 now)
 		__sync_fetch_and_add(&floor_used_ns[tier], now - tctx->floor_at);
 	if (tier == TIER_BATCH)
 		__sync_fetch_and_add(&batch_used_ns, used);
+	if (tctx->metered && charge_budget(p, used, now) && tier == TIER_GPU) {
+		tctx->classified = false;
+		if (s)
+			s->budget_demotions++;
+	}
 	if (s && tier < NR_TIERS)
 		s->tier[tier].runtime_ns += used;
 }
@@ -664,7 +764,7 @@ static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 no
 
 	if (!prev || !tctx || !tctx->run_at || !(prev->scx.flags & SCX_TASK_QUEUED))
 		return NR_TIERS;
-	account_run(tctx, now);
+	account_run(prev, tctx, now);
 	tctx->floor_served = false;
 	tier = task_tier(prev, tctx, now);
 	if (tier >= NR_TIERS || (tier == TIER_BATCH && !batch_budget_left()))
@@ -846,7 +946,7 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 	if (runnable)
 		tctx->runnable_at = tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS ?
 				    tctx->waited_from : now;
-	account_run(tctx, now);
+	account_run(p, tctx, now);
 	tctx->run_at = 0;
 	tctx->floor_served = false;
 }

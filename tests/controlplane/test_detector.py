@@ -2,9 +2,10 @@
 
 import errno
 import itertools
+import threading
 from pathlib import Path
 
-from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, Detector
+from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, BackgroundDetach, Detector
 from scx_gpu.controlplane.libbpf import LibbpfError
 
 
@@ -113,3 +114,20 @@ def test_windows_close_once_tagged_threads_launch_again_and_renew_before_expiry(
     starts = [t for i, t in enumerate(live) if i == 0 or t - live[i - 1] > 0.5]
     assert all(1.4 < b - a < 1.6 for a, b in itertools.pairwise(starts[1:])), starts
     assert det.poll_s(0.1) == 0.1
+
+
+def test_background_detach_returns_at_once_and_close_waits_for_every_link():
+    # Behind a task storm the kernel took 40 s to detach one window's probes.
+    release, done = threading.Event(), []
+
+    def slow_detach(link: int) -> None:
+        release.wait()
+        done.append(link)
+
+    detach = BackgroundDetach(slow_detach)
+    for link in (3, 4, 5):
+        detach(link)  # would block until release if it were not in the background
+    assert done == []
+    release.set()
+    detach.close()
+    assert done == [3, 4, 5]
