@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.config import Config
+from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.intf import Tier
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.stats import diff, wait_quantile_ns

@@ -21,8 +21,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from scx_gpu.config import Config
 from scx_gpu.controlplane import blkio, cgknobs, irqsteer, memlimits, netshape, skbprio
+from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.tiers import CGROUP_ROOT, cgroup_path, own_cgroups
 from scx_gpu.errors import UsageError
 

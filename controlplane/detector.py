@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scx_gpu.controlplane.libbpf import LibbpfError
+from scx_gpu.bpf.libbpf import LibbpfError
 
 # The driver's launch family: the one counting layer (runtime calls land here).
 LAUNCH_SYMBOLS = (

@@ -19,15 +19,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from scx_gpu.config import Config
+from scx_gpu.bpf import libbpf, libcuda, maps
 from scx_gpu.controlplane import (
     autoquota,
     colocation,
     fallback,
     intf,
-    libbpf,
-    libcuda,
-    maps,
     metrics,
     scx_loader,
     stats,
@@ -35,6 +32,7 @@ from scx_gpu.controlplane import (
     tiers,
     trust,
 )
+from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import BackgroundDetach, Detach, Detector
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,

@@ -9,9 +9,9 @@ from ctypes import c_char, c_uint32, c_uint64
 from dataclasses import dataclass
 from pathlib import Path
 
-from scx_gpu.bpf import object_path
-from scx_gpu.controlplane import intf, libbpf, maps
-from scx_gpu.controlplane.bpfobject import BpfObject
+from scx_gpu.bpf import libbpf, maps, object_path
+from scx_gpu.bpf.bpfobject import BpfObject
+from scx_gpu.controlplane import intf
 
 OBJECT = "scx_gpu.bpf.o"
 STRUCT_OPS_MAP = "gpu_ops"

@@ -5,8 +5,8 @@ import pwd
 from ctypes import c_uint32, c_uint64
 from pathlib import Path
 
-from scx_gpu.config import Config, TierMembers
-from scx_gpu.controlplane import maps
+from scx_gpu.bpf import maps
+from scx_gpu.controlplane.config import Config, TierMembers
 from scx_gpu.controlplane.intf import Tier
 from scx_gpu.controlplane.scheduler import BpfScheduler, comm_key
 from scx_gpu.errors import EnvironmentProblem, UsageError

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from scx_gpu.controlplane.libcuda import CudaLib
+from scx_gpu.bpf.libcuda import CudaLib
 
 OPERATOR_SOURCES = ("option", "ldconfig", "path")  # libcuda.discover()'s own sources
 

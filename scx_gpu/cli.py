@@ -9,10 +9,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from scx_gpu import __version__, config, doctor, install, status
+from scx_gpu import __version__, doctor, install, status
 from scx_gpu.bench.cli import bench_group
+from scx_gpu.bpf import maps
 from scx_gpu.colocation_options import as_settings, colocation_options
-from scx_gpu.controlplane import autoquota, bounds, fallback, loader, maps, stats_socket, tiers
+from scx_gpu.controlplane import autoquota, bounds, config, fallback, loader, stats_socket, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
@@ -295,8 +296,8 @@ def trace_cmd(output: Path, fmt: str, pids: tuple[int, ...], comms: tuple[str, .
               cudart_libs: tuple[str, ...], ring_mb: int, overhead: bool,
               cmd: tuple[str, ...]) -> None:
     """Trace CUDA launches, context switches and IRQs (of CMD, if given)."""
+    from scx_gpu.bench import overhead as tracer_overhead
     from scx_gpu.tracer import capture, tracefile
-    from scx_gpu.tracer import overhead as tracer_overhead
     from scx_gpu.tracer.events import driver_launches
 
     spec = capture.CaptureSpec(list(pids), list(comms), list(cgroups), list(cmd), duration,

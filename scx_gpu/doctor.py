@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import libbpf, libcuda
+from scx_gpu.bpf import libbpf, libcuda
 from scx_gpu.errors import ScxGpuError
 
 OK, WARN, MISSING, INFO = "ok", "warn", "missing", "info"

@@ -5,7 +5,8 @@ from ctypes import c_int64, c_uint32
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import autoquota, colocation, fallback, intf, libbpf, maps, stats
+from scx_gpu.bpf import libbpf, maps
+from scx_gpu.controlplane import autoquota, colocation, fallback, intf, stats
 from scx_gpu.controlplane.loader import FALLBACK_MODE, run_state, sched_ext_state
 from scx_gpu.controlplane.scheduler import PIN_DIR, live_gpu_tags, sum_stats
 from scx_gpu.errors import ScxGpuError

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scx_gpu.controlplane import libcuda
+from scx_gpu.bpf import libcuda
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.tracer.events import EVENT_DTYPE
 from scx_gpu.tracer.libwatch import LibraryWatch

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from scx_gpu.controlplane import libbpf, libcuda
+from scx_gpu.bpf import libbpf, libcuda
 from scx_gpu.tracer.session import TraceSession
 
 Key = tuple[int, int]  # (the kernel's dev_t, inode number)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scx_gpu.bpf import object_path
-from scx_gpu.controlplane import libbpf, maps, probesite
-from scx_gpu.controlplane.bpfobject import BpfObject
+from scx_gpu.bpf import libbpf, maps, object_path, probesite
+from scx_gpu.bpf.bpfobject import BpfObject
 from scx_gpu.errors import UsageError
 from scx_gpu.tracer.events import API_IDS, EVENT_DTYPE, LIB_DTYPE, TRACE_FOLLOW, TRACE_HOLD
 from scx_gpu.tracer.ringbuf import RingReader

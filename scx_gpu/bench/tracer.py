@@ -32,9 +32,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from scx_gpu.bench import overhead
 from scx_gpu.bench.scenario import BUSY_LAUNCHER
-from scx_gpu.controlplane import probesite
-from scx_gpu.tracer import analysis, overhead
+from scx_gpu.bpf import probesite
+from scx_gpu.tracer import analysis
 from scx_gpu.tracer.capture import CaptureSpec, capture
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import json_report, program

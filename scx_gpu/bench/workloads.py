@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import libcuda
+from scx_gpu.bpf import libcuda
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.workloads import json_report, program
 

@@ -1,4 +1,7 @@
-"""Compiled BPF objects shipped inside the package (built by `make bpf`)."""
+"""The BPF runtime beneath the control plane and the tracer: the compiled
+objects shipped inside the package (built by `make bpf`), the libbpf binding
+(libbpf), objects and maps (bpfobject, maps), where probes go (probesite) and
+the CUDA driver libraries they go on (libcuda)."""
 
 from pathlib import Path
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scx_gpu import config
-from scx_gpu.controlplane import bounds, intf
+from scx_gpu.controlplane import bounds, config, intf
 from scx_gpu.errors import UsageError
 
 INTF_H = Path(__file__).resolve().parents[2] / "sched" / "bpf" / "intf.h"

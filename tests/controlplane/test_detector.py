@@ -5,8 +5,8 @@ import itertools
 import threading
 from pathlib import Path
 
+from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, BackgroundDetach, Detector
-from scx_gpu.controlplane.libbpf import LibbpfError
 
 
 class FakeProbes:

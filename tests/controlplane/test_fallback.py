@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from scx_gpu.bench import scenario as sc
-from scx_gpu.config import Config
 from scx_gpu.controlplane import fallback, loader
+from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.workloads import program
 from tests.helpers import assert_one_line_error, scx_gpu

@@ -1,5 +1,5 @@
-from scx_gpu.config import Config, TierMembers
 from scx_gpu.controlplane import intf
+from scx_gpu.controlplane.config import Config, TierMembers
 from scx_gpu.controlplane.scheduler import comm_key, comm_prefix_lens
 from scx_gpu.errors import UsageError
 

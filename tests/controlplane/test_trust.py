@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scx_gpu.controlplane.libcuda import CudaLib
+from scx_gpu.bpf.libcuda import CudaLib
 from scx_gpu.controlplane.trust import untrusted
 
 pytestmark = pytest.mark.root

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from scx_gpu.controlplane import libbpf
+from scx_gpu.bpf import libbpf
 from tests.helpers import scx_gpu
 
 # The development and CI hosts run a 6.18 kernel without sched_ext

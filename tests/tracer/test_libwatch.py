@@ -4,7 +4,7 @@ test_libcuda_mapped.py): each file probed once, at most MAX_LIBS of them."""
 import shutil
 from pathlib import Path
 
-from scx_gpu.controlplane.libcuda import CudaLib
+from scx_gpu.bpf.libcuda import CudaLib
 from scx_gpu.tracer.libwatch import MAX_LIBS, LibraryWatch
 from scx_gpu.tracer.session import Probed
 from scx_gpu.workloads import program

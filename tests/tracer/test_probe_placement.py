@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from scx_gpu.controlplane import probesite
+from scx_gpu.bpf import probesite
 from scx_gpu.tracer.events import EV_LAUNCH, EV_SYNC_ENTER, EV_SYNC_EXIT
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import program

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import TypeVar
 
-from scx_gpu.controlplane import libbpf
+from scx_gpu.bpf import libbpf
 from scx_gpu.errors import EnvironmentProblem
 
 T = TypeVar("T", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[type-arg]

@@ -9,7 +9,7 @@ import ctypes
 from collections.abc import Mapping
 from pathlib import Path
 
-from scx_gpu.controlplane import libbpf, probesite
+from scx_gpu.bpf import libbpf, probesite
 
 _CTYPE_BY_SIZE = {1: ctypes.c_uint8, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scx_gpu import config
+from scx_gpu.controlplane import config
 from scx_gpu.errors import UsageError
 
 VALUES = st.recursive(

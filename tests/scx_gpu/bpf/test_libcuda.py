@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from scx_gpu.controlplane import libcuda
+from scx_gpu.bpf import libcuda
 from scx_gpu.workloads import program
 
 STUB = program("libcuda.so.1")

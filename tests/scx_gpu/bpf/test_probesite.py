@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from scx_gpu.controlplane import probesite
+from scx_gpu.bpf import probesite
 from scx_gpu.workloads import program
 
 ENDBR64 = bytes.fromhex("f30f1efa")
