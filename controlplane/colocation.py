@@ -22,8 +22,9 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from scx_gpu.controlplane import blkio, cgknobs, irqsteer, memlimits, netshape, skbprio
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.tiers import CGROUP_ROOT, cgroup_path, own_cgroups
+from scx_gpu.controlplane.tiers import own_cgroups
 from scx_gpu.errors import UsageError
 
 STATE = Path("/run/scx-gpu/colocation.json")

@@ -29,14 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scx_gpu.bpf.libbpf import LibbpfError
-
-# The driver's launch family: the one counting layer (runtime calls land here).
-LAUNCH_SYMBOLS = (
-    "cuLaunchKernel", "cuLaunchKernel_ptsz",
-    "cuLaunchKernelEx", "cuLaunchKernelEx_ptsz",
-    "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz",
-    "cuGraphLaunch", "cuGraphLaunch_ptsz",
-)
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
 
 Attach = Callable[[Path, str], int]
 Detach = Callable[[int], None]

@@ -16,9 +16,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.scheduler import live_gpu_tags
-from scx_gpu.controlplane.tiers import CGROUP_ROOT, cgroup_path, exec_command
+from scx_gpu.controlplane.tiers import exec_command
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 GPU_NICE = -10

@@ -26,9 +26,9 @@ from scx_gpu.controlplane import (
     fallback,
     intf,
     metrics,
-    scx_loader,
     stats,
     stats_socket,
+    takeover,
     tiers,
     trust,
 )
@@ -42,6 +42,7 @@ from scx_gpu.controlplane.scheduler import (
     gpu_tag_times,
     unpin,
 )
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
 
 SCHED_EXT = Path("/sys/kernel/sched_ext")
@@ -106,7 +107,7 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
     return ReadOnlyOptions(
         slice_ns=config.slice_us * 1000,
         batch_slice_ns=config.batch_slice_us * 1000,
-        nr_cpus=os.cpu_count() or 1,
+        nr_cpus=NPROC,
         fair_only=config.policy == "fair",
         gpu_preempts_normal=config.gpu_preempts_normal,
         gpu_allow_set=bool(config.gpu_allow),
@@ -145,7 +146,7 @@ class Loader:
         self.quiet = quiet
         self.as_json = as_json
         self.stop = threading.Event()
-        self.took_over: scx_loader.Running | None = None  # scx_loader's, started on exit
+        self.took_over: takeover.Running | None = None  # scx_loader's, started on exit
         self.last_quota_change: autoquota.Change | None = None
         self.refused: set[Path] = set()  # libcuda files reported untrusted, once each
 
@@ -162,7 +163,7 @@ class Loader:
         # still lead to it being started again.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-        with scx_loader.taken_over(self.config.takeover, self.emit) as self.took_over:
+        with takeover.taken_over(self.config.takeover, self.emit) as self.took_over:
             if self.took_over is not None:
                 self._wait_disabled()
             preflight()
@@ -387,7 +388,7 @@ class FallbackLoader(Loader):
                                    self.config.scope == "process")
         scanner = self._rescanner()
         try:
-            group.create(self.config.start_quota(), self.config.period_ms, os.cpu_count() or 1)
+            group.create(self.config.start_quota(), self.config.period_ms, NPROC)
             members.declare()
             _write_run_state({"mode": FALLBACK_MODE, "batch_group": str(group.path)},
                              self.config)

@@ -91,12 +91,13 @@ class Summary:
         }
 
     def line(self) -> str:
-        d = self.as_dict()
-        parts = [
-            f"{name}: cpu {t['cpu_pct']:5.1f}% runs {t['runs']:6d} "
-            f"wait p99 {t['wait_p99_us']:8.0f}us"
-            for name, t in d["tiers"].items()
-        ]
-        return (" | ".join(parts) + f" | quota {d['batch_quota_pct']}% throttled "
-                f"{d['batch_throttled_ms']:.0f}ms floor {d['floor_dispatches']} "
-                f"hits {d['detector_hits']} duty {d['detector_duty_pct']:.0f}%")
+        return line(self.as_dict())
+
+
+def line(summary: dict[str, Any]) -> str:
+    """The statistics line `scx-gpu load` and `--monitor` print, of Summary.as_dict()."""
+    parts = [f"{name}: cpu {t['cpu_pct']:5.1f}% runs {t['runs']:6d} "
+             f"wait p99 {t['wait_p99_us']:8.0f}us" for name, t in summary["tiers"].items()]
+    return (" | ".join(parts) + f" | quota {summary['batch_quota_pct']}% throttled "
+            f"{summary['batch_throttled_ms']:.0f}ms floor {summary['floor_dispatches']} "
+            f"hits {summary['detector_hits']} duty {summary['detector_duty_pct']:.0f}%")

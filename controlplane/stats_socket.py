@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.controlplane.stats import line as stats_line
 from scx_gpu.errors import EnvironmentProblem
 
 SOCKET_PATH = Path("/var/run/scx/root/stats")
@@ -128,13 +129,6 @@ class StatsSocket:
             self.path.unlink()
 
 
-def _line(resp: dict[str, Any]) -> str:
-    tiers = " | ".join(f"{name}: cpu {t['cpu_pct']:5.1f}% runs {t['runs']} "
-                       f"wait p99 {t['wait_p99_us']:.0f}us" for name, t in resp["tiers"].items())
-    return (f"{tiers} | quota {resp['batch_quota_pct']}% floor {resp['floor_dispatches']} "
-            f"hits {resp['detector_hits']}")
-
-
 def monitor(interval: float, emit: Callable[[str], None], as_json: bool = False,
             path: Path = SOCKET_PATH) -> None:
     """`scx-gpu load --monitor`: the running scheduler's totals every interval."""
@@ -151,5 +145,5 @@ def monitor(interval: float, emit: Callable[[str], None], as_json: bool = False,
                     emit("scx-gpu: the scheduler went away")
                     return
                 resp = json.loads(line)["args"]["resp"]
-                emit(json.dumps(resp) if as_json else _line(resp))
+                emit(json.dumps(resp) if as_json else stats_line(resp))
                 time.sleep(interval)

@@ -6,38 +6,15 @@ from ctypes import c_uint32, c_uint64
 from pathlib import Path
 
 from scx_gpu.bpf import maps
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_id, cgroup_path
 from scx_gpu.controlplane.config import Config, TierMembers
 from scx_gpu.controlplane.intf import Tier
 from scx_gpu.controlplane.scheduler import BpfScheduler, comm_key
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
-
-def _cgroup2_mount(mounts: Path = Path("/proc/self/mounts")) -> Path:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on hybrid hosts)."""
-    for line in mounts.read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup2":
-            return Path(fields[1])
-    return Path("/sys/fs/cgroup")
-
-
-CGROUP_ROOT = _cgroup2_mount()
 # Cgroups the control plane owns: `scx-gpu run --tier T` puts commands there.
 OWN_ROOT = CGROUP_ROOT / "scx-gpu"
 RUN_TIERS = {"gpu": Tier.GPU, "batch": Tier.BATCH}
-
-
-def cgroup_path(spec: str) -> Path:
-    """A cgroup v2 path given absolute or relative to the cgroup root."""
-    path = Path(spec)
-    return path if path.is_relative_to(CGROUP_ROOT) else CGROUP_ROOT / spec.lstrip("/")
-
-
-def cgroup_id(path: Path) -> int:
-    """The kernel's cgroup id: the kernfs node id, which is the inode number."""
-    if not (path / "cgroup.procs").is_file():
-        raise UsageError(f"cgroup {path} does not exist (or is not a cgroup v2 directory)")
-    return path.stat().st_ino
 
 
 def own_cgroups() -> dict[Tier, Path]:

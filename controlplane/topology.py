@@ -26,6 +26,8 @@ SYS_NODE = "sys/devices/system/node"
 SYS_PCI = "sys/bus/pci/devices"
 NVIDIA_GPUS = "proc/driver/nvidia/gpus"
 # /dev/nvidia0, /dev/nvidia1, ...; not nvidiactl, nvidia-uvm, nvidia-modeset.
+# The CPUs this machine runs on: quotas and CPU shares are fractions of all of them.
+NPROC = os.cpu_count() or 1
 GPU_DEVICE = re.compile(r"/dev/nvidia(\d+)")
 LLC_LEVEL = 3
 INSTRUCTION = "Instruction"

@@ -21,6 +21,8 @@ from scx_gpu.vm import runner as vm_runner
 from scx_gpu.vm import topology as vm_topology
 
 LIBBPF_LOG_TAIL = 40
+# Defaults shown in --help, as the configuration has them.
+DEFAULT = config.Config()
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "missing": "red", "info": "cyan"}
 
 
@@ -138,34 +140,43 @@ def _quota(value: str | None) -> int | str | None:
 
 
 @cli.command("load")
-@click.option("--policy", type=str, help=f"One of: {', '.join(config.POLICIES)} [gpu-first].")
+@click.option("--policy", type=str,
+              help=f"One of: {', '.join(config.POLICIES)} [{DEFAULT.policy}].")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file; flags override it.")
 @click.option("--quota", callback=lambda ctx, param, value: _quota(value),
-              help=f"Batch share of all CPUs per period, {bounds.MIN_QUOTA_PCT}-100 [50], or "
-                   "'auto' (a closed loop on the gpu tier's wait p99).")
+              help=f"Batch share of all CPUs per period, {bounds.MIN_QUOTA_PCT}-100 "
+                   f"[{DEFAULT.quota}], or 'auto' (a closed loop on the gpu tier's wait p99).")
 @click.option("--gpu-wait-target", "gpu_wait_target_us", type=float,
-              help="quota auto: the gpu tier's wait p99 to hold, in us [50].")
+              help=f"quota auto: the gpu tier's wait p99 to hold, in us "
+                   f"[{DEFAULT.gpu_wait_target_us:g}].")
 @click.option("--auto-quota-min", type=int,
-              help=f"quota auto: the lowest quota [{bounds.MIN_QUOTA_PCT}].")
-@click.option("--auto-quota-max", type=int, help="quota auto: the highest quota [100].")
-@click.option("--period-ms", type=int, help="Batch quota period [100].")
-@click.option("--floor-ms", type=int, help="Longest wait of a normal or batch task [1000].")
-@click.option("--gpu-ttl-ms", type=int, help="How long a launch keeps a thread in the gpu tier.")
-@click.option("--scope", type=str, help="Tag the launching 'thread' [default] or 'process'.")
+              help=f"quota auto: the lowest quota [{DEFAULT.auto_quota_min}].")
+@click.option("--auto-quota-max", type=int,
+              help=f"quota auto: the highest quota [{DEFAULT.auto_quota_max}].")
+@click.option("--period-ms", type=int, help=f"Batch quota period [{DEFAULT.period_ms}].")
+@click.option("--floor-ms", type=int,
+              help=f"Longest wait of a normal or batch task [{DEFAULT.floor_ms}].")
+@click.option("--gpu-ttl-ms", type=int,
+              help=f"How long a launch keeps a thread in the gpu tier [{DEFAULT.gpu_ttl_ms}].")
+@click.option("--scope", type=str,
+              help=f"Tag the launching 'thread' or 'process' [{DEFAULT.scope}].")
+@click.option("--detect-window-ms", type=int,
+              help=f"Launch probes attached this long ... [{DEFAULT.detect_window_ms}]")
+@click.option("--detect-period-ms", type=int,
+              help=f"... once per this period [{DEFAULT.detect_period_ms}].")
 @click.option("--gpu-budget", "gpu_budget_pct", type=int,
               help="Share of all CPUs that tagged threads may take, % "
-                   f"[{config.Config.gpu_budget_pct}]; beyond it they run in the normal tier.")
+                   f"[{DEFAULT.gpu_budget_pct}]; beyond it they run in the normal tier.")
 @click.option("--gpu-proc-budget", "gpu_proc_budget_pct", type=int,
               help="The same for one process's tagged threads, % "
-                   f"[{config.Config.gpu_proc_budget_pct}].")
-@click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [100]")
-@click.option("--detect-period-ms", type=int, help="... once per this period [1000].")
+                   f"[{DEFAULT.gpu_proc_budget_pct}].")
 @click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")
 @click.option("--trusted-lib-dir", "trusted_lib_dirs", multiple=True,
               help="Probe a libcuda that processes map from under this folder, a container "
                    "root say (repeat); others only from the linker cache and driver paths.")
-@click.option("--rescan-s", type=float, help="Look for new libcuda files this often [10].")
+@click.option("--rescan-s", type=float,
+              help=f"Look for new libcuda files this often [{DEFAULT.rescan_s:g}].")
 @click.option("--gpu-allow", multiple=True,
               help="Only these may enter the gpu tier by launching (repeat): a user name or "
                    "UID, or a cgroup path (with a '/'; its subtree too). Default: anyone.")
@@ -178,15 +189,15 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--sched-idle-batch/--no-sched-idle-batch", default=None,
               help="Put SCHED_IDLE tasks in the batch tier.")
 @click.option("--fallback", type=str,
-              help="Without sched_ext: 'refuse' [default], 'auto' (mainline mechanisms when "
-                   "sched_ext is missing) or 'mainline' (always).")
+              help="Without sched_ext: 'refuse', 'auto' (mainline mechanisms when "
+                   f"sched_ext is missing) or 'mainline' (always) [{DEFAULT.fallback}].")
 @click.option("--takeover/--no-takeover", default=None,
               help="When scx_loader runs a scheduler: stop it, and start it again on exit "
                    "(default: refuse).")
 @click.option("--metrics-addr", help="Serve Prometheus text on [HOST:]PORT (loopback "
                                      "unless HOST is given) at /metrics.")
 @click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0.1),
-              help="Seconds between statistics lines [1].")
+              help=f"Seconds between statistics lines [{DEFAULT.stats_interval_s:g}].")
 @click.option("--quiet", is_flag=True, help="No periodic statistics.")
 @click.option("--json", "as_json", is_flag=True, help="Statistics as JSON lines.")
 @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")

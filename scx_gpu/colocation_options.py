@@ -5,6 +5,8 @@ from typing import Any
 
 import click
 
+from scx_gpu.controlplane.config import Config
+
 LIST_OPTIONS = ("net_devs", "batch_io_max", "irq_patterns")
 
 _OPTIONS = (
@@ -17,7 +19,8 @@ _OPTIONS = (
     click.option("--net-link-rate", help="The link's usable rate, e.g. 10gbit [95% of the "
                                          "device's reported speed]."),
     click.option("--net-share-pct", type=int,
-                 help="Share of the link guaranteed to the tiers other than batch [95]."),
+                 help="Share of the link guaranteed to the tiers other than batch "
+                      f"[{Config().net_share_pct}]."),
     click.option("--batch-net-rate", help="Ceiling of the batch tier's egress, e.g. 1gbit "
                                           "[the link rate]."),
     click.option("--batch-io-weight", type=int,

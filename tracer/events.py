@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
+
 EVENT_DTYPE = np.dtype([
     ("ts_ns", "<u8"), ("type", "<u4"), ("api", "<u4"),
     ("pid", "<u4"), ("tid", "<u4"), ("cpu", "<u4"), ("flags", "<u4"),
@@ -29,13 +31,8 @@ TYPE_NAMES = {
     EV_SOFTIRQ_EXIT: "softirqExit",
 }
 # enum trace_api: launch events are named by their entry point.
-API_NAMES = {
-    1: "cuLaunchKernel", 2: "cuLaunchKernel_ptsz", 3: "cuLaunchKernelEx",
-    4: "cuLaunchKernelEx_ptsz", 5: "cuLaunchCooperativeKernel",
-    6: "cuLaunchCooperativeKernel_ptsz", 7: "cuGraphLaunch", 8: "cuGraphLaunch_ptsz",
-    9: "cudaLaunchKernel", 10: "cuCtxSynchronize", 11: "cuStreamSynchronize",
-    12: "cudaDeviceSynchronize",
-}
+API_NAMES = dict(enumerate((*LAUNCH_SYMBOLS, "cudaLaunchKernel", "cuCtxSynchronize",
+                            "cuStreamSynchronize", "cudaDeviceSynchronize"), start=1))
 API_IDS = {name: api for api, name in API_NAMES.items()}
 RUNTIME_APIS = {"cudaLaunchKernel", "cudaDeviceSynchronize"}
 SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",

@@ -11,6 +11,7 @@ import numpy as np
 
 from scx_gpu.bpf import libbpf, maps, object_path, probesite
 from scx_gpu.bpf.bpfobject import BpfObject
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
 from scx_gpu.errors import UsageError
 from scx_gpu.tracer.events import API_IDS, EVENT_DTYPE, LIB_DTYPE, TRACE_FOLLOW, TRACE_HOLD
 from scx_gpu.tracer.ringbuf import RingReader
@@ -18,18 +19,17 @@ from scx_gpu.tracer.ringbuf import RingReader
 OBJECT = "cuda_trace.bpf.o"
 TRACEPOINTS = ("on_switch", "on_wakeup", "on_fork", "on_hardirq_entry", "on_hardirq_exit",
                "on_softirq_entry", "on_softirq_exit")
+# The program reading each launch entry point's arguments (a _ptsz variant
+# takes its base's); the rest take cuLaunchKernel's.
+LAUNCH_PROGRAMS = {"cuLaunchKernelEx": "on_launch_kernel_ex", "cuGraphLaunch": "on_graph_launch"}
 # (symbol, program): the driver's launch family is the one counting layer.
-DRIVER_LAUNCHES = (
-    ("cuLaunchKernel", "on_launch_kernel"), ("cuLaunchKernel_ptsz", "on_launch_kernel"),
-    ("cuLaunchKernelEx", "on_launch_kernel_ex"), ("cuLaunchKernelEx_ptsz", "on_launch_kernel_ex"),
-    ("cuLaunchCooperativeKernel", "on_launch_kernel"),
-    ("cuLaunchCooperativeKernel_ptsz", "on_launch_kernel"),
-    ("cuGraphLaunch", "on_graph_launch"), ("cuGraphLaunch_ptsz", "on_graph_launch"),
-)
+DRIVER_LAUNCHES = tuple(
+    (symbol, LAUNCH_PROGRAMS.get(symbol.removesuffix("_ptsz"), "on_launch_kernel"))
+    for symbol in LAUNCH_SYMBOLS)
 DRIVER_SYNCS = ("cuCtxSynchronize", "cuStreamSynchronize")
 RUNTIME_LAUNCHES = (("cudaLaunchKernel", "on_cuda_launch_kernel"),)
 RUNTIME_SYNCS = ("cudaDeviceSynchronize",)
-DRIVER_LAUNCH_SYMBOLS = frozenset(symbol for symbol, _ in DRIVER_LAUNCHES)
+DRIVER_LAUNCH_SYMBOLS = frozenset(LAUNCH_SYMBOLS)
 MIN_RING_MB = 1
 LIBS_RING_BYTES = 64 << 10  # as in cuda_trace.bpf.c
 

@@ -20,6 +20,7 @@ from scx_gpu.bench.noise import NOISE_CGROUP
 from scx_gpu.bench.policies import Policy
 from scx_gpu.bench.results import KIND, MARKER, TRACES, save
 from scx_gpu.bench.workloads import Workload, metric
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.tracer import analysis, capture, tracefile
 
@@ -65,7 +66,7 @@ def write_marker(out: Path, workload: Workload, cells: list[Cell], duration: flo
         "noises": sorted({c.noise for c in cells}, key=noise.NOISES.index),
         "policies": list(dict.fromkeys(c.policy.name for c in cells)),
         "reps": max(c.rep for c in cells) + 1, "host": platform.node(),
-        "kernel": platform.release(), "cpus": os.cpu_count(), "started": time.time(),
+        "kernel": platform.release(), "cpus": NPROC, "started": time.time(),
         "noise_commands": {n: noise.commands(n, cells[0].cpu_hogs) for n in noise.NOISES},
         "noise_cgroup": str(cells[0].noise_cgroup),
     }
@@ -135,7 +136,7 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         "noise": cell.noise, "policy": cell.policy.name, "rep": cell.rep,
         **metric(printed, wall), **_trace_metrics(analysis.analyse(frame, cap.meta)),
         "noise_cpu_s": noise_cpu,
-        "noise_cpu_pct": 100 * noise_cpu / (elapsed * (os.cpu_count() or 1)),
+        "noise_cpu_pct": 100 * noise_cpu / (elapsed * NPROC),
         "wall_s": wall, "trace": str(trace.relative_to(out)),
     }
 

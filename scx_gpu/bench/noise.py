@@ -5,6 +5,7 @@ none, cpu (stress-ng --cpu 0: one hog per CPU, or a given count), net
 falls back to the built-in generator (scx_gpu.bench.noisegen) when its tool
 is not installed. Everything runs in one cgroup, so its CPU time can be
 measured and it can be declared batch; it is stopped by killing that cgroup.
+hogs() runs stress-ng CPU hogs there, or in a tier's cgroup, for a block.
 
 Where that cgroup sits decides what the noise competes with (LAYOUTS):
 own     NOISE_CGROUP, below the root. With the root's cpu controller on (as
@@ -16,7 +17,6 @@ shared  a child of the bench's own cgroup, where the workload runs. The cpu
         helper processes, or batch work on a host without that controller, do.
 """
 
-import os
 import shutil
 import subprocess
 import sys
@@ -25,18 +25,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scx_gpu.bench.scenario import cgroup_cpu_s, in_cgroup, joined
-from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.bench.scenario import SCX_GPU, in_cgroup, joined
+from scx_gpu.controlplane import cgroups
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 NOISES = ("none", "cpu", "net", "disk", "heavy")
 LAYOUTS = ("own", "shared")
+# Noise and hogs always run in this cgroup, so their CPU time can be measured
+# whatever their tier; `--batch-cgroup` declares them batch.
 NOISE_NAME = "scx-gpu-bench-noise"
 NOISE_CGROUP = CGROUP_ROOT / NOISE_NAME
 DISK_DIR = Path("/var/tmp/scx-gpu-noise")
 IPERF_PORT = 5299
 SETTLE_S = 1.0
-NPROC = os.cpu_count() or 1
 
 
 def _builtin(kind: str, workers: int) -> list[str]:
@@ -44,10 +48,14 @@ def _builtin(kind: str, workers: int) -> list[str]:
             "--dir", str(DISK_DIR)]
 
 
+def _stress_cpu(hogs: int) -> list[str]:
+    return ["stress-ng", "--cpu", str(hogs), "--cpu-method", "int64", "--quiet"]
+
+
 def _cpu(hogs: int) -> list[str]:
     """hogs busy loops; 0: one per CPU."""
     if shutil.which("stress-ng"):
-        return ["stress-ng", "--cpu", str(hogs), "--cpu-method", "int64", "--quiet"]
+        return _stress_cpu(hogs)
     return _builtin("cpu", hogs or NPROC)
 
 
@@ -130,7 +138,7 @@ def release(cgroup: Path) -> None:
 
 def cpu_seconds(cgroup: Path = NOISE_CGROUP) -> float:
     """CPU seconds the noise used so far (cgroup v2 cpu.stat)."""
-    return cgroup_cpu_s(cgroup)
+    return cgroups.cpu_seconds(cgroup)
 
 
 @contextmanager
@@ -168,3 +176,32 @@ def _idle_group(cgroup: Path, idle: bool) -> None:
     knob = cgroup / "cpu.idle"
     if knob.is_file():
         knob.write_text("1" if idle else "0")
+
+
+@contextmanager
+def hogs(count: int, tier: str | None = None, nice: int = 0,
+         idle: bool = False) -> Iterator[Path]:
+    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup.
+
+    The hogs stay in the caller's session: a new session would be a new
+    autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
+    They are stopped by killing their cgroup.
+    """
+    cmd = _stress_cpu(count)
+    if idle:
+        cmd = ["chrt", "--idle", "0", *cmd]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    cgroup = OWN_ROOT / tier if tier else NOISE_CGROUP
+    cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else in_cgroup(cgroup, cmd)
+    proc = subprocess.Popen(cmd, text=True)
+    try:
+        joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs
+        yield cgroup
+    finally:
+        (cgroup / "cgroup.kill").write_text("1")
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from scx_gpu.controlplane.topology import NPROC
+
 CHUNK = 64 << 10
 BLOCK = 4 << 10
 FILE_BYTES = 256 << 20
@@ -59,7 +61,7 @@ def disk(directory: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("cpu", "net", "disk"))
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=NPROC)
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     args = parser.parse_args(argv)
     directory: Path = args.dir

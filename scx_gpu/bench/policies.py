@@ -15,13 +15,12 @@ fallback            `scx-gpu load --fallback mainline` (no sched_ext needed),
 fallback-undeclared the same, nothing declared.
 """
 
-import os
 from dataclasses import dataclass
 
 from scx_gpu.controlplane.loader import sched_ext_state
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
-NPROC = os.cpu_count() or 1
 PIN_CPUS = f"0-{max(1, NPROC // 2) - 1}"
 MAINLINE = ("--fallback", "mainline")
 

@@ -1,10 +1,10 @@
 """Building blocks of scheduler scenarios: a loaded scheduler, the synthetic
-launcher, CPU hogs in a measuring cgroup. Used by the benchmark and the VM
+launcher, commands started in a cgroup (the noise and the hogs of
+scx_gpu.bench.noise run so). Used by the benchmark and the VM
 tests alike; they run on a sched_ext machine (the test VM or a real host).
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,17 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.loader import RUN_STATE, run_state, sched_ext_state
-from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
 
 SCX_GPU = [sys.executable, "-m", "scx_gpu"]
-# About 70% busy: 10 launches x 500 us of CPU, then a 2 ms "GPU" wait.
-BUSY_LAUNCHER = ["--launches", "10", "--work-us", "500", "--gpu-wait-us", "2000"]
-# Hogs always run in this cgroup, so their CPU time can be measured whatever
-# their tier; `--batch-cgroup` declares them batch.
-HOGS_CGROUP = CGROUP_ROOT / "scx-gpu-bench-hogs"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
@@ -106,50 +102,12 @@ def joined(cgroup: Path, proc: subprocess.Popen[Any], members: int = 1,
     wait_for(ready, timeout, f"{proc.args!r} to start in {cgroup}")
 
 
-@contextmanager
-def hogs(count: int, tier: str | None = None, nice: int = 0,
-         idle: bool = False) -> Iterator[Path]:
-    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup.
-
-    The hogs stay in the caller's session: a new session would be a new
-    autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
-    They are stopped by killing their cgroup.
-    """
-    cmd = ["stress-ng", "--cpu", str(count), "--cpu-method", "int64", "--quiet"]
-    if idle:
-        cmd = ["chrt", "--idle", "0", *cmd]
-    if nice:
-        cmd = ["nice", "-n", str(nice), *cmd]
-    cgroup = OWN_ROOT / tier if tier else HOGS_CGROUP
-    cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else in_cgroup(cgroup, cmd)
-    proc = subprocess.Popen(cmd, text=True)
-    try:
-        joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs
-        yield cgroup
-    finally:
-        (cgroup / "cgroup.kill").write_text("1")
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None
-
-
-def cgroup_cpu_s(cgroup: Path) -> float:
-    """CPU seconds used so far by everything in cgroup (cgroup v2 cpu.stat)."""
-    for line in (cgroup / "cpu.stat").read_text().splitlines():
-        key, value = line.split()
-        if key == "usage_usec":
-            return int(value) / 1e6
-    raise EnvironmentProblem(f"{cgroup}/cpu.stat has no usage_usec: is it a cgroup v2 group?")
-
-
 def cpu_share(cgroup: Path, seconds: float) -> float:
     """Share (0-1) of all CPUs the cgroup used over the next seconds."""
-    before, start = cgroup_cpu_s(cgroup), time.monotonic()
+    before, start = cpu_seconds(cgroup), time.monotonic()
     time.sleep(seconds)
-    used = cgroup_cpu_s(cgroup) - before
-    return used / ((time.monotonic() - start) * (os.cpu_count() or 1))
+    used = cpu_seconds(cgroup) - before
+    return used / ((time.monotonic() - start) * NPROC)
 
 
 def status() -> dict[str, Any]:

@@ -13,7 +13,6 @@ Needs a sched_ext kernel: `make bench-sched` runs it in the test VM.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,9 +25,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
-
-NPROC = os.cpu_count() or 1
+from scx_gpu.controlplane.cgroups import cpu_seconds
+from scx_gpu.controlplane.topology import NPROC
+from scx_gpu.workloads import SYNTHETIC_SHAPE
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,11 @@ class Cell:
     hog_nice: int = 0
     hog_idle: bool = False
     launcher_nice: int = 0
-    launcher: tuple[str, ...] = tuple(sc.BUSY_LAUNCHER)
+    launcher: tuple[str, ...] = SYNTHETIC_SHAPE
     threads: int = NPROC
 
 
-DECLARE_HOGS = ("--batch-cgroup", str(sc.HOGS_CGROUP))
+DECLARE_HOGS = ("--batch-cgroup", str(noise.NOISE_CGROUP))
 CELLS = (
     Cell("alone (stock)", hogs=False),
     Cell("stock", hogs=True),
@@ -67,23 +68,23 @@ def _hogs(cell: Cell) -> Iterator[Path | None]:
     if not cell.hogs:
         yield None
         return
-    with sc.hogs(2 * NPROC, nice=cell.hog_nice, idle=cell.hog_idle) as cgroup:
+    with noise.hogs(2 * NPROC, nice=cell.hog_nice, idle=cell.hog_idle) as cgroup:
         yield cgroup
 
 
 def run_cell(cell: Cell, duration: float) -> dict[str, Any]:
-    sc.HOGS_CGROUP.mkdir(exist_ok=True)  # --batch-cgroup needs it before load
+    noise.NOISE_CGROUP.mkdir(exist_ok=True)  # --batch-cgroup needs it before load
     loaded: AbstractContextManager[Any] = (sc.loaded(*cell.scheduler) if cell.scheduler is not None
                                    else nullcontext())
     with ExitStack() as stack:
         stack.enter_context(loaded)
         cgroup = stack.enter_context(_hogs(cell))
-        before, start = (sc.cgroup_cpu_s(cgroup) if cgroup else 0.0), time.monotonic()
+        before, start = (cpu_seconds(cgroup) if cgroup else 0.0), time.monotonic()
         totals = _totals(cell)
         report = sc.launcher("--warmup", "1.5", "--duration", str(duration), "--threads",
                              str(cell.threads), *cell.launcher, nice=cell.launcher_nice)
         elapsed = time.monotonic() - start
-        hog_share = (sc.cgroup_cpu_s(cgroup) - before) / (elapsed * NPROC) if cgroup else 0.0
+        hog_share = (cpu_seconds(cgroup) - before) / (elapsed * NPROC) if cgroup else 0.0
         after = _totals(cell)
     row = {"cell": cell.name, "tokens_per_s": report["tokens_per_s"],
            "token_us_p99": report["token_us_p99"], "hog_cpu_share": hog_share}

@@ -33,12 +33,11 @@ from rich.console import Console
 from rich.table import Table
 
 from scx_gpu.bench import overhead
-from scx_gpu.bench.scenario import BUSY_LAUNCHER
 from scx_gpu.bpf import probesite
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.capture import CaptureSpec, capture
 from scx_gpu.tracer.session import TraceSession
-from scx_gpu.workloads import json_report, program
+from scx_gpu.workloads import SYNTHETIC_SHAPE, json_report, program
 
 
 def _launcher(*args: str) -> list[str]:
@@ -75,7 +74,7 @@ def reader_capacity(seconds: float, ring_mb: int = 512) -> dict[str, Any]:
 def tracer_overhead(reps: int, seconds: float) -> dict[str, Any]:
     runs = []
     for _ in range(reps):
-        spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), *BUSY_LAUNCHER),
+        spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), *SYNTHETIC_SHAPE),
                            cuda_libs=[str(program("libcuda.so.1"))])
         runs.append(overhead.measure(spec, lambda _: None)[1])
     return {"reps": runs,

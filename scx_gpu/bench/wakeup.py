@@ -22,6 +22,7 @@ from typing import Any
 import scx_gpu
 from scx_gpu.bench import matrix, noise
 from scx_gpu.bench.policies import Policy
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
 
@@ -95,5 +96,5 @@ def run(policies: list[Policy], shape: Shape, reps: int,
         progress(i, len(cells), f"{cell.policy.name} r{cell.rep}")
         runs.append(run_cell(cell, shape))
     return {"kind": KIND, "version": scx_gpu.__version__, "kernel": platform.release(),
-            "cpus": os.cpu_count(), "shape": asdict(shape), "runs": runs,
+            "cpus": NPROC, "shape": asdict(shape), "runs": runs,
             "summary": summarise(runs)}

@@ -9,19 +9,17 @@ cmd: any command; its tokens/s when it prints a JSON line with
 """
 
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scx_gpu.bpf import libcuda
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
-from scx_gpu.workloads import json_report, program
+from scx_gpu.workloads import SYNTHETIC_SHAPE, json_report, program
 
 WORKLOADS = ("synthetic", "torch", "cmd")
-NPROC = os.cpu_count() or 1
-SYNTHETIC_SHAPE = ["--launches", "10", "--work-us", "500", "--gpu-wait-us", "2000"]
 WARMUP_S = 1.5
 
 

@@ -21,6 +21,14 @@ from pathlib import Path
 
 from scx_gpu.errors import UsageError
 
+# The driver's launch entry points, in the order of the tracer's enum trace_api
+# (tracer/trace_intf.h): the one counting layer (runtime calls land here).
+LAUNCH_SYMBOLS = (
+    "cuLaunchKernel", "cuLaunchKernel_ptsz",
+    "cuLaunchKernelEx", "cuLaunchKernelEx_ptsz",
+    "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz",
+    "cuGraphLaunch", "cuGraphLaunch_ptsz",
+)
 LIBCUDA_RE = re.compile(r"libcuda\.so(\.\d+)*$")
 COMMON_DIRS = (
     "/usr/local/nvidia/lib64",

@@ -7,6 +7,8 @@ from typing import Any
 from scx_gpu.errors import EnvironmentProblem
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
+# The synthetic launcher about 70% busy: 10 launches x 500 us of CPU, then a 2 ms "GPU" wait.
+SYNTHETIC_SHAPE = ("--launches", "10", "--work-us", "500", "--gpu-wait-us", "2000")
 
 
 def program(name: str) -> Path:

@@ -26,7 +26,7 @@ from jeepney import HeaderFields, MessageType, new_error, new_method_return
 from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import open_dbus_connection
 
-from scx_gpu.controlplane.scx_loader import NO_SCHEDULER, SERVICE
+from scx_gpu.controlplane.takeover import NO_SCHEDULER, SERVICE
 
 REPO = Path(__file__).resolve().parents[2]
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"

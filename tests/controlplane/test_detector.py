@@ -6,7 +6,8 @@ import threading
 from pathlib import Path
 
 from scx_gpu.bpf.libbpf import LibbpfError
-from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, BackgroundDetach, Detector
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
+from scx_gpu.controlplane.detector import BackgroundDetach, Detector
 
 
 class FakeProbes:

@@ -16,17 +16,19 @@ from typing import Any
 
 import pytest
 
+from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import fallback, loader
+from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
-from scx_gpu.workloads import program
+from scx_gpu.controlplane.topology import NPROC
+from scx_gpu.workloads import SYNTHETIC_SHAPE, program
 from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.root
 BOTH = pytest.mark.parametrize("hierarchy", [
     pytest.param("v1-host"), pytest.param("v2-vm", marks=pytest.mark.vm)])
-NPROC = os.cpu_count() or 1
 LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
 
 
@@ -58,7 +60,7 @@ def fallback_loaded(*args: str) -> Iterator[dict[str, Any]]:
 
 def busy_launcher(seconds: float) -> float:
     report = sc.launcher("--warmup", "1", "--duration", str(seconds), "--threads", str(NPROC),
-                         *sc.BUSY_LAUNCHER)
+                         *SYNTHETIC_SHAPE)
     return float(report["tokens_per_s"])
 
 
@@ -77,7 +79,7 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
     alone = busy_launcher(4)
     running = None
     try:
-        with sc.hogs(2 * NPROC) as hogs_cgroup:
+        with noise.hogs(2 * NPROC) as hogs_cgroup:
             hogs = [int(p) for p in (hogs_cgroup / "cgroup.procs").read_text().split()]
             with fallback_loaded("--batch-comm", "stress-ng*") as state:
                 group = Path(state["batch_group"])
@@ -176,7 +178,7 @@ def test_declared_cgroup_is_idled_and_limited_in_place_then_restored():
 
 def _declared_hogs_share(quota: int) -> tuple[float, dict[str, str], dict[str, str]]:
     """The hogs' CPU share with their cgroup declared batch; its settings before and after."""
-    with sc.hogs(2 * NPROC) as hogs_cgroup:
+    with noise.hogs(2 * NPROC) as hogs_cgroup:
         before = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
         with fallback_loaded("--batch-cgroup", str(hogs_cgroup), "--quota", str(quota)) as state:
             assert Path(state["batch_group"]).is_dir()
@@ -184,8 +186,8 @@ def _declared_hogs_share(quota: int) -> tuple[float, dict[str, str], dict[str, s
             period_us = 1000 * Config().period_ms
             assert (hogs_cgroup / "cpu.max").read_text().split() == [
                 str(period_us * NPROC * quota // 100), str(period_us)]
-            cpu0, t0 = sc.cgroup_cpu_s(hogs_cgroup), time.monotonic()
+            cpu0, t0 = cpu_seconds(hogs_cgroup), time.monotonic()
             time.sleep(3)
-            share = (sc.cgroup_cpu_s(hogs_cgroup) - cpu0) / (time.monotonic() - t0) / NPROC
+            share = (cpu_seconds(hogs_cgroup) - cpu0) / (time.monotonic() - t0) / NPROC
         after = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
     return share, before, after

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scx_gpu.controlplane import intf, loader, tiers
+from scx_gpu.controlplane import cgroups, intf, loader, tiers
 from tests.helpers import assert_one_line_error, scx_gpu
 
 HAS_SCX = Path("/sys/kernel/sched_ext/state").exists()
@@ -91,7 +91,7 @@ def test_an_error_exit_names_each_tiers_queue_from_the_dump():
 
 def test_gpu_allow_parses_users_ids_and_cgroups(tmp_path):
     assert tiers.gpu_allow(["root", "1000"]) == ([0, 1000], [])
-    root = tiers.CGROUP_ROOT
+    root = cgroups.CGROUP_ROOT
     assert tiers.gpu_allow([f"{root}/"]) == ([], [root.stat().st_ino])
     assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--gpu-allow", "no-such-user"),
                           2, ["no such user", "needs a '/'"])

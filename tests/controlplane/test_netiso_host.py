@@ -22,7 +22,9 @@ from pyroute2 import IPRoute, NetNS
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import netshape, skbprio
-from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.controlplane.topology import NPROC
 from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.root
@@ -282,7 +284,7 @@ def test_load_applies_network_isolation_and_undoes_it_on_every_exit(net):
     (["--net-link-rate", "fast"], 2, ["100mbit"]),
     (["--net-link-rate", "95mbit", "--net-share-pct", "100"], 2, ["1-99"]),
     (["--net-link-rate", "95mbit", "--irq-steer", "--irq-avoid-cpus",
-      f"0-{os.cpu_count() or 1}"], 2, ["leave at least one"]),
+      f"0-{NPROC}"], 2, ["leave at least one"]),
     (["--net-link-rate", "95mbit", "--batch-mem-high", "0"], 2, ["0 bytes"]),
     # This host's cgroup v2 hierarchy has no memory controller (v1 has it).
     (["--net-link-rate", "95mbit", "--batch-mem-high", "1G"], 1, ["no memory controller"]),

@@ -21,19 +21,21 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scx_gpu import status
+from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds, intf, loader, stats, stats_socket
-from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cpu_seconds
+from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.tracer.session import TraceSession
-from scx_gpu.workloads import program
+from scx_gpu.workloads import SYNTHETIC_SHAPE, program
 from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.vm
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
 SPINNERS = program("spinners")
-NPROC = os.cpu_count() or 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -274,22 +276,22 @@ def _tokens_per_s(**kwargs) -> float:
     # One launching thread per vCPU; the warm-up (longer than one detector
     # period) leaves the detection of the new launcher out of the measure.
     return float(sc.launcher("--warmup", "1.5", "--duration", "5", "--threads", str(NPROC),
-                             *sc.BUSY_LAUNCHER, **kwargs)["tokens_per_s"])
+                             *SYNTHETIC_SHAPE, **kwargs)["tokens_per_s"])
 
 
 def test_gpu_tier_is_not_slowed_by_hogs():
     hog_count = 2 * NPROC
     stock_alone = _tokens_per_s()
-    with sc.hogs(hog_count):
+    with noise.hogs(hog_count):
         stock_hogs = _tokens_per_s()
     with sc.loaded():
         # The denominator is the launcher alone under the same scheduler: the
         # check is what hogs take from the gpu tier (the scheduler's own cost
         # is the benchmark's business).
         alone = _tokens_per_s()
-        with sc.hogs(hog_count, tier="batch"):
+        with noise.hogs(hog_count, tier="batch"):
             batch_hogs = _tokens_per_s()
-        with sc.hogs(hog_count):
+        with noise.hogs(hog_count):
             normal_hogs = _tokens_per_s()
     ratios = {"stock": stock_hogs / stock_alone, "gpu-first, hogs batch": batch_hogs / alone,
               "gpu-first, hogs normal": normal_hogs / alone,
@@ -301,7 +303,7 @@ def test_gpu_tier_is_not_slowed_by_hogs():
 
 
 def test_batch_quota_holds_and_changes_at_run_time():
-    with sc.loaded("--quota", "30"), sc.hogs(2 * NPROC, tier="batch"):
+    with sc.loaded("--quota", "30"), noise.hogs(2 * NPROC, tier="batch"):
         share_30 = sc.cpu_share(OWN_ROOT / "batch", 8)
         assert scx_gpu("quota", "set", "70").returncode == 0
         time.sleep(0.5)
@@ -346,7 +348,7 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
             for o in observers:
                 trace.add_process(o.pid)
             trace.attach_tracepoints()
-            with sc.hogs(2 * NPROC, tier="gpu"):
+            with noise.hogs(2 * NPROC, tier="gpu"):
                 time.sleep(seconds)
                 assert sc.enabled(), "the kernel ejected the scheduler"
                 events, drops = trace.drain(), trace.drops()
@@ -428,7 +430,7 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
         sc.joined(OWN_ROOT / "batch", batch)
         launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--warmup", "8",
                                      "--duration", "40", "--threads", str(NPROC),
-                                     *sc.BUSY_LAUNCHER], stdout=subprocess.PIPE, text=True)
+                                     *SYNTHETIC_SHAPE], stdout=subprocess.PIPE, text=True)
         sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 20,
                     "the launcher to be tagged")
         storm = _spinners(20, 100, seconds)
@@ -482,7 +484,7 @@ def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
         # creator among saturating gpu threads waits a floor wait per step.
         normal = _spinners(1, tasks, seconds)
         sc.wait_for(lambda: _spinning_threads(normal) == tasks, 30, "the spinners to start")
-        with sc.hogs(2 * NPROC, tier="gpu"):
+        with noise.hogs(2 * NPROC, tier="gpu"):
             time.sleep(seconds / 2)
             dump = _dump_lines()
             report = _spun(normal)
@@ -514,7 +516,7 @@ def test_affinity_nice_and_cgroup_churn_keeps_per_cpu_state_right():
     # its ops.stopping/ops.running there: the per-CPU records must still be
     # those of the task's own CPU.
     seconds = 12
-    with sc.loaded(), sc.hogs(2 * NPROC) as cgroup:
+    with sc.loaded(), noise.hogs(2 * NPROC) as cgroup:
         groups = [cgroup / "a", cgroup / "b"]
         for g in groups:
             g.mkdir(exist_ok=True)
@@ -555,7 +557,7 @@ def test_bad_input_leaves_nothing_loaded(tmp_path):
 
 def test_comm_pattern_declares_batch_and_status_counts_tiers():
     with sc.loaded("--quota", "30", "--batch-comm", "stress*"), \
-            sc.hogs(2 * NPROC) as cgroup:
+            noise.hogs(2 * NPROC) as cgroup:
         share = sc.cpu_share(cgroup, 4)
         tasks = sc.status()["scx_gpu"]["tier_tasks"]
         control = len(list(Path(f"/proc/{loader.run_state()['pid']}/task").iterdir()))
@@ -568,7 +570,7 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
 
 def test_a_task_is_classified_again_only_when_its_tier_may_change():
     # Hogs run slice after slice: each enqueue finds its cached tier.
-    with sc.loaded("--batch-comm", "stress*"), sc.hogs(2 * NPROC):
+    with sc.loaded("--batch-comm", "stress*"), noise.hogs(2 * NPROC):
         time.sleep(2)
         before = sc.status()["scx_gpu"]["totals"]
         time.sleep(5)
@@ -665,20 +667,20 @@ def _stepping_launcher(batch: Path) -> dict[str, Any]:
     timeline: list[tuple[float, int]] = []
     stop = threading.Event()
     sampler = threading.Thread(target=_quota_timeline, args=(stop, timeline))
-    cpu0, busy_starts, rates = sc.cgroup_cpu_s(batch), [], []
+    cpu0, busy_starts, rates = cpu_seconds(batch), [], []
     sampler.start()
     try:
         for _ in range(2):
             time.sleep(IDLE_S)
             busy_starts.append(time.monotonic())
             rates.append(float(sc.launcher("--warmup", "1.5", "--duration", "5",
-                                           *sc.BUSY_LAUNCHER)["tokens_per_s"]))
+                                           *SYNTHETIC_SHAPE)["tokens_per_s"]))
     finally:
         stop.set()
         sampler.join()
     gpu = sc.status()["scx_gpu"]["totals"]["tiers"]["gpu"]  # since load: the busy phases
     return {"timeline": timeline, "busy_starts": busy_starts, "tokens_per_s": rates,
-            "batch_cpu_s": sc.cgroup_cpu_s(batch) - cpu0,
+            "batch_cpu_s": cpu_seconds(batch) - cpu0,
             "gpu_wait_p99_us": stats.wait_quantile_ns(gpu["wait_hist"], 0.99) / 1000}
 
 
@@ -706,7 +708,7 @@ def test_auto_quota_follows_the_launcher(tmp_path):
     runs, logs = {}, {}
     for name, args in (("auto", ["--config", str(cfg)]), ("fixed 10", ["--quota", "10"]),
                        ("fixed 30", ["--quota", "30"])):
-        with sc.loaded(*args) as log, sc.hogs(2 * NPROC, tier="batch") as batch:
+        with sc.loaded(*args) as log, noise.hogs(2 * NPROC, tier="batch") as batch:
             runs[name] = _stepping_launcher(batch)
             if name == "auto":
                 _check_mode_switches()

@@ -12,7 +12,8 @@ from scx_gpu.controlplane import stats_socket
 from scx_gpu.controlplane.stats_socket import handle
 
 TOTALS = {"tiers": {"gpu": {"cpu_pct": 12.5, "runs": 3, "wait_p99_us": 4.0}},
-          "batch_quota_pct": 50, "floor_dispatches": 1, "detector_hits": 7}
+          "batch_quota_pct": 50, "batch_throttled_ms": 2.0, "floor_dispatches": 1,
+          "detector_hits": 7, "detector_duty_pct": 10.0}
 
 
 class Counting:
@@ -86,7 +87,8 @@ def test_socket_is_root_only_and_serves_the_monitor(tmp_path):
 
         with pytest.raises(Enough):
             stats_socket.monitor(0.05, emit, path=path)
-        assert seen[0].startswith("gpu: cpu  12.5% runs 3 wait p99 4us | quota 50%"), seen
+        assert seen[0] == ("gpu: cpu  12.5% runs      3 wait p99        4us | quota 50% "
+                           "throttled 2ms floor 1 hits 7 duty 10%"), seen
     finally:
         server.close()
     assert not path.exists()

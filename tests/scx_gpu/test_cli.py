@@ -1,7 +1,9 @@
+import click
 import pytest
 
 from scx_gpu import __version__
 from scx_gpu.cli import cli
+from scx_gpu.controlplane.config import Config
 from tests.helpers import assert_one_line_error, leftovers, scx_gpu
 
 
@@ -16,6 +18,23 @@ def test_help_on_every_command(path):
     proc = scx_gpu(*path, "--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: scx-gpu")
+
+
+def test_load_help_shows_the_configuration_defaults():
+    default = Config()
+    options = {p.opts[0]: p.help or "" for p in cli.commands["load"].params
+               if isinstance(p, click.Option)}
+    shown = ("policy", "quota", "gpu_wait_target_us", "auto_quota_min", "auto_quota_max",
+             "period_ms", "floor_ms", "gpu_ttl_ms", "scope", "detect_window_ms",
+             "detect_period_ms", "rescan_s", "fallback", "stats_interval_s", "net_share_pct",
+             "gpu_budget_pct", "gpu_proc_budget_pct")
+    flag = {"gpu_wait_target_us": "--gpu-wait-target", "stats_interval_s": "--stats-interval",
+            "gpu_budget_pct": "--gpu-budget", "gpu_proc_budget_pct": "--gpu-proc-budget"}
+    for name in shown:
+        value = getattr(default, name)
+        text = f"[{value:g}]" if isinstance(value, float) else f"[{value}]"
+        option = flag.get(name, "--" + name.replace("_", "-"))
+        assert text in " ".join(options[option].split()), (option, options[option])
 
 
 def test_version():

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from scx_gpu.bench import matrix, noise, policies, results, scenario, workloads
-from scx_gpu.controlplane.tiers import CGROUP_ROOT
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import UsageError
 from tests.helpers import assert_one_line_error, leftovers, scx_gpu
 
@@ -42,7 +43,7 @@ def test_noise_commands_fall_back_to_builtins(monkeypatch):
 def test_cpu_hog_count(monkeypatch):
     for tool, count_at in (("stress-ng", 2), (None, 5)):
         monkeypatch.setattr("shutil.which", lambda name, tool=tool: tool)
-        assert noise.commands("cpu")[0][count_at] == ("0" if tool else str(noise.NPROC))
+        assert noise.commands("cpu")[0][count_at] == ("0" if tool else str(NPROC))
         assert noise.commands("cpu", 32)[0][count_at] == "32"
         assert noise.commands("heavy", 32)[0][count_at] == "32"
     cells = matrix.plan(["none", "cpu"], [policies.POLICIES["stock"]], 1, cpu_hogs=32)

@@ -1,4 +1,5 @@
-"""scx_loader, the scx project's scheduler service (org.scx.Loader, system bus).
+"""Taking over from scx_loader, the scx project's scheduler service (org.scx.Loader,
+system bus): `scx-gpu load --takeover`.
 
 sched_ext runs one scheduler at a time, and scx_loader starts only the
 schedulers of its built-in list. So while scx_loader runs one, `scx-gpu

@@ -16,7 +16,7 @@ from jeepney.io.blocking import open_dbus_connection
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import loader
-from scx_gpu.controlplane.scx_loader import LOADER
+from scx_gpu.controlplane.takeover import LOADER
 from tests.controlplane.fake_scx_loader import calls, fake_loader, last_call, private_bus
 from tests.helpers import assert_one_line_error, scx_gpu
 
