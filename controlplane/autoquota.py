@@ -13,11 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.intf import Tier
+from scx_gpu.controlplane.intf import QuotaMode, Tier, Tunables
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.stats import diff, wait_quantile_ns
 
@@ -68,34 +67,19 @@ class QuotaController:
         return change
 
 
-# `scx-gpu quota set auto|N` switches the running loader's mode through this file.
-QUOTA_MODE = Path("/run/scx-gpu/quota-mode")
-AUTO, FIXED = "auto", "fixed"
-
-
-def read_mode() -> str:
-    try:
-        return AUTO if QUOTA_MODE.read_text().strip() == AUTO else FIXED
-    except OSError:
-        return FIXED
-
-
-def write_mode(mode: str) -> None:
-    QUOTA_MODE.parent.mkdir(parents=True, exist_ok=True)
-    QUOTA_MODE.write_text(mode + "\n")
-    QUOTA_MODE.chmod(0o600)
-
-
 class AutoQuota:
-    """Drives a loaded scheduler's quota once per control period while the mode
-    is auto; on_change gets every change (the loader logs it and keeps the
+    """Drives a loaded scheduler's quota once per control period while the
+    tunables' quota mode is auto (`scx-gpu quota set` switches it, in the same
+    update as a fixed quota); on_change gets every change (the loader logs it and keeps the
     last one for status). Runs on its own thread, so the period holds while
     the loader's loop is busy (attaching probes takes a while under emulation)."""
 
     def __init__(self, config: Config, sched: BpfScheduler,
                  on_change: Callable[[Change], None]) -> None:
         self.config, self.sched, self.on_change = config, sched, on_change
-        self.controller: QuotaController | None = None
+        c = config
+        self.controller = QuotaController(c.gpu_wait_target_us, c.auto_quota_min,
+                                          c.auto_quota_max, c.auto_quota_step, c.start_quota())
         self.before = sched.read_stats()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="scx-gpu-autoquota", daemon=True)
@@ -113,17 +97,18 @@ class AutoQuota:
         current = self.sched.read_stats()
         hist = list(diff(current, self.before).tier[Tier.GPU].wait_hist)
         self.before = current
-        if read_mode() != AUTO:
-            self.controller = None  # fixed: `quota set N` owns the quota
-            return
-        tun = self.sched.read_tunables()
-        if self.controller is None:  # (re)entering auto: start from where it is
-            c = self.config
-            self.controller = QuotaController(c.gpu_wait_target_us, c.auto_quota_min,
-                                              c.auto_quota_max, c.auto_quota_step,
-                                              tun.batch_quota_pct)
-        change = self.controller.decide(hist)
-        if change is not None:
+        changes = []
+
+        def step(tun: Tunables) -> bool:
+            if tun.quota_mode != QuotaMode.AUTO:
+                return False  # fixed: `quota set N` owns the quota
+            self.controller.quota = tun.batch_quota_pct  # from where it is, as set last
+            change = self.controller.decide(hist)
+            if change is None:
+                return False
             tun.batch_quota_pct = change.after
-            self.sched.write_tunables(tun)
+            changes.append(change)
+            return True
+        self.sched.update_tunables(step)
+        for change in changes:
             self.on_change(change)

@@ -10,6 +10,11 @@ class Tier(IntEnum):
     BATCH = 2
 
 
+class QuotaMode(IntEnum):
+    FIXED = 0
+    AUTO = 1
+
+
 class Scope(IntEnum):
     THREAD = 0
     PROCESS = 1
@@ -58,6 +63,8 @@ class Tunables(Structure):
         ("floor_ns", c_uint64),
         ("gpu_ttl_ns", c_uint64),
         ("tier_gen", c_uint64),
+        ("quota_mode", c_uint32),
+        ("pad", c_uint32),
     ]
 
 

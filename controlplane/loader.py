@@ -14,12 +14,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from ctypes import c_uint32
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from scx_gpu.bpf import libbpf, libcuda, maps
+from scx_gpu.bpf import libbpf, libcuda
 from scx_gpu.controlplane import (
     autoquota,
     colocation,
@@ -34,8 +33,13 @@ from scx_gpu.controlplane import (
 )
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import BackgroundDetach, Detach, Detector
+from scx_gpu.controlplane.runstate import (
+    FALLBACK_MODE,
+    RUN_STATE,
+    sched_ext_state,
+    write_run_state,
+)
 from scx_gpu.controlplane.scheduler import (
-    PIN_DIR,
     BpfScheduler,
     ReadOnlyOptions,
     comm_prefix_lens,
@@ -43,35 +47,13 @@ from scx_gpu.controlplane.scheduler import (
     unpin,
 )
 from scx_gpu.controlplane.topology import NPROC
-from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
+from scx_gpu.errors import EnvironmentProblem, UsageError
 
-SCHED_EXT = Path("/sys/kernel/sched_ext")
-RUN_STATE = Path("/run/scx-gpu/loader.json")
-FALLBACK_MODE = "mainline-fallback"
 POLL_S = 0.1
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
 CONTROL_NICE = -20  # ahead of the normal tier's other work; the detector thread is gpu tier
-
-
-def sched_ext_state() -> tuple[str | None, str | None]:
-    """(state, ops name) from sysfs; (None, None) without sched_ext."""
-    def read(p: Path) -> str | None:
-        try:
-            return p.read_text().strip() or None
-        except OSError:
-            return None
-    return read(SCHED_EXT / "state"), read(SCHED_EXT / "root" / "ops")
-
-
-def run_state() -> dict[str, Any]:
-    """What the running loader wrote about itself ({} when none runs)."""
-    try:
-        state: dict[str, Any] = json.loads(RUN_STATE.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state
 
 
 def _require_root() -> None:
@@ -120,10 +102,12 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
 
 
 def tunables(config: Config) -> intf.Tunables:
+    mode = intf.QuotaMode.AUTO if config.auto_quota else intf.QuotaMode.FIXED
     return intf.Tunables(batch_quota_pct=config.start_quota(),
                          comm_prefix_lens=comm_prefix_lens(config.gpu.comms + config.batch.comms),
                          batch_period_ns=config.period_ms * 10**6,
-                         floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6)
+                         floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6,
+                         quota_mode=mode)
 
 
 DUMP_MARK = "scx_gpu: tier"  # the lines ops.dump writes: each tier's queue and oldest waiter
@@ -168,13 +152,11 @@ class Loader:
                 self._wait_disabled()
             preflight()
             tiers.check_members(self.config)
-            autoquota.write_mode(autoquota.AUTO if self.config.auto_quota else autoquota.FIXED)
             try:
                 with colocation.applied(self.config, self.emit,
                                         *colocation.tier_cgroups(self.config)):
                     return self._run_until_stopped()
             finally:
-                autoquota.QUOTA_MODE.unlink(missing_ok=True)
                 if self.took_over is not None:  # scx_loader's scheduler attaches next
                     with contextlib.suppress(EnvironmentProblem):
                         self._wait_disabled()
@@ -272,7 +254,7 @@ class Loader:
             extra["scx_loader_stopped"] = str(self.took_over)
         if self.last_quota_change:
             extra["last_quota_change"] = self.last_quota_change.as_dict()
-        _write_run_state(extra, self.config)
+        write_run_state(self.config.as_dict(), extra)
 
     def _quota_changed(self, change: autoquota.Change) -> None:
         self.emit(f"scx-gpu: {change.line()}")
@@ -332,21 +314,6 @@ class Loader:
         self.emit(json.dumps(summary.as_dict()) if self.as_json else summary.line())
 
 
-def pinned_tunables() -> tuple[int, intf.Tunables]:
-    """(fd, value) of the running scheduler's tunables; the caller closes fd."""
-    fd = maps.open_pinned(str(PIN_DIR / "tunables"))
-    value = maps.lookup(fd, c_uint32(0), intf.Tunables)
-    if value is None:
-        maps.close(fd)
-        raise ScxGpuError("the scheduler's tunables map is empty")
-    return fd, value
-
-
-def _write_run_state(extra: dict[str, Any], config: Config) -> None:
-    RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
-    RUN_STATE.write_text(json.dumps({"pid": os.getpid(), "config": config.as_dict(), **extra}))
-
-
 class FallbackLoader(Loader):
     """gpu-first through mainline mechanisms (controlplane.fallback), without sched_ext."""
 
@@ -390,8 +357,8 @@ class FallbackLoader(Loader):
         try:
             group.create(self.config.start_quota(), self.config.period_ms, NPROC)
             members.declare()
-            _write_run_state({"mode": FALLBACK_MODE, "batch_group": str(group.path)},
-                             self.config)
+            write_run_state(self.config.as_dict(),
+                            {"mode": FALLBACK_MODE, "batch_group": str(group.path)})
             self.emit(f"scx-gpu: {fallback.WEAKER}")
             self._fallback_loop(detector, renicer, members, scanner)
         finally:

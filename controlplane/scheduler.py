@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import time
+from collections.abc import Callable
 from ctypes import c_char, c_uint32, c_uint64
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,9 @@ PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
 PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
                "tier_comm_prefixes", "tier_tasks", "gpu_tags")
 ZERO = c_uint32(0)
+# Held around each read-modify-write of the tunables: the loader (its quota
+# loop, membership changes) and `scx-gpu quota set` are separate processes.
+TUNABLES_LOCK = Path("/run/scx-gpu/tunables.lock")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class BpfScheduler(BpfObject):
     def write_tunables(self, tunables: intf.Tunables) -> None:
         maps.update(self.map_fd("tunables"), ZERO, tunables)
 
+    def update_tunables(self, change: Callable[[intf.Tunables], bool]) -> None:
+        update_tunables(self.map_fd("tunables"), change)
+
     def read_tunables(self) -> intf.Tunables:
         return maps.lookup(self.map_fd("tunables"), ZERO, intf.Tunables) or intf.Tunables()
 
@@ -86,9 +94,11 @@ class BpfScheduler(BpfObject):
     def set_tier(self, map_name: str, key: ctypes._CData, tier: intf.Tier) -> None:
         """Add a member; tasks' cached tiers are looked up again (a new generation)."""
         maps.update(self.map_fd(map_name), key, c_uint32(tier))
-        tunables = self.read_tunables()
-        tunables.tier_gen += 1
-        self.write_tunables(tunables)
+
+        def next_generation(tunables: intf.Tunables) -> bool:
+            tunables.tier_gen += 1
+            return True
+        self.update_tunables(next_generation)
 
     def pin(self, directory: Path = PIN_DIR) -> None:
         """Pin the maps `status` and `quota` use, readable by root only."""
@@ -106,6 +116,17 @@ class BpfScheduler(BpfObject):
             self._lib.bpf_link__destroy(self.ops_link)
             self.ops_link = None
         super().close()
+
+
+def update_tunables(fd: int, change: Callable[[intf.Tunables], bool]) -> None:
+    """Read the tunables, let change() modify them, and write them back in one
+    update when it returns True; no other process does the same meanwhile."""
+    TUNABLES_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with TUNABLES_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        tunables = maps.lookup(fd, ZERO, intf.Tunables) or intf.Tunables()
+        if change(tunables):
+            maps.update(fd, ZERO, tunables)
 
 
 def sum_stats(per_cpu: list[intf.Stats]) -> intf.Stats:

@@ -2,7 +2,6 @@
 
 import json
 import sys
-from ctypes import c_uint32
 from pathlib import Path
 
 import click
@@ -11,9 +10,9 @@ from rich.table import Table
 
 from scx_gpu import __version__, doctor, install, status
 from scx_gpu.bench.cli import bench_group
-from scx_gpu.bpf import maps
 from scx_gpu.colocation_options import as_settings, colocation_options
-from scx_gpu.controlplane import autoquota, bounds, config, fallback, loader, stats_socket, tiers
+from scx_gpu.controlplane import bounds, config, fallback, loader, runstate, stats_socket, tiers
+from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
@@ -246,10 +245,8 @@ def quota_group() -> None:
 @quota_group.command("get")
 def quota_get_cmd() -> None:
     """Print the batch quota (percent of all CPUs), its period and its mode."""
-    fd, value = loader.pinned_tunables()
-    maps.close(fd)
-    click.echo(f"{value.batch_quota_pct}% of all CPUs per {value.batch_period_ns // 10**6} ms "
-               f"({autoquota.read_mode()})")
+    with RunningScheduler() as sched:
+        click.echo(sched.quota_line())
 
 
 @quota_group.command("set")
@@ -260,15 +257,8 @@ def quota_set_cmd(quota: str) -> None:
     value = _quota(quota)
     if isinstance(value, int):
         config.check_quota_pct(value)
-    fd, tun = loader.pinned_tunables()
-    try:
-        # The mode first: the loop must not overwrite a fixed value set after it.
-        autoquota.write_mode(autoquota.AUTO if value == "auto" else autoquota.FIXED)
-        if isinstance(value, int):
-            tun.batch_quota_pct = value
-            maps.update(fd, c_uint32(0), tun)
-    finally:
-        maps.close(fd)
+    with RunningScheduler() as sched:
+        sched.set_quota(value if isinstance(value, int) else "auto")
     click.echo(f"batch quota set to {value}%" if isinstance(value, int)
                else "batch quota set to auto")
 
@@ -279,8 +269,8 @@ def quota_set_cmd(quota: str) -> None:
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_cmd(tier: str, cmd: tuple[str, ...]) -> None:
     """Run CMD in a tier of the running scheduler; exit with CMD's status."""
-    state = loader.run_state()
-    if state.get("mode") == loader.FALLBACK_MODE:
+    state = runstate.run_state()
+    if state.get("mode") == runstate.FALLBACK_MODE:
         fallback.exec_in_fallback(tier, list(cmd), Path(state["batch_group"]))
     tiers.exec_in_tier(tier, list(cmd))
 

@@ -1,58 +1,34 @@
 """`scx-gpu status`: what sched_ext runs now and what scx-gpu's tiers are doing."""
 
 import time
-from ctypes import c_int64, c_uint32
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.bpf import libbpf, maps
-from scx_gpu.controlplane import autoquota, colocation, fallback, intf, stats
-from scx_gpu.controlplane.loader import FALLBACK_MODE, run_state, sched_ext_state
-from scx_gpu.controlplane.scheduler import PIN_DIR, live_gpu_tags, sum_stats
+from scx_gpu.controlplane import colocation, fallback, intf, stats
+from scx_gpu.controlplane.running import RunningScheduler
+from scx_gpu.controlplane.runstate import FALLBACK_MODE, run_state, sched_ext_state
+from scx_gpu.controlplane.scheduler import PIN_DIR
 from scx_gpu.errors import ScxGpuError
 
 
-def _live_gpu_tags(ttl_ns: int) -> list[int]:
-    fd = maps.open_pinned(str(PIN_DIR / "gpu_tags"))
-    try:
-        return live_gpu_tags(fd, ttl_ns)
-    finally:
-        maps.close(fd)
-
-
 def _scheduler_report() -> dict[str, Any]:
-    fd = maps.open_pinned(str(PIN_DIR / "stats"))
-    try:
-        total = sum_stats(maps.lookup_percpu(fd, c_uint32(0), intf.Stats,
-                                             libbpf.num_possible_cpus()))
-    finally:
-        maps.close(fd)
-    fd = maps.open_pinned(str(PIN_DIR / "tunables"))
-    try:
-        tun = maps.lookup(fd, c_uint32(0), intf.Tunables) or intf.Tunables()
-    finally:
-        maps.close(fd)
-    totals = stats.Summary(0, total, tun.batch_quota_pct, 0).as_dict()
-    fd = maps.open_pinned(str(PIN_DIR / "tier_tasks"))
-    try:
-        tasks = {tier.name.lower(): (maps.lookup(fd, c_uint32(tier), c_int64) or c_int64()).value
-                 for tier in intf.Tier}
-    finally:
-        maps.close(fd)
-    owner = run_state()
-    return {
-        "loader_pid": owner.get("pid"),
-        "policy": owner.get("config", {}).get("policy"),
-        "scx_loader_stopped": owner.get("scx_loader_stopped"),
-        "batch_quota_pct": tun.batch_quota_pct,
-        "batch_quota_mode": autoquota.read_mode(),
-        "last_quota_change": owner.get("last_quota_change"),
-        "batch_period_ms": tun.batch_period_ns / 1e6,
-        "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
-        "gpu_tagged_ids": _live_gpu_tags(tun.gpu_ttl_ns),
-        "tier_tasks": tasks,
-        "totals": {k: v for k, v in totals.items() if k not in ("interval_s", "detector_duty_pct")},
-    }
+    with RunningScheduler() as sched:
+        tun, owner = sched.tunables(), sched.run_state()
+        totals = stats.Summary(0, sched.stats(), tun.batch_quota_pct, 0).as_dict()
+        return {
+            "loader_pid": owner.get("pid"),
+            "policy": owner.get("config", {}).get("policy"),
+            "scx_loader_stopped": owner.get("scx_loader_stopped"),
+            "batch_quota_pct": tun.batch_quota_pct,
+            "batch_quota_mode": intf.QuotaMode(tun.quota_mode).name.lower(),
+            "last_quota_change": owner.get("last_quota_change"),
+            "batch_period_ms": tun.batch_period_ns / 1e6,
+            "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
+            "gpu_tagged_ids": sched.gpu_tags(),
+            "tier_tasks": sched.tier_tasks(),
+            "totals": {k: v for k, v in totals.items()
+                       if k not in ("interval_s", "detector_duty_pct")},
+        }
 
 
 def _fallback_report(run: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane.loader import RUN_STATE, run_state
+from scx_gpu.controlplane.runstate import RUN_STATE, run_state
 from scx_gpu.workloads import json_report, program
 
 WINDOW_S, SETTLE_S = 5.0, 1.0

@@ -60,7 +60,16 @@ struct scx_gpu_stats {
 	__u64 budget_demotions;		/* tagged threads moved out of the gpu tier by a budget */
 };
 
-/* Run-time tunables: one entry in the `tunables` array map. */
+/* Who sets the batch quota: `scx-gpu quota set N`, or the loader's loop. */
+enum scx_gpu_quota_mode {
+	QUOTA_FIXED	= 0,
+	QUOTA_AUTO	= 1,
+};
+
+/*
+ * Run-time tunables: one entry in the `tunables` array map. The control
+ * plane writes it whole, the quota and its mode in one update.
+ */
 struct scx_gpu_tunables {
 	__u32 batch_quota_pct;		/* share of all CPUs per period, 0-100 */
 	__u32 comm_prefix_lens;		/* bit n: tier_comm_prefixes has n-char keys */
@@ -68,6 +77,8 @@ struct scx_gpu_tunables {
 	__u64 floor_ns;			/* longest wait of a normal/batch task */
 	__u64 gpu_ttl_ns;		/* a launch keeps its thread in the gpu tier this long */
 	__u64 tier_gen;			/* bumped when membership maps change */
+	__u32 quota_mode;		/* enum scx_gpu_quota_mode; the control plane's */
+	__u32 pad;
 };
 
 /* Key of tier_comm_prefixes: a task name pattern "prefix*". */

@@ -17,7 +17,7 @@ fallback-undeclared the same, nothing declared.
 
 from dataclasses import dataclass
 
-from scx_gpu.controlplane.loader import sched_ext_state
+from scx_gpu.controlplane.runstate import sched_ext_state
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scx_gpu.controlplane.cgroups import cpu_seconds
-from scx_gpu.controlplane.loader import RUN_STATE, run_state, sched_ext_state
+from scx_gpu.controlplane.runstate import RUN_STATE, run_state, sched_ext_state
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program

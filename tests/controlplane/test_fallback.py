@@ -18,7 +18,7 @@ import pytest
 
 from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import fallback, loader
+from scx_gpu.controlplane import fallback, runstate
 from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
@@ -46,11 +46,11 @@ def fallback_loaded(*args: str) -> Iterator[dict[str, Any]]:
                              "--cuda-lib", STUB, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        sc.wait_for(lambda: loader.run_state().get("mode") == loader.FALLBACK_MODE
+        sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
                     or proc.poll() is not None, 30, "the fallback to start")
         assert proc.poll() is None, proc.communicate()[0]
         assert os.getpriority(os.PRIO_PROCESS, proc.pid) == fallback.GPU_NICE  # level, not ahead
-        yield loader.run_state()
+        yield runstate.run_state()
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from scx_gpu import status
 from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import bounds, intf, loader, stats, stats_socket
+from scx_gpu.controlplane import bounds, intf, loader, runstate, stats, stats_socket
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cpu_seconds
+from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer import analysis
@@ -560,7 +561,7 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
             noise.hogs(2 * NPROC) as cgroup:
         share = sc.cpu_share(cgroup, 4)
         tasks = sc.status()["scx_gpu"]["tier_tasks"]
-        control = len(list(Path(f"/proc/{loader.run_state()['pid']}/task").iterdir()))
+        control = len(list(Path(f"/proc/{runstate.run_state()['pid']}/task").iterdir()))
     print(json.dumps({"share": share, "tier_tasks": tasks, "control_threads": control}))
     assert tasks["batch"] >= 2 * NPROC, tasks  # the stress-ng workers
     # The gpu tier holds only the control plane's threads (they renew tags).
@@ -655,9 +656,8 @@ IDLE_S = 5.0
 
 def _quota_timeline(stop: threading.Event, out: list[tuple[float, int]]) -> None:
     while not stop.is_set():
-        fd, tun = loader.pinned_tunables()
-        os.close(fd)
-        out.append((time.monotonic(), tun.batch_quota_pct))
+        with RunningScheduler() as sched:
+            out.append((time.monotonic(), sched.tunables().batch_quota_pct))
         time.sleep(0.1)
 
 

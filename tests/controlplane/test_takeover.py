@@ -15,7 +15,7 @@ from jeepney import Properties
 from jeepney.io.blocking import open_dbus_connection
 
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import loader
+from scx_gpu.controlplane import runstate
 from scx_gpu.controlplane.takeover import LOADER
 from tests.controlplane.fake_scx_loader import calls, fake_loader, last_call, private_bus
 from tests.helpers import assert_one_line_error, scx_gpu
@@ -90,12 +90,12 @@ def test_takeover_runs_scx_gpu_then_restarts_the_previous_scheduler(tmp_path):
     stand_in = [*sc.SCX_GPU, "load", "--policy", "fair", "--quiet"]
     with private_bus() as bus, fake_loader(bus, log, "--current", "scx_bpfland", "--",
                                            *stand_in):
-        sc.wait_for(lambda: loader.run_state().get("config", {}).get("policy") == "fair", 60,
+        sc.wait_for(lambda: runstate.run_state().get("config", {}).get("policy") == "fair", 60,
                     "the stand-in scheduler to load")
         ours = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet", "--takeover"],
                                 env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus},
                                 stderr=subprocess.PIPE, text=True)
-        sc.wait_for(lambda: loader.run_state().get("pid") == ours.pid, 60, "scx-gpu to load")
+        sc.wait_for(lambda: runstate.run_state().get("pid") == ours.pid, 60, "scx-gpu to load")
         status = sc.status()
         assert status["scx_gpu"]["policy"] == "gpu-first", status
         assert status["scx_gpu"]["scx_loader_stopped"] == "scx_bpfland (mode 0)", status
@@ -104,7 +104,7 @@ def test_takeover_runs_scx_gpu_then_restarts_the_previous_scheduler(tmp_path):
         _, err = ours.communicate(timeout=30)
         assert ours.returncode == 0, err
         assert "handed back to scx_loader: started scx_bpfland (mode 0)" in err, err
-        sc.wait_for(lambda: loader.run_state().get("config", {}).get("policy") == "fair"
+        sc.wait_for(lambda: runstate.run_state().get("config", {}).get("policy") == "fair"
                     and sc.enabled(), 60, "the stand-in scheduler to be back")
         assert calls(log) == ["StopScheduler", "StartScheduler"]
     sc.wait_for(sc.disabled, 30, "the stand-in to detach with the fake service")

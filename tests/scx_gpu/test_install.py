@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane.loader import run_state
+from scx_gpu.controlplane.runstate import run_state
 from tests.helpers import scx_gpu
 
 

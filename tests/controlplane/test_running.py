@@ -1,0 +1,79 @@
+"""The handle on the running scheduler, on a scheduler object loaded on the
+host (detector and maps only: no sched_ext needed)."""
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from scx_gpu.controlplane import autoquota, loader
+from scx_gpu.controlplane.config import Config
+from scx_gpu.controlplane.intf import QuotaMode
+from scx_gpu.controlplane.running import RunningScheduler
+from scx_gpu.controlplane.scheduler import BpfScheduler
+
+pytestmark = pytest.mark.root
+CONFIG = Config(quota="auto", auto_quota_period_s=0.001)
+DECIDE_S = 0.002  # each control step holds its read of the tunables this long
+
+
+@pytest.fixture
+def sched() -> Iterator[BpfScheduler]:
+    obj = BpfScheduler()
+    try:
+        obj.detector_only()
+        obj.set_options(loader.read_only_options(CONFIG))
+        obj.load()
+        obj.write_tunables(loader.tunables(CONFIG))
+        yield obj
+    finally:
+        obj.close()
+
+
+def _handle(sched: BpfScheduler) -> RunningScheduler:
+    return RunningScheduler(lambda name: os.dup(sched.map_fd(name)))
+
+
+def test_reads_what_the_loader_wrote(sched):
+    with _handle(sched) as running:
+        tun = running.tunables()
+        assert (tun.batch_quota_pct, tun.quota_mode) == (CONFIG.auto_quota_min, QuotaMode.AUTO)
+        assert running.quota_line() == f"{CONFIG.auto_quota_min}% of all CPUs per 100 ms (auto)"
+        assert running.tier_tasks() == {"gpu": 0, "normal": 0, "batch": 0}
+        assert running.gpu_tags() == [] and running.stats().detector_hits == 0
+
+
+def test_quota_set_is_never_overwritten_by_the_auto_quota_loop(sched, monkeypatch):
+    """`quota set N` lands while the loop is between its read of the tunables
+    and its write (it steps the quota up every period: the gpu tier is idle
+    here); each fixed N must stick."""
+    deciding = threading.Event()
+    decide = autoquota.QuotaController.decide
+
+    def slow_decide(self, hist):
+        deciding.set()
+        time.sleep(DECIDE_S)
+        return decide(self, hist)
+
+    monkeypatch.setattr(autoquota.QuotaController, "decide", slow_decide)
+    changes: list[autoquota.Change] = []
+    loop = autoquota.AutoQuota(CONFIG, sched, changes.append)
+    lost = []
+    try:
+        with _handle(sched) as running:
+            for fixed in random.sample(range(10, 60), 20):
+                running.set_quota("auto")
+                deciding.clear()
+                assert deciding.wait(5), "the loop did not run"
+                running.set_quota(fixed)
+                time.sleep(10 * DECIDE_S)  # the loop's next steps see the fixed mode
+                tun = running.tunables()
+                if (tun.quota_mode, tun.batch_quota_pct) != (QuotaMode.FIXED, fixed):
+                    lost.append((fixed, tun.quota_mode, tun.batch_quota_pct))
+    finally:
+        loop.close()
+    assert changes, "the loop changed nothing"
+    assert lost == []
