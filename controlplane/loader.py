@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -123,6 +124,8 @@ def exit_message(info: intf.ExitInfo) -> str:
 
 
 class Loader:
+    """`scx-gpu load` on sched_ext; FallbackLoader runs the same loop without it."""
+
     def __init__(self, config: Config, emit: Callable[[str], None], quiet: bool = False,
                  as_json: bool = False) -> None:
         self.config = config
@@ -137,6 +140,10 @@ class Loader:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()
 
+    def _handle_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
     def run(self) -> int:
         fallback = self.config.fallback
         if fallback == "mainline" or (fallback == "auto" and sched_ext_state()[0] is None):
@@ -145,21 +152,19 @@ class Loader:
         _keep_up_under_load(CONTROL_NICE)
         # Handlers first: a signal while scx_loader's scheduler is stopped must
         # still lead to it being started again.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-        with takeover.taken_over(self.config.takeover, self.emit) as self.took_over:
+        self._handle_signals()
+        with ExitStack() as stack:
+            self.took_over = stack.enter_context(
+                takeover.taken_over(self.config.takeover, self.emit))
             if self.took_over is not None:
                 self._wait_disabled()
             preflight()
             tiers.check_members(self.config)
-            try:
-                with colocation.applied(self.config, self.emit,
-                                        *colocation.tier_cgroups(self.config)):
-                    return self._run_until_stopped()
-            finally:
-                if self.took_over is not None:  # scx_loader's scheduler attaches next
-                    with contextlib.suppress(EnvironmentProblem):
-                        self._wait_disabled()
+            if self.took_over is not None:  # scx_loader's scheduler attaches after ours left
+                stack.callback(self._wait_disabled_quietly)
+            stack.enter_context(colocation.applied(self.config, self.emit,
+                                                   *colocation.tier_cgroups(self.config)))
+            return self._run_until_stopped()
 
     def _run_until_stopped(self) -> int:
         while not self.stop.is_set():
@@ -178,9 +183,15 @@ class Loader:
                 raise EnvironmentProblem("sched_ext did not finish disabling the old instance")
             time.sleep(POLL_S)
 
+    def _wait_disabled_quietly(self) -> None:
+        with contextlib.suppress(EnvironmentProblem):
+            self._wait_disabled()
+
     def _load(self) -> BpfScheduler:
-        sched = BpfScheduler()
-        try:
+        with ExitStack() as undo:
+            sched = BpfScheduler()
+            undo.callback(sched.close)
+            undo.callback(unpin)
             sched.set_options(read_only_options(self.config))
             sched.load()
             sched.write_tunables(tunables(self.config))
@@ -189,43 +200,44 @@ class Loader:
             unpin()
             sched.pin()
             sched.attach_ops()
-        except BaseException:
-            unpin()
-            sched.close()
-            raise
+            undo.pop_all()  # loaded: _run_once owns it from here
         return sched
 
     def _run_once(self) -> int:
-        sched = self._load()
-        detach = BackgroundDetach(sched.destroy_link)
-        detector = self._detector(sched, detach)
-        server = (metrics.MetricsServer(metrics.parse_addr(self.config.metrics_addr),
-                                        lambda: self._snapshot(sched, detector))
-                  if self.config.metrics_addr else None)
-        loaded_at = time.monotonic()
-        sock = stats_socket.StatsSocket(lambda: self._totals(sched, detector, loaded_at))
-        quota = autoquota.AutoQuota(self.config, sched, self._quota_changed)
-        scanner = self._rescanner()
-        try:
+        """Load, run until stopped or ejected, and undo it all in reverse order."""
+        with ExitStack() as stack:
+            stack.callback(RUN_STATE.unlink, missing_ok=True)
+            sched = self._load()
+            detach = self._background_detach(stack, sched)
+            stack.callback(unpin)
+            detector = stack.enter_context(closing(self._detector(sched, detach)))
+            if self.config.metrics_addr:
+                stack.enter_context(closing(metrics.MetricsServer(
+                    metrics.parse_addr(self.config.metrics_addr),
+                    lambda: self._snapshot(sched, detector))))
+            loaded_at = time.monotonic()
+            stack.enter_context(closing(stats_socket.StatsSocket(
+                lambda: self._totals(sched, detector, loaded_at))))
+            stack.enter_context(closing(autoquota.AutoQuota(self.config, sched,
+                                                            self._quota_changed)))
+            scanner = self._rescanner(stack)
             self._announce(sched)
-            info = self._loop(sched, detector, scanner)
-        finally:
-            if scanner:
-                scanner.close()
-            quota.close()
-            sock.close()
-            if server:
-                server.close()
-            detector.close()
-            unpin()
-            sched.close()  # the scheduler first: probes may take seconds to detach
-            detach.close()
-            RUN_STATE.unlink(missing_ok=True)
+            info = self._loop(detector, scanner, self._ejected(sched),
+                              self._statistics(sched, detector))
         if info is None:
             self.emit("scx-gpu: detached")
             return 0
         self.emit(f"scx-gpu: {exit_message(info)}")
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
+
+    @staticmethod
+    def _background_detach(stack: ExitStack, sched: BpfScheduler) -> BackgroundDetach:
+        """Probe links destroyed on a thread of their own, waited for once the
+        scheduler is closed (it first: probes may take seconds to detach)."""
+        detach = BackgroundDetach(sched.destroy_link)
+        stack.callback(detach.close)
+        stack.callback(sched.close)
+        return detach
 
     def _detector(self, sched: BpfScheduler, detach: Detach) -> Detector:
         tags_fd = sched.map_fd("gpu_tags")
@@ -261,11 +273,14 @@ class Loader:
         self.last_quota_change = change
         self._save_run_state()
 
-    def _rescanner(self) -> libcuda.Rescanner | None:
-        """libcuda discovery, running; none for the fair policy (no detection)."""
+    def _rescanner(self, stack: ExitStack) -> libcuda.Rescanner | None:
+        """libcuda discovery, running until stack closes; none for the fair
+        policy (no detection)."""
         if self.config.policy == "fair":
             return None
-        return libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s).start()
+        scanner = libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s).start()
+        stack.callback(scanner.close)
+        return scanner
 
     def _trusted(self, found: list[libcuda.CudaLib]) -> list[libcuda.CudaLib]:
         """The files the operator trusts; each other one is reported once."""
@@ -286,32 +301,46 @@ class Loader:
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
 
-    def _loop(self, sched: BpfScheduler, detector: Detector,
-              scanner: libcuda.Rescanner | None) -> intf.ExitInfo | None:
-        """Run until a signal (None) or the kernel ejects the scheduler (its exit info)."""
-        last_stats = time.monotonic()
-        before = sched.read_stats()
+    def _loop(self, detector: Detector, scanner: libcuda.Rescanner | None,
+              ejected: Callable[[], intf.ExitInfo | None],
+              step: Callable[[float], None]) -> intf.ExitInfo | None:
+        """The loop of both loaders: new libcuda files probed, detection windows,
+        then step(now), until a signal (None) or ejected() returns the kernel's
+        exit info."""
         while not self.stop.is_set():
-            info = sched.exit_info()
-            if info.kind != intf.EXIT_NONE:
+            info = ejected()
+            if info is not None:
                 return info
             now = time.monotonic()
             self._probe_found(scanner, detector)
             detector.tick()
-            if now - last_stats >= self.config.stats_interval_s:
-                current = sched.read_stats()
-                self._print_stats(sched, stats.diff(current, before), now - last_stats, detector)
-                before, last_stats = current, now
+            step(now)
             self.stop.wait(detector.poll_s(POLL_S))
         return None
 
-    def _print_stats(self, sched: BpfScheduler, delta: intf.Stats, interval: float,
-                     detector: Detector) -> None:
-        if self.quiet:
-            return
-        summary = stats.Summary(interval, delta, sched.read_tunables().batch_quota_pct,
-                                detector.duty_cycle())
-        self.emit(json.dumps(summary.as_dict()) if self.as_json else summary.line())
+    @staticmethod
+    def _ejected(sched: BpfScheduler) -> Callable[[], intf.ExitInfo | None]:
+        def ejected() -> intf.ExitInfo | None:
+            info = sched.exit_info()
+            return None if info.kind == intf.EXIT_NONE else info
+        return ejected
+
+    def _statistics(self, sched: BpfScheduler, detector: Detector) -> Callable[[float], None]:
+        """A step printing the statistics line every stats_interval_s."""
+        last, before = time.monotonic(), sched.read_stats()
+
+        def step(now: float) -> None:
+            nonlocal last, before
+            if now - last < self.config.stats_interval_s:
+                return
+            current = sched.read_stats()
+            if not self.quiet:
+                summary = stats.Summary(now - last, stats.diff(current, before),
+                                        sched.read_tunables().batch_quota_pct,
+                                        detector.duty_cycle())
+                self.emit(json.dumps(summary.as_dict()) if self.as_json else summary.line())
+            last, before = now, current
+        return step
 
 
 class FallbackLoader(Loader):
@@ -326,62 +355,57 @@ class FallbackLoader(Loader):
                              "which this kernel lacks: the mainline fallback takes a fixed "
                              "--quota")
         libbpf.require_version()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-        group = fallback.CpuGroup()
-        try:
-            with colocation.applied(self.config, self.emit, *colocation.tier_cgroups(
-                    self.config, group.path if group.v2 else None)):
-                self._run_fallback(group)
-        finally:
-            group.remove()
+        self._handle_signals()
+        with ExitStack() as stack:
+            group = fallback.CpuGroup()
+            stack.callback(group.remove)
+            stack.enter_context(colocation.applied(self.config, self.emit, *colocation.tier_cgroups(
+                self.config, group.path if group.v2 else None)))
+            self._run_fallback(group)
         self.emit("scx-gpu: mainline fallback undone (nice values, cgroups restored)")
         return 0
 
-    def _run_fallback(self, group: fallback.CpuGroup) -> None:
-        members = fallback.BatchMembers(self.config, group)
-        sched = BpfScheduler()
-        try:
+    def _load_detector(self) -> BpfScheduler:
+        with ExitStack() as undo:
+            sched = BpfScheduler()
+            undo.callback(sched.close)
             sched.detector_only()
             sched.set_options(read_only_options(self.config))
             sched.load()
             tiers.populate_gpu_allow(sched, self.config.gpu_allow)
-        except BaseException:
-            sched.close()
-            raise
-        detach = BackgroundDetach(sched.destroy_link)
-        detector = self._detector(sched, detach)
-        renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
-                                   self.config.scope == "process")
-        scanner = self._rescanner()
-        try:
+            undo.pop_all()
+        return sched
+
+    def _run_fallback(self, group: fallback.CpuGroup) -> None:
+        with ExitStack() as stack:
+            stack.callback(RUN_STATE.unlink, missing_ok=True)
+            members = fallback.BatchMembers(self.config, group)
+            sched = self._load_detector()
+            detach = self._background_detach(stack, sched)
+            detector = stack.enter_context(closing(self._detector(sched, detach)))
+            stack.callback(members.undo)
+            renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
+                                       self.config.scope == "process")
+            stack.callback(renicer.restore_all)
+            scanner = self._rescanner(stack)
             group.create(self.config.start_quota(), self.config.period_ms, NPROC)
             members.declare()
             write_run_state(self.config.as_dict(),
                             {"mode": FALLBACK_MODE, "batch_group": str(group.path)})
             self.emit(f"scx-gpu: {fallback.WEAKER}")
-            self._fallback_loop(detector, renicer, members, scanner)
-        finally:
-            if scanner:
-                scanner.close()
-            renicer.restore_all()
-            members.undo()
-            detector.close()
-            sched.close()
-            detach.close()
-            RUN_STATE.unlink(missing_ok=True)
+            self._loop(detector, scanner, lambda: None, self._mainline_step(renicer, members))
 
-    def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
-                       members: fallback.BatchMembers,
-                       scanner: libcuda.Rescanner | None) -> None:
-        last_members = time.monotonic()
+    @staticmethod
+    def _mainline_step(renicer: fallback.Renicer,
+                       members: fallback.BatchMembers) -> Callable[[float], None]:
+        """Tagged threads reniced; batch members looked for every MEMBER_SCAN_S."""
         members.scan()
-        while not self.stop.is_set():
-            now = time.monotonic()
-            self._probe_found(scanner, detector)
-            detector.tick()
+        last_scan = time.monotonic()
+
+        def step(now: float) -> None:
+            nonlocal last_scan
             renicer.tick()
-            if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
+            if now - last_scan >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
                 members.scan()
-                last_members = now
-            self.stop.wait(detector.poll_s(POLL_S))
+                last_scan = now
+        return step

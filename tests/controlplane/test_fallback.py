@@ -18,10 +18,12 @@ import pytest
 
 from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import fallback, runstate
+from scx_gpu.controlplane import fallback, loader, runstate
 from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.config import Config
+from scx_gpu.controlplane.detector import Detector
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
+from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
 from tests.helpers import assert_one_line_error, scx_gpu
@@ -191,3 +193,40 @@ def _declared_hogs_share(quota: int) -> tuple[float, dict[str, str], dict[str, s
             share = (cpu_seconds(hogs_cgroup) - cpu0) / (time.monotonic() - t0) / NPROC
         after = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
     return share, before, after
+
+
+def test_a_failed_setup_undoes_what_came_before_in_reverse(monkeypatch):
+    """The libcuda scanner fails to start, last of the fallback's resources:
+    each one set up before it is undone, the last first."""
+    undone: list[str] = []
+
+    def recording(cls: type, method: str) -> None:
+        original = getattr(cls, method)
+
+        def wrapper(self: object, *args: object) -> object:
+            undone.append(f"{cls.__name__}.{method}")
+            return original(self, *args)
+        monkeypatch.setattr(cls, method, wrapper)
+
+    for cls, method in ((fallback.Renicer, "restore_all"), (fallback.BatchMembers, "undo"),
+                        (Detector, "close"), (BpfScheduler, "close"),
+                        (fallback.CpuGroup, "remove")):
+        recording(cls, method)
+
+    class Failing:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def start(self) -> None:
+            raise RuntimeError("the scanner failed")
+
+    monkeypatch.setattr("scx_gpu.bpf.libcuda.Rescanner", Failing)
+    monkeypatch.setattr(loader, "_keep_up_under_load", lambda nice: None)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
+    cfg = Config(fallback="mainline", cuda_libs=[STUB]).validate()
+    with pytest.raises(RuntimeError, match="the scanner failed"):
+        loader.FallbackLoader(cfg, lambda line: None).run()
+    assert undone == ["Renicer.restore_all", "BatchMembers.undo", "Detector.close",
+                      "BpfScheduler.close", "CpuGroup.remove"]
+    assert not runstate.RUN_STATE.exists()
+    assert not fallback.CpuGroup().path.exists()
