@@ -97,11 +97,11 @@ demo: setup build
 BENCH_REPS ?= 1
 bench-sched: setup build
 	$(BIN)/scx-gpu vm run --timeout 3000 --out bench-results -- \
-		python3 -m scx_gpu.bench.sched --reps $(BENCH_REPS) --out /job/out/bench-sched.json
+		scx-gpu bench sched --reps $(BENCH_REPS) -o /job/out/bench-sched.json
 
 # The tracer's reader throughput, overhead and analysis time, on the host kernel.
 bench-tracer: setup build
-	$(BIN)/python -m scx_gpu.bench.tracer --out bench-tracer.json
+	$(BIN)/scx-gpu bench tracer -o bench-tracer.json
 
 bench: bench-sched bench-tracer
 

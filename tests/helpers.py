@@ -1,11 +1,17 @@
-"""Helpers shared by the tests: run the CLI as a user would, check errors."""
+"""Helpers shared by the tests: run the CLI as a user would, check errors, read
+sched_ext's state and a cgroup's CPU share."""
 
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+
+from scx_gpu.controlplane.cgroups import cpu_seconds
+from scx_gpu.controlplane.runstate import sched_ext_state
+from scx_gpu.controlplane.topology import NPROC
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
 
@@ -46,3 +52,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int,
     assert len(lines) == 1 and lines[0].startswith("scx-gpu: error:"), proc.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def enabled() -> bool:
+    """sched_ext runs scx_gpu."""
+    return sched_ext_state() == ("enabled", "scx_gpu")
+
+
+def disabled() -> bool:
+    return sched_ext_state()[0] == "disabled"
+
+
+def cpu_share(cgroup: Path, seconds: float) -> float:
+    """Share (0-1) of all CPUs the cgroup used over the next seconds."""
+    before, start = cpu_seconds(cgroup), time.monotonic()
+    time.sleep(seconds)
+    used = cpu_seconds(cgroup) - before
+    return used / ((time.monotonic() - start) * NPROC)

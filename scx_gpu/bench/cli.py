@@ -1,4 +1,4 @@
-"""`scx-gpu bench run|compare`: the before/after benchmark's command line.
+"""`scx-gpu bench run|compare|wakeup|sched|tracer`: the benchmarks' command line.
 
 pandas and the tracer are imported by the commands that use them, so that
 the rest of the command line starts fast.
@@ -157,6 +157,42 @@ def wakeup_cmd(policy_names: str, reps: int, groups: int, pairs: int, loops: int
                       f"{row['seconds']:.3f}", ratio, f"{row['voluntary_switches']:.0f}",
                       f"{row['involuntary_switches']:.0f}")
     Console().print(table)
+
+
+@bench_group.command("sched")
+@click.option("--reps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="Measured seconds a run.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write results, summary and checks as JSON here.")
+def sched_cmd(reps: int, duration: float, output: Path | None) -> None:
+    """The scheduler against the mainline knobs (needs sched_ext: `make bench-sched`)."""
+    from scx_gpu.bench import sched
+
+    console = Console(log_path=False)
+    report = sched.run(reps, duration, console.log)
+    console.print(sched.render(report["summary"], report["checks"]))
+    if output:
+        output.write_text(json.dumps(report, indent=2))
+
+
+@bench_group.command("tracer")
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True,
+              help="Seconds a measured run.")
+@click.option("--events", type=click.IntRange(min=1), default=10_000_000, show_default=True,
+              help="Synthetic events the analysis is timed on.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the results as JSON here.")
+def tracer_cmd(reps: int, seconds: float, events: int, output: Path | None) -> None:
+    """The tracer's reader throughput, overhead, probe cost and analysis time (root)."""
+    from scx_gpu.bench import tracer
+
+    console = Console(log_path=False)
+    results = tracer.run(reps, seconds, events, console.log)
+    console.print(tracer.render(results))
+    if output:
+        output.write_text(json.dumps(results, indent=2))
 
 
 @bench_group.command("compare")

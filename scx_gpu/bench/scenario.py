@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.runstate import RUN_STATE, run_state, sched_ext_state
-from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
 
@@ -33,14 +31,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(poll)
     return time.monotonic() - start
-
-
-def enabled() -> bool:
-    return sched_ext_state() == ("enabled", "scx_gpu")
-
-
-def disabled() -> bool:
-    return sched_ext_state()[0] == "disabled"
 
 
 @contextmanager
@@ -100,14 +90,6 @@ def joined(cgroup: Path, proc: subprocess.Popen[Any], members: int = 1,
         pids = (cgroup / "cgroup.procs").read_text().split()
         return str(proc.pid) in pids and len(pids) >= members
     wait_for(ready, timeout, f"{proc.args!r} to start in {cgroup}")
-
-
-def cpu_share(cgroup: Path, seconds: float) -> float:
-    """Share (0-1) of all CPUs the cgroup used over the next seconds."""
-    before, start = cpu_seconds(cgroup), time.monotonic()
-    time.sleep(seconds)
-    used = cpu_seconds(cgroup) - before
-    return used / ((time.monotonic() - start) * NPROC)
 
 
 def status() -> dict[str, Any]:

@@ -8,13 +8,10 @@ all CPUs, the scheduler's own overhead (policy fair, launcher alone, vs stock)
 and the detector's cost (gpu-first vs fair, launcher alone), and for a
 launcher of about 10,000 launches a second the share of its launches the
 probes hit and of its time it spent in the gpu tier.
-Needs a sched_ext kernel: `make bench-sched` runs it in the test VM.
+Needs a sched_ext kernel: `make bench-sched` runs `scx-gpu bench sched` in the test VM.
 """
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -22,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from scx_gpu.bench import noise
@@ -166,22 +162,8 @@ def render(summary: dict[str, dict[str, float]], checks: dict[str, float]) -> Ta
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds a run")
-    parser.add_argument("--out", type=Path, help="write results and summary as JSON here")
-    args = parser.parse_args(argv)
-    console = Console(log_path=False)
-    results = run_matrix(args.reps, args.duration, lambda m: console.log(m))
+def run(reps: int, duration: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """The matrix, its summary and checks: `scx-gpu bench sched`."""
+    results = run_matrix(reps, duration, log)
     summary = summarise(results)
-    checks = verdict(summary)
-    console.print(render(summary, checks))
-    if args.out:
-        args.out.write_text(json.dumps({"results": results, "summary": summary,
-                                        "checks": checks}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"results": results, "summary": summary, "checks": verdict(summary)}

@@ -16,20 +16,16 @@ Needs root (BPF); runs on the host kernel.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
 from rich.table import Table
 
 from scx_gpu.bench import overhead
@@ -159,23 +155,20 @@ def analysis_time(n: int) -> dict[str, Any]:
     return {"events": n, "cpu_seconds": time.process_time() - start}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    console = Console(log_path=False)
-    console.log("throughput")
-    results = {"throughput": throughput(args.seconds, 64),
-               "reader": reader_capacity(args.seconds)}
-    console.log("overhead")
-    results["overhead"] = tracer_overhead(args.reps, args.seconds)
-    console.log("probe cost")
-    results["probe_cost"] = probe_cost(args.reps, args.seconds)
-    console.log("analysis")
-    results["analysis"] = analysis_time(args.events)
+def run(reps: int, seconds: float, events: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every measure above: `scx-gpu bench tracer`."""
+    log("throughput")
+    results = {"throughput": throughput(seconds, 64), "reader": reader_capacity(seconds)}
+    log("overhead")
+    results["overhead"] = tracer_overhead(reps, seconds)
+    log("probe cost")
+    results["probe_cost"] = probe_cost(reps, seconds)
+    log("analysis")
+    results["analysis"] = analysis_time(events)
+    return results
+
+
+def render(results: dict[str, Any]) -> Table:
     table = Table(title="scx-gpu tracer benchmark")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -196,11 +189,4 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['placed_ns_per_hit']:,.0f} ns", "")
     table.add_row("entry / placed", f"{c['entry_over_placed']:.2f}x", "> 1")
     table.add_row(f"analysis of {a['events']:,} events", f"{a['cpu_seconds']:.1f} s", "< 20 s")
-    console.print(table)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return table

@@ -32,7 +32,7 @@ from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
-from tests.helpers import assert_one_line_error, scx_gpu
+from tests.helpers import assert_one_line_error, cpu_share, disabled, enabled, scx_gpu
 
 pytestmark = pytest.mark.vm
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
@@ -43,12 +43,12 @@ SPINNERS = program("spinners")
 def test_loads_and_detaches_on_signal(sig):
     proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    sc.wait_for(sc.enabled, 60, "state enabled, ops scx_gpu")
+    sc.wait_for(enabled, 60, "state enabled, ops scx_gpu")
     # Every thread of the control plane runs ahead of the normal tier's work.
     for task in Path(f"/proc/{proc.pid}/task").iterdir():
         assert os.getpriority(os.PRIO_PROCESS, int(task.name)) == loader.CONTROL_NICE
     proc.send_signal(sig)
-    took = sc.wait_for(sc.disabled, 2.0, "state disabled within 2 s")
+    took = sc.wait_for(disabled, 2.0, "state disabled within 2 s")
     proc.wait(timeout=10)
     assert took <= 2.0
     assert subprocess.run(["true"], timeout=5).returncode == 0  # still responsive
@@ -113,7 +113,7 @@ def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
                                    "--trusted-lib-dir", str(STUB.resolve().parent)],
                                   stdout=out, stderr=subprocess.STDOUT)
         try:
-            sc.wait_for(sc.enabled, 60, "the scheduler to load")
+            sc.wait_for(enabled, 60, "the scheduler to load")
             launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
                                          "--duration", "6", "--work-us", "100"],
                                         stdout=subprocess.PIPE, text=True)
@@ -236,7 +236,7 @@ def _start_loader(log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=out,
                                 stderr=subprocess.STDOUT)
-    sc.wait_for(sc.enabled, 60, "the scheduler to load")
+    sc.wait_for(enabled, 60, "the scheduler to load")
     return proc
 
 
@@ -254,7 +254,7 @@ def test_restarts_when_the_kernel_asks(tmp_path):
                 return bool(log.read_text().count("asked for a restart") >= n)
 
             sc.wait_for(restarted, 30, f"restart {restarts}")
-            sc.wait_for(sc.enabled, 30, "the scheduler to be enabled again")
+            sc.wait_for(enabled, 30, "the scheduler to be enabled again")
             assert loader.poll() is None, log.read_text()
     finally:
         online.write_text("1")
@@ -270,7 +270,7 @@ def test_reports_the_kernels_exit_reason_and_fails(tmp_path):
     assert loader.wait(timeout=30) == 1
     text = log.read_text()
     assert "scheduler exited" in text and "sysrq" in text.lower(), text
-    assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
+    assert disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
 
 
 def _tokens_per_s(**kwargs) -> float:
@@ -305,10 +305,10 @@ def test_gpu_tier_is_not_slowed_by_hogs():
 
 def test_batch_quota_holds_and_changes_at_run_time():
     with sc.loaded("--quota", "30"), noise.hogs(2 * NPROC, tier="batch"):
-        share_30 = sc.cpu_share(OWN_ROOT / "batch", 8)
+        share_30 = cpu_share(OWN_ROOT / "batch", 8)
         assert scx_gpu("quota", "set", "70").returncode == 0
         time.sleep(0.5)
-        share_70 = sc.cpu_share(OWN_ROOT / "batch", 8)
+        share_70 = cpu_share(OWN_ROOT / "batch", 8)
     print(json.dumps({"quota_30": share_30, "quota_70": share_70}))
     assert abs(share_30 - 0.30) <= 0.10, share_30
     assert abs(share_70 - 0.70) <= 0.10, share_70
@@ -351,7 +351,7 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
             trace.attach_tracepoints()
             with noise.hogs(2 * NPROC, tier="gpu"):
                 time.sleep(seconds)
-                assert sc.enabled(), "the kernel ejected the scheduler"
+                assert enabled(), "the kernel ejected the scheduler"
                 events, drops = trace.drain(), trace.drops()
         finally:
             trace.close()
@@ -437,7 +437,7 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
         storm = _spinners(20, 100, seconds)
         during = json.loads(launcher.communicate(timeout=240)[0])["tokens_per_s"]
         normal, hogs = _spun(storm), _spun(batch)
-        assert sc.enabled(), "the kernel ejected the scheduler"
+        assert enabled(), "the kernel ejected the scheduler"
     bound = {"normal": bounds.wait_bound_s(floor_ms, period_ms, normal["tasks"] + NPROC, NPROC),
              "batch": bounds.wait_bound_s(floor_ms, period_ms, hogs["tasks"], NPROC)}
     print(json.dumps({"launcher_ratio": during / alone, "normal": normal, "batch": hogs,
@@ -489,7 +489,7 @@ def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
             time.sleep(seconds / 2)
             dump = _dump_lines()
             report = _spun(normal)
-            assert sc.enabled(), "the kernel ejected the scheduler"
+            assert enabled(), "the kernel ejected the scheduler"
     bound = bounds.wait_bound_s(floor_ms, period_ms, tasks, NPROC)
     print(json.dumps({"normal": report, "bound_s": bound, "dump": dump}))
     assert report["ran"] == tasks and report["max_gap_s"] <= bound, (report, bound)
@@ -547,19 +547,19 @@ def test_bad_input_leaves_nothing_loaded(tmp_path):
     ]
     for args, code, needles in cases:
         assert_one_line_error(scx_gpu("load", *args), code, needles)
-        assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
+        assert disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
     nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                              *sc.SCX_GPU, "load"], capture_output=True, text=True)
     assert_one_line_error(nobody, 1, ["needs root"])
     with sc.loaded():
         assert_one_line_error(scx_gpu("load"), 1, ["already loaded", "scx_gpu"])
-    assert sc.disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
+    assert disabled() and not Path("/sys/fs/bpf/scx_gpu").exists()
 
 
 def test_comm_pattern_declares_batch_and_status_counts_tiers():
     with sc.loaded("--quota", "30", "--batch-comm", "stress*"), \
             noise.hogs(2 * NPROC) as cgroup:
-        share = sc.cpu_share(cgroup, 4)
+        share = cpu_share(cgroup, 4)
         tasks = sc.status()["scx_gpu"]["tier_tasks"]
         control = len(list(Path(f"/proc/{runstate.run_state()['pid']}/task").iterdir()))
     print(json.dumps({"share": share, "tier_tasks": tasks, "control_threads": control}))

@@ -18,7 +18,7 @@ from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import runstate
 from scx_gpu.controlplane.takeover import LOADER
 from tests.controlplane.fake_scx_loader import calls, fake_loader, last_call, private_bus
-from tests.helpers import assert_one_line_error, scx_gpu
+from tests.helpers import assert_one_line_error, disabled, enabled, scx_gpu
 
 pytestmark = pytest.mark.root
 NO_SCHED_EXT = "has no sched_ext"
@@ -105,6 +105,6 @@ def test_takeover_runs_scx_gpu_then_restarts_the_previous_scheduler(tmp_path):
         assert ours.returncode == 0, err
         assert "handed back to scx_loader: started scx_bpfland (mode 0)" in err, err
         sc.wait_for(lambda: runstate.run_state().get("config", {}).get("policy") == "fair"
-                    and sc.enabled(), 60, "the stand-in scheduler to be back")
+                    and enabled(), 60, "the stand-in scheduler to be back")
         assert calls(log) == ["StopScheduler", "StartScheduler"]
-    sc.wait_for(sc.disabled, 30, "the stand-in to detach with the fake service")
+    sc.wait_for(disabled, 30, "the stand-in to detach with the fake service")

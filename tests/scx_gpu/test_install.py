@@ -13,7 +13,7 @@ import pytest
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.runstate import run_state
-from tests.helpers import scx_gpu
+from tests.helpers import disabled, enabled, scx_gpu
 
 
 def installed(root: Path) -> tuple[str, str]:
@@ -61,12 +61,12 @@ def test_the_units_command_runs_the_scheduler_and_stops_cleanly(tmp_path):
            "SCX_GPU_FLAGS": "--quota 40 --batch-comm make*"}
     proc = subprocess.Popen(exec_start(unit), env=env, cwd=tmp_path)
     try:
-        sc.wait_for(lambda: sc.enabled() and bool(run_state()), 60, "the service's scheduler")
+        sc.wait_for(lambda: enabled() and bool(run_state()), 60, "the service's scheduler")
         assert sc.status()["scx_gpu"]["batch_quota_pct"] == 40
         assert run_state()["config"]["batch"]["comms"] == ["make*"]
     finally:
         proc.send_signal(signal.SIGTERM)  # what `systemctl stop` sends (KillSignal)
-    assert sc.wait_for(sc.disabled, 2.0, "state disabled within 2 s") <= 2.0
+    assert sc.wait_for(disabled, 2.0, "state disabled within 2 s") <= 2.0
     assert proc.wait(timeout=10) == 0  # a clean stop: Restart=on-failure leaves it stopped
 
 
@@ -120,19 +120,19 @@ def test_the_unit_under_systemd_restarts_after_a_crash_and_stops_cleanly(tmp_pat
 
         started = systemctl("start", "scx-gpu")
         assert started.returncode == 0, started.stderr
-        sc.wait_for(lambda: sc.enabled() and bool(run_state()), 60, "the service's scheduler")
+        sc.wait_for(lambda: enabled() and bool(run_state()), 60, "the service's scheduler")
         first = unit("MainPID")
         assert sc.status()["scx_gpu"]["batch_quota_pct"] == 40
         # A crash of the main process (the loader has no others): SIGKILL leaves no
         # time to detach; the kernel does, and systemd restarts the service.
         killed = systemctl("kill", "--kill-who=main", "-s", "KILL", "scx-gpu")
         assert killed.returncode == 0, killed.stderr
-        sc.wait_for(lambda: unit("MainPID") not in ("0", first) and sc.enabled()
+        sc.wait_for(lambda: unit("MainPID") not in ("0", first) and enabled()
                     and run_state().get("config", {}).get("quota") == 40, 60,
                     "systemd to restart the service")
         assert unit("NRestarts") == "1"
         stopped = systemctl("stop", "scx-gpu")
         assert stopped.returncode == 0, stopped.stderr
-        sc.wait_for(sc.disabled, 2.0, "state disabled within 2 s")
+        sc.wait_for(disabled, 2.0, "state disabled within 2 s")
         assert not run_state()
         assert (unit("ActiveState"), unit("Result")) == ("inactive", "success")

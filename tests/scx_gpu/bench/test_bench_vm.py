@@ -16,7 +16,7 @@ from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE
-from tests.helpers import TOKEN_VAR, leftovers, scx_gpu
+from tests.helpers import TOKEN_VAR, disabled, enabled, leftovers, scx_gpu
 
 pytestmark = pytest.mark.vm
 
@@ -29,7 +29,7 @@ def test_small_matrix_shows_the_large_effect(tmp_path):
                    "--policy", "stock,scx-gpu,scx-gpu-undeclared,fallback", "--reps", "1",
                    "--duration", "4", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert not leftovers(proc) and sc.disabled()
+    assert not leftovers(proc) and disabled()
     # The fallback turned the cpu controller on for its group, and off again.
     assert SUBTREE_CONTROL.read_text() == controllers
     rows = pd.read_parquet(out / results.RESULTS)
@@ -78,13 +78,13 @@ def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, TOKEN_VAR: token})
     sc.wait_for(lambda: (out / results.RESULTS).exists(), 120, "the first cell to complete")
-    sc.wait_for(sc.enabled, 60, "the second cell's scheduler")
+    sc.wait_for(enabled, 60, "the second cell's scheduler")
     time.sleep(2)
     os.killpg(bench.pid, signal.SIGINT)
     _, err = bench.communicate(timeout=60)
     assert bench.returncode == 130, err
     assert "interrupted" in err and f"kept in {out}" in err, err
-    sc.wait_for(sc.disabled, 10, "the scheduler to detach")
+    sc.wait_for(disabled, 10, "the scheduler to detach")
     bench.token = token  # type: ignore[attr-defined]
     assert not leftovers(bench)  # type: ignore[arg-type]
     assert (noise.NOISE_CGROUP / "cgroup.procs").read_text().strip() == ""
@@ -98,7 +98,7 @@ def test_wakeup_under_gpu_first():
     proc = scx_gpu("bench", "wakeup", "--policy", "stock,scx-gpu", "--reps", "1",
                    "--groups", "2", "--pairs", "4", "--loops", "50", "--format", "json")
     assert proc.returncode == 0, proc.stderr
-    assert not leftovers(proc) and sc.disabled()
+    assert not leftovers(proc) and disabled()
     report = json.loads(proc.stdout)
     summary = report["summary"]
     print(json.dumps({p: round(row["vs_stock"], 3) for p, row in summary.items()}))
