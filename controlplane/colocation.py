@@ -14,7 +14,6 @@ group, where batch comms and pids are moved).
 """
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ from pyroute2 import IPRoute
 from scx_gpu.controlplane import blkio, cgknobs, irqsteer, memlimits, netshape, skbprio
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
 from scx_gpu.controlplane.config import Config
+from scx_gpu.controlplane.runstate import RUN_DIR, read_json, write_json
 from scx_gpu.controlplane.tiers import own_cgroups
 from scx_gpu.errors import UsageError
 
-STATE = Path("/run/scx-gpu/colocation.json")
+STATE = RUN_DIR / "colocation.json"
 
 
 def wanted(config: Config) -> bool:
@@ -108,7 +108,7 @@ def applied(config: Config, emit: Callable[[str], None], batch: list[Path],
                 emit(f"scx-gpu: {k.cgroup}/{k.name} = {k.value}")
         if config.irq_steer:
             state["irqs"] = _irqs(stack, plan.irq_avoid, plan.irq_patterns, emit)
-        _save(state)
+        write_json(STATE, state)
         yield state
     emit("scx-gpu: co-location settings undone")
 
@@ -133,16 +133,7 @@ def _irqs(stack: contextlib.ExitStack, avoid: frozenset[int], patterns: list[str
     return [m.as_dict() for m in moves]
 
 
-def _save(state: dict[str, Any]) -> None:
-    STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps(state))
-
-
 def saved() -> dict[str, Any]:
     """What the running loader applied ({} when nothing)."""
-    try:
-        state: dict[str, Any] = json.loads(STATE.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state
+    return read_json(STATE)
 

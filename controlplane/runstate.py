@@ -1,5 +1,5 @@
 """What runs now: sched_ext's state in sysfs, and what `scx-gpu load` wrote
-about itself while it runs."""
+about itself under RUN_DIR while it runs."""
 
 import json
 import os
@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 SCHED_EXT = Path("/sys/kernel/sched_ext")
-RUN_STATE = Path("/run/scx-gpu/loader.json")
+RUN_DIR = Path("/run/scx-gpu")
+RUN_STATE = RUN_DIR / "loader.json"
 FALLBACK_MODE = "mainline-fallback"
 
 
@@ -21,15 +22,24 @@ def sched_ext_state() -> tuple[str | None, str | None]:
     return read(SCHED_EXT / "state"), read(SCHED_EXT / "root" / "ops")
 
 
-def run_state() -> dict[str, Any]:
-    """What the running loader wrote about itself ({} when none runs)."""
+def read_json(path: Path) -> dict[str, Any]:
+    """A state file the loader wrote ({} when there is none)."""
     try:
-        state: dict[str, Any] = json.loads(RUN_STATE.read_text())
+        state: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return state
 
 
+def write_json(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state))
+
+
+def run_state() -> dict[str, Any]:
+    """What the running loader wrote about itself ({} when none runs)."""
+    return read_json(RUN_STATE)
+
+
 def write_run_state(config: dict[str, Any], extra: dict[str, Any]) -> None:
-    RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
-    RUN_STATE.write_text(json.dumps({"pid": os.getpid(), "config": config, **extra}))
+    write_json(RUN_STATE, {"pid": os.getpid(), "config": config, **extra})

@@ -14,6 +14,7 @@ from pathlib import Path
 from scx_gpu.bpf import libbpf, maps, object_path
 from scx_gpu.bpf.bpfobject import BpfObject
 from scx_gpu.controlplane import intf
+from scx_gpu.controlplane.runstate import RUN_DIR
 
 OBJECT = "scx_gpu.bpf.o"
 STRUCT_OPS_MAP = "gpu_ops"
@@ -24,7 +25,7 @@ PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
 ZERO = c_uint32(0)
 # Held around each read-modify-write of the tunables: the loader (its quota
 # loop, membership changes) and `scx-gpu quota set` are separate processes.
-TUNABLES_LOCK = Path("/run/scx-gpu/tunables.lock")
+TUNABLES_LOCK = RUN_DIR / "tunables.lock"
 
 
 @dataclass(frozen=True)

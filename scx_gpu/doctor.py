@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from scx_gpu.bpf import libbpf, libcuda
+from scx_gpu.controlplane.runstate import SCHED_EXT
 from scx_gpu.errors import ScxGpuError
 
 OK, WARN, MISSING, INFO = "ok", "warn", "missing", "info"
-SCHED_EXT = Path("/sys/kernel/sched_ext")
 
 
 @dataclass(frozen=True)
