@@ -547,8 +547,8 @@ static bool floor_budget_left(u32 tier)
  * Floor service lasts one MIN_SLICE_NS: only a waking gpu task, which the
  * guarantee protects, cuts it short.
  */
-static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest, u32 than,
-		      bool waking_gpu)
+static bool cpu_claimable(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest, u32 than,
+			  bool waking_gpu)
 {
 	return c && c->tier != TIER_IDLE && c->tier >= lowest && c->tier > than &&
 	       (!c->floor || waking_gpu) && bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
@@ -561,7 +561,7 @@ static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 low
  * never take the same victim; the claim holds until the CPU runs its next
  * task (ops.running records that task's tier).
  */
-static s32 find_victim(struct task_struct *p, u32 tier, u64 enq_flags)
+static s32 claim_cpu(struct task_struct *p, u32 tier, u64 enq_flags)
 {
 	u32 lowest = tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
 	bool waking_gpu = tier == TIER_GPU && (enq_flags & SCX_ENQ_WAKEUP);
@@ -569,7 +569,7 @@ static s32 find_victim(struct task_struct *p, u32 tier, u64 enq_flags)
 	struct cpu_ctx *c = cpu_ctx_of(prev);
 	u32 best_tier = tier;
 
-	if (victim_ok(p, prev, c, lowest, best_tier, waking_gpu)) {
+	if (cpu_claimable(p, prev, c, lowest, best_tier, waking_gpu)) {
 		best = prev;
 		best_tier = c->tier;
 	}
@@ -577,7 +577,7 @@ static s32 find_victim(struct task_struct *p, u32 tier, u64 enq_flags)
 		if (cpu >= MAX_CPUS || best_tier == TIER_BATCH)
 			break;
 		c = cpu_ctx_of(cpu);
-		if (victim_ok(p, cpu, c, lowest, best_tier, waking_gpu)) {
+		if (cpu_claimable(p, cpu, c, lowest, best_tier, waking_gpu)) {
 			best = cpu;
 			best_tier = c->tier;
 		}
@@ -601,7 +601,7 @@ static void count_preemption(u32 tier)
  * waits in its queue. A task whose slice ran out lands here only when another
  * gpu task waited for its CPU, so it too looks for a CPU to take.
  */
-static void enqueue_gpu(struct task_struct *p, u64 enq_flags)
+static void queue_gpu_task(struct task_struct *p, u64 enq_flags)
 {
 	s32 cpu;
 
@@ -611,7 +611,7 @@ static void enqueue_gpu(struct task_struct *p, u64 enq_flags)
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		return;
 	}
-	cpu = find_victim(p, TIER_GPU, enq_flags);
+	cpu = claim_cpu(p, TIER_GPU, enq_flags);
 	if (cpu >= 0) {
 		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
 		count_preemption(TIER_GPU);
@@ -631,8 +631,8 @@ static u64 normal_deadline(struct task_struct *p, struct task_ctx *tctx, u64 now
 	return (tctx && tctx->runnable_at ? tctx->runnable_at : now) + lag;
 }
 
-static void enqueue_normal(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags,
-			   u64 now)
+static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags,
+			      u64 now)
 {
 	s32 cpu;
 
@@ -640,7 +640,7 @@ static void enqueue_normal(struct task_struct *p, struct task_ctx *tctx, u64 enq
 			 enq_flags & ~SCX_ENQ_HEAD);
 	if (fair_only || !(enq_flags & SCX_ENQ_WAKEUP))
 		return;
-	cpu = find_victim(p, TIER_NORMAL, enq_flags);
+	cpu = claim_cpu(p, TIER_NORMAL, enq_flags);
 	if (cpu >= 0) {
 		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 		count_preemption(TIER_NORMAL);
@@ -670,13 +670,13 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
 	if (tier == TIER_GPU)
-		enqueue_gpu(p, enq_flags);
+		queue_gpu_task(p, enq_flags);
 	else if (tier == TIER_BATCH)
 		dsq_insert_vtime(p, dsq_of(TIER_BATCH, 0), batch_slice_ns,
 				 tctx && tctx->runnable_at ? tctx->runnable_at : now,
 				 enq_flags & ~SCX_ENQ_HEAD);
 	else
-		enqueue_normal(p, tctx, enq_flags, now);
+		queue_normal_task(p, tctx, enq_flags, now);
 	/*
 	 * SCX_ENQ_LAST: dispatch already keeps a runnable task that may go on,
 	 * so this is batch over its quota, which waits for the next period
