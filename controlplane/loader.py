@@ -36,6 +36,7 @@ from scx_gpu.controlplane import (
     trust,
 )
 from scx_gpu.controlplane.detector import BackgroundDetach, Detach, Detector
+from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
     BpfScheduler,
@@ -50,6 +51,7 @@ SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
 FALLBACK_MODE = "mainline-fallback"
 POLL_S = 0.1
+FALLBACK_BUDGET_BANK_S = 0.5
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
@@ -280,6 +282,13 @@ class Loader:
         self.last_quota_change = change
         self._save_run_state()
 
+    def _gpu_budget(self) -> GpuBudget:
+        """The scheduler's gpu budgets, for the fallback's renice; it banks
+        several polls, since a poll may come late on a loaded host."""
+        return GpuBudget(self.config.gpu_proc_budget_pct, self.config.gpu_budget_pct,
+                         os.cpu_count() or 1, self.config.period_ms / 1000,
+                         bank_s=FALLBACK_BUDGET_BANK_S)
+
     def _rescanner(self) -> libcuda.Rescanner | None:
         """libcuda discovery, running; none for the fair policy (no detection)."""
         if self.config.policy == "fair":
@@ -386,7 +395,7 @@ class FallbackLoader(Loader):
         detach = BackgroundDetach(sched.destroy_link)
         detector = self._detector(sched, detach)
         renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
-                                   self.config.scope == "process")
+                                   self.config.scope == "process", self._gpu_budget())
         scanner = self._rescanner()
         try:
             group.create(self.config.start_quota(), self.config.period_ms, os.cpu_count() or 1)

@@ -23,9 +23,10 @@
  *  - floor service: a normal or batch task at the head of its queue that has
  *    waited F runs next, ahead of the gpu tier, in slices of s, within f% of
  *    all CPUs per period per tier (batch's also within its quota, which is
- *    at least f). Only a waking gpu thread preempts it, so floor service
- *    never delays one; a task whose floor slice it cut short keeps its place
- *    (its wait goes on). A gpu thread whose slice ended waits at most s,
+ *    at least f), the tier whose head has waited longer first. Only a
+ *    waking gpu thread preempts it, so floor service never delays one; a
+ *    task whose floor slice it cut short keeps its place (its wait goes
+ *    on). A gpu thread whose slice ended waits at most s,
  *    and floor slices alternate with queued gpu work. The gpu tier keeps at
  *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
  *  - the normal slice shrinks to slice * C / queued (not below s) so a round
@@ -725,6 +726,31 @@ static bool serve_floor(u32 tier, s32 cpu, u64 now)
 	return false;
 }
 
+/* When the head of @tier's queue became runnable; FOREVER when none. */
+static u64 head_since(u32 tier)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+
+	bpf_for_each(scx_dsq, p, dsq_of(tier, 0), 0) {
+		tctx = task_ctx_of(p);
+		return tctx && tctx->runnable_at ? tctx->runnable_at : FOREVER;
+	}
+	return FOREVER;
+}
+
+/*
+ * Floor service for the tier whose head has waited longer first: a storm
+ * in one tier leaves the other's longest waiter its turn.
+ */
+static bool serve_floors(s32 cpu, u64 now)
+{
+	u32 first = head_since(TIER_BATCH) < head_since(TIER_NORMAL) ? TIER_BATCH : TIER_NORMAL;
+
+	return serve_floor(first, cpu, now) ||
+	       serve_floor(first == TIER_BATCH ? TIER_NORMAL : TIER_BATCH, cpu, now);
+}
+
 /*
  * Charge @p's run since tctx->run_at: its tier's runtime, the batch quota,
  * the floor share, a tagged thread's budgets (over them: classify it again).
@@ -792,8 +818,7 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	struct cpu_ctx *c = cpu_ctx_of(cpu);
 
 	/* Floor slices alternate with waiting gpu tasks: one at a time ahead of them. */
-	if (!(after_floor && queued(dsq_of(TIER_GPU, 0))) &&
-	    (serve_floor(TIER_NORMAL, cpu, now) || serve_floor(TIER_BATCH, cpu, now)))
+	if (!(after_floor && queued(dsq_of(TIER_GPU, 0))) && serve_floors(cpu, now))
 		return;
 	/* A queue of the same tier as prev goes first: round robin within a tier. */
 	if (dsq_move_to_local(dsq_of(TIER_GPU, 0)))
