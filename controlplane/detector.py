@@ -6,9 +6,16 @@ emulation), while a tag lives gpu_ttl anyway. So the probes are attached
 for a window once per period: a thread that keeps launching is re-tagged
 every period, well inside its ttl, at a fraction of the always-on cost.
 A window is timed from when its probes are in place: attaching a probe per
-entry point can take longer than the window itself under emulation.
+entry point can take longer than the window itself under emulation. Its
+probes can be detached on a thread of their own: each detach waits for the
+kernel's RCU grace periods (0.1-0.2 s a probe, about 1 s for a window's
+eight on the test host, more under load), and in the control plane's loop
+that wait held back, window after window, the renicing of the threads the
+window had just tagged.
 """
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,6 +46,9 @@ class Detector:
     _links: list[int] = field(default_factory=list)
     _inodes: set[tuple[int, int]] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
+    detach_in_background: bool = False
+    _pending: "queue.SimpleQueue[int | None]" = field(default_factory=queue.SimpleQueue)
+    _detacher: threading.Thread | None = None
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
@@ -92,7 +102,7 @@ class Detector:
 
     def _close_window(self) -> None:
         for link in self._links:
-            self.detach(link)
+            self._detach(link)
         self._links.clear()
         if self._window_start is not None:
             self._attached_s += self.clock() - self._window_start
@@ -105,5 +115,25 @@ class Detector:
         elapsed = now - self._started
         return (self._attached_s + open_s) / elapsed if elapsed > 0 else 0.0
 
+    def _detach(self, link: int) -> None:
+        if not self.detach_in_background:
+            self.detach(link)
+            return
+        if self._detacher is None:
+            self._detacher = threading.Thread(target=self._detach_queued, name="uprobe-detach",
+                                              daemon=True)
+            self._detacher.start()
+        self._pending.put(link)
+
+    def _detach_queued(self) -> None:
+        while (link := self._pending.get()) is not None:
+            self.detach(link)
+
     def close(self) -> None:
+        """Detach every probe, and wait for detaches under way (before the
+        object that made the links is freed)."""
         self._close_window()
+        if self._detacher is not None:
+            self._pending.put(None)
+            self._detacher.join()
+            self._detacher = None

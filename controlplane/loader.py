@@ -233,7 +233,8 @@ class Loader:
 
     def _detector(self, sched: BpfScheduler) -> Detector:
         return Detector(sched.attach_detector, sched.destroy_link,
-                        self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000)
+                        self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
+                        detach_in_background=True)
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,

@@ -1,6 +1,8 @@
 """The duty cycle of the launch detector, on a fake clock and fake probes."""
 
 import errno
+import threading
+import time
 from pathlib import Path
 
 from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, Detector
@@ -68,3 +70,33 @@ def test_missing_entry_points_are_skipped_and_windows_repeat(tmp_path):
     assert abs(det.duty_cycle() - 0.2) < 0.05
     det.close()
     assert not probes.live
+
+
+def test_background_detach_holds_back_neither_tick_nor_the_next_window(tmp_path):
+    """A real detach waits for the kernel's RCU grace periods (about 1 s a window
+    on the test host): queued to a thread, the window closes at once, the next
+    one opens on time, and close() waits until every probe is gone."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    release = threading.Event()
+
+    def slow_detach(link: int) -> None:
+        release.wait(0.5)
+        probes.detach(link)
+
+    det = Detector(probes.attach, slow_detach, window_s=0.2, period_s=1.0,
+                   clock=lambda: probes.now, detach_in_background=True)
+    det.add_libraries([lib])
+    det.tick()
+    first = set(probes.live)
+    probes.now = 0.3
+    began = time.monotonic()
+    det.tick()
+    assert time.monotonic() - began < 0.25, "closing the window waited for its detaches"
+    probes.now = 1.0
+    det.tick()
+    assert len(probes.live) == 2 * len(LAUNCH_SYMBOLS), "the next window did not open"
+    release.set()
+    det.close()
+    assert not probes.live and first
