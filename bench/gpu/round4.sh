@@ -5,7 +5,8 @@
 # 4, whether the fallback with nothing declared reaches 95% of batch-idle
 # there. Run as root from a copy of the repository with the built BPF objects
 # (scx_gpu/bpf/), the workload programs (scx_gpu/workloads/bin/), .carry/lib
-# (libbpf.so.1, libelf.so.1) and .carry/py (jeepney); results go to $OUT, for
+# (libbpf.so.1, libelf.so.1) and .carry/py (jeepney and pyroute2, which the
+# control plane imports and the image lacks); results go to $OUT, for
 # docs/results/h200/round4/.
 #   sh bench/gpu/round4.sh start      copy the tree to $WORK/root and run the chain
 #                                     from there in the background (its own session,
