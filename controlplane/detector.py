@@ -6,12 +6,12 @@ emulation), while a tag lives gpu_ttl anyway. So the probes are attached
 for a window once per period: a thread that keeps launching is re-tagged
 every period, well inside its ttl, at a fraction of the always-on cost.
 A window is timed from when its probes are in place: attaching a probe per
-entry point can take longer than the window itself under emulation. Its
-probes can be detached on a thread of their own: each detach waits for the
-kernel's RCU grace periods (0.1-0.2 s a probe, about 1 s for a window's
-eight on the test host, more under load), and in the control plane's loop
-that wait held back, window after window, the renicing of the threads the
-window had just tagged.
+entry point can take longer than the window itself under emulation.
+Detaching waits for the kernel's RCU grace periods (0.1-0.2 s a probe, about
+1 s for a window's eight on the test host, more under load); done in the
+control plane's loop, it would hold back the next window and the renicing
+of the threads a window has just tagged, so the loader has the probes
+detached on a thread of their own (detach_in_background).
 """
 
 import queue
@@ -46,7 +46,7 @@ class Detector:
     _links: list[int] = field(default_factory=list)
     _inodes: set[tuple[int, int]] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
-    detach_in_background: bool = False
+    detach_in_background: bool = False  # the loader's choice; off: each detach in tick()
     _pending: "queue.SimpleQueue[int | None]" = field(default_factory=queue.SimpleQueue)
     _detacher: threading.Thread | None = None
     _window_start: float | None = None
