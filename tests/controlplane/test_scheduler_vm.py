@@ -93,12 +93,13 @@ def test_a_launch_tag_dies_with_its_thread():
                                  "--work-us", "100"], stdout=subprocess.DEVNULL)
         tagged: list[int] = []
 
+        # In this process: starting `scx-gpu status` takes seconds under emulation.
         def seen() -> bool:
-            tagged[:] = sc.status()["scx_gpu"]["gpu_tagged_ids"]
+            tagged[:] = status.collect()["scx_gpu"]["gpu_tagged_ids"]
             return bool(tagged)
         sc.wait_for(seen, 10, "the launcher's thread to be tagged")
         proc.wait(timeout=60)
-        sc.wait_for(lambda: not set(tagged) & set(sc.status()["scx_gpu"]["gpu_tagged_ids"]),
+        sc.wait_for(lambda: not set(tagged) & set(status.collect()["scx_gpu"]["gpu_tagged_ids"]),
                     5, f"the tags of exited threads {tagged} to go")
 
 
