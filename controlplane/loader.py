@@ -35,7 +35,7 @@ from scx_gpu.controlplane import (
     tiers,
     trust,
 )
-from scx_gpu.controlplane.detector import BackgroundDetach, Detach, Detector
+from scx_gpu.controlplane.detector import BackgroundDetach, Detector
 from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
@@ -248,11 +248,12 @@ class Loader:
         self.emit(f"scx-gpu: {exit_message(info)}")
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
 
-    def _detector(self, sched: BpfScheduler, detach: Detach) -> Detector:
+    def _detector(self, sched: BpfScheduler, detach: BackgroundDetach) -> Detector:
         tags_fd = sched.map_fd("gpu_tags")
         return Detector(sched.attach_detector, detach,
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
-                        ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd))
+                        ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
+                        detaching=detach.pending)
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,

@@ -147,3 +147,23 @@ def test_background_detach_holds_back_neither_tick_nor_the_next_window(tmp_path)
     det.close()
     detach.close()
     assert not probes.live and first
+
+
+def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_does_not(
+        tmp_path):
+    # Each detach costs the whole machine grace periods: with nothing tagged,
+    # windows may come no faster than the kernel takes their probes away.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes, detaching, tags = FakeProbes(attach_s=0.0), [False], {}
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(tags), clock=lambda: probes.now,
+                   detaching=lambda: detaching[0])
+    det.add_libraries([lib])
+    assert run(det, probes, until=0.5), "the first window did not open"
+    detaching[0] = True  # its probes take long to go
+    assert not run(det, probes, until=3.0), "a window opened while probes were detaching"
+    tags[7] = int(probes.now * 1e9)  # a live tag half way to expiry: renew it anyway
+    probes.now += 1.5
+    det.tick()
+    assert probes.live, "a renewal waited for the detach"
