@@ -446,10 +446,9 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
     # above the 0.5 ms slice the bound counts on (stock: 22 s gaps alone):
     # here the normal tasks must run well inside the watchdog's timeout.
     assert normal["max_gap_s"] < intf.TIMEOUT_MS / 1000, (normal, bound)
-    # Issue 13 asks 80%: not met (0.54-0.62 measured under emulation). The
-    # old core was ejected by the watchdog here; without detaching probes in
-    # the background the launcher's tags expired and it kept 0.05-0.17.
-    assert during >= 0.40 * alone, (during, alone)
+    # The old core was ejected by the watchdog here; with the detector's
+    # detach in its loop the launcher's tags expired and it kept 0.05-0.17.
+    assert during >= 0.80 * alone, (during, alone)
 
 
 def _dump_lines() -> list[str]:
