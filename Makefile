@@ -14,8 +14,8 @@ BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 	-fms-extensions -Wno-microsoft-anon-tag -Isched/bpf -Itracer
 SETUP_STAMP := $(VENV)/.setup-stamp
 WL      := scx_gpu/workloads
-PROGRAMS := $(WL)/bin/launcher $(WL)/bin/libcuda.so.1 $(WL)/bin/libcudart.so.13 \
-	$(WL)/bin/wakebench
+PROGRAMS := $(WL)/bin/launcher $(WL)/bin/spinners $(WL)/bin/libcuda.so.1 \
+	$(WL)/bin/libcudart.so.13 $(WL)/bin/wakebench
 CFLAGS  ?= -O2 -g -Wall -Wextra -Werror
 
 vpath %.bpf.c sched/bpf tracer
@@ -53,6 +53,11 @@ $(WL)/bin/libcudart.so.13: $(WL)/cudart_stub.c $(WL)/bin/libcuda.so.1
 $(WL)/bin/launcher: $(WL)/launcher.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -pthread -o $@ $< -ldl
+
+# The task storm of the scheduler's VM tests.
+$(WL)/bin/spinners: $(WL)/spinners.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -pthread -o $@ $<
 
 # The wake-up microbenchmark (`scx-gpu bench wakeup`).
 $(WL)/bin/wakebench: $(WL)/wakebench.c

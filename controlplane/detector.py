@@ -1,17 +1,24 @@
 """Duty-cycled GPU detection: launch uprobes attached in short windows.
 
 A uprobe traps on every call of the probed function whatever the BPF
-program does (about 0.4 us per launch on an H200 host, 45 us under
+program does (about 0.8 us per hit on an H200 host (round 3), 45 us under
 emulation), while a tag lives gpu_ttl anyway. So the probes are attached
 for a window once per period: a thread that keeps launching is re-tagged
 every period, well inside its ttl, at a fraction of the always-on cost.
 A window is timed from when its probes are in place: attaching a probe per
 entry point can take longer than the window itself under emulation.
-Detaching waits for the kernel's RCU grace periods (0.1-0.2 s a probe, about
-1 s for a window's eight on the test host, more under load); done in the
-control plane's loop, it would hold back the next window and the renicing
-of the threads a window has just tagged, so the loader has the probes
-detached on a thread of their own (detach_in_background).
+
+Detaching a probe waits for the kernel's grace periods: 1.5 s for the 8
+entry points of an idle guest, 12-40 s behind a storm of 2,000 runnable
+tasks. In the control plane's loop that held back the next windows until
+busy launchers' tags expired, so the loader detaches on a thread of its own
+(BackgroundDetach): a probe stops firing as soon as its unregistering begins.
+
+The duty cycle adapts: a window closes as soon as every thread tagged when
+it opened has launched again (a busy launcher: within milliseconds), and
+while threads are tagged the next window opens only when their tags are
+half way to expiry (never sooner than a period). The share of time the
+probes are attached is the share of a busy launcher's launches they hit.
 """
 
 import queue
@@ -33,6 +40,46 @@ LAUNCH_SYMBOLS = (
 
 Attach = Callable[[Path, str], int]
 Detach = Callable[[int], None]
+# Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
+Tags = Callable[[], dict[int, int]]
+FAST_POLL_S = 0.005  # while a window waits for tagged threads to launch again
+
+
+def no_tags() -> dict[int, int]:
+    return {}
+
+
+class BackgroundDetach:
+    """A Detach that returns at once: the links are destroyed in order on a
+    thread of its own; close() waits until every one given is gone."""
+
+    def __init__(self, detach: Detach) -> None:
+        self._detach = detach
+        self._links: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0  # given, not yet destroyed
+        self._thread = threading.Thread(target=self._run, name="probe-detach", daemon=True)
+        self._thread.start()
+
+    def __call__(self, link: int) -> None:
+        with self._lock:
+            self._pending += 1
+        self._links.put(link)
+
+    def _run(self) -> None:
+        while (link := self._links.get()) is not None:
+            self._detach(link)
+            with self._lock:
+                self._pending -= 1
+
+    def pending(self) -> bool:
+        """Links given that are not destroyed yet."""
+        with self._lock:
+            return self._pending > 0
+
+    def close(self) -> None:
+        self._links.put(None)
+        self._thread.join()
 
 
 @dataclass
@@ -41,18 +88,22 @@ class Detector:
     detach: Detach
     window_s: float
     period_s: float
+    ttl_s: float = 0.0
+    tags: Tags = no_tags
     libraries: list[Path] = field(default_factory=list)
     symbols: dict[Path, list[str]] = field(default_factory=dict)
     _links: list[int] = field(default_factory=list)
     _inodes: set[tuple[int, int]] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
-    detach_in_background: bool = False  # the loader's choice; off: each detach in tick()
-    _pending: "queue.SimpleQueue[int | None]" = field(default_factory=queue.SimpleQueue)
-    _detacher: threading.Thread | None = None
+    # Probes of a closed window still being detached: a window that looks for
+    # new launchers waits for them (each costs the whole machine grace
+    # periods); one that renews live tags does not.
+    detaching: Callable[[], bool] = lambda: False
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
     _started: float = 0.0
+    _awaited: set[int] = field(default_factory=set)  # tagged when the window opened
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -81,10 +132,37 @@ class Detector:
     def tick(self) -> None:
         """Open or close the attach window as the duty cycle says."""
         now = self.clock()
-        if self._window_start is not None and now - self._window_start >= self.window_s:
-            self._close_window()
-        elif self._window_start is None and now >= self._next_window and self.libraries:
+        if self._window_start is not None:
+            if now - self._window_start >= self.window_s or self._renewed():
+                self._close_window()
+                self._schedule_next()
+        elif (now >= self._next_window and self.libraries
+              and (self._live_tags() or not self.detaching())):
             self._open_window()
+
+    def poll_s(self, idle_s: float) -> float:
+        """How soon tick() should run again: often while a window awaits launches."""
+        return min(idle_s, FAST_POLL_S) if self._awaited else idle_s
+
+    def _live_tags(self) -> dict[int, int]:
+        now_ns = int(self.clock() * 1e9)
+        return {k: seen for k, seen in self.tags().items()
+                if now_ns - seen < self.ttl_s * 1e9}
+
+    def _renewed(self) -> bool:
+        """Every thread tagged at the window's opening launched since (or is gone)."""
+        if not self._awaited or self._window_start is None:
+            return False
+        opened_ns = int(self._window_start * 1e9)
+        tags = self.tags()
+        return all(tags.get(k, opened_ns) >= opened_ns for k in self._awaited)
+
+    def _schedule_next(self) -> None:
+        """Tags live: when the oldest is half way to expiry; else a period on."""
+        live = self._live_tags()
+        if live:
+            renew = min(live.values()) / 1e9 + self.ttl_s / 2
+            self._next_window = max(self._next_window, renew)
 
     def _open_window(self) -> None:
         begun = self.clock()
@@ -99,14 +177,16 @@ class Detector:
             self.symbols[lib] = attached
         self._window_start = self.clock()
         self._next_window = begun + self.period_s
+        self._awaited = set(self._live_tags())
 
     def _close_window(self) -> None:
         for link in self._links:
-            self._detach(link)
+            self.detach(link)
         self._links.clear()
         if self._window_start is not None:
             self._attached_s += self.clock() - self._window_start
         self._window_start = None
+        self._awaited = set()
 
     def duty_cycle(self) -> float:
         """Share of wall time the probes were attached (a full window) since start."""
@@ -115,25 +195,5 @@ class Detector:
         elapsed = now - self._started
         return (self._attached_s + open_s) / elapsed if elapsed > 0 else 0.0
 
-    def _detach(self, link: int) -> None:
-        if not self.detach_in_background:
-            self.detach(link)
-            return
-        if self._detacher is None:
-            self._detacher = threading.Thread(target=self._detach_queued, name="uprobe-detach",
-                                              daemon=True)
-            self._detacher.start()
-        self._pending.put(link)
-
-    def _detach_queued(self) -> None:
-        while (link := self._pending.get()) is not None:
-            self.detach(link)
-
     def close(self) -> None:
-        """Detach every probe, and wait for detaches under way (before the
-        object that made the links is freed)."""
         self._close_window()
-        if self._detacher is not None:
-            self._pending.put(None)
-            self._detacher.join()
-            self._detacher = None

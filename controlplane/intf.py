@@ -16,10 +16,16 @@ class Scope(IntEnum):
 
 
 NR_TIERS = 3
+# The bounds the scheduler is built around (intf.h).
+TIMEOUT_MS = 20000
+FLOOR_PCT = 10
+MIN_SLICE_US = 500
+DESIGN_RUNNABLE = 1000
 WAIT_BUCKETS = 32
 COMM_LEN = 16
 EXIT_REASON_LEN = 128
 EXIT_MSG_LEN = 1024
+EXIT_DUMP_LEN = 4096
 
 
 class TierStats(Structure):
@@ -36,7 +42,11 @@ class Stats(Structure):
         ("tier", TierStats * NR_TIERS),
         ("batch_throttled_ns", c_uint64),
         ("floor_dispatches", c_uint64),
+        ("slice_kicks", c_uint64),
         ("detector_hits", c_uint64),
+        ("cpu_mismatches", c_uint64),
+        ("classifications", c_uint64),
+        ("budget_demotions", c_uint64),
     ]
 
 
@@ -47,6 +57,7 @@ class Tunables(Structure):
         ("batch_period_ns", c_uint64),
         ("floor_ns", c_uint64),
         ("gpu_ttl_ns", c_uint64),
+        ("tier_gen", c_uint64),
     ]
 
 
@@ -61,6 +72,7 @@ class ExitInfo(Structure):
         ("exit_code", c_int64),
         ("reason", c_char * EXIT_REASON_LEN),
         ("msg", c_char * EXIT_MSG_LEN),
+        ("dump", c_char * EXIT_DUMP_LEN),
     ]
 
 

@@ -33,13 +33,16 @@ from scx_gpu.controlplane import (
     stats,
     stats_socket,
     tiers,
+    trust,
 )
-from scx_gpu.controlplane.detector import Detector
+from scx_gpu.controlplane.detector import BackgroundDetach, Detector
+from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
     BpfScheduler,
     ReadOnlyOptions,
     comm_prefix_lens,
+    gpu_tag_times,
     unpin,
 )
 from scx_gpu.errors import EnvironmentProblem, ScxGpuError, UsageError
@@ -48,10 +51,11 @@ SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_STATE = Path("/run/scx-gpu/loader.json")
 FALLBACK_MODE = "mainline-fallback"
 POLL_S = 0.1
+FALLBACK_BUDGET_BANK_S = 0.5
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
-CONTROL_NICE = -20  # in the normal tier, ahead of its other work (never of the gpu tier)
+CONTROL_NICE = -20  # ahead of the normal tier's other work; the detector thread is gpu tier
 
 
 def sched_ext_state() -> tuple[str | None, str | None]:
@@ -109,8 +113,12 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
         nr_cpus=os.cpu_count() or 1,
         fair_only=config.policy == "fair",
         gpu_preempts_normal=config.gpu_preempts_normal,
+        gpu_allow_set=bool(config.gpu_allow),
+        gpu_budget_pct=config.gpu_budget_pct,
+        gpu_proc_budget_pct=config.gpu_proc_budget_pct,
         sched_idle_is_batch=config.sched_idle_batch,
         detect_scope=intf.Scope[config.scope.upper()],
+        control_tgid=os.getpid(),
     )
 
 
@@ -121,11 +129,16 @@ def tunables(config: Config) -> intf.Tunables:
                          floor_ns=config.floor_ms * 10**6, gpu_ttl_ns=config.gpu_ttl_ms * 10**6)
 
 
+DUMP_MARK = "scx_gpu: tier"  # the lines ops.dump writes: each tier's queue and oldest waiter
+
+
 def exit_message(info: intf.ExitInfo) -> str:
     reason = info.reason.decode(errors="replace")
     msg = info.msg.decode(errors="replace")
+    tiers = [line.strip() for line in info.dump.decode(errors="replace").splitlines()
+             if DUMP_MARK in line]
     return f"scheduler exited (kind {info.kind}, code {info.exit_code:#x}): {reason}" + (
-        f": {msg}" if msg else "")
+        f": {msg}" if msg else "") + "".join(f"\n  {line}" for line in tiers)
 
 
 class Loader:
@@ -138,6 +151,7 @@ class Loader:
         self.stop = threading.Event()
         self.took_over: scx_loader.Running | None = None  # scx_loader's, started on exit
         self.last_quota_change: autoquota.Change | None = None
+        self.refused: set[Path] = set()  # libcuda files reported untrusted, once each
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()
@@ -192,6 +206,7 @@ class Loader:
             sched.load()
             sched.write_tunables(tunables(self.config))
             tiers.populate(sched, self.config, tiers.own_cgroups())
+            tiers.populate_gpu_allow(sched, self.config.gpu_allow)
             unpin()
             sched.pin()
             sched.attach_ops()
@@ -203,7 +218,8 @@ class Loader:
 
     def _run_once(self) -> int:
         sched = self._load()
-        detector = self._detector(sched)
+        detach = BackgroundDetach(sched.destroy_link)
+        detector = self._detector(sched, detach)
         server = (metrics.MetricsServer(metrics.parse_addr(self.config.metrics_addr),
                                         lambda: self._snapshot(sched, detector))
                   if self.config.metrics_addr else None)
@@ -223,7 +239,8 @@ class Loader:
                 server.close()
             detector.close()
             unpin()
-            sched.close()
+            sched.close()  # the scheduler first: probes may take seconds to detach
+            detach.close()
             RUN_STATE.unlink(missing_ok=True)
         if info is None:
             self.emit("scx-gpu: detached")
@@ -231,10 +248,12 @@ class Loader:
         self.emit(f"scx-gpu: {exit_message(info)}")
         return RESTART if info.exit_code & intf.ECODE_ACT_RESTART else 1
 
-    def _detector(self, sched: BpfScheduler) -> Detector:
-        return Detector(sched.attach_detector, sched.destroy_link,
+    def _detector(self, sched: BpfScheduler, detach: BackgroundDetach) -> Detector:
+        tags_fd = sched.map_fd("gpu_tags")
+        return Detector(sched.attach_detector, detach,
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
-                        detach_in_background=True)
+                        ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
+                        detaching=detach.pending)
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
@@ -264,14 +283,34 @@ class Loader:
         self.last_quota_change = change
         self._save_run_state()
 
+    def _gpu_budget(self) -> GpuBudget:
+        """The scheduler's gpu budgets, for the fallback's renice; it banks
+        several polls, since a poll may come late on a loaded host."""
+        return GpuBudget(self.config.gpu_proc_budget_pct, self.config.gpu_budget_pct,
+                         os.cpu_count() or 1, self.config.period_ms / 1000,
+                         bank_s=FALLBACK_BUDGET_BANK_S)
+
     def _rescanner(self) -> libcuda.Rescanner | None:
         """libcuda discovery, running; none for the fair policy (no detection)."""
         if self.config.policy == "fair":
             return None
         return libcuda.Rescanner(self.config.cuda_libs, self.config.rescan_s).start()
 
+    def _trusted(self, found: list[libcuda.CudaLib]) -> list[libcuda.CudaLib]:
+        """The files the operator trusts; each other one is reported once."""
+        dirs = [Path(os.path.realpath(d)) for d in self.config.trusted_lib_dirs]
+        ok = []
+        for lib in found:
+            why = trust.untrusted(lib, dirs)
+            if why is None:
+                ok.append(lib)
+            elif lib.path not in self.refused:
+                self.refused.add(lib.path)
+                self.emit(f"scx-gpu: not probing {lib.path} ({lib.source}): {why}")
+        return ok
+
     def _probe_found(self, scanner: libcuda.Rescanner | None, detector: Detector) -> None:
-        found = scanner.found() if scanner else []
+        found = self._trusted(scanner.found() if scanner else [])
         for lib in detector.add_libraries([lib.path for lib in found]):
             source = next(f.source for f in found if f.path == lib)
             self.emit(f"scx-gpu: probing {lib} ({source})")
@@ -292,7 +331,7 @@ class Loader:
                 current = sched.read_stats()
                 self._print_stats(sched, stats.diff(current, before), now - last_stats, detector)
                 before, last_stats = current, now
-            self.stop.wait(POLL_S)
+            self.stop.wait(detector.poll_s(POLL_S))
         return None
 
     def _print_stats(self, sched: BpfScheduler, delta: intf.Stats, interval: float,
@@ -350,12 +389,14 @@ class FallbackLoader(Loader):
             sched.detector_only()
             sched.set_options(read_only_options(self.config))
             sched.load()
+            tiers.populate_gpu_allow(sched, self.config.gpu_allow)
         except BaseException:
             sched.close()
             raise
-        detector = self._detector(sched)
+        detach = BackgroundDetach(sched.destroy_link)
+        detector = self._detector(sched, detach)
         renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
-                                   self.config.scope == "process")
+                                   self.config.scope == "process", self._gpu_budget())
         scanner = self._rescanner()
         try:
             group.create(self.config.start_quota(), self.config.period_ms, os.cpu_count() or 1)
@@ -371,6 +412,7 @@ class FallbackLoader(Loader):
             members.undo()
             detector.close()
             sched.close()
+            detach.close()
             RUN_STATE.unlink(missing_ok=True)
 
     def _fallback_loop(self, detector: Detector, renicer: fallback.Renicer,
@@ -386,4 +428,4 @@ class FallbackLoader(Loader):
             if now - last_members >= MEMBER_SCAN_S:  # reads every /proc/PID/comm
                 members.scan()
                 last_members = now
-            self.stop.wait(POLL_S)
+            self.stop.wait(detector.poll_s(POLL_S))

@@ -31,8 +31,12 @@ class ReadOnlyOptions:
     nr_cpus: int
     fair_only: bool
     gpu_preempts_normal: bool
+    gpu_allow_set: bool  # only the gpu_allow maps' users and cgroups may be tagged
+    gpu_budget_pct: int  # tagged threads, all together: share of all CPUs
+    gpu_proc_budget_pct: int  # ... and one process's
     sched_idle_is_batch: bool
     detect_scope: int
+    control_tgid: int  # the control plane's process: all its threads in the gpu tier
 
 
 class BpfScheduler(BpfObject):
@@ -80,7 +84,11 @@ class BpfScheduler(BpfObject):
         return intf.ExitInfo.from_buffer_copy(value.raw, offset)
 
     def set_tier(self, map_name: str, key: ctypes._CData, tier: intf.Tier) -> None:
+        """Add a member; tasks' cached tiers are looked up again (a new generation)."""
         maps.update(self.map_fd(map_name), key, c_uint32(tier))
+        tunables = self.read_tunables()
+        tunables.tier_gen += 1
+        self.write_tunables(tunables)
 
     def pin(self, directory: Path = PIN_DIR) -> None:
         """Pin the maps `status` and `quota` use, readable by root only."""
@@ -133,12 +141,18 @@ def unpin(directory: Path = PIN_DIR) -> None:
 
 
 
-def live_gpu_tags(tags_fd: int, ttl_ns: int) -> list[int]:
-    """Thread (or process) ids in gpu_tags whose last launch is younger than the ttl."""
-    now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
-    live = []
+def gpu_tag_times(tags_fd: int) -> dict[int, int]:
+    """Thread (or process) id -> its last launch (ns of CLOCK_MONOTONIC, as
+    bpf_ktime_get_ns() reads it), for every id in gpu_tags."""
+    times = {}
     for key in list(maps.keys(tags_fd, c_uint32)):
         seen = maps.lookup(tags_fd, key, c_uint64)
-        if seen is not None and now - seen.value < ttl_ns:
-            live.append(key.value)
-    return sorted(live)
+        if seen is not None:
+            times[key.value] = seen.value
+    return times
+
+
+def live_gpu_tags(tags_fd: int, ttl_ns: int) -> list[int]:
+    """Thread (or process) ids in gpu_tags whose last launch is younger than the ttl."""
+    now = time.monotonic_ns()
+    return sorted(k for k, seen in gpu_tag_times(tags_fd).items() if now - seen < ttl_ns)

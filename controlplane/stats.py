@@ -17,7 +17,11 @@ def diff(now: Stats, before: Stats) -> Stats:
             o.wait_hist[i] = a.wait_hist[i] - b.wait_hist[i]
     out.batch_throttled_ns = now.batch_throttled_ns - before.batch_throttled_ns
     out.floor_dispatches = now.floor_dispatches - before.floor_dispatches
+    out.slice_kicks = now.slice_kicks - before.slice_kicks
     out.detector_hits = now.detector_hits - before.detector_hits
+    out.cpu_mismatches = now.cpu_mismatches - before.cpu_mismatches
+    out.classifications = now.classifications - before.classifications
+    out.budget_demotions = now.budget_demotions - before.budget_demotions
     return out
 
 
@@ -65,6 +69,7 @@ class Summary:
             hist = list(ts.wait_hist)
             tiers[tier.name.lower()] = {
                 "cpu_pct": 100.0 * ts.runtime_ns / 1e9 / self.interval_s if self.interval_s else 0,
+                "runtime_s": ts.runtime_ns / 1e9,
                 "runs": ts.runs,
                 "preemptions": ts.preemptions,
                 "wait_p50_us": wait_percentile_ns(hist, 0.50) / 1000,
@@ -77,7 +82,11 @@ class Summary:
             "batch_quota_pct": self.quota_pct,
             "batch_throttled_ms": self.stats.batch_throttled_ns / 1e6,
             "floor_dispatches": self.stats.floor_dispatches,
+            "slice_kicks": self.stats.slice_kicks,
             "detector_hits": self.stats.detector_hits,
+            "cpu_mismatches": self.stats.cpu_mismatches,
+            "classifications": self.stats.classifications,
+            "budget_demotions": self.stats.budget_demotions,
             "detector_duty_pct": 100.0 * self.duty_cycle,
         }
 

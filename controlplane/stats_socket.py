@@ -41,7 +41,14 @@ META: dict[str, Any] = {
               "batch_quota_pct": _field("u64", "batch share of all CPUs per period, %"),
               "batch_throttled_ms": _field("float", "CPU time idle while batch waited on quota"),
               "floor_dispatches": _field("u64", "starving tasks the floor served"),
+              "slice_kicks": _field("u64", "slices shorter than the tick ended by the timer"),
               "detector_hits": _field("u64", "launch-probe hits"),
+              "cpu_mismatches": _field("u64", "per-CPU records found holding another task "
+                                       "(a scheduler bug; stays 0)"),
+              "classifications": _field("u64", "tiers looked up in the membership maps "
+                                        "(a task's cached tier serves until it may change)"),
+              "budget_demotions": _field("u64", "tagged threads moved to the normal tier by "
+                                         "the gpu budgets"),
               "detector_duty_pct": _field("float", "share of time the probes are attached, %"),
           }},
     "tier": {"name": "tier", "desc": "one tier's counters",

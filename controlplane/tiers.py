@@ -1,10 +1,12 @@
 """Tier membership besides detection: cgroups, comms, pids; `scx-gpu run`."""
 
 import os
+import pwd
 from ctypes import c_uint32, c_uint64
 from pathlib import Path
 
 from scx_gpu.config import Config, TierMembers
+from scx_gpu.controlplane import maps
 from scx_gpu.controlplane.intf import Tier
 from scx_gpu.controlplane.scheduler import BpfScheduler, comm_key
 from scx_gpu.errors import EnvironmentProblem, UsageError
@@ -55,6 +57,34 @@ def check_members(config: Config) -> None:
     for members in (config.gpu, config.batch):
         for spec in members.cgroups:
             cgroup_id(cgroup_path(spec))
+    gpu_allow(config.gpu_allow)
+
+
+def gpu_allow(specs: list[str]) -> tuple[list[int], list[int]]:
+    """--gpu-allow as (user ids, cgroup ids): a spec with a '/' is a cgroup,
+    digits a user id, anything else a user name."""
+    uids, cgroups = [], []
+    for spec in specs:
+        if "/" in spec:
+            cgroups.append(cgroup_id(cgroup_path(spec)))
+        elif spec.isdigit():
+            uids.append(int(spec))
+        else:
+            try:
+                uids.append(pwd.getpwnam(spec).pw_uid)
+            except KeyError:
+                raise UsageError(f"--gpu-allow {spec}: no such user (a cgroup path needs "
+                                 "a '/')") from None
+    return uids, cgroups
+
+
+def populate_gpu_allow(sched: BpfScheduler, specs: list[str]) -> None:
+    """Who may be tagged: the detector's maps (sched_ext and the fallback alike)."""
+    uids, cgroups = gpu_allow(specs)
+    for uid in uids:
+        maps.update(sched.map_fd("gpu_allow_uids"), c_uint32(uid), c_uint32(1))
+    for cgid in cgroups:
+        maps.update(sched.map_fd("gpu_allow_cgroups"), c_uint64(cgid), c_uint32(1))
 
 
 def populate(sched: BpfScheduler, config: Config, own: dict[Tier, Path]) -> None:

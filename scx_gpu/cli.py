@@ -12,7 +12,7 @@ from rich.table import Table
 from scx_gpu import __version__, config, doctor, install, status
 from scx_gpu.bench.cli import bench_group
 from scx_gpu.colocation_options import as_settings, colocation_options
-from scx_gpu.controlplane import autoquota, fallback, loader, maps, stats_socket, tiers
+from scx_gpu.controlplane import autoquota, bounds, fallback, loader, maps, stats_socket, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 from scx_gpu.vm import image as vm_image
 from scx_gpu.vm import kernel as vm_kernel
@@ -133,7 +133,7 @@ def _quota(value: str | None) -> int | str | None:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"quota {value!r}: a percentage 0-100, or 'auto'") from None
+        raise UsageError(f"quota {value!r}: {config.QUOTA_VALUES}") from None
 
 
 @cli.command("load")
@@ -141,20 +141,33 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file; flags override it.")
 @click.option("--quota", callback=lambda ctx, param, value: _quota(value),
-              help="Batch share of all CPUs per period, 0-100 [50], or 'auto' (a closed "
-                   "loop on the gpu tier's wait p99).")
+              help=f"Batch share of all CPUs per period, {bounds.MIN_QUOTA_PCT}-100 [50], or "
+                   "'auto' (a closed loop on the gpu tier's wait p99).")
 @click.option("--gpu-wait-target", "gpu_wait_target_us", type=float,
               help="quota auto: the gpu tier's wait p99 to hold, in us [50].")
-@click.option("--auto-quota-min", type=int, help="quota auto: the lowest quota [5].")
+@click.option("--auto-quota-min", type=int,
+              help=f"quota auto: the lowest quota [{bounds.MIN_QUOTA_PCT}].")
 @click.option("--auto-quota-max", type=int, help="quota auto: the highest quota [100].")
 @click.option("--period-ms", type=int, help="Batch quota period [100].")
 @click.option("--floor-ms", type=int, help="Longest wait of a normal or batch task [1000].")
 @click.option("--gpu-ttl-ms", type=int, help="How long a launch keeps a thread in the gpu tier.")
 @click.option("--scope", type=str, help="Tag the launching 'thread' [default] or 'process'.")
+@click.option("--gpu-budget", "gpu_budget_pct", type=int,
+              help="Share of all CPUs that tagged threads may take, % "
+                   f"[{config.Config.gpu_budget_pct}]; beyond it they run in the normal tier.")
+@click.option("--gpu-proc-budget", "gpu_proc_budget_pct", type=int,
+              help="The same for one process's tagged threads, % "
+                   f"[{config.Config.gpu_proc_budget_pct}].")
 @click.option("--detect-window-ms", type=int, help="Launch probes attached this long ... [100]")
 @click.option("--detect-period-ms", type=int, help="... once per this period [1000].")
 @click.option("--cuda-lib", "cuda_libs", multiple=True, help="Also probe this libcuda (repeat).")
+@click.option("--trusted-lib-dir", "trusted_lib_dirs", multiple=True,
+              help="Probe a libcuda that processes map from under this folder, a container "
+                   "root say (repeat); others only from the linker cache and driver paths.")
 @click.option("--rescan-s", type=float, help="Look for new libcuda files this often [10].")
+@click.option("--gpu-allow", multiple=True,
+              help="Only these may enter the gpu tier by launching (repeat): a user name or "
+                   "UID, or a cgroup path (with a '/'; its subtree too). Default: anyone.")
 @click.option("--batch-cgroup", multiple=True, help="cgroup v2 path whose tasks are batch.")
 @click.option("--batch-comm", multiple=True, help="Task name, or 'prefix*', that is batch.")
 @click.option("--batch-pid", type=int, multiple=True, help="Thread/process id that is batch.")
@@ -180,7 +193,9 @@ def _quota(value: str | None) -> int | str | None:
               help="Do not load: print the running scheduler's statistics every MONITOR s.")
 @colocation_options
 def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
-             batch_cgroup: tuple[str, ...], batch_comm: tuple[str, ...],
+             trusted_lib_dirs: tuple[str, ...], gpu_allow: tuple[str, ...],
+             batch_cgroup: tuple[str, ...],
+             batch_comm: tuple[str, ...],
              batch_pid: tuple[int, ...], gpu_cgroup: tuple[str, ...], gpu_comm: tuple[str, ...],
              gpu_pid: tuple[int, ...], quiet: bool, as_json: bool, print_config: bool,
              monitor: float | None, **flags: object) -> None:
@@ -190,6 +205,8 @@ def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
         return
     flags["sched_idle_batch"] = flags.pop("sched_idle_batch")
     flags["cuda_libs"] = list(cuda_libs) or None
+    flags["trusted_lib_dirs"] = list(trusted_lib_dirs) or None
+    flags["gpu_allow"] = list(gpu_allow) or None
     flags["batch"] = _members(batch_cgroup, batch_comm, batch_pid)
     flags["gpu"] = _members(gpu_cgroup, gpu_comm, gpu_pid)
     as_settings(flags)
@@ -226,11 +243,11 @@ def quota_get_cmd() -> None:
 @quota_group.command("set")
 @click.argument("quota")
 def quota_set_cmd(quota: str) -> None:
-    """Set the batch quota to QUOTA, a percentage of all CPUs (0-100, at once
-    and fixed from then on) or 'auto' (the closed loop takes over from here)."""
+    """Set the batch quota to QUOTA, a percentage of all CPUs (at once and
+    fixed from then on) or 'auto' (the closed loop takes over from here)."""
     value = _quota(quota)
-    if isinstance(value, int) and not 0 <= value <= 100:
-        raise UsageError(f"quota {value} is outside 0-100 (percent of all CPUs)")
+    if isinstance(value, int):
+        config.check_quota_pct(value)
     fd, tun = loader.pinned_tunables()
     try:
         # The mode first: the loop must not overwrite a fixed value set after it.

@@ -5,10 +5,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.controlplane import bounds
 from scx_gpu.controlplane.metrics import parse_addr
 from scx_gpu.errors import UsageError
 
 POLICIES = ("gpu-first", "fair")
+QUOTA_VALUES = f"a percentage {bounds.MIN_QUOTA_PCT}-100, or 'auto'"
 SCOPES = ("thread", "process")
 FALLBACKS = ("refuse", "auto", "mainline")
 
@@ -33,17 +35,21 @@ class Config:
     batch_slice_us: int = 2000
     scope: str = "thread"            # tag the launching thread or its whole process
     gpu_preempts_normal: bool = True
+    gpu_budget_pct: int = 95         # tagged threads may take this share of all CPUs ...
+    gpu_proc_budget_pct: int = 90    # ... and those of one process this share
     sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
     detect_window_ms: int = 100      # launch probes attached this long ...
     detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
     rescan_s: float = 10.0           # look for new libcuda files this often
     cuda_libs: list[str] = field(default_factory=list)
+    trusted_lib_dirs: list[str] = field(default_factory=list)  # probe libcuda found under these
+    gpu_allow: list[str] = field(default_factory=list)  # only these may be tagged: users, cgroups
     stats_interval_s: float = 1.0
     fallback: str = "refuse"         # without sched_ext: refuse, or mainline mechanisms
     metrics_addr: str = ""           # Prometheus text on HOST:PORT (a bare PORT: loopback)
     takeover: bool = False           # stop scx_loader's scheduler, start it again on exit
     gpu_wait_target_us: float = 50.0  # quota auto: the gpu tier's wait p99 to hold
-    auto_quota_min: int = 5          # quota auto moves between these ...
+    auto_quota_min: int = bounds.MIN_QUOTA_PCT  # quota auto moves between these ...
     auto_quota_max: int = 100
     auto_quota_step: int = 5         # ... up this much per control period
     auto_quota_period_s: float = 1.0
@@ -88,6 +94,10 @@ class Config:
             raise UsageError(f"batch_io_weight {self.batch_io_weight}: 1-10000 (the rest: 100)")
         if self.detect_window_ms > self.detect_period_ms:
             raise UsageError("detect_window_ms must not exceed detect_period_ms")
+        for name in ("gpu_budget_pct", "gpu_proc_budget_pct"):
+            if not 1 <= getattr(self, name) <= 100:
+                raise UsageError(f"{name} {getattr(self, name)}: 1-100 (percent of all CPUs)")
+        self._validate_bound()
         for tier in (self.gpu, self.batch):
             for comm in tier.comms:
                 name = comm.removesuffix("*")
@@ -96,17 +106,27 @@ class Config:
                                      "kernel's limit), or such a prefix followed by one '*'")
         return self
 
+    def _validate_bound(self) -> None:
+        """The wait bound must stay well inside the kernel's watchdog."""
+        bound = bounds.design_bound_s(self.floor_ms, self.period_ms)
+        if bound > bounds.watchdog_margin_s():
+            raise UsageError(
+                f"floor_ms {self.floor_ms} and period_ms {self.period_ms} give a normal/batch "
+                f"wait bound of {bound:.1f} s, over {bounds.watchdog_margin_s():.0f} s (half "
+                "the kernel watchdog's timeout): lower them")
+
     def _validate_quota(self) -> None:
         if isinstance(self.quota, str):
             if self.quota != "auto":
-                raise UsageError(f"quota {self.quota!r}: a percentage 0-100, or 'auto'")
+                raise UsageError(f"quota {self.quota!r}: {QUOTA_VALUES}")
             if self.fallback == "mainline":
                 raise UsageError("quota auto follows the sched_ext scheduler's wait histogram; "
                                  "the mainline fallback takes a fixed --quota")
-        elif not 0 <= self.quota <= 100:
-            raise UsageError(f"quota {self.quota} is outside 0-100 (percent of all CPUs)")
-        if not 0 <= self.auto_quota_min <= self.auto_quota_max <= 100:
-            raise UsageError("auto_quota_min and auto_quota_max: 0 <= min <= max <= 100")
+        else:
+            check_quota_pct(self.quota)
+        if not bounds.MIN_QUOTA_PCT <= self.auto_quota_min <= self.auto_quota_max <= 100:
+            raise UsageError(f"auto_quota_min and auto_quota_max: {bounds.MIN_QUOTA_PCT} <= "
+                             "min <= max <= 100")
 
     @property
     def auto_quota(self) -> bool:
@@ -118,6 +138,14 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_quota_pct(pct: int) -> None:
+    """A fixed quota: at least the batch tier's floor share, at most every CPU."""
+    if not bounds.MIN_QUOTA_PCT <= pct <= 100:
+        raise UsageError(f"quota {pct} is outside {bounds.MIN_QUOTA_PCT}-100 (percent of all "
+                         f"CPUs; batch's floor service, which bounds its waits, takes up to "
+                         f"{bounds.MIN_QUOTA_PCT})")
 
 
 def _members(raw: Any, where: str) -> TierMembers:

@@ -14,6 +14,21 @@
 /* The iterator bpf_for_each() (libbpf's bpf_helpers.h) declares. */
 #define BPF_FOR_EACH_ITER (&___it)
 
+/* printf-style wrappers of the sched_ext *_bstr kfuncs (error exit, debug dump). */
+#define SCX_GPU_BSTR(kfunc, fmt, args...)					\
+({										\
+	static char ___fmt[] = fmt;						\
+	unsigned long long ___param[___bpf_narg(args)];				\
+										\
+	_Pragma("GCC diagnostic push")						\
+	_Pragma("GCC diagnostic ignored \"-Wint-conversion\"")			\
+	___bpf_fill(___param, args);						\
+	_Pragma("GCC diagnostic pop")						\
+	kfunc(___fmt, ___param, sizeof(___param));				\
+})
+#define scx_gpu_error(fmt, args...)	SCX_GPU_BSTR(scx_bpf_error_bstr, fmt, ##args)
+#define scx_gpu_dump(fmt, args...)	SCX_GPU_BSTR(scx_bpf_dump_bstr, fmt, ##args)
+
 #define BPF_STRUCT_OPS(name, args...) \
 	SEC("struct_ops/" #name) BPF_PROG(name, ##args)
 #define BPF_STRUCT_OPS_SLEEPABLE(name, args...) \

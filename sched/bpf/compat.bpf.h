@@ -3,8 +3,10 @@
  * sched_ext kfuncs whose names changed across kernels: 6.12 has
  * scx_bpf_dispatch*() and scx_bpf_consume(), 6.13 renamed them to
  * scx_bpf_dsq_insert*() and scx_bpf_dsq_move_to_local(), 7.x adds ___v2
- * variants. Weak declarations plus bpf_ksym_exists() let the verifier drop
- * the branches a kernel lacks, so one object loads on all of them. libbpf
+ * variants and __scx_bpf_dsq_insert_vtime() taking an argument struct (the
+ * form kernels keep once they drop the older names). Weak declarations plus
+ * bpf_ksym_exists() let the verifier drop the branches a kernel lacks, so
+ * one object loads on all of them. libbpf
  * resolves a ksym by its name up to the last "___" suffix, hence the
  * ___compat names below.
  */
@@ -36,7 +38,13 @@ static __always_inline void dsq_insert(struct task_struct *p, u64 dsq_id, u64 sl
 static __always_inline void dsq_insert_vtime(struct task_struct *p, u64 dsq_id, u64 slice,
 					     u64 vtime, u64 enq_flags)
 {
-	if (bpf_ksym_exists(scx_bpf_dsq_insert_vtime))
+	struct scx_bpf_dsq_insert_vtime_args args = {
+		.dsq_id = dsq_id, .slice = slice, .vtime = vtime, .enq_flags = enq_flags,
+	};
+
+	if (bpf_ksym_exists(__scx_bpf_dsq_insert_vtime))
+		__scx_bpf_dsq_insert_vtime(p, &args);
+	else if (bpf_ksym_exists(scx_bpf_dsq_insert_vtime))
 		scx_bpf_dsq_insert_vtime(p, dsq_id, slice, vtime, enq_flags);
 	else
 		scx_bpf_dispatch_vtime___compat(p, dsq_id, slice, vtime, enq_flags);
@@ -58,6 +66,15 @@ static __always_inline bool dsq_move(struct bpf_iter_scx_dsq *it, struct task_st
 	if (bpf_ksym_exists(scx_bpf_dsq_move))
 		return scx_bpf_dsq_move(it, p, dsq_id, enq_flags);
 	return scx_bpf_dispatch_from_dsq___compat(it, p, dsq_id, enq_flags);
+}
+
+/* Re-enqueue the tasks in this CPU's local queue (7.x: the ___v2 variant). */
+static __always_inline void reenqueue_local(void)
+{
+	if (bpf_ksym_exists(scx_bpf_reenqueue_local___v2))
+		scx_bpf_reenqueue_local___v2();
+	else
+		scx_bpf_reenqueue_local();
 }
 
 #endif /* __SCX_GPU_COMPAT_BPF_H */

@@ -21,11 +21,24 @@ enum scx_gpu_scope {
 	SCOPE_PROCESS	= 1,	/* tag every thread of the launching process */
 };
 
+/*
+ * The bounds the scheduler is built around (see the design comment in
+ * scx_gpu.bpf.c); the control plane refuses a configuration whose
+ * normal/batch wait bound could reach the watchdog's timeout.
+ */
+enum {
+	TIMEOUT_MS	= 20000,	/* ops.timeout_ms: the kernel's watchdog */
+	FLOOR_PCT	= 10,	/* per tier, of all CPUs per period: floor service */
+	MIN_SLICE_US	= 500,	/* shortest slice; floor service runs in these */
+	DESIGN_RUNNABLE	= 1000,	/* runnable tasks per CPU the bound is checked at */
+};
+
 enum {
 	WAIT_BUCKETS	= 32,	/* log2(ns) buckets: 1 ns .. ~4 s */
 	COMM_LEN	= 16,
 	EXIT_REASON_LEN	= 128,
 	EXIT_MSG_LEN	= 1024,
+	EXIT_DUMP_LEN	= 4096,	/* the head of the kernel's dump: ours comes first */
 };
 
 struct tier_stats {
@@ -40,7 +53,11 @@ struct scx_gpu_stats {
 	struct tier_stats tier[NR_TIERS];
 	__u64 batch_throttled_ns;	/* CPU idle while batch waited on the quota */
 	__u64 floor_dispatches;		/* starving normal/batch tasks served first */
+	__u64 slice_kicks;		/* short slices the slice timer ended */
 	__u64 detector_hits;		/* launch-probe hits */
+	__u64 cpu_mismatches;		/* ops.stopping saw another task on its CPU's record */
+	__u64 classifications;		/* tiers looked up in the maps (not the cached one) */
+	__u64 budget_demotions;		/* tagged threads moved out of the gpu tier by a budget */
 };
 
 /* Run-time tunables: one entry in the `tunables` array map. */
@@ -50,6 +67,7 @@ struct scx_gpu_tunables {
 	__u64 batch_period_ns;
 	__u64 floor_ns;			/* longest wait of a normal/batch task */
 	__u64 gpu_ttl_ns;		/* a launch keeps its thread in the gpu tier this long */
+	__u64 tier_gen;			/* bumped when membership maps change */
 };
 
 /* Key of tier_comm_prefixes: a task name pattern "prefix*". */
@@ -65,6 +83,7 @@ struct scx_gpu_exit {
 	__s64 exit_code;
 	char reason[EXIT_REASON_LEN];
 	char msg[EXIT_MSG_LEN];
+	char dump[EXIT_DUMP_LEN];
 };
 
 #endif /* __SCX_GPU_INTF_H */

@@ -2,16 +2,51 @@
 /*
  * scx_gpu: a sched_ext scheduler that runs GPU-launching threads first.
  *
- * Three tiers, dispatched gpu > normal > batch on every CPU:
+ * Three tiers, each a queue per scheduling domain (one domain today; the
+ * queue id is computed from (tier, domain) so that per-LLC domains only add
+ * queues):
  *  - gpu: threads that called a CUDA launch entry point within gpu_ttl (the
- *    detect_launch uprobe tags them), or pinned there by the operator. A
- *    waking gpu task takes an idle CPU, else preempts a CPU running a lower
+ *    detect_launch uprobe tags them), or pinned there by the operator. FIFO.
+ *    A waking gpu task takes an idle CPU, else preempts a CPU running a lower
  *    tier at once.
- *  - normal: everything else, weighted virtual-time fair.
- *  - batch: runs only on CPU time the others leave idle, within a quota of
- *    all CPUs per period.
- * A starvation floor serves any normal or batch task that waited longer
- * than floor_ns first, so the kernel's watchdog never fires on them.
+ *  - normal: everything else, in deadline order: deadline = the time it
+ *    became runnable + min(slice * 100 / weight, floor_ns). Whoever became
+ *    runnable before a task's deadline runs before it, so the head is never
+ *    more than floor_ns younger than the longest waiter.
+ *  - batch: runs only on CPU time the others leave idle, within a quota of all
+ *    CPUs per period, FIFO by the time it became runnable.
+ * A CPU keeps running its task when its slice ends and nothing of the same
+ * or a higher tier waits (batch over its quota yields).
+ *
+ * Guarantees (defaults: slice 5 ms, batch slice 2 ms, period P = 100 ms,
+ * floor_ns F = 1 s, FLOOR_PCT f = 10, MIN_SLICE_US s = 0.5 ms, C CPUs):
+ *  - floor service: a normal or batch task at the head of its queue that has
+ *    waited F runs next, ahead of the gpu tier, in slices of s, within f% of
+ *    all CPUs per period per tier (batch's also within its quota, which is
+ *    at least f), the tier whose head has waited longer first. Only a
+ *    waking gpu thread preempts it, so floor service never delays one; a
+ *    task whose floor slice it cut short keeps its place (its wait goes
+ *    on). A gpu thread whose slice ended waits at most s,
+ *    and floor slices alternate with queued gpu work. The gpu tier keeps at
+ *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
+ *  - the normal slice shrinks to slice * C / queued (not below s) so a round
+ *    over N runnable normal tasks takes N * s / C; a slice timer enforces
+ *    slices shorter than the kernel's tick.
+ *  - a runnable normal or batch task (N runnable in its tier) waits at most
+ *    2F + P + N * s / (C * f / 100): 7.1 s at N = DESIGN_RUNNABLE (1000) per
+ *    CPU, against ops.timeout_ms = TIMEOUT_MS (20 s); the control plane
+ *    refuses settings whose bound exceeds half of it. Waits count from when
+ *    a task became runnable (ops.runnable, or the end of its last run).
+ *  - batch gets at least f% of all CPUs per period while it starves and at
+ *    most its quota (the control plane refuses a quota below f).
+ *  - a launch tag is a claim any local user can make, so detected gpu
+ *    threads are metered: all the CPU time of a process's tagged threads,
+ *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
+ *    all of them against gpu_budget_pct % (95), as token buckets banking
+ *    one slice. A process over either runs in the normal tier, in slices of
+ *    s, until back within it, and its debt never exceeds a period: over-use costs the
+ *    gpu tier at most P after it stops. The control plane and
+ *    operator-pinned members are not metered.
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -19,15 +54,14 @@
 
 char _license[] SEC("license") = "GPL";
 
-#define DSQ_GPU		1
-#define DSQ_NORMAL	2
-#define DSQ_BATCH	3
+#define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
 #define MAX_CPUS	1024
-#define CGROUP_DEPTH	8
-#define FLOOR_SCAN	16	/* queued tasks the floor looks at per dispatch */
 #define SCHED_IDLE	5
+#define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
+#define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
 #define CLOCK_MONOTONIC	1
+#define FOREVER		(~0ULL >> 1)	/* a tier that no clock expires */
 
 /* Read-only options, set by the control plane before load. */
 const volatile u64 slice_ns = 5 * NSEC_PER_MSEC;
@@ -37,6 +71,10 @@ const volatile bool fair_only;		/* policy "fair": no tiers at all */
 const volatile bool gpu_preempts_normal = true;
 const volatile bool sched_idle_is_batch;
 const volatile u32 detect_scope = SCOPE_THREAD;
+const volatile s32 control_tgid;	/* the control plane: every thread of it */
+const volatile bool gpu_allow_set;	/* only gpu_allow_uids/_cgroups may be tagged */
+const volatile u32 gpu_budget_pct = 100;	/* detected gpu threads, all together */
+const volatile u32 gpu_proc_budget_pct = 100;	/* ... and one process's */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -59,6 +97,19 @@ struct {
 	__type(key, u32);
 	__type(value, u64);
 } gpu_tags SEC(".maps");
+
+/*
+ * The budgets of detected gpu threads as GCRA token buckets: when each bucket
+ * is empty again (its theoretical arrival time), per process and for all.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32);
+	__type(value, u64);
+} proc_budgets SEC(".maps");
+
+u64 tier_budget_tat;
 
 /* Operator-pinned membership: pid/tgid, cgroup id (and its subtree), comm. */
 struct {
@@ -89,6 +140,21 @@ struct {
 	__type(value, u32);
 } tier_comm_prefixes SEC(".maps");
 
+/* --gpu-allow: who may be tagged by a launch (user ids; cgroups and their subtrees). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, u32);
+	__type(value, u32);
+} gpu_allow_uids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, u64);
+	__type(value, u32);
+} gpu_allow_cgroups SEC(".maps");
+
 /* Tasks in each tier, as of their last classification. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -98,10 +164,19 @@ struct {
 } tier_tasks SEC(".maps");
 
 struct task_ctx {
-	u64 enq_at;
+	u64 runnable_at;	/* became runnable (or stopped running, still runnable) */
+	u64 waited_from;	/* runnable_at of the wait that its current run ended */
 	u64 run_at;
+	u64 floor_at;		/* when the floor dispatched it: switching in counts too */
+	u64 gen;		/* tier_generation() when classified */
+	u64 tier_until;		/* the tier holds until then (a launch tag's expiry) */
+	u64 comm[2];		/* the name it was classified under */
+	u64 cgroup;		/* ... and the id of its cgroup (v2) */
+	u32 policy;
 	u32 tier;
-	bool floor_served;	/* dispatched by the starvation floor */
+	bool classified;
+	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
+	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 };
 
 struct {
@@ -113,6 +188,9 @@ struct {
 
 struct cpu_ctx {
 	u32 tier;		/* tier of the task running, or TIER_IDLE */
+	s32 pid;		/* the task running, 0 when none of ours */
+	bool floor;		/* it runs floor service: only a waking gpu task preempts */
+	u64 slice_end;		/* a slice shorter than the tick ends here; 0: none */
 	u64 throttled_since;	/* went idle with batch held back by the quota */
 };
 
@@ -123,19 +201,23 @@ struct {
 	__type(value, struct cpu_ctx);
 } cpu_ctxs SEC(".maps");
 
-struct period_timer {
+struct timer_slot {
 	struct bpf_timer timer;
 };
 
+enum { PERIOD_TIMER, SLICE_TIMER, NR_TIMERS };
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, NR_TIMERS);
 	__type(key, u32);
-	__type(value, struct period_timer);
-} period_timers SEC(".maps");
+	__type(value, struct timer_slot);
+} timers SEC(".maps");
 
-u64 vtime_now;
-u64 batch_used_ns;	/* batch CPU time in the current quota period */
+u64 batch_used_ns;		/* batch CPU time in the current quota period */
+u64 floor_used_ns[NR_TIERS];	/* floor service per tier in the current period */
+u32 slice_timer_armed;
+u64 new_tags;			/* launch tags that were not live before */
 struct scx_gpu_exit exit_info;
 
 static const u32 zero;
@@ -160,6 +242,24 @@ static struct task_ctx *task_ctx_of(struct task_struct *p)
 	return bpf_task_storage_get(&task_ctxs, p, NULL, 0);
 }
 
+/* The queue of @tier in scheduling domain @dom. */
+static u64 dsq_of(u32 tier, u32 dom)
+{
+	return ((u64)dom << DOMAIN_SHIFT) | tier;
+}
+
+/* Tasks in a queue; a negative count is the kernel saying the queue is gone. */
+static u32 queued(u64 dsq_id)
+{
+	s32 n = scx_bpf_dsq_nr_queued(dsq_id);
+
+	if (n < 0) {
+		scx_gpu_error("queue %llu: nr_queued %d", dsq_id, n);
+		return 0;
+	}
+	return n;
+}
+
 static u32 log2_bucket(u64 v)
 {
 	u32 b = 0;
@@ -171,24 +271,46 @@ static u32 log2_bucket(u64 v)
 	return b;
 }
 
+/*
+ * @p's value in a map keyed by cgroup id: the deepest listed ancestor's, so
+ * a subtree inherits. The cgroup's ancestors array holds every level, from
+ * the root (0) to itself. Probe reads only: this runs in uprobes too.
+ */
+static u32 *cgroup_lookup(struct task_struct *p, void *map)
+{
+	u64 css = (u64)BPF_CORE_READ(p, cgroups), cgrp, ancestors, id;
+	struct cgroup *anc;
+	s32 level, i;
+	u32 *value;
+
+	/*
+	 * Addresses as plain numbers read with probe reads: given a typed
+	 * cgroup pointer, the compiler may fold the offset into it, and the
+	 * verifier refuses a variable offset on a trusted pointer.
+	 */
+	if (bpf_probe_read_kernel(&cgrp, sizeof(cgrp),
+				  (void *)(css + bpf_core_field_offset(struct css_set, dfl_cgrp))) ||
+	    bpf_probe_read_kernel(&level, sizeof(level),
+				  (void *)(cgrp + bpf_core_field_offset(struct cgroup, level))))
+		return NULL;
+	ancestors = cgrp + bpf_core_field_offset(struct cgroup, ancestors);
+	bpf_for(i, 0, level + 1) {
+		if (bpf_probe_read_kernel(&anc, sizeof(anc),
+					  (void *)(ancestors + (u64)(level - i) * sizeof(anc))) || !anc)
+			break;
+		id = BPF_CORE_READ(anc, kn, id);
+		value = bpf_map_lookup_elem(map, &id);
+		if (value)
+			return value;
+	}
+	return NULL;
+}
+
 static u32 cgroup_tier(struct task_struct *p)
 {
-	struct cgroup *cgrp = p->cgroups->dfl_cgrp;
-	u32 *tier;
-	u64 id;
-	int level;
+	u32 *tier = cgroup_lookup(p, &tier_cgroups);
 
-	/* The deepest configured ancestor decides, so a subtree inherits. */
-	bpf_for(level, 0, CGROUP_DEPTH) {
-		if (!cgrp)
-			break;
-		id = cgrp->kn->id;
-		tier = bpf_map_lookup_elem(&tier_cgroups, &id);
-		if (tier)
-			return *tier;
-		cgrp = cgrp->level > 0 ? bpf_core_cast(cgrp->self.parent, struct cgroup) : NULL;
-	}
-	return TIER_UNSET;
+	return tier ? *tier : TIER_UNSET;
 }
 
 /* "prefix*" patterns: one lookup per prefix length in use. */
@@ -253,29 +375,150 @@ static void set_task_tier(struct task_ctx *tctx, u32 tier)
 	tctx->tier = tier;
 }
 
-static bool gpu_tagged(struct task_struct *p, u64 now)
+/* When @p's launch tag expires; 0 if it has none that is live. */
+static u64 gpu_tag_expiry(struct task_struct *p, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
 	u32 key = detect_scope == SCOPE_PROCESS ? p->tgid : p->pid;
 	u64 *seen = bpf_map_lookup_elem(&gpu_tags, &key);
 
-	return t && seen && now - *seen < t->gpu_ttl_ns;
+	/* Signed: another CPU's probe may have stored a later time than @now. */
+	return t && seen && (s64)(now - *seen) < (s64)t->gpu_ttl_ns ? *seen + t->gpu_ttl_ns : 0;
 }
 
-static u32 classify(struct task_struct *p, u64 now)
+/* Is the bucket that empties at @tat over budget at @now (beyond its bank)? */
+static bool bucket_over(u64 tat, u64 now)
 {
+	return (s64)(tat - now) > (s64)slice_ns;
+}
+
+/* When @p's process and the gpu tier are both within budget again; 0: now. */
+static u64 over_budget(struct task_struct *p, u64 now)
+{
+	u32 tgid = p->tgid;
+	u64 *tat = bpf_map_lookup_elem(&proc_budgets, &tgid), until = 0;
+
+	if (tat && bucket_over(*tat, now))
+		until = *tat - slice_ns;
+	if (bucket_over(tier_budget_tat, now) && tier_budget_tat - slice_ns > until)
+		until = tier_budget_tat - slice_ns;
+	return until;
+}
+
+/* Take @used ns of CPU from a bucket filled at @pct % of all CPUs. */
+static void bucket_charge(u64 *tat, u64 used, u32 pct, u64 now)
+{
+	struct scx_gpu_tunables *t = tun();
+	u64 old = *tat, cap;
+
+	/* A bucket that emptied in the past starts from now: no credit beyond its bank. */
+	if ((s64)(old - now) < 0)
+		__sync_val_compare_and_swap(tat, old, now);
+	__sync_fetch_and_add(tat, used * 100 / ((u64)pct * nr_cpus));
+	/* Debt of at most a period: over-use ends within one after it stops. */
+	cap = now + slice_ns + (t ? t->batch_period_ns : 0);
+	old = *tat;
+	if ((s64)(old - cap) > 0)
+		__sync_val_compare_and_swap(tat, old, cap);
+}
+
+/* Charge @used ns of a tagged thread's CPU time; is its process over budget now? */
+static bool charge_budget(struct task_struct *p, u64 used, u64 now)
+{
+	u32 tgid = p->tgid;
+	u64 *tat;
+
+	tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
+	if (!tat) {
+		bpf_map_update_elem(&proc_budgets, &tgid, &now, BPF_NOEXIST);
+		tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
+	}
+	if (tat)
+		bucket_charge(tat, used, gpu_proc_budget_pct, now);
+	bucket_charge(&tier_budget_tat, used, gpu_budget_pct, now);
+	return over_budget(p, now) != 0;
+}
+
+/*
+ * @p's tier from the membership maps and its launch tag, until when it holds,
+ * and whether its CPU time is metered (a launch tag, which anyone can get).
+ */
+static u32 classify(struct task_struct *p, u64 now, u64 *until, bool *metered)
+{
+	u64 over;
 	u32 tier;
 
+	*until = FOREVER;
+	*metered = false;
 	if (fair_only)
 		return TIER_NORMAL;
+	/*
+	 * It renews the launch tags: behind a storm of normal tasks they would
+	 * expire. All its threads: one starved while holding Python's GIL
+	 * stops the detector too.
+	 */
+	if (p->tgid == control_tgid)
+		return TIER_GPU;
 	tier = pinned_tier(p);
 	if (tier < NR_TIERS)
 		return tier;
-	if (gpu_tagged(p, now))
-		return TIER_GPU;
+	*until = gpu_tag_expiry(p, now);
+	if (*until) {
+		*metered = true;
+		over = over_budget(p, now);
+		if (!over)
+			return TIER_GPU;
+		if (over < *until)
+			*until = over;
+	} else {
+		*until = FOREVER;
+	}
 	if (sched_idle_is_batch && p->policy == SCHED_IDLE)
 		return TIER_BATCH;
 	return TIER_NORMAL;
+}
+
+/* What invalidates every cached tier: the control plane's and new launch tags. */
+static u64 tier_generation(void)
+{
+	struct scx_gpu_tunables *t = tun();
+
+	return (t ? t->tier_gen : 0) + new_tags;
+}
+
+/*
+ * @p's tier, classified again only when something it depends on changed:
+ * the generation (membership maps, a new launch tag), its launch tag's
+ * expiry, its name (exec), its policy, or its cgroup (ops.cgroup_move).
+ */
+static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	u64 gen = tier_generation(), until, comm[2];
+	u64 cgroup = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
+	struct scx_gpu_stats *s;
+	bool metered;
+	u32 tier;
+
+	/* ops.cgroup_move misses moves that the cpu controller does not see. */
+	__builtin_memcpy(comm, p->comm, sizeof(comm));
+	if (tctx->classified && tctx->gen == gen && (s64)(now - tctx->tier_until) < 0 &&
+	    tctx->comm[0] == comm[0] && tctx->comm[1] == comm[1] && tctx->policy == p->policy &&
+	    tctx->cgroup == cgroup)
+		return tctx->tier;
+	tier = classify(p, now, &until, &metered);
+	set_task_tier(tctx, tier);
+	tctx->metered = metered;
+	tctx->gen = gen;
+	tctx->tier_until = until;
+	tctx->comm[0] = comm[0];
+	tctx->comm[1] = comm[1];
+	tctx->policy = p->policy;
+	tctx->cgroup = cgroup;
+	tctx->classified = true;
+	s = stat();
+	if (s)
+		s->classifications++;
+	return tier;
 }
 
 static bool batch_budget_left(void)
@@ -287,45 +530,59 @@ static bool batch_budget_left(void)
 	return batch_used_ns * 100 < (u64)t->batch_quota_pct * t->batch_period_ns * nr_cpus;
 }
 
-/* Is @cpu, running a task of tier @c->tier, a CPU @p may take over? */
-static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest,
-		      u32 than)
+/* Floor service left this period for @tier: FLOOR_PCT of all CPUs. */
+static bool floor_budget_left(u32 tier)
 {
-	return c->tier != TIER_IDLE && c->tier >= lowest && c->tier > than &&
-	       bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
+	struct scx_gpu_tunables *t = tun();
+
+	if (!t || tier >= NR_TIERS)
+		return false;
+	return floor_used_ns[tier] * 100 < (u64)FLOOR_PCT * t->batch_period_ns * nr_cpus;
 }
 
 /*
- * A CPU running a task of a lower tier than @tier (batch first, then
- * normal when allowed), which @p may run on; its previous CPU first, to
- * keep it where its cache is. Claimed for @tier at once so that concurrent
- * wakers pick different victims.
+ * Is @cpu (@c) a CPU that @p may take over, running a lower tier than @than?
+ * Floor service lasts one MIN_SLICE_NS: only a waking gpu task, which the
+ * guarantee protects, cuts it short.
  */
-static s32 find_victim(struct task_struct *p, u32 tier)
+static bool victim_ok(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest, u32 than,
+		      bool waking_gpu)
+{
+	return c && c->tier != TIER_IDLE && c->tier >= lowest && c->tier > than &&
+	       (!c->floor || waking_gpu) && bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
+}
+
+/*
+ * A CPU running a task of a lower tier than @tier (batch first, then normal
+ * when allowed) that @p may run on, its previous CPU first to keep its
+ * cache. The CPU is claimed for @tier with a compare-and-swap, so two wakers
+ * never take the same victim; the claim holds until the CPU runs its next
+ * task (ops.running records that task's tier).
+ */
+static s32 find_victim(struct task_struct *p, u32 tier, u64 enq_flags)
 {
 	u32 lowest = tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
+	bool waking_gpu = tier == TIER_GPU && (enq_flags & SCX_ENQ_WAKEUP);
 	s32 cpu, prev = scx_bpf_task_cpu(p), best = -1;
-	u32 best_tier = tier;
 	struct cpu_ctx *c = cpu_ctx_of(prev);
+	u32 best_tier = tier;
 
-	if (c && victim_ok(p, prev, c, lowest, best_tier)) {
+	if (victim_ok(p, prev, c, lowest, best_tier, waking_gpu)) {
 		best = prev;
 		best_tier = c->tier;
 	}
-	bpf_for(cpu, 0, nr_cpus) {
+	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
 		if (cpu >= MAX_CPUS || best_tier == TIER_BATCH)
 			break;
 		c = cpu_ctx_of(cpu);
-		if (c && victim_ok(p, cpu, c, lowest, best_tier)) {
+		if (victim_ok(p, cpu, c, lowest, best_tier, waking_gpu)) {
 			best = cpu;
 			best_tier = c->tier;
 		}
 	}
-	if (best >= 0) {
-		c = cpu_ctx_of(best);
-		if (c)
-			c->tier = tier;
-	}
+	c = best >= 0 ? cpu_ctx_of(best) : NULL;
+	if (!c || __sync_val_compare_and_swap(&c->tier, best_tier, tier) != best_tier)
+		return -1;	/* another waker claimed it first, or it changed */
 	return best;
 }
 
@@ -337,45 +594,51 @@ static void count_preemption(u32 tier)
 		s->tier[tier].preemptions++;
 }
 
+/*
+ * A gpu task takes an idle CPU, else preempts a CPU running a lower tier, else
+ * waits in its queue. A task whose slice ran out lands here only when another
+ * gpu task waited for its CPU, so it too looks for a CPU to take.
+ */
 static void enqueue_gpu(struct task_struct *p, u64 enq_flags)
 {
 	s32 cpu;
 
-	/*
-	 * Only a waking task preempts. A task whose slice ran out goes back to
-	 * the tier queue, and its own CPU, rescheduling now, pulls it again.
-	 */
-	if (!(enq_flags & SCX_ENQ_WAKEUP)) {
-		dsq_insert(p, DSQ_GPU, slice_ns, enq_flags);
-		return;
-	}
 	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0) {
 		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		return;
 	}
-	cpu = find_victim(p, TIER_GPU);
+	cpu = find_victim(p, TIER_GPU, enq_flags);
 	if (cpu >= 0) {
 		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
 		count_preemption(TIER_GPU);
 		return;
 	}
-	dsq_insert(p, DSQ_GPU, slice_ns, enq_flags);
+	dsq_insert(p, dsq_of(TIER_GPU, 0), slice_ns, enq_flags);
 }
 
-static void enqueue_normal(struct task_struct *p, u64 enq_flags)
+/* Deadline: when it became runnable plus its weighted slice, at most floor_ns. */
+static u64 normal_deadline(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
-	u64 vtime = p->scx.dsq_vtime;
+	struct scx_gpu_tunables *t = tun();
+	u64 lag = slice_ns * 100 / (p->scx.weight ?: 1);
+
+	if (t && lag > t->floor_ns)
+		lag = t->floor_ns;
+	return (tctx && tctx->runnable_at ? tctx->runnable_at : now) + lag;
+}
+
+static void enqueue_normal(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags,
+			   u64 now)
+{
 	s32 cpu;
 
-	/* A sleeper gets at most one slice of credit. */
-	if ((s64)(vtime - (vtime_now - slice_ns)) < 0)
-		vtime = vtime_now - slice_ns;
-	dsq_insert_vtime(p, DSQ_NORMAL, slice_ns, vtime, enq_flags);
+	dsq_insert_vtime(p, dsq_of(TIER_NORMAL, 0), slice_ns, normal_deadline(p, tctx, now),
+			 enq_flags & ~SCX_ENQ_HEAD);
 	if (fair_only || !(enq_flags & SCX_ENQ_WAKEUP))
 		return;
-	cpu = find_victim(p, TIER_NORMAL);
+	cpu = find_victim(p, TIER_NORMAL, enq_flags);
 	if (cpu >= 0) {
 		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 		count_preemption(TIER_NORMAL);
@@ -387,74 +650,67 @@ s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake
 	struct task_ctx *tctx = task_ctx_of(p);
 	bool is_idle = false;
 	s32 cpu;
-	u64 now;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (!is_idle || !tctx)
 		return cpu;
-	now = bpf_ktime_get_ns();
-	set_task_tier(tctx, classify(p, now));
 	/* Batch must go through its queue: the quota decides when it runs. */
-	if (tctx->tier != TIER_BATCH) {
-		tctx->enq_at = now;
+	if (task_tier(p, tctx, bpf_ktime_get_ns()) != TIER_BATCH)
 		dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-	}
 	return cpu;
 }
 
 void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
-	u64 now = bpf_ktime_get_ns();
-	u32 tier = classify(p, now);
+	u64 now = bpf_ktime_get_ns(), until;
+	bool metered;
+	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
-	if (tctx) {
-		set_task_tier(tctx, tier);
-		tctx->enq_at = now;
-	}
-	/* The last runnable task keeps its CPU unless it is batch over quota. */
-	if ((enq_flags & SCX_ENQ_LAST) && (tier != TIER_BATCH || batch_budget_left())) {
-		dsq_insert(p, SCX_DSQ_LOCAL, tier == TIER_BATCH ? batch_slice_ns : slice_ns,
-			   enq_flags);
-		return;
-	}
 	if (tier == TIER_GPU)
 		enqueue_gpu(p, enq_flags);
 	else if (tier == TIER_BATCH)
-		/*
-		 * Ordered by enqueue time, whatever the flags say (a re-enqueue
-		 * may ask for the head): the head is always the longest waiter,
-		 * which is the one task the starvation floor looks at.
-		 */
-		dsq_insert_vtime(p, DSQ_BATCH, batch_slice_ns, now, enq_flags & ~SCX_ENQ_HEAD);
+		dsq_insert_vtime(p, dsq_of(TIER_BATCH, 0), batch_slice_ns,
+				 tctx && tctx->runnable_at ? tctx->runnable_at : now,
+				 enq_flags & ~SCX_ENQ_HEAD);
 	else
-		enqueue_normal(p, enq_flags);
+		enqueue_normal(p, tctx, enq_flags, now);
+	/*
+	 * SCX_ENQ_LAST: dispatch already keeps a runnable task that may go on,
+	 * so this is batch over its quota, which waits for the next period
+	 * (the period timer kicks idle CPUs). Anything else gets its CPU back.
+	 */
+	if ((enq_flags & SCX_ENQ_LAST) && tier != TIER_BATCH)
+		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), 0);
 }
 
 /*
- * The starvation floor: move to @cpu the first of the oldest few tasks of
- * @dsq that waited longer than floor_ns and may run there. The normal queue is in vtime
- * order, so the longest waiter is not always its head.
+ * Floor service: the head of @tier's queue, if it has waited floor_ns and
+ * may run on @cpu, runs now (the queue's order makes the head the longest
+ * waiter, or within floor_ns of it), within the tier's floor share.
  */
-static bool serve_starving(u64 dsq_id, s32 cpu, u64 now)
+static bool serve_floor(u32 tier, s32 cpu, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
+	u64 dsq_id = dsq_of(tier, 0);
 	struct scx_gpu_stats *s;
 	struct task_struct *p;
 	struct task_ctx *tctx;
-	u32 scanned = 0;
 
-	if (!t || !scx_bpf_dsq_nr_queued(dsq_id))
+	if (!t || !queued(dsq_id) || !floor_budget_left(tier) ||
+	    (tier == TIER_BATCH && !batch_budget_left()))
 		return false;
 	bpf_for_each(scx_dsq, p, dsq_id, 0) {
-		if (++scanned > FLOOR_SCAN)
-			break;
 		tctx = task_ctx_of(p);
-		/* A task pinned elsewhere is served by its own CPU's dispatch. */
-		if (!tctx || now - tctx->enq_at <= t->floor_ns ||
-		    !bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
-			continue;
+		if (!tctx || !tctx->runnable_at || now - tctx->runnable_at < t->floor_ns)
+			break;
+		/* Pinned elsewhere: its own CPU serves it, now, whatever runs there. */
+		if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
+			scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_PREEMPT);
+			break;
+		}
 		tctx->floor_served = true;
+		tctx->floor_at = now;
 		if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0)) {
 			s = stat();
 			if (s)
@@ -462,61 +718,243 @@ static bool serve_starving(u64 dsq_id, s32 cpu, u64 now)
 			return true;
 		}
 		tctx->floor_served = false;
+		break;
 	}
 	return false;
 }
 
+/* When the head of @tier's queue became runnable; FOREVER when none. */
+static u64 head_since(u32 tier)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+
+	bpf_for_each(scx_dsq, p, dsq_of(tier, 0), 0) {
+		tctx = task_ctx_of(p);
+		return tctx && tctx->runnable_at ? tctx->runnable_at : FOREVER;
+	}
+	return FOREVER;
+}
+
+/*
+ * Floor service for the tier whose head has waited longer first: a storm
+ * in one tier leaves the other's longest waiter its turn.
+ */
+static bool serve_floors(s32 cpu, u64 now)
+{
+	u32 first = head_since(TIER_BATCH) < head_since(TIER_NORMAL) ? TIER_BATCH : TIER_NORMAL;
+
+	return serve_floor(first, cpu, now) ||
+	       serve_floor(first == TIER_BATCH ? TIER_NORMAL : TIER_BATCH, cpu, now);
+}
+
+/*
+ * Charge @p's run since tctx->run_at: its tier's runtime, the batch quota,
+ * the floor share, a tagged thread's budgets (over them: classify it again).
+ */
+static void account_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	struct scx_gpu_stats *s = stat();
+	u64 used = now - tctx->run_at;
+	u32 tier = tctx->tier;
+
+	tctx->run_at = now;
+	if (tier >= NR_TIERS)
+		return;
+	/* From dispatch: a switch among thousands of tasks can cost more than the slice. */
+	if (tctx->floor_served)
+		__sync_fetch_and_add(&floor_used_ns[tier], now - tctx->floor_at);
+	if (tier == TIER_BATCH)
+		__sync_fetch_and_add(&batch_used_ns, used);
+	if (tctx->metered && charge_budget(p, used, now) && tier == TIER_GPU) {
+		tctx->classified = false;
+		if (s)
+			s->budget_demotions++;
+	}
+	if (s && tier < NR_TIERS)
+		s->tier[tier].runtime_ns += used;
+}
+
+/*
+ * @prev's tier if it is still runnable and may go on running; NR_TIERS if
+ * not. A kept task passes through neither ops.stopping nor ops.running, so
+ * its run is accounted and its tier looked at here; a floor slice that
+ * reaches dispatch ran to its end.
+ */
+static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 now)
+{
+	u32 tier;
+
+	if (!prev || !tctx || !tctx->run_at || !(prev->scx.flags & SCX_TASK_QUEUED))
+		return NR_TIERS;
+	account_run(prev, tctx, now);
+	tctx->floor_served = false;
+	tier = task_tier(prev, tctx, now);
+	if (tier >= NR_TIERS || (tier == TIER_BATCH && !batch_budget_left()))
+		return NR_TIERS;
+	return tier;
+}
+
+static void arm_slice_timer(void)
+{
+	struct timer_slot *ts;
+
+	if (__sync_val_compare_and_swap(&slice_timer_armed, 0, 1) != 0)
+		return;
+	ts = bpf_map_lookup_elem(&timers, &(u32){SLICE_TIMER});
+	if (!ts || bpf_timer_start(&ts->timer, MIN_SLICE_NS, 0))
+		slice_timer_armed = 0;
+}
+
+/* A tagged process over its budget runs in short slices: normal tasks wait little. */
+static bool over_budget_slice(struct task_ctx *tctx)
+{
+	return tctx && tctx->metered && tctx->tier != TIER_GPU;
+}
+
+/* Refilled: the kernel keeps prev running, with no idle gap. */
+static void keep_running(struct task_struct *prev, struct task_ctx *tctx, struct cpu_ctx *c,
+			 u32 tier, u64 now)
+{
+	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns : slice_ns;
+	if (!c)
+		return;
+	c->tier = tier;
+	c->pid = prev->pid;
+	c->floor = false;
+	if (over_budget_slice(tctx)) {
+		prev->scx.slice = MIN_SLICE_NS;
+		c->slice_end = now + MIN_SLICE_NS;
+		arm_slice_timer();
+	}
+}
+
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 {
+	struct task_ctx *ptctx = prev ? task_ctx_of(prev) : NULL;
+	bool after_floor = ptctx && ptctx->floor_served;
 	u64 now = bpf_ktime_get_ns();
-	struct cpu_ctx *c;
+	u32 keep = keepable_tier(prev, ptctx, now);
+	struct cpu_ctx *c = cpu_ctx_of(cpu);
 
-	if (serve_starving(DSQ_BATCH, cpu, now) || serve_starving(DSQ_NORMAL, cpu, now))
+	/* Floor slices alternate with waiting gpu tasks: one at a time ahead of them. */
+	if (!(after_floor && queued(dsq_of(TIER_GPU, 0))) && serve_floors(cpu, now))
 		return;
-	if (dsq_move_to_local(DSQ_GPU) || dsq_move_to_local(DSQ_NORMAL))
+	/* A queue of the same tier as prev goes first: round robin within a tier. */
+	if (dsq_move_to_local(dsq_of(TIER_GPU, 0)))
 		return;
-	if (!scx_bpf_dsq_nr_queued(DSQ_BATCH))
+	if (keep >= TIER_NORMAL && dsq_move_to_local(dsq_of(TIER_NORMAL, 0)))
 		return;
-	if (batch_budget_left()) {
-		dsq_move_to_local(DSQ_BATCH);
+	if (keep >= TIER_BATCH && batch_budget_left() &&
+	    dsq_move_to_local(dsq_of(TIER_BATCH, 0)))
+		return;
+	if (keep < NR_TIERS) {
+		keep_running(prev, ptctx, c, keep, now);
 		return;
 	}
-	c = cpu_ctx_of(cpu);
+	if (!queued(dsq_of(TIER_BATCH, 0)))
+		return;
 	if (c && !c->throttled_since)
 		c->throttled_since = now;
+}
+
+void BPF_STRUCT_OPS(gpu_runnable, struct task_struct *p, u64 enq_flags)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	/* Kept when a queued task is dequeued and enqueued again (affinity, nice, cgroup). */
+	if (tctx && !tctx->runnable_at)
+		tctx->runnable_at = bpf_ktime_get_ns();
+}
+
+/* The normal slice: slice * C / queued, at least MIN_SLICE_NS. */
+static u64 normal_slice(void)
+{
+	u64 n = queued(dsq_of(TIER_NORMAL, 0));
+	u64 slice = n > nr_cpus ? slice_ns * nr_cpus / n : slice_ns;
+
+	return slice < MIN_SLICE_NS ? MIN_SLICE_NS : slice;
+}
+
+/* Slices shorter than the tick end on time: kick CPUs whose slice is over. */
+static int slice_tick(void *map, int *key, struct timer_slot *ts)
+{
+	u64 now = bpf_ktime_get_ns(), end;
+	struct scx_gpu_stats *s;
+	bool pending = false;
+	struct cpu_ctx *c;
+	s32 cpu;
+
+	/* Cleared first: a slice starting during the scan arms the timer again. */
+	slice_timer_armed = 0;
+	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
+		if (cpu >= MAX_CPUS)
+			break;
+		c = cpu_ctx_of(cpu);
+		end = c ? c->slice_end : 0;
+		if (!end)
+			continue;
+		if ((s64)(now - end) >= 0) {
+			/* Unless the CPU began another slice since: that one is not over. */
+			if (__sync_val_compare_and_swap(&c->slice_end, end, 0) != end)
+				continue;
+			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+			s = stat();
+			if (s)
+				s->slice_kicks++;
+		} else {
+			pending = true;
+		}
+	}
+	if (pending && !__sync_val_compare_and_swap(&slice_timer_armed, 0, 1))
+		bpf_timer_start(&ts->timer, MIN_SLICE_NS, 0);
+	return 0;
+}
+
+static void set_running_slice(struct task_struct *p, struct task_ctx *tctx, struct cpu_ctx *c,
+			      u64 now)
+{
+	if (tctx->floor_served || over_budget_slice(tctx))
+		p->scx.slice = MIN_SLICE_NS;
+	else if (tctx->tier == TIER_NORMAL && p->scx.slice > normal_slice())
+		p->scx.slice = normal_slice();
+	if (p->scx.slice >= slice_ns)
+		return;
+	c->slice_end = now + p->scx.slice;
+	arm_slice_timer();
 }
 
 void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	struct scx_gpu_stats *s = stat();
-	struct cpu_ctx *c = cpu_ctx_of(bpf_get_smp_processor_id());
+	struct cpu_ctx *c = cpu_ctx_of(scx_bpf_task_cpu(p));
 	u64 now = bpf_ktime_get_ns();
 	struct tier_stats *ts;
 
 	if (!tctx)
 		return;
 	tctx->run_at = now;
+	tctx->waited_from = tctx->runnable_at ?: now;
 	if (c) {
-		/* A floor-served task keeps its CPU for its slice: no tier preempts it. */
-		c->tier = tctx->floor_served ? TIER_GPU : tctx->tier;
-		tctx->floor_served = false;
+		c->tier = tctx->tier;
+		c->pid = p->pid;
+		c->floor = tctx->floor_served;
+		set_running_slice(p, tctx, c, now);
 		if (c->throttled_since) {
 			if (s)
 				s->batch_throttled_ns += now - c->throttled_since;
 			c->throttled_since = 0;
 		}
 	}
-	if (tctx->tier == TIER_NORMAL && (s64)(p->scx.dsq_vtime - vtime_now) > 0)
-		vtime_now = p->scx.dsq_vtime;
 	if (!s || tctx->tier >= NR_TIERS)
 		return;
 	ts = &s->tier[tctx->tier];
 	ts->runs++;
-	if (tctx->enq_at) {
+	if (tctx->runnable_at) {
 		/* The mask proves the index in bounds to the verifier. */
-		ts->wait_hist[log2_bucket(now - tctx->enq_at) & (WAIT_BUCKETS - 1)]++;
-		tctx->enq_at = 0;
+		ts->wait_hist[log2_bucket(now - tctx->runnable_at) & (WAIT_BUCKETS - 1)]++;
+		tctx->runnable_at = 0;
 	}
 }
 
@@ -524,28 +962,33 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	struct scx_gpu_stats *s = stat();
-	struct cpu_ctx *c = cpu_ctx_of(bpf_get_smp_processor_id());
-	u64 used;
+	struct cpu_ctx *c = cpu_ctx_of(scx_bpf_task_cpu(p));
+	u64 now = bpf_ktime_get_ns();
 
-	if (c)
+	if (c) {
+		/* The record must be of @p's CPU, also when this runs on another one. */
+		if (c->pid && c->pid != p->pid && s)
+			s->cpu_mismatches++;
 		c->tier = TIER_IDLE;
+		c->pid = 0;
+		c->floor = false;
+		c->slice_end = 0;
+	}
 	if (!tctx || !tctx->run_at)
 		return;
-	used = bpf_ktime_get_ns() - tctx->run_at;
+	/* Floor service cut short by a waking gpu task: still the same wait. */
+	if (runnable)
+		tctx->runnable_at = tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS ?
+				    tctx->waited_from : now;
+	account_run(p, tctx, now);
 	tctx->run_at = 0;
-	if (tctx->tier == TIER_NORMAL)
-		p->scx.dsq_vtime += used * 100 / p->scx.weight;
-	else if (tctx->tier == TIER_BATCH)
-		__sync_fetch_and_add(&batch_used_ns, used);
-	if (s && tctx->tier < NR_TIERS)
-		s->tier[tctx->tier].runtime_ns += used;
+	tctx->floor_served = false;
 }
 
 void BPF_STRUCT_OPS(gpu_enable, struct task_struct *p)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 
-	p->scx.dsq_vtime = vtime_now;
 	if (tctx)
 		count_tier(tctx->tier, 1);
 }
@@ -569,46 +1012,129 @@ s32 BPF_STRUCT_OPS(gpu_init_task, struct task_struct *p, struct scx_init_task_ar
 	return 0;
 }
 
-/* Each quota period: refill the batch budget and wake idle CPUs for batch. */
-static int period_tick(void *map, int *key, struct period_timer *pt)
+/* Its cgroup decides its tier: classify it again at its next enqueue. */
+void BPF_STRUCT_OPS(gpu_cgroup_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+
+	if (tctx)
+		tctx->classified = false;
+}
+
+/* A launch tag dies with its thread (or process): a reused id starts untagged. */
+void BPF_STRUCT_OPS(gpu_exit_task, struct task_struct *p, struct scx_exit_task_args *args)
+{
+	u32 key = p->pid;
+
+	if (detect_scope == SCOPE_PROCESS) {
+		if (p->pid != p->tgid)
+			return;
+		key = p->tgid;
+	}
+	bpf_map_delete_elem(&gpu_tags, &key);
+}
+
+/* Each quota period: refill the batch and floor budgets, wake idle CPUs for batch. */
+static int period_tick(void *map, int *key, struct timer_slot *ts)
 {
 	struct scx_gpu_tunables *t = tun();
+	u32 tier;
 	s32 cpu;
 
 	batch_used_ns = 0;
-	if (scx_bpf_dsq_nr_queued(DSQ_BATCH)) {
-		bpf_for(cpu, 0, nr_cpus)
+	bpf_for(tier, 0, NR_TIERS)
+		floor_used_ns[tier] = 0;
+	if (queued(dsq_of(TIER_BATCH, 0))) {
+		bpf_for(cpu, 0, scx_bpf_nr_cpu_ids())
 			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
-	bpf_timer_start(&pt->timer, t ? t->batch_period_ns : 100 * NSEC_PER_MSEC, 0);
+	bpf_timer_start(&ts->timer, t ? t->batch_period_ns : 100 * NSEC_PER_MSEC, 0);
 	return 0;
+}
+
+/* ops.dump: each tier's queue length and its longest waiter. */
+static void dump_tier(u32 tier, u64 now)
+{
+	u64 dsq_id = dsq_of(tier, 0), oldest = 0;
+	struct task_struct *p;
+	struct task_ctx *tctx;
+	s32 pid = -1;
+
+	bpf_for_each(scx_dsq, p, dsq_id, 0) {
+		tctx = task_ctx_of(p);
+		if (tctx && tctx->runnable_at && (!oldest || tctx->runnable_at < oldest)) {
+			oldest = tctx->runnable_at;
+			pid = p->pid;
+		}
+	}
+	scx_gpu_dump("scx_gpu: tier %s: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
+		     tier == TIER_GPU ? "gpu" : tier == TIER_NORMAL ? "normal" : "batch",
+		     queued(dsq_id), pid,
+		     oldest ? (now - oldest) / NSEC_PER_MSEC : 0);
+}
+
+void BPF_STRUCT_OPS(gpu_dump, struct scx_dump_ctx *dctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u32 tier;
+
+	bpf_for(tier, 0, NR_TIERS)
+		dump_tier(tier, now);
+}
+
+/* A higher class took the CPU: what waits in its local queue goes elsewhere. */
+void BPF_STRUCT_OPS(gpu_cpu_release, s32 cpu, struct scx_cpu_release_args *args)
+{
+	reenqueue_local();
+}
+
+static s32 start_timer(u32 which, void *cb, u64 delay)
+{
+	struct timer_slot *ts = bpf_map_lookup_elem(&timers, &which);
+
+	if (!ts)
+		return -ENOENT;
+	bpf_timer_init(&ts->timer, &timers, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(&ts->timer, cb);
+	return delay ? bpf_timer_start(&ts->timer, delay, 0) : 0;
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(gpu_init)
 {
-	struct period_timer *pt = bpf_map_lookup_elem(&period_timers, &zero);
 	struct scx_gpu_tunables *t = tun();
+	u32 tier;
 	s32 ret;
 
-	ret = scx_bpf_create_dsq(DSQ_GPU, -1) ?: scx_bpf_create_dsq(DSQ_NORMAL, -1) ?:
-	      scx_bpf_create_dsq(DSQ_BATCH, -1);
-	if (ret)
-		return ret;
-	if (!pt || !t)
+	bpf_for(tier, 0, NR_TIERS) {
+		ret = scx_bpf_create_dsq(dsq_of(tier, 0), -1);
+		if (ret)
+			return ret;
+	}
+	if (!t)
 		return -ENOENT;
-	bpf_timer_init(&pt->timer, &period_timers, CLOCK_MONOTONIC);
-	bpf_timer_set_callback(&pt->timer, period_tick);
-	return bpf_timer_start(&pt->timer, t->batch_period_ns, 0);
+	return start_timer(SLICE_TIMER, slice_tick, 0) ?:
+	       start_timer(PERIOD_TIMER, period_tick, t->batch_period_ns);
 }
 
 void BPF_STRUCT_OPS(gpu_exit, struct scx_exit_info *ei)
 {
 	bpf_probe_read_kernel_str(exit_info.reason, sizeof(exit_info.reason), ei->reason);
 	bpf_probe_read_kernel_str(exit_info.msg, sizeof(exit_info.msg), ei->msg);
+	if (ei->dump)
+		bpf_probe_read_kernel_str(exit_info.dump, sizeof(exit_info.dump), ei->dump);
 	exit_info.exit_code = ei->exit_code;
 	/* Written last: the control plane polls kind to learn of the exit. */
 	asm volatile("" ::: "memory");
 	exit_info.kind = ei->kind;
+}
+
+/* --gpu-allow: may the current task be tagged? */
+static bool may_tag(void)
+{
+	u32 uid = (u32)bpf_get_current_uid_gid();
+
+	return !gpu_allow_set || bpf_map_lookup_elem(&gpu_allow_uids, &uid) ||
+	       cgroup_lookup(bpf_get_current_task_btf(), &gpu_allow_cgroups);
 }
 
 /* GPU detection: attached by the control plane to the CUDA launch family. */
@@ -617,9 +1143,15 @@ int BPF_UPROBE(detect_launch)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 key = detect_scope == SCOPE_PROCESS ? id >> 32 : (u32)id;
-	u64 now = bpf_ktime_get_ns();
+	u64 now = bpf_ktime_get_ns(), *seen = bpf_map_lookup_elem(&gpu_tags, &key);
+	struct scx_gpu_tunables *t = tun();
 	struct scx_gpu_stats *s = stat();
 
+	if (!may_tag())
+		return 0;
+	/* A new tag changes a tier: every cached tier is looked at again. */
+	if (!seen || !t || now - *seen >= t->gpu_ttl_ns)
+		__sync_fetch_and_add(&new_tags, 1);
 	bpf_map_update_elem(&gpu_tags, &key, &now, BPF_ANY);
 	if (s)
 		s->detector_hits++;
@@ -631,13 +1163,19 @@ struct sched_ext_ops gpu_ops = {
 	.select_cpu	= (void *)gpu_select_cpu,
 	.enqueue	= (void *)gpu_enqueue,
 	.dispatch	= (void *)gpu_dispatch,
+	.runnable	= (void *)gpu_runnable,
 	.running	= (void *)gpu_running,
 	.stopping	= (void *)gpu_stopping,
 	.enable		= (void *)gpu_enable,
 	.disable	= (void *)gpu_disable,
 	.init_task	= (void *)gpu_init_task,
+	.exit_task	= (void *)gpu_exit_task,
+	.cgroup_move	= (void *)gpu_cgroup_move,
+	.cpu_release	= (void *)gpu_cpu_release,
+	.dump		= (void *)gpu_dump,
 	.init		= (void *)gpu_init,
 	.exit		= (void *)gpu_exit,
+	.timeout_ms	= TIMEOUT_MS,
 	.flags		= SCX_OPS_ENQ_LAST,
 	.name		= "scx_gpu",
 };

@@ -5,7 +5,9 @@ scheduler; hogs at nice 19; hogs SCHED_IDLE; the launcher at nice -20; and
 scx-gpu gpu-first with the hogs declared batch and left undeclared. Reports
 throughput relative to the launcher alone, p99 token time, the hogs' share of
 all CPUs, the scheduler's own overhead (policy fair, launcher alone, vs stock)
-and the detector's cost (gpu-first vs fair, launcher alone).
+and the detector's cost (gpu-first vs fair, launcher alone), and for a
+launcher of about 10,000 launches a second the share of its launches the
+probes hit and of its time it spent in the gpu tier.
 Needs a sched_ext kernel: `make bench-sched` runs it in the test VM.
 """
 
@@ -37,6 +39,8 @@ class Cell:
     hog_nice: int = 0
     hog_idle: bool = False
     launcher_nice: int = 0
+    launcher: tuple[str, ...] = tuple(sc.BUSY_LAUNCHER)
+    threads: int = NPROC
 
 
 DECLARE_HOGS = ("--batch-cgroup", str(sc.HOGS_CGROUP))
@@ -50,7 +54,11 @@ CELLS = (
     Cell("alone (scx-gpu)", hogs=False, scheduler=()),
     Cell("scx-gpu, hogs batch", hogs=True, scheduler=DECLARE_HOGS),
     Cell("scx-gpu, undeclared", hogs=True, scheduler=()),
+    # One thread, busy: 50 launches of 100 us CPU work a token.
+    Cell("detector, 10k launches/s", hogs=False, scheduler=(), threads=1,
+         launcher=("--launches", "50", "--work-us", "100", "--gpu-wait-us", "0")),
 )
+DETECTOR_CELL = CELLS[-1].name
 KNOBS = ("hogs nice 19", "hogs SCHED_IDLE", "launcher nice -20")
 
 
@@ -71,12 +79,29 @@ def run_cell(cell: Cell, duration: float) -> dict[str, Any]:
         stack.enter_context(loaded)
         cgroup = stack.enter_context(_hogs(cell))
         before, start = (sc.cgroup_cpu_s(cgroup) if cgroup else 0.0), time.monotonic()
+        totals = _totals(cell)
         report = sc.launcher("--warmup", "1.5", "--duration", str(duration), "--threads",
-                             str(NPROC), *sc.BUSY_LAUNCHER, nice=cell.launcher_nice)
+                             str(cell.threads), *cell.launcher, nice=cell.launcher_nice)
         elapsed = time.monotonic() - start
         hog_share = (sc.cgroup_cpu_s(cgroup) - before) / (elapsed * NPROC) if cgroup else 0.0
-    return {"cell": cell.name, "tokens_per_s": report["tokens_per_s"],
-            "token_us_p99": report["token_us_p99"], "hog_cpu_share": hog_share}
+        after = _totals(cell)
+    row = {"cell": cell.name, "tokens_per_s": report["tokens_per_s"],
+           "token_us_p99": report["token_us_p99"], "hog_cpu_share": hog_share}
+    if totals and after:
+        # Warm-up included on both sides: every launch and every hit of the run.
+        row["probe_hits_per_launch"] = (after["detector_hits"] - totals["detector_hits"]) / max(
+            1, report["launches"])
+        row["gpu_tier_cpu_share"] = (after["tiers"]["gpu"]["runtime_ns"]
+                                     - totals["tiers"]["gpu"]["runtime_ns"]) / 1e9 / elapsed
+    return row
+
+
+def _totals(cell: Cell) -> dict[str, Any] | None:
+    """The loaded scheduler's counters since load (None under stock)."""
+    if cell.scheduler is None:
+        return None
+    totals: dict[str, Any] = sc.status()["scx_gpu"]["totals"]
+    return totals
 
 
 def run_matrix(reps: int, duration: float,
@@ -102,6 +127,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "relative": statistics.mean(r["tokens_per_s"] for r in rows) / alone,
             "token_ms_p99": statistics.mean(r["token_us_p99"] for r in rows) / 1000,
             "hog_cpu_pct": 100 * statistics.mean(r["hog_cpu_share"] for r in rows),
+            **{k: statistics.mean(r[k] for r in rows)
+               for k in ("probe_hits_per_launch", "gpu_tier_cpu_share") if k in rows[0]},
         }
         for name, rows in by_cell.items()
     }
@@ -121,6 +148,8 @@ def verdict(summary: dict[str, dict[str, float]]) -> dict[str, float]:
         "detector_cost_pct": 100 * (1 - summary["alone (scx-gpu)"]["tokens_per_s"]
                                     / summary["alone (scx-gpu fair)"]["tokens_per_s"]),
         "scheduler_overhead_pct": 100 * (1 - summary["alone (scx-gpu fair)"]["relative"]),
+        "probe_hits_per_launch_pct": 100 * summary[DETECTOR_CELL]["probe_hits_per_launch"],
+        "gpu_tier_cpu_share": summary[DETECTOR_CELL]["gpu_tier_cpu_share"],
     }
 
 

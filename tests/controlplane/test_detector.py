@@ -1,11 +1,12 @@
 """The duty cycle of the launch detector, on a fake clock and fake probes."""
 
 import errno
+import itertools
 import threading
 import time
 from pathlib import Path
 
-from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, Detector
+from scx_gpu.controlplane.detector import LAUNCH_SYMBOLS, BackgroundDetach, Detector
 from scx_gpu.controlplane.libbpf import LibbpfError
 
 
@@ -72,10 +73,55 @@ def test_missing_entry_points_are_skipped_and_windows_repeat(tmp_path):
     assert not probes.live
 
 
+class FakeTags:
+    """gpu_tags on the fake clock: launchers launch every interval_s while tagged."""
+
+    def __init__(self, probes: FakeProbes, interval_s: float, ids: tuple[int, ...]) -> None:
+        self.probes, self.interval_s, self.ids = probes, interval_s, ids
+        self.seen: dict[int, int] = {}
+
+    def launch(self) -> None:
+        """Each launcher's latest launch, if the probes were attached then."""
+        if self.probes.live:
+            last = self.probes.now - self.probes.now % self.interval_s
+            for k in self.ids:
+                self.seen[k] = int(last * 1e9)
+
+    def __call__(self) -> dict[int, int]:
+        return dict(self.seen)
+
+
+def test_windows_close_once_tagged_threads_launch_again_and_renew_before_expiry(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    tags = FakeTags(probes, interval_s=0.001, ids=(7, 8))  # 1,000 launches/s each
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now)
+    det.add_libraries([lib])
+    live, step = [], 0.001
+    while probes.now < 20.0:
+        det.tick()
+        tags.launch()
+        if probes.live:
+            live.append(probes.now)
+        # no tag may expire: each is younger than the ttl at every moment
+        assert all(probes.now - s / 1e9 < 3.0 for s in tags.seen.values())
+        probes.now += step
+    # The first window finds them (a full window: nothing was tagged); the
+    # later ones close within a few polls, once both launched again, and open
+    # when the tags are half way to expiry (1.5 s), not every period.
+    assert len(live) * step / 20.0 < 0.02, len(live)
+    starts = [t for i, t in enumerate(live) if i == 0 or t - live[i - 1] > 0.5]
+    assert all(1.4 < b - a < 1.6 for a, b in itertools.pairwise(starts[1:])), starts
+    assert det.poll_s(0.1) == 0.1
+
+
 def test_background_detach_holds_back_neither_tick_nor_the_next_window(tmp_path):
-    """A real detach waits for the kernel's RCU grace periods (about 1 s a window
-    on the test host): queued to a thread, the window closes at once, the next
-    one opens on time, and close() waits until every probe is gone."""
+    """A real detach waits for the kernel's grace periods (about 1.5 s a window
+    on an idle guest, 12-40 s behind a storm of 2,000 tasks): queued to a
+    thread, the window closes at once, the next one opens on time, and
+    close() waits until every probe is gone."""
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
     probes = FakeProbes(attach_s=0.0)
@@ -85,8 +131,8 @@ def test_background_detach_holds_back_neither_tick_nor_the_next_window(tmp_path)
         release.wait(0.5)
         probes.detach(link)
 
-    det = Detector(probes.attach, slow_detach, window_s=0.2, period_s=1.0,
-                   clock=lambda: probes.now, detach_in_background=True)
+    detach = BackgroundDetach(slow_detach)
+    det = Detector(probes.attach, detach, window_s=0.2, period_s=1.0, clock=lambda: probes.now)
     det.add_libraries([lib])
     det.tick()
     first = set(probes.live)
@@ -99,4 +145,25 @@ def test_background_detach_holds_back_neither_tick_nor_the_next_window(tmp_path)
     assert len(probes.live) == 2 * len(LAUNCH_SYMBOLS), "the next window did not open"
     release.set()
     det.close()
+    detach.close()
     assert not probes.live and first
+
+
+def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_does_not(
+        tmp_path):
+    # Each detach costs the whole machine grace periods: with nothing tagged,
+    # windows may come no faster than the kernel takes their probes away.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes, detaching, tags = FakeProbes(attach_s=0.0), [False], {}
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(tags), clock=lambda: probes.now,
+                   detaching=lambda: detaching[0])
+    det.add_libraries([lib])
+    assert run(det, probes, until=0.5), "the first window did not open"
+    detaching[0] = True  # its probes take long to go
+    assert not run(det, probes, until=3.0), "a window opened while probes were detaching"
+    tags[7] = int(probes.now * 1e9)  # a live tag half way to expiry: renew it anyway
+    probes.now += 1.5
+    det.tick()
+    assert probes.live, "a renewal waited for the detach"

@@ -123,6 +123,63 @@ def test_run_places_commands_under_the_fallback(hierarchy):
         assert "weaker guarantee" in scx_gpu("status").stdout
 
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@BOTH
+def test_gpu_allow_limits_whom_the_fallback_renices(hierarchy):
+    # The detector itself refuses to tag others, so the renice follows.
+    with fallback_loaded("--gpu-allow", "65534"):
+        runs = {who: subprocess.Popen([*prefix, LAUNCHER, "--cuda-lib", STUB, "--duration", "30",
+                                       "--work-us", "100"], stdout=subprocess.DEVNULL)
+                for who, prefix in (("root", []), ("nobody", NOBODY))}
+        try:
+            time.sleep(0.5)
+            (allowed,) = launching_threads(runs["nobody"].pid)
+            (other,) = launching_threads(runs["root"].pid)
+            sc.wait_for(lambda: nice_of(runs["nobody"].pid, allowed) == fallback.GPU_NICE, 10,
+                        "the allowed user's launching thread to be reniced")
+            for _ in range(3):  # detector windows come and go: look through a few
+                assert nice_of(runs["root"].pid, other) == 0
+                time.sleep(1)
+        finally:
+            for proc in runs.values():
+                proc.kill()
+                proc.wait()
+
+
+@BOTH
+def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
+    # A process launching on every CPU without pause goes over a 40% budget
+    # (on a loaded host it gets at least one of the CPUs); a launcher that
+    # waits for its GPU 10 ms a token (10% of a CPU) stays within it.
+    with fallback_loaded("--gpu-proc-budget", "40"):
+        runs = {name: subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "40",
+                                        "--threads", str(threads), "--launches", launches,
+                                        "--work-us", "100", "--gpu-wait-us", wait],
+                                       stdout=subprocess.DEVNULL)
+                for name, threads, launches, wait in (("spinner", NPROC, "1000", "0"),
+                                                      ("launcher", 1, "10", "10000"))}
+        try:
+            sc.wait_for(lambda: all(len(launching_threads(p.pid)) == n for p, n in
+                                    ((runs["spinner"], NPROC), (runs["launcher"], 1))),
+                        10, "the launching threads")
+            spinning = launching_threads(runs["spinner"].pid)
+            (launching,) = launching_threads(runs["launcher"].pid)
+
+            def nices(name: str, tids: list[int]) -> set[int]:
+                return {nice_of(runs[name].pid, tid) for tid in tids}
+            sc.wait_for(lambda: nices("spinner", spinning) == {fallback.GPU_NICE}, 20,
+                        "the spinner to be tagged and reniced (within the bank)")
+            sc.wait_for(lambda: nices("spinner", spinning) == {0}
+                        and nices("launcher", [launching]) == {fallback.GPU_NICE}, 20,
+                        "the spinner over its budget at its own nice, the launcher reniced")
+        finally:
+            for proc in runs.values():
+                proc.kill()
+                proc.wait()
+
+
 def test_fallback_bad_input():
     assert_one_line_error(scx_gpu("load", "--fallback", "maybe"), 2,
                           ["unknown fallback 'maybe'", "refuse, auto, mainline"])

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from scx_gpu.controlplane import intf, loader, tiers
 from tests.helpers import assert_one_line_error, scx_gpu
 
 HAS_SCX = Path("/sys/kernel/sched_ext/state").exists()
@@ -32,22 +33,22 @@ def test_unknown_setting(tmp_path):
     assert_one_line_error(scx_gpu("load", "--config", str(bad)), 2, ["unknown settings quotaa"])
 
 
-@pytest.mark.parametrize("quota", ["-1", "101"])
+@pytest.mark.parametrize("quota", ["-1", "9", "101"])
 def test_quota_out_of_range(quota):
-    assert_one_line_error(scx_gpu("load", "--quota", quota), 2, ["outside 0-100"])
-    assert_one_line_error(scx_gpu("quota", "set", "--", quota), 2, ["outside 0-100"])
+    assert_one_line_error(scx_gpu("load", "--quota", quota), 2, ["outside 10-100"])
+    assert_one_line_error(scx_gpu("quota", "set", "--", quota), 2, ["outside 10-100"])
 
 
 def test_quota_auto_bad_input(tmp_path):
-    assert_one_line_error(scx_gpu("load", "--quota", "lots"), 2, ["0-100, or 'auto'"])
-    assert_one_line_error(scx_gpu("quota", "set", "lots"), 2, ["0-100, or 'auto'"])
+    assert_one_line_error(scx_gpu("load", "--quota", "lots"), 2, ["10-100, or 'auto'"])
+    assert_one_line_error(scx_gpu("quota", "set", "lots"), 2, ["10-100, or 'auto'"])
     assert_one_line_error(scx_gpu("load", "--quota", "auto", "--fallback", "mainline"), 2,
                           ["fixed --quota"])
     assert_one_line_error(scx_gpu("load", "--quota", "auto", "--auto-quota-min", "60",
                                   "--auto-quota-max", "40"), 2, ["min <= max"])
     cfg = tmp_path / "c.toml"
     cfg.write_text("quota = 'most'\n")
-    assert_one_line_error(scx_gpu("load", "--config", str(cfg)), 2, ["0-100, or 'auto'"])
+    assert_one_line_error(scx_gpu("load", "--config", str(cfg)), 2, ["10-100, or 'auto'"])
     cfg.write_text("quota = 'auto'\ngpu_wait_target_us = 200\n")
     effective = json.loads(scx_gpu("load", "--config", str(cfg), "--print-config").stdout)
     assert effective["quota"] == "auto" and effective["gpu_wait_target_us"] == 200
@@ -72,3 +73,27 @@ def test_quota_get_without_a_running_scheduler():
 
 def test_bad_metrics_addr():
     assert_one_line_error(scx_gpu("load", "--metrics-addr", "host:"), 2, ["--metrics-addr"])
+
+
+def test_an_error_exit_names_each_tiers_queue_from_the_dump():
+    info = intf.ExitInfo(kind=intf.EXIT_ERROR, exit_code=0, reason=b"runnable task stall",
+                         msg=b"kworker/0:1[42] failed to run for 21.0s",
+                         dump=b"sh[1] triggered exit kind 1026:\n  runnable task stall\n\n"
+                              b"  scx_gpu: tier gpu: 0 queued, oldest waiter pid -1, runnable"
+                              b" for 0 ms\n  scx_gpu: tier normal: 9 queued, oldest waiter pid"
+                              b" 42, runnable for 21000 ms\n\nCPU states\n")
+    lines = loader.exit_message(info).splitlines()
+    assert lines[0].endswith("runnable task stall: kworker/0:1[42] failed to run for 21.0s")
+    assert lines[1:] == ["  scx_gpu: tier gpu: 0 queued, oldest waiter pid -1, runnable for 0 ms",
+                         "  scx_gpu: tier normal: 9 queued, oldest waiter pid 42, runnable for "
+                         "21000 ms"]
+
+
+def test_gpu_allow_parses_users_ids_and_cgroups(tmp_path):
+    assert tiers.gpu_allow(["root", "1000"]) == ([0, 1000], [])
+    root = tiers.CGROUP_ROOT
+    assert tiers.gpu_allow([f"{root}/"]) == ([], [root.stat().st_ino])
+    assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--gpu-allow", "no-such-user"),
+                          2, ["no such user", "needs a '/'"])
+    assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--gpu-allow", "/no/such"),
+                          2, ["does not exist"])

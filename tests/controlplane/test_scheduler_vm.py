@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from scx_gpu import status
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import loader, stats, stats_socket
-from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.controlplane import bounds, intf, loader, stats, stats_socket
+from scx_gpu.controlplane.tiers import CGROUP_ROOT, OWN_ROOT
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.tracer.session import TraceSession
@@ -31,6 +32,7 @@ from tests.helpers import assert_one_line_error, scx_gpu
 
 pytestmark = pytest.mark.vm
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
+SPINNERS = program("spinners")
 NPROC = os.cpu_count() or 1
 
 
@@ -82,10 +84,31 @@ def test_detection_tags_the_launching_thread_only_then_expires():
         assert hits > 0
 
 
+def test_a_launch_tag_dies_with_its_thread():
+    # A tag outlives the launches by its ttl, but not the thread: a new
+    # thread that gets the same id must not start in the gpu tier.
+    with sc.loaded("--gpu-ttl-ms", "60000", "--detect-window-ms", "200",
+                   "--detect-period-ms", "1000"):
+        proc = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--duration", "4",
+                                 "--work-us", "100"], stdout=subprocess.DEVNULL)
+        tagged: list[int] = []
+
+        # In this process: starting `scx-gpu status` takes seconds under emulation.
+        def seen() -> bool:
+            tagged[:] = status.collect()["scx_gpu"]["gpu_tagged_ids"]
+            return bool(tagged)
+        sc.wait_for(seen, 10, "the launcher's thread to be tagged")
+        proc.wait(timeout=60)
+        sc.wait_for(lambda: not set(tagged) & set(status.collect()["scx_gpu"]["gpu_tagged_ids"]),
+                    5, f"the tags of exited threads {tagged} to go")
+
+
 def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
     log = tmp_path / "load.log"
     with log.open("w") as out:
-        loader = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet", "--rescan-s", "1"],
+        # The stub's folder stands for a container root the operator trusts.
+        loader = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet", "--rescan-s", "1",
+                                   "--trusted-lib-dir", str(STUB.resolve().parent)],
                                   stdout=out, stderr=subprocess.STDOUT)
         try:
             sc.wait_for(sc.enabled, 60, "the scheduler to load")
@@ -100,6 +123,111 @@ def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
             loader.wait(timeout=30)
     text = log.read_text()
     assert f"probing {STUB.resolve()} (pid {launcher.pid})" in text, text
+
+
+def test_an_unprivileged_users_libcuda_is_not_probed():
+    # Anyone can map a file named libcuda and call a launch function in a
+    # loop: probed, that would put them ahead of everyone.
+    home = Path("/tmp/scx-gpu-nobody")
+    home.mkdir(exist_ok=True)
+    lib = home / "libcuda.so.1"
+    lib.write_bytes(STUB.read_bytes())
+    for path in (home, lib):
+        os.chown(path, 65534, 65534)
+    lib.chmod(0o755)
+    with sc.loaded("--rescan-s", "1") as log:
+        proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 str(LAUNCHER), "--cuda-lib", str(lib), "--duration", "8",
+                                 "--work-us", "100"], stdout=subprocess.DEVNULL)
+        sc.wait_for(lambda: f"not probing {lib}" in log.read_text(), 30,
+                    "the loader to find the copy and refuse it")
+        threads = {int(t.name) for t in Path(f"/proc/{proc.pid}/task").iterdir()}
+        for _ in range(3):  # detector windows come and go: look through a few
+            assert not threads & set(sc.status()["scx_gpu"]["gpu_tagged_ids"])
+            time.sleep(1)
+        proc.wait(timeout=60)
+        text = log.read_text()
+    assert "owned by uid 65534, not root" in text, text
+    assert f"scx-gpu: probing {lib}" not in text, text
+
+
+SLEEPER = """
+import json, signal, sys, time
+counting = []
+signal.signal(signal.SIGUSR1, lambda *_: counting.append(time.monotonic()))
+open(sys.argv[2], "w").close()
+late = []
+while not counting or time.monotonic() - counting[0] < float(sys.argv[1]):
+    start = time.monotonic()
+    time.sleep(0.001)
+    if counting:
+        late.append(time.monotonic() - start - 0.001)
+late.sort()
+print(json.dumps({"wakeups": len(late), "p99_ms": late[len(late) * 99 // 100] * 1000}))
+"""
+
+
+def _sleeper_beside_a_spinner(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """A normal task sleeping 1 ms in a loop beside a process that calls a
+    launch function on every CPU without pause: the sleeper's wake-up lateness
+    once the spinner is tagged (the sleeper starts first: a new process would
+    wait for floor service)."""
+    seconds, ready = 8, tmp_path / "sleeper-ready"
+    ready.unlink(missing_ok=True)
+    with sc.loaded(*args):
+        sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER, str(seconds), str(ready)],
+                                   stdout=subprocess.PIPE, text=True)
+        sc.wait_for(ready.exists, 30, "the sleeper to start")
+        spinner = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--threads",
+                                    str(NPROC), "--duration", str(seconds * 4), "--launches",
+                                    "1000", "--work-us", "100", "--gpu-wait-us", "0"],
+                                   stdout=subprocess.DEVNULL)
+        try:
+            def tagged() -> bool:  # in this process, for the same reason
+                threads = {int(t.name) for t in Path(f"/proc/{spinner.pid}/task").iterdir()}
+                return bool(threads & set(status.collect()["scx_gpu"]["gpu_tagged_ids"]))
+            sc.wait_for(tagged, 60, "the spinner to be tagged")
+            sleeper.send_signal(signal.SIGUSR1)
+            report: dict[str, Any] = json.loads(sleeper.communicate(timeout=240)[0])
+        finally:
+            spinner.kill()
+            spinner.wait()
+    return report
+
+
+def test_a_tagged_spinner_cannot_starve_a_normal_task(tmp_path):
+    # Anyone who may call a trusted libcuda can be tagged: the gpu budgets,
+    # not trust, are what bound them.
+    unmetered = _sleeper_beside_a_spinner(tmp_path, "--gpu-budget", "100",
+                                          "--gpu-proc-budget", "100")
+    metered = _sleeper_beside_a_spinner(tmp_path)
+    print(json.dumps({"unmetered": unmetered, "metered": metered}))
+    assert unmetered["p99_ms"] > 20, unmetered  # the premise: unmetered, it starves
+    assert metered["p99_ms"] < 20 and metered["wakeups"] > 1000, metered
+
+
+def test_gpu_allow_limits_who_may_be_tagged():
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with sc.loaded("--gpu-allow", "65534"):
+        runs = {who: subprocess.Popen([*prefix, str(LAUNCHER), "--cuda-lib", str(STUB),
+                                       "--duration", "30", "--work-us", "100"],
+                                      stdout=subprocess.DEVNULL)
+                for who, prefix in (("root", []), ("nobody", nobody))}
+        try:
+            def threads(who: str) -> set[int]:
+                return {int(t.name) for t in Path(f"/proc/{runs[who].pid}/task").iterdir()}
+
+            def tagged() -> set[int]:
+                return set(sc.status()["scx_gpu"]["gpu_tagged_ids"])
+            sc.wait_for(lambda: bool(threads("nobody") & tagged()), 20,
+                        "the allowed user's launcher to be tagged")
+            for _ in range(3):  # detector windows come and go: look through a few
+                assert not threads("root") & tagged()
+                time.sleep(1)
+        finally:
+            for proc in runs.values():
+                proc.kill()
+                proc.wait()
 
 
 def _start_loader(log: Path) -> subprocess.Popen[bytes]:
@@ -243,13 +371,175 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
     assert max(gaps) < 3 * floor_ms / 1000, gaps
 
 
+LONE_WORK = """
+import time
+start, x = time.perf_counter(), 0
+for i in range(3_000_000):
+    x += i
+print(time.perf_counter() - start)
+"""
+
+
+def _lone_work_s(tier: str | None = None) -> float:
+    """Seconds a lone CPU-bound thread takes for a fixed amount of work (best of 3)."""
+    cmd = [sys.executable, "-c", LONE_WORK]
+    if tier:
+        cmd = [*sc.SCX_GPU, "run", "--tier", tier, "--", *cmd]
+    return min(float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+               for _ in range(3))
+
+
+def test_a_lone_thread_keeps_its_cpu():
+    # When its slice ends and nothing else waits, the thread goes on at once:
+    # no idle gap until some later event reschedules the CPU.
+    stock = _lone_work_s()
+    # No libcuda rescans: reading every process's maps is the control plane's
+    # load, which the stock run does not have.
+    with sc.loaded("--rescan-s", "3600"):
+        normal, gpu = _lone_work_s(), _lone_work_s("gpu")
+    ratios = {"stock_s": stock, "normal": normal / stock, "gpu": gpu / stock}
+    print(json.dumps(ratios))
+    assert ratios["normal"] <= 1.02 and ratios["gpu"] <= 1.02, ratios
+
+
+def _spinners(procs: int, threads: int, seconds: float,
+              tier: str | None = None) -> subprocess.Popen[str]:
+    cmd = [str(SPINNERS), "--procs", str(procs), "--threads", str(threads),
+           "--seconds", str(seconds)]
+    if tier:
+        cmd = [*sc.SCX_GPU, "run", "--tier", tier, "--", *cmd]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def _spun(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+def test_task_storm_starves_nobody_and_spares_the_launcher():
+    # 2,000 runnable normal tasks (20 processes forked at once, 100 threads
+    # each) beside busy gpu launchers and batch hogs, for a minute.
+    seconds, floor_ms, period_ms = 60, 1000, 100
+    with sc.loaded():
+        alone = _tokens_per_s()
+        # Batch and the launcher first: both are slow to start among 2,000 tasks.
+        batch = _spinners(1, 2 * NPROC, seconds + 20, tier="batch")
+        sc.joined(OWN_ROOT / "batch", batch)
+        launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--warmup", "8",
+                                     "--duration", "40", "--threads", str(NPROC),
+                                     *sc.BUSY_LAUNCHER], stdout=subprocess.PIPE, text=True)
+        sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 20,
+                    "the launcher to be tagged")
+        storm = _spinners(20, 100, seconds)
+        during = json.loads(launcher.communicate(timeout=240)[0])["tokens_per_s"]
+        normal, hogs = _spun(storm), _spun(batch)
+        assert sc.enabled(), "the kernel ejected the scheduler"
+    bound = {"normal": bounds.wait_bound_s(floor_ms, period_ms, normal["tasks"] + NPROC, NPROC),
+             "batch": bounds.wait_bound_s(floor_ms, period_ms, hogs["tasks"], NPROC)}
+    print(json.dumps({"launcher_ratio": during / alone, "normal": normal, "batch": hogs,
+                      "bound_s": bound}))
+    assert normal["ran"] == normal["tasks"] == 2000 and hogs["ran"] == hogs["tasks"]
+    assert hogs["max_gap_s"] <= bound["batch"], (hogs, bound)
+    # Under emulation a switch among 2,000 tasks costs about 1.75 ms, far
+    # above the 0.5 ms slice the bound counts on (stock: 22 s gaps alone):
+    # here the normal tasks must run well inside the watchdog's timeout.
+    assert normal["max_gap_s"] < intf.TIMEOUT_MS / 1000, (normal, bound)
+    # The old core was ejected by the watchdog here; with the detector's
+    # detach in its loop the launcher's tags expired and it kept 0.05-0.17.
+    assert during >= 0.80 * alone, (during, alone)
+
+
+def _dump_lines() -> list[str]:
+    """SysRq-D: sched_ext dumps the scheduler's state (ours: ops.dump) to the trace."""
+    tracing = Path("/sys/kernel/tracing")
+    (tracing / "events/sched_ext/sched_ext_dump/enable").write_text("1")
+    (tracing / "trace").write_text("")
+    Path("/proc/sysrq-trigger").write_text("D")
+    lines: list[str] = []
+
+    def dumped() -> bool:
+        lines[:] = [line for line in (tracing / "trace").read_text().splitlines()
+                    if loader.DUMP_MARK in line]
+        return len(lines) >= 3
+    sc.wait_for(dumped, 20, "the dump of every tier")
+    (tracing / "events/sched_ext/sched_ext_dump/enable").write_text("0")
+    return lines
+
+
+def _spinning_threads(proc: subprocess.Popen[str]) -> int:
+    """Threads the spinners' worker processes have started so far."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return sum(len(list(Path(f"/proc/{c}/task").iterdir())) - 1 for c in children
+               if Path(f"/proc/{c}/task").is_dir())
+
+
+def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
+    seconds, floor_ms, period_ms, tasks = 20, 1000, 100, 4 * NPROC
+    with sc.loaded():
+        # Started first: a thread's creation counts as its first run, and a
+        # creator among saturating gpu threads waits a floor wait per step.
+        normal = _spinners(1, tasks, seconds)
+        sc.wait_for(lambda: _spinning_threads(normal) == tasks, 30, "the spinners to start")
+        with sc.hogs(2 * NPROC, tier="gpu"):
+            time.sleep(seconds / 2)
+            dump = _dump_lines()
+            report = _spun(normal)
+            assert sc.enabled(), "the kernel ejected the scheduler"
+    bound = bounds.wait_bound_s(floor_ms, period_ms, tasks, NPROC)
+    print(json.dumps({"normal": report, "bound_s": bound, "dump": dump}))
+    assert report["ran"] == tasks and report["max_gap_s"] <= bound, (report, bound)
+    normal_line = next(line for line in dump if "tier normal:" in line)
+    assert "oldest waiter pid" in normal_line and " 0 queued" not in normal_line, dump
+
+
+CHURN = """
+import os, random, sys, time
+groups, pids = sys.argv[1:3], [int(p) for p in sys.argv[3].split(",")]
+end, cpus, changes = time.monotonic() + float(sys.argv[4]), sorted(os.sched_getaffinity(0)), 0
+while time.monotonic() < end:
+    for pid in pids:
+        os.sched_setaffinity(pid, random.sample(cpus, random.randint(1, len(cpus))))
+        os.setpriority(os.PRIO_PROCESS, pid, random.randint(0, 10))
+        with open(os.path.join(random.choice(groups), "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        changes += 3
+print(changes)
+"""
+
+
+def test_affinity_nice_and_cgroup_churn_keeps_per_cpu_state_right():
+    # Changing a running task's affinity, nice or cgroup from another CPU runs
+    # its ops.stopping/ops.running there: the per-CPU records must still be
+    # those of the task's own CPU.
+    seconds = 12
+    with sc.loaded(), sc.hogs(2 * NPROC) as cgroup:
+        groups = [cgroup / "a", cgroup / "b"]
+        for g in groups:
+            g.mkdir(exist_ok=True)
+        hogs = (cgroup / "cgroup.procs").read_text().split()
+        churn = subprocess.Popen([sys.executable, "-c", CHURN, *map(str, groups), ",".join(hogs),
+                                  str(seconds)], stdout=subprocess.PIPE, text=True)
+        tokens = _tokens_per_s()
+        changes = int(churn.communicate(timeout=120)[0])
+        totals = sc.status()["scx_gpu"]["totals"]
+    gpu_p99_us = stats.wait_percentile_ns(totals["tiers"]["gpu"]["wait_hist"], 0.99) / 1000
+    print(json.dumps({"changes": changes, "cpu_mismatches": totals["cpu_mismatches"],
+                      "gpu_wait_p99_us": gpu_p99_us, "tokens_per_s": tokens}))
+    assert churn.returncode == 0 and changes > 100, changes
+    assert totals["cpu_mismatches"] == 0, totals["cpu_mismatches"]
+    # A waking gpu thread runs within a batch slice (2 ms; log2 buckets: 4.2 ms).
+    assert gpu_p99_us <= 4194.304, gpu_p99_us
+
+
 def test_bad_input_leaves_nothing_loaded(tmp_path):
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("quota = [\n")
     cases = [
         (["--policy", "nope"], 2, ["gpu-first, fair"]),
         (["--config", str(bad_toml)], 2, ["malformed TOML"]),
-        (["--quota", "101"], 2, ["outside 0-100"]),
+        (["--quota", "101"], 2, ["outside 10-100"]),
         (["--batch-cgroup", "/no/such/group"], 2, ["does not exist"]),
     ]
     for args, code, needles in cases:
@@ -268,10 +558,47 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
             sc.hogs(2 * NPROC) as cgroup:
         share = sc.cpu_share(cgroup, 4)
         tasks = sc.status()["scx_gpu"]["tier_tasks"]
-    print(json.dumps({"share": share, "tier_tasks": tasks}))
+        control = len(list(Path(f"/proc/{loader.run_state()['pid']}/task").iterdir()))
+    print(json.dumps({"share": share, "tier_tasks": tasks, "control_threads": control}))
     assert tasks["batch"] >= 2 * NPROC, tasks  # the stress-ng workers
-    assert tasks["normal"] > 0 and tasks["gpu"] == 0, tasks
+    # The gpu tier holds only the control plane's threads (they renew tags).
+    assert tasks["normal"] > 0 and 1 <= tasks["gpu"] <= control, (tasks, control)
     assert abs(share - 0.30) <= 0.10, share  # matched by name alone, held to the quota
+
+
+def test_a_task_is_classified_again_only_when_its_tier_may_change():
+    # Hogs run slice after slice: each enqueue finds its cached tier.
+    with sc.loaded("--batch-comm", "stress*"), sc.hogs(2 * NPROC):
+        time.sleep(2)
+        before = sc.status()["scx_gpu"]["totals"]
+        time.sleep(5)
+        after = sc.status()["scx_gpu"]["totals"]
+    runs = sum(after["tiers"][t]["runs"] - before["tiers"][t]["runs"] for t in after["tiers"])
+    classified = after["classifications"] - before["classifications"]
+    print(json.dumps({"runs": runs, "classifications": classified}))
+    assert runs > 500 and classified <= 0.05 * runs, (runs, classified)
+
+
+def test_a_cgroup_declares_its_subtree_at_any_depth():
+    top = CGROUP_ROOT / "scx-gpu-deep"
+    levels = [top.joinpath(*[f"l{i}" for i in range(n)]) for n in range(13)]
+    levels[-1].mkdir(parents=True, exist_ok=True)
+    try:
+        with sc.loaded("--batch-cgroup", str(top)):
+            proc = subprocess.Popen(sc.in_cgroup(levels[-1], [str(SPINNERS), "--threads", "2",
+                                                              "--seconds", "20"]),
+                                    stdout=subprocess.DEVNULL)
+            sc.joined(levels[-1], proc)
+            sc.wait_for(lambda: sc.status()["scx_gpu"]["tier_tasks"]["batch"] >= 2, 15,
+                        "the spinners 12 levels below the batch cgroup to be batch")
+            (levels[-1] / "cgroup.kill").write_text("1")
+            proc.wait(timeout=30)
+    finally:
+        (levels[-1] / "cgroup.kill").write_text("1")
+        sc.wait_for(lambda: not (levels[-1] / "cgroup.procs").read_text().strip(), 30,
+                    "the deep cgroup to empty")
+        for level in reversed(levels):
+            level.rmdir()
 
 
 def test_statistics_endpoints_prometheus_and_scx_stats():
@@ -318,9 +645,9 @@ def test_statistics_endpoints_prometheus_and_scx_stats():
 
 AUTO_PERIOD_S = 0.5
 # Under emulation wakeups are slow: with one launching thread beside batch
-# hogs the gpu tier's wait p99 over a control period is about 0.3-1.7 ms at
-# quota 5 and 2-7 ms at quota 30 or more (a preempting wakeup).
-TCG_WAIT_TARGET_US = 1500
+# hogs the gpu tier's wait p99 over a control period was 250-950 us at quotas
+# 10-100 and over a whole run 0.4-11 ms at fixed quotas 10 and 30.
+TCG_WAIT_TARGET_US = 200
 IDLE_S = 5.0
 
 
@@ -377,14 +704,14 @@ def test_auto_quota_follows_the_launcher(tmp_path):
     cfg.write_text(f"quota = 'auto'\ngpu_wait_target_us = {TCG_WAIT_TARGET_US}\n"
                    f"auto_quota_step = 10\nauto_quota_period_s = {AUTO_PERIOD_S}\n")
     runs, logs = {}, {}
-    for name, args in (("auto", ["--config", str(cfg)]), ("fixed 5", ["--quota", "5"]),
+    for name, args in (("auto", ["--config", str(cfg)]), ("fixed 10", ["--quota", "10"]),
                        ("fixed 30", ["--quota", "30"])):
         with sc.loaded(*args) as log, sc.hogs(2 * NPROC, tier="batch") as batch:
             runs[name] = _stepping_launcher(batch)
             if name == "auto":
                 _check_mode_switches()
             logs[name] = log.read_text()
-    auto, fixed_5, fixed_30 = runs["auto"], runs["fixed 5"], runs["fixed 30"]
+    auto, fixed_10, fixed_30 = runs["auto"], runs["fixed 10"], runs["fixed 30"]
     changes = [line for line in logs["auto"].splitlines() if "batch quota" in line]
     idle_peaks = [_quota_at(auto["timeline"], t) for t in auto["busy_starts"]]
     # Halved within a detector period to tag the launcher and a few control
@@ -396,8 +723,8 @@ def test_auto_quota_follows_the_launcher(tmp_path):
                for name, r in runs.items()}
     print(json.dumps({"changes": changes, "idle_peaks": idle_peaks, "settled": settled,
                       **summary}))
-    # The premise: more batch, longer gpu waits; at 30% the target is missed.
-    assert fixed_30["gpu_wait_p99_us"] > max(TCG_WAIT_TARGET_US, fixed_5["gpu_wait_p99_us"])
+    # The premise: at 30% the target is missed.
+    assert fixed_30["gpu_wait_p99_us"] > TCG_WAIT_TARGET_US, summary
     # Up while the launcher is away, down within a few control periods once it is busy.
     assert all(peak >= 40 for peak in idle_peaks), idle_peaks
     assert all(s <= p / 2 for s, p in zip(settled, idle_peaks, strict=True)), (settled, idle_peaks)
@@ -405,6 +732,6 @@ def test_auto_quota_follows_the_launcher(tmp_path):
     # The launcher keeps the priority check's bound against the most protective
     # fixed quota; batch gets far more CPU than under it, and more than under
     # a fixed quota that misses the target.
-    assert min(auto["tokens_per_s"]) >= 0.85 * max(fixed_5["tokens_per_s"]), summary
-    assert auto["batch_cpu_s"] >= 2 * fixed_5["batch_cpu_s"], summary
+    assert min(auto["tokens_per_s"]) >= 0.85 * max(fixed_10["tokens_per_s"]), summary
+    assert auto["batch_cpu_s"] >= 2 * fixed_10["batch_cpu_s"], summary
     assert auto["batch_cpu_s"] > fixed_30["batch_cpu_s"], summary

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A task storm: --procs processes (forked at once) of --threads CPU-bound
+ * threads each, spinning for --seconds. Every thread records the longest
+ * time it did not run (the largest gap between two consecutive clock reads,
+ * its creation counted as its first read), which for a task that never
+ * sleeps is the longest it waited while runnable. Prints one JSON object:
+ * the number of tasks, how many ran at all, and the longest gap of any.
+ */
+#define _GNU_SOURCE
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STACK_BYTES	(64 * 1024)
+
+struct slot {
+	double created;		/* when its creator asked for it */
+	double worst_gap;	/* seconds; negative until it ran */
+};
+
+static double seconds_total = 10.0;
+static double end_at;
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void *spin(void *arg)
+{
+	struct slot *slot = arg;
+	double last = slot->created, worst = 0.0, now;
+
+	do {
+		now = now_s();
+		if (now - last > worst)
+			worst = now - last;
+		last = now;
+	} while (now < end_at);
+	slot->worst_gap = worst;
+	return NULL;
+}
+
+static void run_process(struct slot *slots, int threads)
+{
+	pthread_t *tids = calloc(threads, sizeof(*tids));
+	pthread_attr_t attr;
+	int i, started = 0;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, STACK_BYTES);
+	for (i = 0; i < threads; i++) {
+		slots[i].created = now_s();
+		if (pthread_create(&tids[i], &attr, spin, &slots[i]) == 0)
+			started++;
+		else
+			break;
+	}
+	for (i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	_exit(started == threads ? 0 : 1);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "procs", required_argument, NULL, 'p' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int procs = 1, threads = 1, opt, i, status, failed = 0, ran = 0, n;
+	struct slot *slots;
+	double worst = 0.0;
+
+	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'p': procs = atoi(optarg); break;
+		case 't': threads = atoi(optarg); break;
+		case 's': seconds_total = atof(optarg); break;
+		default:
+			fprintf(stderr, "usage: spinners --procs N --threads N --seconds S\n");
+			return 2;
+		}
+	}
+	if (procs < 1 || threads < 1 || seconds_total <= 0) {
+		fprintf(stderr, "spinners: --procs, --threads and --seconds must be positive\n");
+		return 2;
+	}
+	n = procs * threads;
+	slots = mmap(NULL, n * sizeof(*slots), PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (slots == MAP_FAILED) {
+		perror("spinners: mmap");
+		return 1;
+	}
+	for (i = 0; i < n; i++)
+		slots[i].worst_gap = -1.0;
+	end_at = now_s() + seconds_total;
+	for (i = 0; i < procs; i++) {
+		pid_t pid = fork();
+
+		if (pid < 0) {
+			perror("spinners: fork");
+			return 1;
+		}
+		if (pid == 0)
+			run_process(slots + i * threads, threads);
+	}
+	while (wait(&status) > 0)
+		failed += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+	for (i = 0; i < n; i++) {
+		if (slots[i].worst_gap < 0)
+			continue;
+		ran++;
+		if (slots[i].worst_gap > worst)
+			worst = slots[i].worst_gap;
+	}
+	printf("{\"tasks\": %d, \"ran\": %d, \"max_gap_s\": %.6f, \"failed_procs\": %d}\n",
+	       n, ran, worst, failed);
+	return failed ? 1 : 0;
+}
