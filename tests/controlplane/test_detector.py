@@ -155,7 +155,8 @@ def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_
     # windows may come no faster than the kernel takes their probes away.
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
-    probes, detaching, tags = FakeProbes(attach_s=0.0), [False], {}
+    probes, detaching = FakeProbes(attach_s=0.0), [False]
+    tags: dict[int, int] = {}
     det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
                    tags=lambda: dict(tags), clock=lambda: probes.now,
                    detaching=lambda: detaching[0])
