@@ -929,7 +929,7 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 	struct task_ctx *tctx = task_ctx_of(p);
 	struct scx_gpu_stats *s = stat();
 	struct cpu_ctx *c = cpu_ctx_of(scx_bpf_task_cpu(p));
-	u64 now = bpf_ktime_get_ns();
+	u64 now = bpf_ktime_get_ns(), waited;
 	struct tier_stats *ts;
 
 	if (!tctx)
@@ -947,15 +947,16 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 			c->throttled_since = 0;
 		}
 	}
-	if (!s || tctx->tier >= NR_TIERS)
+	waited = tctx->runnable_at ? now - tctx->runnable_at : 0;
+	tctx->runnable_at = 0;
+	/* The tiers' statistics describe the work: the quota loop reads them. */
+	if (!s || tctx->tier >= NR_TIERS || p->tgid == control_tgid)
 		return;
 	ts = &s->tier[tctx->tier];
 	ts->runs++;
-	if (tctx->runnable_at) {
-		/* The mask proves the index in bounds to the verifier. */
-		ts->wait_hist[log2_bucket(now - tctx->runnable_at) & (WAIT_BUCKETS - 1)]++;
-		tctx->runnable_at = 0;
-	}
+	/* The mask proves the index in bounds to the verifier. */
+	if (waited)
+		ts->wait_hist[log2_bucket(waited) & (WAIT_BUCKETS - 1)]++;
 }
 
 void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
