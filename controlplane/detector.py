@@ -49,15 +49,26 @@ class BackgroundDetach:
     def __init__(self, detach: Detach) -> None:
         self._detach = detach
         self._links: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0  # given, not yet destroyed
         self._thread = threading.Thread(target=self._run, name="probe-detach", daemon=True)
         self._thread.start()
 
     def __call__(self, link: int) -> None:
+        with self._lock:
+            self._pending += 1
         self._links.put(link)
 
     def _run(self) -> None:
         while (link := self._links.get()) is not None:
             self._detach(link)
+            with self._lock:
+                self._pending -= 1
+
+    def pending(self) -> bool:
+        """Links given that are not destroyed yet."""
+        with self._lock:
+            return self._pending > 0
 
     def close(self) -> None:
         self._links.put(None)
@@ -77,6 +88,10 @@ class Detector:
     _links: list[int] = field(default_factory=list)
     _inodes: set[tuple[int, int]] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
+    # Probes of a closed window still being detached: a window that looks for
+    # new launchers waits for them (each costs the whole machine grace
+    # periods); one that renews live tags does not.
+    detaching: Callable[[], bool] = lambda: False
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
@@ -114,7 +129,8 @@ class Detector:
             if now - self._window_start >= self.window_s or self._renewed():
                 self._close_window()
                 self._schedule_next()
-        elif now >= self._next_window and self.libraries:
+        elif (now >= self._next_window and self.libraries
+              and (self._live_tags() or not self.detaching())):
             self._open_window()
 
     def poll_s(self, idle_s: float) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
 from scx_gpu.controlplane.config import Config
+from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import live_gpu_tags
 from scx_gpu.controlplane.tiers import exec_command
 from scx_gpu.errors import EnvironmentProblem, UsageError
@@ -135,10 +136,13 @@ def comm_matcher(patterns: list[str]) -> re.Pattern[str] | None:
 
 
 class Renicer:
-    """Gives tagged threads GPU_NICE while their tag lives, then their own nice back."""
+    """Gives tagged threads GPU_NICE while their tag lives and their process
+    is within the gpu budgets, then their own nice back."""
 
-    def __init__(self, tags_fd: int, ttl_ns: int, whole_process: bool) -> None:
+    def __init__(self, tags_fd: int, ttl_ns: int, whole_process: bool,
+                 budget: GpuBudget) -> None:
         self.tags_fd, self.ttl_ns, self.whole_process = tags_fd, ttl_ns, whole_process
+        self.budget = budget
         self.raised: dict[int, int] = {}  # tid -> its nice before
 
     def _threads(self, key: int) -> list[int]:
@@ -156,7 +160,7 @@ class Renicer:
         return alive
 
     def tick(self) -> None:
-        alive = self.live()
+        alive = self.budget.within(self.live())
         for tid in alive - set(self.raised):
             try:
                 before = os.getpriority(os.PRIO_PROCESS, tid)

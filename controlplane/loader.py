@@ -33,7 +33,8 @@ from scx_gpu.controlplane import (
     trust,
 )
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.detector import BackgroundDetach, Detach, Detector
+from scx_gpu.controlplane.detector import BackgroundDetach, Detector
+from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.runstate import (
     FALLBACK_MODE,
     RUN_STATE,
@@ -51,6 +52,7 @@ from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 POLL_S = 0.1
+FALLBACK_BUDGET_BANK_S = 0.5
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 DISABLE_WAIT_S = 10.0
 RESTART = -1
@@ -239,11 +241,12 @@ class Loader:
         stack.callback(sched.close)
         return detach
 
-    def _detector(self, sched: BpfScheduler, detach: Detach) -> Detector:
+    def _detector(self, sched: BpfScheduler, detach: BackgroundDetach) -> Detector:
         tags_fd = sched.map_fd("gpu_tags")
         return Detector(sched.attach_detector, detach,
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
-                        ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd))
+                        ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
+                        detaching=detach.pending)
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
@@ -272,6 +275,12 @@ class Loader:
         self.emit(f"scx-gpu: {change.line()}")
         self.last_quota_change = change
         self._save_run_state()
+
+    def _gpu_budget(self) -> GpuBudget:
+        """The scheduler's gpu budgets, for the fallback's renice; it banks
+        several polls, since a poll may come late on a loaded host."""
+        return GpuBudget(self.config.gpu_proc_budget_pct, self.config.gpu_budget_pct,
+                         NPROC, self.config.period_ms / 1000, bank_s=FALLBACK_BUDGET_BANK_S)
 
     def _rescanner(self, stack: ExitStack) -> libcuda.Rescanner | None:
         """libcuda discovery, running until stack closes; none for the fair
@@ -385,7 +394,7 @@ class FallbackLoader(Loader):
             detector = stack.enter_context(closing(self._detector(sched, detach)))
             stack.callback(members.undo)
             renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
-                                       self.config.scope == "process")
+                                       self.config.scope == "process", self._gpu_budget())
             stack.callback(renicer.restore_all)
             scanner = self._rescanner(stack)
             group.create(self.config.start_quota(), self.config.period_ms, NPROC)

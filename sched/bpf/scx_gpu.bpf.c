@@ -23,9 +23,10 @@
  *  - floor service: a normal or batch task at the head of its queue that has
  *    waited F runs next, ahead of the gpu tier, in slices of s, within f% of
  *    all CPUs per period per tier (batch's also within its quota, which is
- *    at least f). Only a waking gpu thread preempts it, so floor service
- *    never delays one; a task whose floor slice it cut short keeps its place
- *    (its wait goes on). A gpu thread whose slice ended waits at most s,
+ *    at least f), the tier whose head has waited longer first. Only a
+ *    waking gpu thread preempts it, so floor service never delays one; a
+ *    task whose floor slice it cut short keeps its place (its wait goes
+ *    on). A gpu thread whose slice ended waits at most s,
  *    and floor slices alternate with queued gpu work. The gpu tier keeps at
  *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
  *  - the normal slice shrinks to slice * C / queued (not below s) so a round
@@ -42,12 +43,10 @@
  *    threads are metered: all the CPU time of a process's tagged threads,
  *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
  *    all of them against gpu_budget_pct % (95), as token buckets banking
- *    one slice. A process over either runs in the normal tier until back
- *    within it, and its debt never exceeds a period: over-use costs the
- *    gpu tier at most P after it stops. Kernel threads, the control plane
- *    and operator-pinned members are not metered.
- *  - kernel threads run in the gpu tier: RCU, reclaim and the uprobe
- *    registration the detector waits on serve every tier.
+ *    one slice. A process over either runs in the normal tier, in slices of
+ *    s, until back within it, and its debt never exceeds a period: over-use costs the
+ *    gpu tier at most P after it stops. The control plane and
+ *    operator-pinned members are not metered.
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -58,7 +57,6 @@ char _license[] SEC("license") = "GPL";
 #define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
 #define MAX_CPUS	1024
 #define SCHED_IDLE	5
-#define PF_KTHREAD	0x00200000
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
@@ -459,7 +457,7 @@ static u32 classify(struct task_struct *p, u64 now, u64 *until, bool *metered)
 	 * expire. All its threads: one starved while holding Python's GIL
 	 * stops the detector too.
 	 */
-	if (p->tgid == control_tgid || (p->flags & PF_KTHREAD))
+	if (p->tgid == control_tgid)
 		return TIER_GPU;
 	tier = pinned_tier(p);
 	if (tier < NR_TIERS)
@@ -725,6 +723,31 @@ static bool serve_floor(u32 tier, s32 cpu, u64 now)
 	return false;
 }
 
+/* When the head of @tier's queue became runnable; FOREVER when none. */
+static u64 head_since(u32 tier)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+
+	bpf_for_each(scx_dsq, p, dsq_of(tier, 0), 0) {
+		tctx = task_ctx_of(p);
+		return tctx && tctx->runnable_at ? tctx->runnable_at : FOREVER;
+	}
+	return FOREVER;
+}
+
+/*
+ * Floor service for the tier whose head has waited longer first: a storm
+ * in one tier leaves the other's longest waiter its turn.
+ */
+static bool serve_floors(s32 cpu, u64 now)
+{
+	u32 first = head_since(TIER_BATCH) < head_since(TIER_NORMAL) ? TIER_BATCH : TIER_NORMAL;
+
+	return serve_floor(first, cpu, now) ||
+	       serve_floor(first == TIER_BATCH ? TIER_NORMAL : TIER_BATCH, cpu, now);
+}
+
 /*
  * Charge @p's run since tctx->run_at: its tier's runtime, the batch quota,
  * the floor share, a tagged thread's budgets (over them: classify it again).
@@ -772,8 +795,26 @@ static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 no
 	return tier;
 }
 
+static void arm_slice_timer(void)
+{
+	struct timer_slot *ts;
+
+	if (__sync_val_compare_and_swap(&slice_timer_armed, 0, 1) != 0)
+		return;
+	ts = bpf_map_lookup_elem(&timers, &(u32){SLICE_TIMER});
+	if (!ts || bpf_timer_start(&ts->timer, MIN_SLICE_NS, 0))
+		slice_timer_armed = 0;
+}
+
+/* A tagged process over its budget runs in short slices: normal tasks wait little. */
+static bool over_budget_slice(struct task_ctx *tctx)
+{
+	return tctx && tctx->metered && tctx->tier != TIER_GPU;
+}
+
 /* Refilled: the kernel keeps prev running, with no idle gap. */
-static void keep_running(struct task_struct *prev, struct cpu_ctx *c, u32 tier)
+static void keep_running(struct task_struct *prev, struct task_ctx *tctx, struct cpu_ctx *c,
+			 u32 tier, u64 now)
 {
 	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns : slice_ns;
 	if (!c)
@@ -781,6 +822,11 @@ static void keep_running(struct task_struct *prev, struct cpu_ctx *c, u32 tier)
 	c->tier = tier;
 	c->pid = prev->pid;
 	c->floor = false;
+	if (over_budget_slice(tctx)) {
+		prev->scx.slice = MIN_SLICE_NS;
+		c->slice_end = now + MIN_SLICE_NS;
+		arm_slice_timer();
+	}
 }
 
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
@@ -792,8 +838,7 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	struct cpu_ctx *c = cpu_ctx_of(cpu);
 
 	/* Floor slices alternate with waiting gpu tasks: one at a time ahead of them. */
-	if (!(after_floor && queued(dsq_of(TIER_GPU, 0))) &&
-	    (serve_floor(TIER_NORMAL, cpu, now) || serve_floor(TIER_BATCH, cpu, now)))
+	if (!(after_floor && queued(dsq_of(TIER_GPU, 0))) && serve_floors(cpu, now))
 		return;
 	/* A queue of the same tier as prev goes first: round robin within a tier. */
 	if (dsq_move_to_local(dsq_of(TIER_GPU, 0)))
@@ -804,7 +849,7 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	    dsq_move_to_local(dsq_of(TIER_BATCH, 0)))
 		return;
 	if (keep < NR_TIERS) {
-		keep_running(prev, c, keep);
+		keep_running(prev, ptctx, c, keep, now);
 		return;
 	}
 	if (!queued(dsq_of(TIER_BATCH, 0)))
@@ -829,17 +874,6 @@ static u64 normal_slice(void)
 	u64 slice = n > nr_cpus ? slice_ns * nr_cpus / n : slice_ns;
 
 	return slice < MIN_SLICE_NS ? MIN_SLICE_NS : slice;
-}
-
-static void arm_slice_timer(void)
-{
-	struct timer_slot *ts;
-
-	if (__sync_val_compare_and_swap(&slice_timer_armed, 0, 1) != 0)
-		return;
-	ts = bpf_map_lookup_elem(&timers, &(u32){SLICE_TIMER});
-	if (!ts || bpf_timer_start(&ts->timer, MIN_SLICE_NS, 0))
-		slice_timer_armed = 0;
 }
 
 /* Slices shorter than the tick end on time: kick CPUs whose slice is over. */
@@ -880,7 +914,7 @@ static int slice_tick(void *map, int *key, struct timer_slot *ts)
 static void set_running_slice(struct task_struct *p, struct task_ctx *tctx, struct cpu_ctx *c,
 			      u64 now)
 {
-	if (tctx->floor_served)
+	if (tctx->floor_served || over_budget_slice(tctx))
 		p->scx.slice = MIN_SLICE_NS;
 	else if (tctx->tier == TIER_NORMAL && p->scx.slice > normal_slice())
 		p->scx.slice = normal_slice();
@@ -895,7 +929,7 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 	struct task_ctx *tctx = task_ctx_of(p);
 	struct scx_gpu_stats *s = stat();
 	struct cpu_ctx *c = cpu_ctx_of(scx_bpf_task_cpu(p));
-	u64 now = bpf_ktime_get_ns();
+	u64 now = bpf_ktime_get_ns(), waited;
 	struct tier_stats *ts;
 
 	if (!tctx)
@@ -913,15 +947,16 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 			c->throttled_since = 0;
 		}
 	}
-	if (!s || tctx->tier >= NR_TIERS)
+	waited = tctx->runnable_at ? now - tctx->runnable_at : 0;
+	tctx->runnable_at = 0;
+	/* The tiers' statistics describe the work: the quota loop reads them. */
+	if (!s || tctx->tier >= NR_TIERS || p->tgid == control_tgid)
 		return;
 	ts = &s->tier[tctx->tier];
 	ts->runs++;
-	if (tctx->runnable_at) {
-		/* The mask proves the index in bounds to the verifier. */
-		ts->wait_hist[log2_bucket(now - tctx->runnable_at) & (WAIT_BUCKETS - 1)]++;
-		tctx->runnable_at = 0;
-	}
+	/* The mask proves the index in bounds to the verifier. */
+	if (waited)
+		ts->wait_hist[log2_bucket(waited) & (WAIT_BUCKETS - 1)]++;
 }
 
 void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)

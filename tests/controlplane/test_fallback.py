@@ -152,6 +152,38 @@ def test_gpu_allow_limits_whom_the_fallback_renices(hierarchy):
                 proc.wait()
 
 
+@BOTH
+def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
+    # A process launching on every CPU without pause goes over a 40% budget
+    # (on a loaded host it gets at least one of the CPUs); a launcher that
+    # waits for its GPU 10 ms a token (10% of a CPU) stays within it.
+    with fallback_loaded("--gpu-proc-budget", "40"):
+        runs = {name: subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "40",
+                                        "--threads", str(threads), "--launches", launches,
+                                        "--work-us", "100", "--gpu-wait-us", wait],
+                                       stdout=subprocess.DEVNULL)
+                for name, threads, launches, wait in (("spinner", NPROC, "1000", "0"),
+                                                      ("launcher", 1, "10", "10000"))}
+        try:
+            sc.wait_for(lambda: all(len(launching_threads(p.pid)) == n for p, n in
+                                    ((runs["spinner"], NPROC), (runs["launcher"], 1))),
+                        10, "the launching threads")
+            spinning = launching_threads(runs["spinner"].pid)
+            (launching,) = launching_threads(runs["launcher"].pid)
+
+            def nices(name: str, tids: list[int]) -> set[int]:
+                return {nice_of(runs[name].pid, tid) for tid in tids}
+            sc.wait_for(lambda: nices("spinner", spinning) == {fallback.GPU_NICE}, 20,
+                        "the spinner to be tagged and reniced (within the bank)")
+            sc.wait_for(lambda: nices("spinner", spinning) == {0}
+                        and nices("launcher", [launching]) == {fallback.GPU_NICE}, 20,
+                        "the spinner over its budget at its own nice, the launcher reniced")
+        finally:
+            for proc in runs.values():
+                proc.kill()
+                proc.wait()
+
+
 def test_fallback_bad_input():
     assert_one_line_error(scx_gpu("load", "--fallback", "maybe"), 2,
                           ["unknown fallback 'maybe'", "refuse, auto, mainline"])
