@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from scx_gpu.controlplane import blkio, cgknobs, irqsteer, memlimits, netshape, skbprio
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
 from scx_gpu.controlplane.config import Config
@@ -80,7 +78,7 @@ class _Plan:
 
     def net_plans(self) -> list[netshape.Plan]:
         c = self.config
-        with IPRoute() as ipr:
+        with netshape.route() as ipr:
             return [netshape.plan(ipr, dev, c.net_link_rate, c.net_share_pct, c.batch_net_rate)
                     for dev in c.net_devs or [netshape.default_route_dev(ipr)]]
 
@@ -115,7 +113,7 @@ def applied(config: Config, emit: Callable[[str], None], batch: list[Path],
 
 def _network(stack: contextlib.ExitStack, nets: list[netshape.Plan], batch: list[Path],
              emit: Callable[[str], None]) -> list[dict[str, object]]:
-    ipr = stack.enter_context(IPRoute())
+    ipr = stack.enter_context(netshape.route())
     for net in nets:
         stack.callback(netshape.shape(ipr, net))
         emit(f"scx-gpu: {net.dev}: link {net.link_bps / 1e6:g} Mbit/s, the rest guaranteed "

@@ -12,15 +12,18 @@ controlplane.skbprio sets to BATCH_CLASS; HTB takes a priority equal to one
 of its leaf class ids as the class, so no filter is needed.
 """
 
+from __future__ import annotations
+
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from scx_gpu.errors import EnvironmentProblem, UsageError
+
+if TYPE_CHECKING:  # imported when used: it takes a second to import, and most runs shape nothing
+    from pyroute2 import IPRoute
 
 HANDLE = 0x5C470000            # our root qdisc, "5c47:"
 ROOT_CLASS = HANDLE | 0x1
@@ -159,8 +162,15 @@ def _install(ipr: IPRoute, index: int, p: Plan) -> None:
            quantum=QUANTUM_BYTES, burst=batch_burst, cburst=batch_burst)
 
 
+def route() -> IPRoute:
+    """A netlink route socket (a context manager)."""
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
 def shape(ipr: IPRoute, p: Plan) -> Callable[[], None]:
     """Install the hierarchy on p.dev; returns its undo (the device's default qdisc back)."""
+    from pyroute2.netlink.exceptions import NetlinkError
     index = _index(ipr, p.dev)
     _check_free(ipr, index, p.dev)
     undo = _remover(ipr, index)

@@ -23,8 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # not in pytest's namespace before 7.4 (Debian 12's is 7.2)
+    from _pytest.terminal import TerminalReporter
 
 IN_GUEST_ENV = "SCX_GPU_IN_VM"
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +38,7 @@ GUEST_TEST_TIMEOUT_S = 420
 CLEANUP_TIMEOUT_S = 60
 RESULTS_ENV = "SCX_GPU_VM_RESULTS"
 GUEST_RESULTS = "/job/out/results.jsonl"
+SLOWEST_SHOWN = 15
 
 
 def in_guest() -> bool:
@@ -45,6 +50,7 @@ class GuestOutcome:
     passed: bool
     text: str
     stdout: str
+    duration_s: float
 
 
 def _guest_body(item: pytest.Item) -> bool:
@@ -96,7 +102,7 @@ def _read_results(path: Path) -> tuple[dict[str, GuestOutcome], str | None]:
             running = record["started"]
         else:
             outcomes[record["nodeid"]] = GuestOutcome(record["passed"], record["text"],
-                                                      record["stdout"])
+                                                      record["stdout"], record["duration_s"])
             running = None
     return outcomes, running
 
@@ -122,6 +128,7 @@ class _GuestRecorder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.failed: dict[str, list[pytest.TestReport]] = {}  # per test, its failed phases
+        self.duration_s: dict[str, float] = {}  # per test, its phases so far
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self._write({"started": nodeid})
@@ -129,12 +136,15 @@ class _GuestRecorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not report.passed:
             self.failed.setdefault(report.nodeid, []).append(report)
+        duration = self.duration_s.pop(report.nodeid, 0.0) + report.duration
         if report.when != "teardown":
+            self.duration_s[report.nodeid] = duration
             return
         bad = self.failed.pop(report.nodeid, [])
         self._write({"nodeid": report.nodeid, "passed": not bad,
                      "text": "\n".join(f"[{r.when}] {r.longreprtext}" for r in bad),
-                     "stdout": report.capstdout})  # every phase's, so far
+                     "stdout": report.capstdout,  # every phase's, so far
+                     "duration_s": round(duration, 1)})
 
     def _write(self, record: dict[str, object]) -> None:
         with self.path.open("a") as f:
@@ -190,6 +200,18 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") and os.geteuid() != 0:
         pytest.fail("this test needs root (BPF, cgroups, the VM): run it as root", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: "TerminalReporter") -> None:
+    """The slowest vm tests by their time in the guest (the suite's budget)."""
+    session = terminalreporter.config.stash.get(_SESSION, None)
+    if session is None or not session.outcomes:
+        return
+    timed = sorted(session.outcomes.items(), key=lambda kv: -kv[1].duration_s)
+    total = sum(outcome.duration_s for _, outcome in timed)
+    terminalreporter.write_sep("=", f"slowest vm tests (in the guest; {total:.0f} s in all)")
+    for nodeid, outcome in timed[:SLOWEST_SHOWN]:
+        terminalreporter.write_line(f"{outcome.duration_s:7.1f}s {nodeid}")
 
 
 @pytest.hookimpl(tryfirst=True)

