@@ -69,6 +69,7 @@ class Summary:
             hist = list(ts.wait_hist)
             tiers[tier.name.lower()] = {
                 "cpu_pct": 100.0 * ts.runtime_ns / 1e9 / self.interval_s if self.interval_s else 0,
+                "runtime_s": ts.runtime_ns / 1e9,
                 "runs": ts.runs,
                 "preemptions": ts.preemptions,
                 "wait_p50_us": wait_percentile_ns(hist, 0.50) / 1000,

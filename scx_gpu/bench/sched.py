@@ -85,12 +85,17 @@ def run_cell(cell: Cell, duration: float) -> dict[str, Any]:
     row = {"cell": cell.name, "tokens_per_s": report["tokens_per_s"],
            "token_us_p99": report["token_us_p99"], "hog_cpu_share": hog_share}
     if totals and after:
-        # Warm-up included on both sides: every launch and every hit of the run.
-        row["probe_hits_per_launch"] = (after["detector_hits"] - totals["detector_hits"]) / max(
-            1, report["launches"])
-        row["gpu_tier_cpu_share"] = (after["tiers"]["gpu"]["runtime_ns"]
-                                     - totals["tiers"]["gpu"]["runtime_ns"]) / 1e9 / elapsed
+        row.update(detector_figures(totals, after, report["launches"], elapsed))
     return row
+
+
+def detector_figures(before: dict[str, Any], after: dict[str, Any], launches: int,
+                     elapsed_s: float) -> dict[str, float]:
+    """Between two of `status`'s totals: probe hits per launch (warm-up included on
+    both sides: every launch and every hit of the run) and the gpu tier's CPU share."""
+    gpu_s = after["tiers"]["gpu"]["runtime_s"] - before["tiers"]["gpu"]["runtime_s"]
+    return {"probe_hits_per_launch": (after["detector_hits"] - before["detector_hits"])
+            / max(1, launches), "gpu_tier_cpu_share": gpu_s / elapsed_s}
 
 
 def _totals(cell: Cell) -> dict[str, Any] | None:
