@@ -21,6 +21,7 @@ import pytest
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import irqsteer
 from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.controlplane.topology import NPROC
 from tests.helpers import scx_gpu
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
@@ -58,6 +59,9 @@ def test_irq_steering_moves_nvme_interrupts_off_a_cpu_and_back():
     with sc.loaded("--irq-steer", "--irq-avoid-cpus", "0"):
         moves = _status()["colocation"]["irqs"]  # type: ignore[index]
         during = _nvme_irqs()
+        fired = _irq_counts()
+        _disk_io()
+        fired = {n: count - fired[n] for n, count in _irq_counts().items() if n in fired}
         effective = {n: Path(f"/proc/irq/{n}/effective_affinity_list").read_text().strip()
                      for n in during}
     after = _nvme_irqs()
@@ -69,11 +73,32 @@ def test_irq_steering_moves_nvme_interrupts_off_a_cpu_and_back():
     assert moved, moves
     for m in moved:
         assert during[m["irq"]] == m["after"] and "0" not in m["after"].split(","), (m, during)
-        assert 0 not in irqsteer.parse_cpulist(effective[m["irq"]]), (m, effective)
+        # x86 moves an interrupt when it next fires: one that has not fired since
+        # (the admin queue, nvme0q0, seldom does) still shows its old CPU.
+        assert (0 not in irqsteer.parse_cpulist(effective[m["irq"]])
+                or not fired[m["irq"]]), (m, effective, fired)
     for m in moves:
         if m["after"] is None:
             assert during[m["irq"]] == before[m["irq"]], (m, during)
     assert after == before
+
+
+def _irq_counts() -> dict[int, int]:
+    """Each interrupt's count so far, over all CPUs (/proc/interrupts)."""
+    counts = {}
+    for line in Path("/proc/interrupts").read_text().splitlines()[1:]:
+        number, _, rest = line.partition(":")
+        if number.strip().isdigit():
+            counts[int(number)] = sum(int(f) for f in rest.split()[:NPROC])
+    return counts
+
+
+def _disk_io() -> None:
+    """Interrupts from the disk: a synced write."""
+    with open("/root/irq-probe.dat", "wb") as f:
+        f.write(os.urandom(1 << 20))
+        os.fsync(f.fileno())
+    os.unlink("/root/irq-probe.dat")
 
 
 def _files(tmp: Path) -> tuple[Path, Path]:
