@@ -34,6 +34,10 @@ BOTH = pytest.mark.parametrize("hierarchy", [
 LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
 
 
+# The nice the programs a test launches start at: its own, which they inherit.
+OWN_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def nice_of(pid: int, tid: int) -> int:
     return int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
@@ -47,6 +51,8 @@ def fallback_loaded(*args: str) -> Iterator[dict[str, Any]]:
     proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline", "--quiet",
                              "--cuda-lib", STUB, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    # At the gpu tier's nice already, a renice could not be seen.
+    assert OWN_NICE > fallback.GPU_NICE, OWN_NICE
     try:
         sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
                     or proc.poll() is not None, 30, "the fallback to start")
@@ -96,9 +102,9 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
                 (tid,) = launching_threads(running.pid)
                 sc.wait_for(lambda: nice_of(running.pid, tid) == fallback.GPU_NICE, 10,
                             "the launching thread to be reniced")
-                assert nice_of(running.pid, running.pid) == 0  # the main thread never launched
+                assert nice_of(running.pid, running.pid) == OWN_NICE  # it never launched
             # SIGTERM: all undone while the hogs and the (still tagged) launcher run.
-            assert nice_of(running.pid, tid) == 0
+            assert nice_of(running.pid, tid) == OWN_NICE
             assert not group.exists()
             for pid in hogs:
                 assert f"/{fallback.GROUP_NAME}" not in Path(f"/proc/{pid}/cgroup").read_text()
@@ -144,7 +150,7 @@ def test_gpu_allow_limits_whom_the_fallback_renices(hierarchy):
             sc.wait_for(lambda: nice_of(runs["nobody"].pid, allowed) == fallback.GPU_NICE, 10,
                         "the allowed user's launching thread to be reniced")
             for _ in range(3):  # detector windows come and go: look through a few
-                assert nice_of(runs["root"].pid, other) == 0
+                assert nice_of(runs["root"].pid, other) == OWN_NICE
                 time.sleep(1)
         finally:
             for proc in runs.values():
@@ -175,7 +181,7 @@ def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
                 return {nice_of(runs[name].pid, tid) for tid in tids}
             sc.wait_for(lambda: nices("spinner", spinning) == {fallback.GPU_NICE}, 20,
                         "the spinner to be tagged and reniced (within the bank)")
-            sc.wait_for(lambda: nices("spinner", spinning) == {0}
+            sc.wait_for(lambda: nices("spinner", spinning) == {OWN_NICE}
                         and nices("launcher", [launching]) == {fallback.GPU_NICE}, 20,
                         "the spinner over its budget at its own nice, the launcher reniced")
         finally:
