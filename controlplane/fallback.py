@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
@@ -118,6 +119,31 @@ class CpuGroup:
             self.enabled_cpu = False
 
 
+@dataclass(frozen=True)
+class BatchUsage:
+    """What the batch group and the declared cgroups have used so far."""
+
+    processes: int
+    cpu_ns: int | None  # None: the v1 cpu controller does not count CPU time
+    throttled_ns: int  # held back by the quota
+
+
+def _cpu_stat(cgroup: Path) -> dict[str, int]:
+    """cgroup's cpu.stat; empty once the cgroup is gone."""
+    try:
+        lines = (cgroup / "cpu.stat").read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: int(value) for key, value in (line.split() for line in lines)}
+
+
+def _procs(cgroup: Path) -> int:
+    try:
+        return len((cgroup / "cgroup.procs").read_text().split())
+    except OSError:
+        return 0
+
+
 def _processes() -> Iterator[tuple[int, str]]:
     for comm_file in Path("/proc").glob("[0-9]*/comm"):
         try:
@@ -220,6 +246,15 @@ class BatchMembers:
             for pid, comm in _processes():
                 if self.comms.fullmatch(comm):
                     self.group.add(pid)
+
+    def usage(self) -> BatchUsage:
+        cgroups = [self.group.path, *self.saved]
+        stats = [_cpu_stat(path) for path in cgroups]
+        processes = sum(_procs(path) for path in cgroups)
+        if not self.group.v2:  # v1 cpu.stat: throttled_time in ns, no usage
+            return BatchUsage(processes, None, sum(s.get("throttled_time", 0) for s in stats))
+        return BatchUsage(processes, 1000 * sum(s.get("usage_usec", 0) for s in stats),
+                          1000 * sum(s.get("throttled_usec", 0) for s in stats))
 
     def undo(self) -> None:
         for path, settings in self.saved.items():

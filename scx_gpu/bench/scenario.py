@@ -34,13 +34,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
 
 
 @contextmanager
-def loaded(*args: str, cuda_lib: bool = True) -> Iterator[Path]:
+def loaded(*args: str, cuda_lib: bool = True, quiet: bool = True) -> Iterator[Path]:
     """`scx-gpu load` running in the background for the body's duration (the
     sched_ext scheduler, or the mainline fallback when args ask for it);
     yields the file its output goes to."""
     lib = ["--cuda-lib", str(program("libcuda.so.1"))] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
-        proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", *lib, *args], stdout=log,
+        flags = ["--quiet"] if quiet else []
+        proc = subprocess.Popen([*SCX_GPU, "load", *flags, *lib, *args], stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             # The loader writes its run state once attached.

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
-from tests.helpers import assert_one_line_error, scx_gpu
+from tests.helpers import assert_one_line_error, json_lines, scx_gpu
 
 pytestmark = pytest.mark.root
 BOTH = pytest.mark.parametrize("hierarchy", [
@@ -47,23 +48,27 @@ def launching_threads(pid: int) -> list[int]:
 
 
 @contextmanager
-def fallback_loaded(*args: str) -> Iterator[dict[str, Any]]:
-    proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline", "--quiet",
-                             "--cuda-lib", STUB, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def fallback_loaded(*args: str, quiet: bool = True) -> Iterator[dict[str, Any]]:
+    """The fallback running; its run state, and "log": the file of its output."""
     # At the gpu tier's nice already, a renice could not be seen.
     assert OWN_NICE > fallback.GPU_NICE, OWN_NICE
-    try:
-        sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
-                    or proc.poll() is not None, 30, "the fallback to start")
-        assert proc.poll() is None, proc.communicate()[0]
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == fallback.GPU_NICE  # level, not ahead
-        yield runstate.run_state()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "weaker guarantee" in out and "undone" in out, out
+    with tempfile.NamedTemporaryFile("w") as log:
+        out = Path(log.name)
+        proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline",
+                                 *(["--quiet"] if quiet else []), "--cuda-lib", STUB, *args],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
+                        or proc.poll() is not None, 30, "the fallback to start")
+            assert proc.poll() is None, out.read_text()
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == fallback.GPU_NICE  # level
+            yield {**runstate.run_state(), "log": out}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        output = out.read_text()
+    assert proc.returncode == 0, output
+    assert "weaker guarantee" in output and "undone" in output, output
 
 
 def busy_launcher(seconds: float) -> float:
@@ -131,6 +136,35 @@ def test_run_places_commands_under_the_fallback(hierarchy):
         status = json.loads(scx_gpu("status", "--json").stdout)["fallback"]
         assert status["batch_group"] == str(group) and "weaker" in status["guarantee"], status
         assert "weaker guarantee" in scx_gpu("status").stdout
+
+
+@BOTH
+def test_the_fallback_prints_statistics_as_the_scheduler_does(hierarchy):
+    """The one loop of both loaders: a line every --stats-interval, here of
+    the renice and of the batch group held to its quota."""
+    quota = 30
+    with noise.hogs(NPROC), fallback_loaded(
+            "--batch-comm", "stress-ng*", "--quota", str(quota), "--json",
+            "--stats-interval", "0.5", quiet=False) as state:
+        launcher = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "60",
+                                     "--work-us", "100"], stdout=subprocess.DEVNULL)
+        try:
+            def seen() -> list[dict[str, Any]]:
+                return [line for line in json_lines(state["log"])
+                        if line["gpu_threads_reniced"] >= 1 and line["detector_hits"] > 0
+                        and line["batch_processes"] >= NPROC and line["batch_throttled_ms"] > 0]
+            sc.wait_for(lambda: bool(seen()), 30,
+                        "a statistics line: the launcher reniced, the hogs held to the quota")
+            line = seen()[-1]
+        finally:
+            launcher.kill()
+            launcher.wait()
+    print(line)
+    assert line["batch_quota_pct"] == quota and 0.4 <= line["interval_s"] < 5, line
+    if hierarchy == "v1-host":
+        assert line["batch_cpu_pct"] is None, line  # the v1 cpu controller does not count it
+    else:
+        assert 0 < line["batch_cpu_pct"] <= 1.5 * quota * NPROC, line
 
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

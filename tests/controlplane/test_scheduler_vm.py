@@ -32,7 +32,14 @@ from scx_gpu.tracer import analysis
 from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
-from tests.helpers import assert_one_line_error, cpu_share, disabled, enabled, scx_gpu
+from tests.helpers import (
+    assert_one_line_error,
+    cpu_share,
+    disabled,
+    enabled,
+    json_lines,
+    scx_gpu,
+)
 
 pytestmark = pytest.mark.vm
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
@@ -53,6 +60,26 @@ def test_loads_and_detaches_on_signal(sig):
     assert took <= 2.0
     assert subprocess.run(["true"], timeout=5).returncode == 0  # still responsive
     assert sc.status()["ops"] is None
+
+
+def test_load_prints_each_intervals_statistics():
+    """The loop both loaders share prints a line every --stats-interval (the
+    fallback's own line: test_fallback)."""
+    with sc.loaded("--json", "--stats-interval", "0.5", quiet=False) as log:
+        launcher = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "60",
+                                     "--work-us", "100"], stdout=subprocess.DEVNULL)
+        try:
+            def launching() -> list[dict[str, Any]]:
+                return [line for line in json_lines(log)
+                        if line["tiers"]["gpu"]["runs"] > 0 and line["detector_hits"] > 0]
+            sc.wait_for(lambda: len(launching()) >= 2, 60, "two lines with the launcher's runs")
+            lines = json_lines(log)
+        finally:
+            launcher.kill()
+            launcher.wait()
+    print(lines[-1])
+    assert all(0.4 <= line["interval_s"] < 5 for line in lines), [
+        line["interval_s"] for line in lines]
 
 
 def test_detection_tags_the_launching_thread_only_then_expires():
