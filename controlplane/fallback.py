@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path, cpu_stat, processes
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import live_gpu_tags
@@ -105,7 +105,7 @@ class CpuGroup:
         each cgroup competes as one entity: SCHED_IDLE inside one no longer
         yields to the rest of the machine)."""
         if self.path.is_dir():
-            for pid in (int(p) for p in (self.path / "cgroup.procs").read_text().split()):
+            for pid in processes(self.path):
                 home = self.root / self.origins.get(pid, "/").lstrip("/")
                 try:
                     (home / "cgroup.procs").write_text(str(pid))
@@ -126,22 +126,6 @@ class BatchUsage:
     processes: int
     cpu_ns: int | None  # None: the v1 cpu controller does not count CPU time
     throttled_ns: int  # held back by the quota
-
-
-def _cpu_stat(cgroup: Path) -> dict[str, int]:
-    """cgroup's cpu.stat; empty once the cgroup is gone."""
-    try:
-        lines = (cgroup / "cpu.stat").read_text().splitlines()
-    except OSError:
-        return {}
-    return {key: int(value) for key, value in (line.split() for line in lines)}
-
-
-def _procs(cgroup: Path) -> int:
-    try:
-        return len((cgroup / "cgroup.procs").read_text().split())
-    except OSError:
-        return 0
 
 
 def _processes() -> Iterator[tuple[int, str]]:
@@ -249,11 +233,11 @@ class BatchMembers:
 
     def usage(self) -> BatchUsage:
         cgroups = [self.group.path, *self.saved]
-        stats = [_cpu_stat(path) for path in cgroups]
-        processes = sum(_procs(path) for path in cgroups)
+        stats = [cpu_stat(path) for path in cgroups]
+        count = sum(len(processes(path)) for path in cgroups)
         if not self.group.v2:  # v1 cpu.stat: throttled_time in ns, no usage
-            return BatchUsage(processes, None, sum(s.get("throttled_time", 0) for s in stats))
-        return BatchUsage(processes, 1000 * sum(s.get("usage_usec", 0) for s in stats),
+            return BatchUsage(count, None, sum(s.get("throttled_time", 0) for s in stats))
+        return BatchUsage(count, 1000 * sum(s.get("usage_usec", 0) for s in stats),
                           1000 * sum(s.get("throttled_usec", 0) for s in stats))
 
     def undo(self) -> None:

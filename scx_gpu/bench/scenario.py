@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.controlplane.cgroups import processes
 from scx_gpu.controlplane.runstate import RUN_STATE, run_state, sched_ext_state
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
@@ -88,8 +89,8 @@ def joined(cgroup: Path, proc: subprocess.Popen[Any], members: int = 1,
         if proc.poll() is not None:
             raise EnvironmentProblem(f"{proc.args!r} exited with status {proc.returncode} "
                                      f"before joining {cgroup}")
-        pids = (cgroup / "cgroup.procs").read_text().split()
-        return str(proc.pid) in pids and len(pids) >= members
+        pids = processes(cgroup)
+        return proc.pid in pids and len(pids) >= members
     wait_for(ready, timeout, f"{proc.args!r} to start in {cgroup}")
 
 
