@@ -66,9 +66,9 @@ def _require_root() -> None:
 
 def _keep_up_under_load(nice: int) -> None:
     """Run the control plane (this thread, and every thread it starts) at nice.
-    It shares CPUs with the work it schedules: at nice 0, undeclared noise
-    starved it, detector windows opened seconds late and busy launchers'
-    tags expired."""
+    It shares CPUs with the work it schedules: at nice 0 undeclared noise
+    starves it, so detector windows open seconds late and busy launchers'
+    tags expire."""
     os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
