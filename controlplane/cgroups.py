@@ -1,4 +1,5 @@
-"""cgroup v2 helpers the scheduler's tiers, the mainline fallback and the bench share."""
+"""cgroup helpers the scheduler's tiers, the mainline fallback, status and the
+bench share (v2, except where a function says it reads v1 too)."""
 
 from pathlib import Path
 
@@ -30,10 +31,26 @@ def cgroup_id(path: Path) -> int:
     return path.stat().st_ino
 
 
+def processes(cgroup: Path) -> list[int]:
+    """The processes in cgroup (v1 or v2); none once it is gone."""
+    try:
+        return [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_stat(cgroup: Path) -> dict[str, int]:
+    """cgroup's cpu.stat (v2, or the v1 cpu controller's); empty once it is gone."""
+    try:
+        lines = (cgroup / "cpu.stat").read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: int(value) for key, value in (line.split() for line in lines)}
+
+
 def cpu_seconds(cgroup: Path) -> float:
     """CPU seconds used so far by everything in cgroup (cgroup v2 cpu.stat)."""
-    for line in (cgroup / "cpu.stat").read_text().splitlines():
-        key, value = line.split()
-        if key == "usage_usec":
-            return int(value) / 1e6
-    raise EnvironmentProblem(f"{cgroup}/cpu.stat has no usage_usec: is it a cgroup v2 group?")
+    usage = cpu_stat(cgroup).get("usage_usec")
+    if usage is None:
+        raise EnvironmentProblem(f"{cgroup}/cpu.stat has no usage_usec: is it a cgroup v2 group?")
+    return usage / 1e6

@@ -14,9 +14,10 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path, cpu_stat, processes
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import live_gpu_tags
@@ -104,7 +105,7 @@ class CpuGroup:
         each cgroup competes as one entity: SCHED_IDLE inside one no longer
         yields to the rest of the machine)."""
         if self.path.is_dir():
-            for pid in (int(p) for p in (self.path / "cgroup.procs").read_text().split()):
+            for pid in processes(self.path):
                 home = self.root / self.origins.get(pid, "/").lstrip("/")
                 try:
                     (home / "cgroup.procs").write_text(str(pid))
@@ -116,6 +117,15 @@ class CpuGroup:
             with contextlib.suppress(OSError):  # EBUSY: a child enabled it since; it stays
                 SUBTREE_CONTROL.write_text("-cpu")
             self.enabled_cpu = False
+
+
+@dataclass(frozen=True)
+class BatchUsage:
+    """What the batch group and the declared cgroups have used so far."""
+
+    processes: int
+    cpu_ns: int | None  # None: the v1 cpu controller does not count CPU time
+    throttled_ns: int  # held back by the quota
 
 
 def _processes() -> Iterator[tuple[int, str]]:
@@ -220,6 +230,15 @@ class BatchMembers:
             for pid, comm in _processes():
                 if self.comms.fullmatch(comm):
                     self.group.add(pid)
+
+    def usage(self) -> BatchUsage:
+        cgroups = [self.group.path, *self.saved]
+        stats = [cpu_stat(path) for path in cgroups]
+        count = sum(len(processes(path)) for path in cgroups)
+        if not self.group.v2:  # v1 cpu.stat: throttled_time in ns, no usage
+            return BatchUsage(count, None, sum(s.get("throttled_time", 0) for s in stats))
+        return BatchUsage(count, 1000 * sum(s.get("usage_usec", 0) for s in stats),
+                          1000 * sum(s.get("throttled_usec", 0) for s in stats))
 
     def undo(self) -> None:
         for path, settings in self.saved.items():

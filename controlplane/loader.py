@@ -66,9 +66,9 @@ def _require_root() -> None:
 
 def _keep_up_under_load(nice: int) -> None:
     """Run the control plane (this thread, and every thread it starts) at nice.
-    It shares CPUs with the work it schedules: at nice 0, undeclared noise
-    starved it, detector windows opened seconds late and busy launchers'
-    tags expired."""
+    It shares CPUs with the work it schedules: at nice 0 undeclared noise
+    starves it, so detector windows open seconds late and busy launchers'
+    tags expire."""
     os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
@@ -224,8 +224,8 @@ class Loader:
                                                             self._quota_changed)))
             scanner = self._rescanner(stack)
             self._announce(sched)
-            info = self._loop(detector, scanner, self._ejected(sched),
-                              self._statistics(sched, detector))
+            info = self._loop(detector, scanner, self._tier_sample(sched, detector),
+                              ejected=self._ejected(sched))
         if info is None:
             self.emit("scx-gpu: detached")
             return 0
@@ -311,11 +311,13 @@ class Loader:
             self.emit(f"scx-gpu: probing {lib} ({source})")
 
     def _loop(self, detector: Detector, scanner: libcuda.Rescanner | None,
-              ejected: Callable[[], intf.ExitInfo | None],
-              step: Callable[[float], None]) -> intf.ExitInfo | None:
+              sample: Callable[[float], stats.Report],
+              ejected: Callable[[], intf.ExitInfo | None] = lambda: None,
+              step: Callable[[float], None] = lambda now: None) -> intf.ExitInfo | None:
         """The loop of both loaders: new libcuda files probed, detection windows,
-        then step(now), until a signal (None) or ejected() returns the kernel's
-        exit info."""
+        step(now) and a statistics line from sample every stats_interval_s,
+        until a signal (None) or ejected() returns the kernel's exit info."""
+        report = self._statistics(sample)
         while not self.stop.is_set():
             info = ejected()
             if info is not None:
@@ -324,6 +326,7 @@ class Loader:
             self._probe_found(scanner, detector)
             detector.tick()
             step(now)
+            report(now)
             self.stop.wait(detector.poll_s(POLL_S))
         return None
 
@@ -334,22 +337,34 @@ class Loader:
             return None if info.kind == intf.EXIT_NONE else info
         return ejected
 
-    def _statistics(self, sched: BpfScheduler, detector: Detector) -> Callable[[float], None]:
-        """A step printing the statistics line every stats_interval_s."""
-        last, before = time.monotonic(), sched.read_stats()
+    def _statistics(self, sample: Callable[[float], stats.Report]) -> Callable[[float], None]:
+        """A step printing sample(interval)'s line every stats_interval_s (none
+        under --quiet)."""
+        last = time.monotonic()
 
         def step(now: float) -> None:
-            nonlocal last, before
-            if now - last < self.config.stats_interval_s:
+            nonlocal last
+            if self.quiet or now - last < self.config.stats_interval_s:
                 return
-            current = sched.read_stats()
-            if not self.quiet:
-                summary = stats.Summary(now - last, stats.diff(current, before),
-                                        sched.read_tunables().batch_quota_pct,
-                                        detector.duty_cycle())
-                self.emit(json.dumps(summary.as_dict()) if self.as_json else summary.line())
-            last, before = now, current
+            report = sample(now - last)
+            self.emit(json.dumps(report.as_dict()) if self.as_json else report.line())
+            last = now
         return step
+
+    @staticmethod
+    def _tier_sample(sched: BpfScheduler,
+                     detector: Detector) -> Callable[[float], stats.Report]:
+        """The scheduler's counters since the last sample, per tier."""
+        before = sched.read_stats()
+
+        def sample(interval_s: float) -> stats.Report:
+            nonlocal before
+            current = sched.read_stats()
+            summary = stats.Summary(interval_s, stats.diff(current, before),
+                                    sched.read_tunables().batch_quota_pct, detector.duty_cycle())
+            before = current
+            return summary
+        return sample
 
 
 class FallbackLoader(Loader):
@@ -402,7 +417,27 @@ class FallbackLoader(Loader):
             write_run_state(self.config.as_dict(),
                             {"mode": FALLBACK_MODE, "batch_group": str(group.path)})
             self.emit(f"scx-gpu: {fallback.WEAKER}")
-            self._loop(detector, scanner, lambda: None, self._mainline_step(renicer, members))
+            self._loop(detector, scanner, self._mainline_sample(sched, detector, renicer, members),
+                       step=self._mainline_step(renicer, members))
+
+    def _mainline_sample(self, sched: BpfScheduler, detector: Detector,
+                         renicer: fallback.Renicer,
+                         members: fallback.BatchMembers) -> Callable[[float], stats.Report]:
+        """What the renice and the batch group did since the last sample."""
+        hits, usage = sched.read_stats().detector_hits, members.usage()
+
+        def sample(interval_s: float) -> stats.Report:
+            nonlocal hits, usage
+            hits_now, usage_now = sched.read_stats().detector_hits, members.usage()
+            cpu_ns = (None if usage_now.cpu_ns is None or usage.cpu_ns is None
+                      else usage_now.cpu_ns - usage.cpu_ns)
+            summary = stats.FallbackSummary(
+                interval_s, len(renicer.raised), usage_now.processes, cpu_ns,
+                usage_now.throttled_ns - usage.throttled_ns, self.config.start_quota(),
+                hits_now - hits, detector.duty_cycle())
+            hits, usage = hits_now, usage_now
+            return summary
+        return sample
 
     @staticmethod
     def _mainline_step(renicer: fallback.Renicer,

@@ -1,7 +1,7 @@
 """Turn the scheduler's counters into the numbers users read."""
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from scx_gpu.controlplane.intf import NR_TIERS, WAIT_BUCKETS, Stats, Tier
 
@@ -55,6 +55,14 @@ def wait_quantile_ns(hist: list[int], q: float) -> float:
     return (1 << bucket) * (1 + into)
 
 
+class Report(Protocol):
+    """One interval's statistics, as `scx-gpu load` prints them."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+    def line(self) -> str: ...
+
+
 @dataclass
 class Summary:
     interval_s: float
@@ -101,3 +109,40 @@ def line(summary: dict[str, Any]) -> str:
     return (" | ".join(parts) + f" | quota {summary['batch_quota_pct']}% throttled "
             f"{summary['batch_throttled_ms']:.0f}ms floor {summary['floor_dispatches']} "
             f"hits {summary['detector_hits']} duty {summary['detector_duty_pct']:.0f}%")
+
+
+@dataclass
+class FallbackSummary:
+    """The mainline fallback's statistics over interval_s: it has no tiers'
+    run queues to measure, so what nice and the batch cgroup did instead."""
+
+    interval_s: float
+    reniced: int  # gpu threads at the fallback's nice now
+    batch_processes: int
+    batch_cpu_ns: int | None  # None where the cgroup does not count it (v1)
+    batch_throttled_ns: int
+    quota_pct: int
+    detector_hits: int
+    duty_cycle: float
+
+    def as_dict(self) -> dict[str, Any]:
+        cpu = self.batch_cpu_ns
+        return {
+            "interval_s": self.interval_s,
+            "gpu_threads_reniced": self.reniced,
+            "batch_processes": self.batch_processes,
+            "batch_cpu_pct": None if cpu is None or not self.interval_s else
+            100.0 * cpu / 1e9 / self.interval_s,
+            "batch_quota_pct": self.quota_pct,
+            "batch_throttled_ms": self.batch_throttled_ns / 1e6,
+            "detector_hits": self.detector_hits,
+            "detector_duty_pct": 100.0 * self.duty_cycle,
+        }
+
+    def line(self) -> str:
+        d = self.as_dict()
+        cpu = "n/a" if d["batch_cpu_pct"] is None else f"{d['batch_cpu_pct']:5.1f}%"
+        return (f"gpu: reniced {d['gpu_threads_reniced']:4d} threads | batch: cpu {cpu} "
+                f"processes {d['batch_processes']:4d} | quota {d['batch_quota_pct']}% throttled "
+                f"{d['batch_throttled_ms']:.0f}ms hits {d['detector_hits']} "
+                f"duty {d['detector_duty_pct']:.0f}%")

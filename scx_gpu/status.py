@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from scx_gpu.controlplane import colocation, fallback, intf, stats
+from scx_gpu.controlplane.cgroups import processes
 from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.runstate import FALLBACK_MODE, run_state, sched_ext_state
 from scx_gpu.controlplane.scheduler import PIN_DIR
@@ -33,9 +34,8 @@ def _scheduler_report() -> dict[str, Any]:
 
 def _fallback_report(run: dict[str, Any]) -> dict[str, Any]:
     group = Path(run["batch_group"])
-    procs = (group / "cgroup.procs").read_text().split() if group.is_dir() else []
     return {"loader_pid": run.get("pid"), "batch_group": str(group),
-            "batch_processes": len(procs), "batch_quota_pct": run["config"]["quota"],
+            "batch_processes": len(processes(group)), "batch_quota_pct": run["config"]["quota"],
             "guarantee": fallback.WEAKER}
 
 

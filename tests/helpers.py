@@ -1,6 +1,7 @@
 """Helpers shared by the tests: run the CLI as a user would, check errors, read
-sched_ext's state and a cgroup's CPU share."""
+sched_ext's state, a cgroup's CPU share and `scx-gpu load --json`'s lines."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.runstate import sched_ext_state
@@ -69,3 +71,9 @@ def cpu_share(cgroup: Path, seconds: float) -> float:
     time.sleep(seconds)
     used = cpu_seconds(cgroup) - before
     return used / ((time.monotonic() - start) * NPROC)
+
+
+def json_lines(log: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines written to log so far (`scx-gpu load --json`)."""
+    lines = log.read_text().split("\n")[:-1]  # the last one may be half written
+    return [json.loads(line) for line in lines if line.startswith("{")]

@@ -1,5 +1,5 @@
-"""Issue 15, point 4: `scx-gpu bench` with policies that take the fallback's
-renice apart (run as root on the GPU machine, like `scx-gpu bench`).
+"""`scx-gpu bench` with policies that take the fallback's renice apart, to
+see which of its parts brings the gain (run as root on the GPU machine, like `scx-gpu bench`).
 
     python3 bench/gpu/bench_variants.py bench run --policy ... (scx-gpu's arguments)
 

@@ -1,4 +1,4 @@
-"""Issue 15, item 2: the detector's cost on the torch workload alone, made
+"""The detector's cost on the torch workload alone, made
 resolvable (run as root on the GPU machine; the kernel there has no
 sched_ext, so the detector runs under `scx-gpu load --fallback mainline`).
 
@@ -47,7 +47,7 @@ from scx_gpu.workloads import json_report, program
 
 WINDOW_S, SETTLE_S = 5.0, 1.0
 HIT_REPS, HIT_S, HIT_BATCH = 7, 2.0, 1000
-TORCH_LAUNCHES_PER_TOKEN = 173.0  # round 1's tracer count, equal to PyTorch's profiler
+TORCH_LAUNCHES_PER_TOKEN = 173.0  # the tracer's count on the H200, equal to PyTorch's profiler's
 STUB_LAUNCHES_PER_TOKEN = 173
 ALWAYS = ("--detect-window-ms", "3600000", "--detect-period-ms", "3600000")
 DUTY = ("--detect-window-ms", "100", "--detect-period-ms", "1000")

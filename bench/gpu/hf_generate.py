@@ -1,4 +1,4 @@
-"""Issue 15, item 3: a model we did not write, through its library's own loop.
+"""A model we did not write, through its library's own loop.
 
 transformers' LlamaForCausalLM built from a config with random weights (no
 downloads: 12 layers, 1024 wide, bf16), batch 1, driven by `generate()`:

@@ -1,4 +1,4 @@
-"""Issue 15, item 4: which mainline mechanism brings a launch-bound job beside
+"""Which mainline mechanism brings a launch-bound job beside
 undeclared CPU hogs up to SCHED_IDLE hogs' tokens/s (run as root on the GPU machine).
 
 One workload process decodes without pause (the torch decoder, or the

@@ -1,4 +1,4 @@
-"""Issue 15, point 4: how long after a launcher starts the mainline fallback
+"""How long after a launcher starts the mainline fallback
 renices it (run as root on any host: the stub libcuda and launcher).
 
 `scx-gpu load --fallback mainline` (nothing declared) runs beside HOGS busy

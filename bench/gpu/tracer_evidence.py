@@ -1,10 +1,10 @@
-"""Issue 7, items 1 and 2: the tracer on real CUDA work (run on the GPU machine).
+"""The tracer on real CUDA work (run on the GPU machine).
 
 1. Launches per token as the tracer counts them, in the workload's measured
    window, against PyTorch's profiler (eager), and graph replays counted as
    cuGraphLaunch (graph mode). libcuda comes from discovery, not from flags.
    Part `hf-launches` does the same for a model we did not write
-   (bench/gpu/hf_generate.py: transformers' generate(), issue 15 item 3).
+   (bench/gpu/hf_generate.py: transformers' generate()).
 2. Tracer overhead: tokens/s untraced and traced, interleaved, REPS times.
 Writes one JSON document (argv[1]).
 """

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.controlplane.cgroups import processes
 from scx_gpu.controlplane.runstate import RUN_STATE, run_state, sched_ext_state
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
@@ -34,13 +35,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
 
 
 @contextmanager
-def loaded(*args: str, cuda_lib: bool = True) -> Iterator[Path]:
+def loaded(*args: str, cuda_lib: bool = True, quiet: bool = True) -> Iterator[Path]:
     """`scx-gpu load` running in the background for the body's duration (the
     sched_ext scheduler, or the mainline fallback when args ask for it);
     yields the file its output goes to."""
     lib = ["--cuda-lib", str(program("libcuda.so.1"))] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
-        proc = subprocess.Popen([*SCX_GPU, "load", "--quiet", *lib, *args], stdout=log,
+        flags = ["--quiet"] if quiet else []
+        proc = subprocess.Popen([*SCX_GPU, "load", *flags, *lib, *args], stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             # The loader writes its run state once attached.
@@ -87,8 +89,8 @@ def joined(cgroup: Path, proc: subprocess.Popen[Any], members: int = 1,
         if proc.poll() is not None:
             raise EnvironmentProblem(f"{proc.args!r} exited with status {proc.returncode} "
                                      f"before joining {cgroup}")
-        pids = (cgroup / "cgroup.procs").read_text().split()
-        return str(proc.pid) in pids and len(pids) >= members
+        pids = processes(cgroup)
+        return proc.pid in pids and len(pids) >= members
     wait_for(ready, timeout, f"{proc.args!r} to start in {cgroup}")
 
 

@@ -18,8 +18,3 @@ def object_path(name: str) -> Path:
             f"BPF object {name} is missing from {OBJECT_DIR}: run `make bpf` in a source checkout"
         )
     return path
-
-
-def shipped_objects() -> list[Path]:
-    """Every compiled BPF object in the package, sorted by name."""
-    return sorted(OBJECT_DIR.glob("*.bpf.o"))

@@ -101,7 +101,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_obj_get": (INT, [CP]),
     "bpf_map_lookup_elem": (INT, [INT, VP, VP]),
     "bpf_map_update_elem": (INT, [INT, VP, VP, c_uint64]),
-    "bpf_map_delete_elem": (INT, [INT, VP]),
     "bpf_map_get_next_key": (INT, [INT, VP, VP]),
     "btf__find_by_name_kind": (INT, [VP, CP, U32]),
     "btf__type_by_id": (POINTER(BtfType), [VP, U32]),

@@ -50,14 +50,6 @@ def update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
                                                   BPF_ANY), "bpf_map_update_elem")
 
 
-def delete(fd: int, key: ctypes._CData) -> bool:
-    ret = libbpf.lib().bpf_map_delete_elem(fd, ctypes.byref(key))
-    if ret < 0 and -ret == ENOENT:
-        return False
-    libbpf.check(ret, "bpf_map_delete_elem")
-    return True
-
-
 def keys(fd: int, key_type: type[T]) -> Iterator[T]:
     prev: T | None = None
     while True:

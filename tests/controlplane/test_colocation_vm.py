@@ -253,8 +253,8 @@ def test_batch_memory_hog_is_held_while_the_gpu_tier_keeps_its_pages():
           f"{isolated['cached_before_mb']:.0f} -> min {isolated['cached_min_mb']:.0f} (batch "
           f"peak {isolated['batch_peak_mb']:.0f}, {isolated['high_events']} memory.high events)")
     print(f"without: {plain}\nwith: {isolated}")
-    # Without isolation the hog takes the gpu tier's pages (the setup makes pressure:
-    # 22-54% of them went in earlier runs) ...
+    # Without isolation the hog takes the gpu tier's pages (the setup makes pressure
+    # enough to take 22-54% of them) ...
     assert plain["cached_min_mb"] < 0.85 * plain["cached_before_mb"], plain
     # ... with it the hog is throttled and reclaimed at memory.high, and they stay.
     assert isolated["high_events"] > 0, isolated

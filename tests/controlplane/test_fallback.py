@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +27,16 @@ from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
-from tests.helpers import assert_one_line_error, scx_gpu
+from tests.helpers import assert_one_line_error, json_lines, scx_gpu
 
 pytestmark = pytest.mark.root
 BOTH = pytest.mark.parametrize("hierarchy", [
     pytest.param("v1-host"), pytest.param("v2-vm", marks=pytest.mark.vm)])
 LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
+
+
+# The nice the programs a test launches start at: its own, which they inherit.
+OWN_NICE = os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def nice_of(pid: int, tid: int) -> int:
@@ -43,21 +48,27 @@ def launching_threads(pid: int) -> list[int]:
 
 
 @contextmanager
-def fallback_loaded(*args: str) -> Iterator[dict[str, Any]]:
-    proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline", "--quiet",
-                             "--cuda-lib", STUB, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
-                    or proc.poll() is not None, 30, "the fallback to start")
-        assert proc.poll() is None, proc.communicate()[0]
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == fallback.GPU_NICE  # level, not ahead
-        yield runstate.run_state()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "weaker guarantee" in out and "undone" in out, out
+def fallback_loaded(*args: str, quiet: bool = True) -> Iterator[dict[str, Any]]:
+    """The fallback running; its run state, and "log": the file of its output."""
+    # At the gpu tier's nice already, a renice could not be seen.
+    assert OWN_NICE > fallback.GPU_NICE, OWN_NICE
+    with tempfile.NamedTemporaryFile("w") as log:
+        out = Path(log.name)
+        proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline",
+                                 *(["--quiet"] if quiet else []), "--cuda-lib", STUB, *args],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
+                        or proc.poll() is not None, 30, "the fallback to start")
+            assert proc.poll() is None, out.read_text()
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == fallback.GPU_NICE  # level
+            yield {**runstate.run_state(), "log": out}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        output = out.read_text()
+    assert proc.returncode == 0, output
+    assert "weaker guarantee" in output and "undone" in output, output
 
 
 def busy_launcher(seconds: float) -> float:
@@ -96,9 +107,9 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
                 (tid,) = launching_threads(running.pid)
                 sc.wait_for(lambda: nice_of(running.pid, tid) == fallback.GPU_NICE, 10,
                             "the launching thread to be reniced")
-                assert nice_of(running.pid, running.pid) == 0  # the main thread never launched
+                assert nice_of(running.pid, running.pid) == OWN_NICE  # it never launched
             # SIGTERM: all undone while the hogs and the (still tagged) launcher run.
-            assert nice_of(running.pid, tid) == 0
+            assert nice_of(running.pid, tid) == OWN_NICE
             assert not group.exists()
             for pid in hogs:
                 assert f"/{fallback.GROUP_NAME}" not in Path(f"/proc/{pid}/cgroup").read_text()
@@ -127,6 +138,35 @@ def test_run_places_commands_under_the_fallback(hierarchy):
         assert "weaker guarantee" in scx_gpu("status").stdout
 
 
+@BOTH
+def test_the_fallback_prints_statistics_as_the_scheduler_does(hierarchy):
+    """The one loop of both loaders: a line every --stats-interval, here of
+    the renice and of the batch group held to its quota."""
+    quota = 30
+    with noise.hogs(NPROC), fallback_loaded(
+            "--batch-comm", "stress-ng*", "--quota", str(quota), "--json",
+            "--stats-interval", "0.5", quiet=False) as state:
+        launcher = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "60",
+                                     "--work-us", "100"], stdout=subprocess.DEVNULL)
+        try:
+            def seen() -> list[dict[str, Any]]:
+                return [line for line in json_lines(state["log"])
+                        if line["gpu_threads_reniced"] >= 1 and line["detector_hits"] > 0
+                        and line["batch_processes"] >= NPROC and line["batch_throttled_ms"] > 0]
+            sc.wait_for(lambda: bool(seen()), 30,
+                        "a statistics line: the launcher reniced, the hogs held to the quota")
+            line = seen()[-1]
+        finally:
+            launcher.kill()
+            launcher.wait()
+    print(line)
+    assert line["batch_quota_pct"] == quota and 0.4 <= line["interval_s"] < 5, line
+    if hierarchy == "v1-host":
+        assert line["batch_cpu_pct"] is None, line  # the v1 cpu controller does not count it
+    else:
+        assert 0 < line["batch_cpu_pct"] <= 1.5 * quota * NPROC, line
+
+
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
@@ -144,7 +184,7 @@ def test_gpu_allow_limits_whom_the_fallback_renices(hierarchy):
             sc.wait_for(lambda: nice_of(runs["nobody"].pid, allowed) == fallback.GPU_NICE, 10,
                         "the allowed user's launching thread to be reniced")
             for _ in range(3):  # detector windows come and go: look through a few
-                assert nice_of(runs["root"].pid, other) == 0
+                assert nice_of(runs["root"].pid, other) == OWN_NICE
                 time.sleep(1)
         finally:
             for proc in runs.values():
@@ -175,7 +215,7 @@ def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
                 return {nice_of(runs[name].pid, tid) for tid in tids}
             sc.wait_for(lambda: nices("spinner", spinning) == {fallback.GPU_NICE}, 20,
                         "the spinner to be tagged and reniced (within the bank)")
-            sc.wait_for(lambda: nices("spinner", spinning) == {0}
+            sc.wait_for(lambda: nices("spinner", spinning) == {OWN_NICE}
                         and nices("launcher", [launching]) == {fallback.GPU_NICE}, 20,
                         "the spinner over its budget at its own nice, the launcher reniced")
         finally:

@@ -6,10 +6,15 @@ import sys
 import zipfile
 from pathlib import Path
 
-from scx_gpu.bpf import object_path, shipped_objects
+from scx_gpu.bpf import OBJECT_DIR, object_path
 
 REPO = Path(__file__).resolve().parents[2]
 EM_BPF = 247
+
+
+def shipped_objects() -> list[Path]:
+    """Every compiled BPF object in the package, sorted by name."""
+    return sorted(OBJECT_DIR.glob("*.bpf.o"))
 
 
 def sources() -> list[Path]:

@@ -37,7 +37,8 @@ def _totals(hits: int, gpu_ns: int) -> dict[str, object]:
 
 
 def test_the_detector_figures_come_from_the_counters_status_reports():
-    # The keys the bench reads are those `status` writes (a renamed key broke it).
+    # The keys the bench reads are those `status` writes (a key renamed on one side
+    # alone would read as nothing).
     figures = sched.detector_figures(_totals(10, 10**9), _totals(60, 4 * 10**9), 10_000, 4.0)
     assert figures == {"probe_hits_per_launch": pytest.approx(0.005),
                        "gpu_tier_cpu_share": pytest.approx(0.75)}
