@@ -243,7 +243,7 @@ int main(int argc, char **argv)
 		die("getrusage");
 	messages = opt.groups * opt.pairs * opt.pairs * opt.loops;
 	printf("{\"mode\": \"%s\", \"groups\": %ld, \"pairs\": %ld, \"loops\": %ld, "
-	       "\"size\": %ld, \"tasks\": %ld, \"messages\": %ld, \"seconds\": %.6f, "
+	       "\"size\": %ld, \"tasks\": %ld, \"messages\": %ld, \"seconds\": %.9f, "
 	       "\"messages_per_s\": %.1f, \"voluntary_switches\": %ld, "
 	       "\"involuntary_switches\": %ld}\n", opt.processes ? "process" : "thread",
 	       opt.groups, opt.pairs, opt.loops, opt.size, ntasks, messages, seconds,
