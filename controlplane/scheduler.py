@@ -18,7 +18,8 @@ from scx_gpu.controlplane.runstate import RUN_DIR
 
 OBJECT = "scx_gpu.bpf.o"
 STRUCT_OPS_MAP = "gpu_ops"
-DETECT_PROG = "detect_launch"
+DETECT_PROG = "detect_launch"  # a link per entry point
+DETECT_MULTI_PROG = "detect_launch_multi"  # a link per library (kernel 6.6 and later)
 PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
 PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
                "tier_comm_prefixes", "tier_tasks", "gpu_tags")
@@ -52,6 +53,9 @@ class BpfScheduler(BpfObject):
         super().__init__(path or object_path(OBJECT))
         self.ops_link: int | None = None
         self.ncpus = libbpf.num_possible_cpus()
+        self.multi = libbpf.has_uprobe_multi()
+        self.detect_prog = DETECT_MULTI_PROG if self.multi else DETECT_PROG
+        self.skip_program(DETECT_PROG if self.multi else DETECT_MULTI_PROG)
 
     def set_options(self, options: ReadOnlyOptions) -> None:
         self.set_rodata(vars(options))
@@ -65,11 +69,22 @@ class BpfScheduler(BpfObject):
     def detector_only(self) -> None:
         """Load the launch detector and the maps alone: no struct_ops, so the
         object loads on a kernel without sched_ext (the mainline fallback)."""
-        self.load_only({DETECT_PROG}, {STRUCT_OPS_MAP})
+        self.load_only({self.detect_prog}, {STRUCT_OPS_MAP})
 
-    def attach_detector(self, binary: Path, symbol: str) -> int:
-        """Attach the launch detector to symbol in binary; returns the link."""
-        return self.attach_uprobe(DETECT_PROG, binary, symbol)
+    def attach_detector(self, binary: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        """Attach the launch detector to those of symbols that binary has;
+        (the links, the symbols probed)."""
+        if self.multi:
+            link, probed = self.attach_uprobe_multi(DETECT_MULTI_PROG, binary, symbols)
+            return [link], probed
+        links, probed = [], []
+        for symbol in symbols:
+            try:
+                links.append(self.attach_uprobe(DETECT_PROG, binary, symbol))
+            except libbpf.LibbpfError:
+                continue  # this driver version lacks that entry point
+            probed.append(symbol)
+        return links, probed
 
     def write_tunables(self, tunables: intf.Tunables) -> None:
         maps.update(self.map_fd("tunables"), ZERO, tunables)

@@ -1139,8 +1139,7 @@ static bool may_tag(void)
 }
 
 /* GPU detection: attached by the control plane to the CUDA launch family. */
-SEC("uprobe")
-int BPF_UPROBE(detect_launch)
+static int tag_launcher(void)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 key = detect_scope == SCOPE_PROCESS ? id >> 32 : (u32)id;
@@ -1157,6 +1156,23 @@ int BPF_UPROBE(detect_launch)
 	if (s)
 		s->detector_hits++;
 	return 0;
+}
+
+/* One probe per entry point: kernels before 6.6 (no uprobe_multi links). */
+SEC("uprobe")
+int BPF_UPROBE(detect_launch)
+{
+	return tag_launcher();
+}
+
+/*
+ * Every entry point of a library in one link: the window's probes go in and
+ * out together, so none fires while the others attach or detach.
+ */
+SEC("uprobe.multi")
+int BPF_UPROBE(detect_launch_multi)
+{
+	return tag_launcher();
 }
 
 SEC(".struct_ops.link")

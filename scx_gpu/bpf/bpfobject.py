@@ -6,7 +6,8 @@ The scheduler and the tracer are both one of these.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping
+import errno
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from scx_gpu.bpf import libbpf, probesite
@@ -68,6 +69,11 @@ class BpfObject:
             libbpf.check(self._lib.bpf_map__set_autocreate(self._map(name), False),
                          f"autocreate of map {name}")
 
+    def skip_program(self, name: str) -> None:
+        """Before load: leave this program out of the kernel."""
+        libbpf.check(self._lib.bpf_program__set_autoload(self._prog(name), False),
+                     f"autoload of {name}")
+
     def load(self) -> None:
         libbpf.check(self._lib.bpf_object__load(self.obj), f"load {self.path.name}")
 
@@ -94,6 +100,25 @@ class BpfObject:
                                                       str(binary).encode(), offset,
                                                       ctypes.byref(opts)),
             f"uprobe {binary}:{symbol}")
+
+    def attach_uprobe_multi(self, prog: str, binary: Path,
+                            symbols: Iterable[str]) -> tuple[int, list[str]]:
+        """Attach prog to every symbol binary has, in one link (at the sites
+        attach_uprobe would choose); (the link, the symbols probed). The caller
+        owns the link."""
+        sites = probesite.probe_sites(binary, symbols)
+        if not sites:
+            raise libbpf.LibbpfError(f"uprobe_multi {binary}: none of its symbols found",
+                                     errno.ENOENT)
+        offsets = (ctypes.c_ulong * len(sites))(*sites.values())
+        opts = libbpf.BpfUprobeMultiOpts(sz=ctypes.sizeof(libbpf.BpfUprobeMultiOpts),
+                                         offsets=offsets, cnt=len(sites))
+        link = libbpf.check_ptr(
+            self._lib.bpf_program__attach_uprobe_multi(self._prog(prog), -1,
+                                                       str(binary).encode(), None,
+                                                       ctypes.byref(opts)),
+            f"uprobe_multi {binary}: {', '.join(sites)}")
+        return link, list(sites)
 
     def detach(self, link: int) -> None:
         """Destroy a link that attach() made, before close()."""

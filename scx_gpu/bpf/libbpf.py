@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 import threading
 from collections.abc import Iterator
 from ctypes import (
@@ -20,6 +21,7 @@ from ctypes import (
     c_size_t,
     c_uint32,
     c_uint64,
+    c_ulong,
     c_void_p,
 )
 from typing import Any
@@ -42,6 +44,18 @@ class BpfUprobeOpts(Structure):
         ("retprobe", c_bool),
         ("func_name", c_char_p),
         ("attach_mode", c_int),
+    ]
+
+
+class BpfUprobeMultiOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("syms", POINTER(c_char_p)),
+        ("offsets", POINTER(c_ulong)),
+        ("ref_ctr_offsets", POINTER(c_uint64)),
+        ("cookies", POINTER(c_uint64)),
+        ("cnt", c_size_t),
+        ("retprobe", c_bool),
     ]
 
 
@@ -81,6 +95,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__name": (CP, [VP]),
     "bpf_program__attach": (VP, [VP]),
     "bpf_program__attach_uprobe_opts": (VP, [VP, INT, CP, SZ, POINTER(BpfUprobeOpts)]),
+    "bpf_program__attach_uprobe_multi": (VP, [VP, INT, CP, CP, POINTER(BpfUprobeMultiOpts)]),
     "bpf_program__set_autoload": (INT, [VP, c_bool]),
     "bpf_link__destroy": (INT, [VP]),
     "bpf_obj_get": (INT, [CP]),
@@ -91,6 +106,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "btf__type_by_id": (POINTER(BtfType), [VP, U32]),
     "btf__name_by_offset": (CP, [VP, U32]),
 }
+
+# Functions newer than MIN_VERSION: declared where the loaded libbpf has them.
+_SINCE = {"bpf_program__attach_uprobe_multi": (1, 3)}
 
 _log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
 _log_lock = threading.Lock()
@@ -144,6 +162,8 @@ def lib() -> ctypes.CDLL:
             "or point SCX_GPU_LIBBPF at one"
         ) from exc
     for name, (restype, argtypes) in _SIGNATURES.items():
+        if name in _SINCE and version_of(handle) < _SINCE[name]:
+            continue
         fn = getattr(handle, name)
         fn.restype = restype
         fn.argtypes = argtypes
@@ -159,9 +179,20 @@ def take_log() -> list[str]:
     return lines
 
 
+def version_of(handle: ctypes.CDLL) -> tuple[int, int]:
+    return int(handle.libbpf_major_version()), int(handle.libbpf_minor_version())
+
+
 def version() -> tuple[int, int]:
     """(major, minor) of the loaded libbpf."""
-    return int(lib().libbpf_major_version()), int(lib().libbpf_minor_version())
+    return version_of(lib())
+
+
+def has_uprobe_multi() -> bool:
+    """Whether libbpf and the kernel (6.6 and later) attach uprobe_multi links."""
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    kernel = (int(release[1]), int(release[2])) if release else (0, 0)
+    return version() >= _SINCE["bpf_program__attach_uprobe_multi"] and kernel >= (6, 6)
 
 
 def require_version() -> None:

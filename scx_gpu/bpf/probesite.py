@@ -115,9 +115,10 @@ def _sections(elf: Elf) -> list[tuple[int, ...]] | None:
     return [_SHDR.unpack_from(elf, shoff + i * _SHDR.size) for i in range(shnum)]
 
 
-def _function_bytes(elf: Elf, symbol: str) -> bytes | None:
-    """The bytes of symbol's one definition as libbpf resolves it (.dynsym, then
-    .symtab; a versioned name matches), or None if it is missing or ambiguous."""
+def _function_bytes(elf: Elf, symbol: str) -> tuple[int, bytes] | None:
+    """The file offset and bytes of symbol's one definition as libbpf resolves it
+    (.dynsym, then .symtab; a versioned name matches), or None if it is missing
+    or ambiguous."""
     sections = _sections(elf)
     if sections is None:
         return None
@@ -144,26 +145,45 @@ def _function_bytes(elf: Elf, symbol: str) -> bytes | None:
             start = value - sec[3] + sec[4]
             if size == 0 or start < 0 or start + size > len(elf):
                 return None
-            return elf[start:start + size]
+            return start, elf[start:start + size]
     return None
 
 
 @lru_cache(maxsize=256)
-def _cached(path: str, _identity: tuple[int, int, int, int], symbol: str) -> int:
+def _cached(path: str, _identity: tuple[int, int, int, int],
+            symbol: str) -> tuple[int, int] | None:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as elf:
-            code = _function_bytes(elf, symbol)
+            found = _function_bytes(elf, symbol)
     except (OSError, ValueError, struct.error):
-        return 0
-    return probe_offset(code) if code is not None else 0
+        return None
+    return (found[0], probe_offset(found[1])) if found is not None else None
+
+
+def _site(binary: Path, symbol: str) -> tuple[int, int] | None:
+    """(symbol's file offset, the probe's offset past it), None if not found once."""
+    try:
+        st = binary.stat()
+    except OSError:
+        return None
+    found = _cached(str(binary), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), symbol)
+    if found is not None and os.environ.get(AT_ENTRY_ENV, "") not in ("", "0"):
+        return found[0], 0
+    return found
 
 
 def symbol_probe_offset(binary: Path, symbol: str) -> int:
     """Bytes past symbol's entry in binary where its uprobe costs least (0: the entry)."""
-    if os.environ.get(AT_ENTRY_ENV, "") not in ("", "0"):
-        return 0
-    try:
-        st = binary.stat()
-    except OSError:
-        return 0
-    return _cached(str(binary), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), symbol)
+    found = _site(binary, symbol)
+    return found[1] if found else 0
+
+
+def probe_sites(binary: Path, symbols: Iterable[str]) -> dict[str, int]:
+    """The file offsets where the symbols' uprobes cost least, for those found once
+    in binary (the offsets a uprobe_multi link takes)."""
+    sites = {}
+    for symbol in symbols:
+        found = _site(binary, symbol)
+        if found:
+            sites[symbol] = found[0] + found[1]
+    return sites

@@ -19,13 +19,15 @@ class FakeProbes:
         self.live: set[int] = set()
         self.next_link = 1
 
-    def attach(self, lib: Path, symbol: str) -> int:
-        self.now += self.attach_s
-        if symbol in self.missing:
-            raise LibbpfError(f"attach {symbol} in {lib}", errno.ENOENT)
-        self.next_link += 1
-        self.live.add(self.next_link)
-        return self.next_link
+    def attach(self, lib: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        self.now += self.attach_s * len(symbols)
+        probed = [s for s in symbols if s not in self.missing]
+        if not probed:
+            raise LibbpfError(f"attach {symbols} in {lib}", errno.ENOENT)
+        links = list(range(self.next_link, self.next_link + len(probed)))
+        self.next_link += len(probed)
+        self.live.update(links)
+        return links, probed
 
     def detach(self, link: int) -> None:
         self.live.remove(link)

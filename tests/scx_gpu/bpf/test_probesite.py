@@ -100,3 +100,18 @@ def test_a_damaged_elf_file_is_never_an_error(tmp_path, monkeypatch):
         path = tmp_path / f"libcuda.so.{i}"
         path.write_bytes(data)
         assert probesite.symbol_probe_offset(path, "cuLaunchKernel") in (0, 14)
+
+
+def test_probe_sites_are_file_offsets_past_the_skipped_head(monkeypatch):
+    # A uprobe_multi link takes file offsets: each lands after the skipped bytes.
+    monkeypatch.delenv(probesite.AT_ENTRY_ENV, raising=False)
+    stub = program("libcuda.so.1")
+    elf = stub.read_bytes()
+    sites = probesite.probe_sites(stub, ["cuLaunchKernel", "cuGraphLaunch_ptsz", "cuNoSuch"])
+    assert list(sites) == ["cuLaunchKernel", "cuGraphLaunch_ptsz"]
+    launch = sites["cuLaunchKernel"]
+    assert elf[launch - 14:launch - 10] == ENDBR64 and elf[launch - 10:launch - 8] == CMP_STATE[:2]
+    assert elf[sites["cuGraphLaunch_ptsz"] - 4:sites["cuGraphLaunch_ptsz"]] == ENDBR64
+    monkeypatch.setenv(probesite.AT_ENTRY_ENV, "1")
+    entry = probesite.probe_sites(stub, ["cuLaunchKernel"])["cuLaunchKernel"]
+    assert entry == launch - 14 and elf[entry:entry + 4] == ENDBR64
