@@ -5,15 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.runstate import sched_ext_state
-from scx_gpu.controlplane.topology import NPROC
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
 
@@ -63,14 +60,6 @@ def enabled() -> bool:
 
 def disabled() -> bool:
     return sched_ext_state()[0] == "disabled"
-
-
-def cpu_share(cgroup: Path, seconds: float) -> float:
-    """Share (0-1) of all CPUs the cgroup used over the next seconds."""
-    before, start = cpu_seconds(cgroup), time.monotonic()
-    time.sleep(seconds)
-    used = cpu_seconds(cgroup) - before
-    return used / ((time.monotonic() - start) * NPROC)
 
 
 def json_lines(log: Path) -> list[dict[str, Any]]:
