@@ -16,7 +16,7 @@ from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE
-from tests.helpers import TOKEN_VAR, disabled, enabled, leftovers, scx_gpu
+from tests.helpers import TOKEN_VAR, disabled, enabled, launcher, leftovers, scx_gpu
 
 pytestmark = pytest.mark.vm
 
@@ -65,8 +65,8 @@ def test_idle_noise_yields_with_the_cpu_controller_on():
 
 
 def _busy_tokens_per_s() -> float:
-    return float(sc.launcher("--duration", "4", "--threads", str(NPROC),
-                             *SYNTHETIC_SHAPE)["tokens_per_s"])
+    return float(launcher("--duration", "4", "--threads", str(NPROC),
+                          *SYNTHETIC_SHAPE)["tokens_per_s"])
 
 
 def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):
