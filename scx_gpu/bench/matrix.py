@@ -221,7 +221,7 @@ def run(cells: list[Cell], workload: Workload, out: Path, duration: float,
     if os.geteuid() != 0:
         raise EnvironmentProblem("scx-gpu bench needs root (tracer, cgroups, scheduler)")
     check_dir(out)
-    (out / TRACES).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_marker(out, workload, cells, duration)
     rows: list[dict[str, Any]] = []
     try:

@@ -216,6 +216,6 @@ def test_untraced_cells_and_a_cell_of_its_own_workload_on_the_host(tmp_path):
     assert rows.noise_cpu_s[1] > 0.5 and "trace" not in rows and "drops" not in rows, rows
     # 50 launches a token against 10: launches over tokens/s, the runs equally long.
     assert rows.launches[2] / rows.tokens_per_s[2] > 4 * rows.launches[0] / rows.tokens_per_s[0]
-    assert not (out / results.TRACES).exists() or not any((out / results.TRACES).iterdir())
+    assert not (out / results.TRACES).exists()
     summary = results.summarise(rows)
     assert summary.loc[("fast", False, "none", "stock"), "degradation_pct"] == 0.0
