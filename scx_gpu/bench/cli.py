@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -26,8 +27,15 @@ if TYPE_CHECKING:
 
 METRICS = ("batch-cpu", "degradation", "p99")  # compare.METRICS, without importing pandas
 
+FC = TypeVar("FC", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
 EXIT_REGRESSED = 1
+
+
+def result_dir(text: str) -> Callable[[FC], FC]:
+    """-o DIR, where a bench's cells are saved (scx_gpu.bench.results)."""
+    return click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
+                        required=True, help=text)
 
 
 @click.group("bench")
@@ -57,8 +65,7 @@ def _noises(names: str) -> list[str]:
               help="CPU hogs of the cpu and heavy noise (0: one per CPU).")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Measured seconds per cell (synthetic and torch).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Result directory (new).")
+@result_dir("Result directory (new).")
 @click.option("--cuda-lib", help="libcuda for the synthetic launcher (default: the stub).")
 @click.option("--torch-mode", type=click.Choice(["eager", "graph"]), default="eager",
               show_default=True)
@@ -174,8 +181,7 @@ def wakeup_cmd(policy_names: str, reps: int, groups: int, pairs: int, loops: int
 @click.option("--reps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
               help="Measured seconds a run.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Result directory (new); the verdict goes in it as checks.json.")
+@result_dir("Result directory (new); the verdict goes in it as checks.json.")
 def sched_cmd(reps: int, duration: float, output: Path) -> None:
     """The scheduler against the mainline knobs (needs sched_ext: `make bench-sched`)."""
     from scx_gpu.bench import matrix, results, sched
@@ -196,9 +202,8 @@ def sched_cmd(reps: int, duration: float, output: Path) -> None:
               help="Seconds a measured run.")
 @click.option("--events", type=click.IntRange(min=1), default=10_000_000, show_default=True,
               help="Synthetic events the analysis is timed on.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Result directory (new) of the overhead's cells; the rest goes in it as "
-                   "tracer.json.")
+@result_dir("Result directory (new) of the overhead's cells; the rest goes in it as "
+            "tracer.json.")
 def tracer_cmd(reps: int, seconds: float, events: int, output: Path) -> None:
     """The tracer's reader throughput, overhead, probe cost and analysis time (root)."""
     from scx_gpu.bench import matrix, results, tracer
