@@ -188,7 +188,7 @@ def sched_cmd(reps: int, duration: float, output: Path) -> None:
 
     cells = sched.plan(reps, duration)
     matrix.check_dir(output)
-    policies.check_kernel([c.policy for c in cells])
+    policies.check_kernel(list({c.policy.name: c.policy for c in cells}.values()))
     _run_cells(cells, sched.workload(duration), output, duration)
     summary = results.summarise(results.load(output).rows)
     checks = sched.verdict(summary)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from scx_gpu.bench import matrix, results, sched
 from scx_gpu.controlplane.topology import NPROC
-from tests.helpers import scx_gpu
+from tests.helpers import assert_one_line_error, scx_gpu
 
 # label: (tokens/s, hogs' CPU %)
 FIGURES = {
@@ -110,3 +110,10 @@ def test_bench_compare_reads_a_bench_sched_directory(tmp_path):
     # The workload column is shown (the cells differ in it), tracing's is not.
     assert "| workload | noise | policy | tokens/s |" in table.stdout
     assert f"| {sched.FAST} | none | scx-gpu-undeclared | 150.0 |" in table.stdout
+
+
+def test_bench_sched_without_sched_ext_says_where_to_run_it(tmp_path):
+    out = tmp_path / "sched"
+    assert_one_line_error(scx_gpu("bench", "sched", "-o", str(out)), 1, [
+        "policy fair, scx-gpu-undeclared, scx-gpu needs a kernel with sched_ext", "scx-gpu vm"])
+    assert not out.exists()
