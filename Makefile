@@ -93,15 +93,19 @@ demo: setup build
 		--policy $(DEMO_POLICIES) --reps 1 --duration 5 -o /job/out/run >/dev/null'
 	$(BIN)/scx-gpu bench compare demo-results/run
 	$(BIN)/scx-gpu bench compare demo-results/run --format markdown -o demo-results/report.md
-# Scheduler vs the mainline knobs, in the test VM; results in bench-results/.
+# Scheduler vs the mainline knobs, in the test VM: a result directory
+# (`scx-gpu bench compare bench-results/bench-sched`), its verdict in checks.json.
 BENCH_REPS ?= 1
 bench-sched: setup build
+	rm -rf bench-results/bench-sched
 	$(BIN)/scx-gpu vm run --timeout 3000 --out bench-results -- \
-		scx-gpu bench sched --reps $(BENCH_REPS) -o /job/out/bench-sched.json
+		scx-gpu bench sched --reps $(BENCH_REPS) -o /job/out/bench-sched
 
-# The tracer's reader throughput, overhead and analysis time, on the host kernel.
+# The tracer's reader throughput, overhead and analysis time, on the host kernel:
+# the overhead's cells in bench-tracer/, the rest in bench-tracer/tracer.json.
 bench-tracer: setup build
-	$(BIN)/scx-gpu bench tracer -o bench-tracer.json
+	rm -rf bench-tracer
+	$(BIN)/scx-gpu bench tracer -o bench-tracer
 
 bench: bench-sched bench-tracer
 

@@ -1,5 +1,6 @@
 """Helpers shared by the tests: run the CLI as a user would, check errors, read
-sched_ext's state, a cgroup's CPU share and `scx-gpu load --json`'s lines."""
+sched_ext's state, a cgroup's CPU share and `scx-gpu load --json`'s lines, run
+the synthetic launcher."""
 
 import json
 import os
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from scx_gpu.controlplane.runstate import sched_ext_state
+from scx_gpu.controlplane.topology import NPROC
+from scx_gpu.workloads import program
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
 
@@ -66,3 +69,16 @@ def json_lines(log: Path) -> list[dict[str, Any]]:
     """The complete JSON lines written to log so far (`scx-gpu load --json`)."""
     lines = log.read_text().split("\n")[:-1]  # the last one may be half written
     return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def launcher(*args: str, tier: str | None = None, nice: int = 0,
+             timeout: float = 300) -> dict[str, Any]:
+    """Run the synthetic launcher to completion; its JSON report."""
+    cmd = [str(program("launcher")), "--cuda-lib", str(program("libcuda.so.1")), *args]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    if tier:
+        cmd = [sys.executable, "-m", "scx_gpu", "run", "--tier", tier, "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report

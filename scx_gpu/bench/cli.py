@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -22,10 +23,19 @@ from scx_gpu.errors import UsageError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from scx_gpu.bench import matrix
+
 METRICS = ("batch-cpu", "degradation", "p99")  # compare.METRICS, without importing pandas
 
+FC = TypeVar("FC", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
 EXIT_REGRESSED = 1
+
+
+def result_dir(text: str) -> Callable[[FC], FC]:
+    """-o DIR, where a bench's cells are saved (scx_gpu.bench.results)."""
+    return click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
+                        required=True, help=text)
 
 
 @click.group("bench")
@@ -55,8 +65,7 @@ def _noises(names: str) -> list[str]:
               help="CPU hogs of the cpu and heavy noise (0: one per CPU).")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Measured seconds per cell (synthetic and torch).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Result directory (new).")
+@result_dir("Result directory (new).")
 @click.option("--cuda-lib", help="libcuda for the synthetic launcher (default: the stub).")
 @click.option("--torch-mode", type=click.Choice(["eager", "graph"]), default="eager",
               show_default=True)
@@ -78,6 +87,17 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
     matrix.check_dir(output)
     workload = workloads.make(workload_name, duration, list(cmd), cuda_lib, torch_mode)
     policies.check_kernel(chosen)
+    _run_cells(cells, workload, output, duration)
+    run = results.load(output)
+    compare.console().print(compare.rich_table(results.summarise(run.rows), str(output)))
+
+
+def _run_cells(cells: list[matrix.Cell], workload: workloads.Workload, output: Path,
+               duration: float) -> None:
+    """matrix.run with a progress bar (a line per cell when not on a terminal);
+    Ctrl-C exits 130, keeping the completed cells."""
+    from scx_gpu.bench import matrix, results
+
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -102,8 +122,6 @@ def run_cmd(workload_name: str, noise_names: str, policy_names: str, reps: int,
                        err=True)
             sys.exit(EXIT_INTERRUPTED)
         progress.update(task, completed=len(cells), description="done")
-    run = results.load(output)
-    compare.console().print(compare.rich_table(results.summarise(run.rows), str(output)))
 
 
 @bench_group.command("wakeup")
@@ -163,17 +181,19 @@ def wakeup_cmd(policy_names: str, reps: int, groups: int, pairs: int, loops: int
 @click.option("--reps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
               help="Measured seconds a run.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write results, summary and checks as JSON here.")
-def sched_cmd(reps: int, duration: float, output: Path | None) -> None:
+@result_dir("Result directory (new); the verdict goes in it as checks.json.")
+def sched_cmd(reps: int, duration: float, output: Path) -> None:
     """The scheduler against the mainline knobs (needs sched_ext: `make bench-sched`)."""
-    from scx_gpu.bench import sched
+    from scx_gpu.bench import matrix, results, sched
 
-    console = Console(log_path=False)
-    report = sched.run(reps, duration, console.log)
-    console.print(sched.render(report["summary"], report["checks"]))
-    if output:
-        output.write_text(json.dumps(report, indent=2))
+    cells = sched.plan(reps, duration)
+    matrix.check_dir(output)
+    policies.check_kernel(list({c.policy.name: c.policy for c in cells}.values()))
+    _run_cells(cells, sched.workload(duration), output, duration)
+    summary = results.summarise(results.load(output).rows)
+    checks = sched.verdict(summary)
+    (output / sched.CHECKS).write_text(json.dumps(checks, indent=2) + "\n")
+    Console().print(sched.render(summary, checks))
 
 
 @bench_group.command("tracer")
@@ -182,17 +202,20 @@ def sched_cmd(reps: int, duration: float, output: Path | None) -> None:
               help="Seconds a measured run.")
 @click.option("--events", type=click.IntRange(min=1), default=10_000_000, show_default=True,
               help="Synthetic events the analysis is timed on.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write the results as JSON here.")
-def tracer_cmd(reps: int, seconds: float, events: int, output: Path | None) -> None:
+@result_dir("Result directory (new) of the overhead's cells; the rest goes in it as "
+            "tracer.json.")
+def tracer_cmd(reps: int, seconds: float, events: int, output: Path) -> None:
     """The tracer's reader throughput, overhead, probe cost and analysis time (root)."""
-    from scx_gpu.bench import tracer
+    from scx_gpu.bench import matrix, results, tracer
 
+    matrix.check_dir(output)
     console = Console(log_path=False)
-    results = tracer.run(reps, seconds, events, console.log)
-    console.print(tracer.render(results))
-    if output:
-        output.write_text(json.dumps(results, indent=2))
+    console.log("overhead")
+    _run_cells(tracer.overhead_cells(reps), tracer.workload(seconds), output, seconds)
+    report = tracer.run(reps, seconds, events, console.log)
+    report["overhead"] = tracer.overhead(results.summarise(results.load(output).rows))
+    (output / tracer.REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    console.print(tracer.render(report))
 
 
 @bench_group.command("compare")
@@ -220,8 +243,7 @@ def compare_cmd(run_a: Path, run_b: Path | None, fmt: str, output: Path | None, 
     regressed: list[str] = []
     if run_b:
         diff = compare.differences(*tables.values())
-        sections["B - A"] = diff.reindex(columns=[c for c, _, _ in compare.COLUMNS],
-                                         fill_value=0.0)
+        sections["B - A"] = diff
         regressed = compare.regressions(diff, metric, threshold)
     notes = [f"regressed past {threshold} ({metric}): {r}" for r in regressed]
     text = _render(fmt, sections, tables, notes, output)

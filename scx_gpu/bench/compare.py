@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from scx_gpu.bench.results import Run, summarise
+from scx_gpu.bench.results import KEYS, Run, summarise
 from scx_gpu.errors import UsageError
 
 # (column, heading, format): the summary's columns in the order shown.
@@ -33,7 +33,8 @@ def check_compatible(a: Run, b: Run) -> None:
             raise UsageError(f"{a.path} and {b.path} ran different {key}s "
                              f"({a.config.get(key)} vs {b.config.get(key)}): not comparable")
     if not set(summarise(a.rows).index) & set(summarise(b.rows).index):
-        raise UsageError(f"{a.path} and {b.path} share no noise x policy cell")
+        raise UsageError(f"{a.path} and {b.path} share no cell (workload, tracing, noise, "
+                         "policy)")
 
 
 def differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -48,13 +49,29 @@ def regressions(diff: pd.DataFrame, metric: str, threshold: float) -> list[str]:
     column, up_is_bad = METRICS[metric]
     change = diff[column]
     worse = change if up_is_bad else -change
-    return [f"{'/'.join(map(str, cell))}: {column} {delta:+.2f}"
-            for cell, delta, bad in zip(change.index, change, worse, strict=True)
+    labels = ["/".join(cell) for cell in _keys(diff)[1]]
+    return [f"{label}: {column} {delta:+.2f}"
+            for label, delta, bad in zip(labels, change, worse, strict=True)
             if bad > threshold]
 
 
-def _cells(table: pd.DataFrame, column: str, fmt: str) -> list[str]:
-    return [fmt.format(v) for v in table[column]]
+def _keys(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The keys shown (noise and policy, and any other the cells differ in),
+    and each cell's values of them."""
+    keys = [k for k in KEYS if k in ("noise", "policy")
+            or table.index.get_level_values(k).nunique() > 1]
+    values = table.reset_index()[keys].astype(str).values.tolist()
+    return keys, values
+
+
+def _columns(table: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """(heading, justify, cells) of every key shown and every column the table has
+    (an untraced run has no tracer's figures)."""
+    keys, values = _keys(table)
+    shown = [(k, "left", [v[i] for v in values]) for i, k in enumerate(keys)]
+    return shown + [(heading, "right", [fmt.format(v) if pd.notna(v) else "-"
+                                         for v in table[column]])
+                    for column, heading, fmt in COLUMNS if column in table]
 
 
 def console() -> Console:
@@ -64,23 +81,20 @@ def console() -> Console:
 
 def rich_table(table: pd.DataFrame, title: str) -> Table:
     out = Table(title=title)
-    out.add_column("noise")
-    out.add_column("policy")
-    for _, heading, _ in COLUMNS:
-        out.add_column(heading, justify="right")
-    columns = [_cells(table, c, f) for c, _, f in COLUMNS]
-    for i, (noise_name, policy) in enumerate(table.index):
-        out.add_row(noise_name, policy, *(col[i] for col in columns))
+    columns = _columns(table)
+    for heading, justify, _ in columns:
+        out.add_column(heading, justify="left" if justify == "left" else "right")
+    for row in zip(*(cells for _, _, cells in columns), strict=True):
+        out.add_row(*row)
     return out
 
 
 def markdown(table: pd.DataFrame, title: str) -> str:
-    head = ["noise", "policy", *(h for _, h, _ in COLUMNS)]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
-    columns = [_cells(table, c, f) for c, _, f in COLUMNS]
-    for i, (noise_name, policy) in enumerate(table.index):
-        lines.append("| " + " | ".join([noise_name, policy, *(col[i] for col in columns)]) + " |")
+    columns = _columns(table)
+    lines = [f"### {title}", "", "| " + " | ".join(h for h, _, _ in columns) + " |",
+             "|" + "".join("---|" if j == "left" else "---:|" for _, j, _ in columns)]
+    lines += ["| " + " | ".join(row) + " |"
+              for row in zip(*(cells for _, _, cells in columns), strict=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +107,9 @@ def plot_png(tables: dict[str, pd.DataFrame]) -> bytes:
 
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
     for ax, (label, table) in zip(axes[0], tables.items(), strict=True):
-        table.degradation_pct.unstack("policy").plot.bar(ax=ax, rot=0)
+        keys, _ = _keys(table)
+        lost = table.degradation_pct.droplevel([k for k in KEYS if k not in keys])
+        lost.unstack("policy").plot.bar(ax=ax, rot=0)
         ax.set_title(label)
         ax.set_ylabel("throughput lost vs quiet stock (%)")
         ax.axhline(0, color="black", linewidth=0.5)

@@ -141,16 +141,22 @@ def cpu_seconds(cgroup: Path = NOISE_CGROUP) -> float:
     return cgroups.cpu_seconds(cgroup)
 
 
+def _lowered(cmd: list[str], nice: int, idle: bool) -> list[str]:
+    """cmd at that nice and, if idle, SCHED_IDLE: both inherited by all it starts."""
+    if idle:
+        cmd = ["chrt", "--idle", "0", *cmd]
+    return ["nice", "-n", str(nice), *cmd] if nice else cmd
+
+
 @contextmanager
 def running(noise: str, idle: bool = False, cpu_hogs: int = 0,
-            cgroup: Path = NOISE_CGROUP) -> Iterator[None]:
+            cgroup: Path = NOISE_CGROUP, nice: int = 0) -> Iterator[None]:
     """The noise running for the body's duration, then killed to the last process."""
     cmds = commands(noise, cpu_hogs)
     prepare(cgroup)
     DISK_DIR.mkdir(parents=True, exist_ok=True)
     _idle_group(cgroup, idle)
-    # SCHED_IDLE (chrt) is inherited by everything the noise starts.
-    procs = [subprocess.Popen(in_cgroup(cgroup, ["chrt", "--idle", "0", *cmd] if idle else cmd),
+    procs = [subprocess.Popen(in_cgroup(cgroup, _lowered(cmd, nice, idle)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for cmd in cmds]
     try:
@@ -187,11 +193,7 @@ def hogs(count: int, tier: str | None = None, nice: int = 0,
     autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
     They are stopped by killing their cgroup.
     """
-    cmd = _stress_cpu(count)
-    if idle:
-        cmd = ["chrt", "--idle", "0", *cmd]
-    if nice:
-        cmd = ["nice", "-n", str(nice), *cmd]
+    cmd = _lowered(_stress_cpu(count), nice, idle)
     cgroup = OWN_ROOT / tier if tier else NOISE_CGROUP
     cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else in_cgroup(cgroup, cmd)
     proc = subprocess.Popen(cmd, text=True)

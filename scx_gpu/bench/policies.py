@@ -4,6 +4,7 @@ stock               the kernel's default scheduler, nothing changed.
 pin-nice            the study's fix: the workload pinned (taskset, the first
                     half of the CPUs) at nice -10.
 gpu-nice            the workload at nice -20.
+batch-nice          the noise at nice 19.
 batch-idle          the noise as SCHED_IDLE (its cgroup cpu.idle=1 where the
                     cpu controller runs).
 scx-gpu             gpu-first, the noise declared batch (its cgroup).
@@ -30,14 +31,21 @@ class Policy:
     name: str
     prefix: tuple[str, ...] = ()           # put before the workload's command
     noise_idle: bool = False
+    noise_nice: int = 0
     scheduler: tuple[str, ...] | None = None  # `scx-gpu load` arguments; None: no scx
     declare_noise: bool = False             # --batch-cgroup NOISE_CGROUP
+
+    @property
+    def loads_sched_ext(self) -> bool:
+        """Whether it loads scx-gpu's sched_ext scheduler (not the mainline fallback)."""
+        return self.scheduler is not None and self.scheduler[:len(MAINLINE)] != MAINLINE
 
 
 POLICIES = {p.name: p for p in (
     Policy("stock"),
     Policy("pin-nice", prefix=("taskset", "-c", PIN_CPUS, "nice", "-n", "-10")),
     Policy("gpu-nice", prefix=("nice", "-n", "-20")),
+    Policy("batch-nice", noise_nice=19),
     Policy("batch-idle", noise_idle=True),
     Policy("scx-gpu", scheduler=(), declare_noise=True),
     Policy("scx-gpu-undeclared", scheduler=()),
@@ -71,7 +79,7 @@ def check_noise_layout(chosen: list[Policy], layout: str) -> None:
 
 def check_kernel(chosen: list[Policy]) -> None:
     """Policies that load scx-gpu need sched_ext."""
-    needs_scx = [p.name for p in chosen if p.scheduler not in (None, MAINLINE)]
+    needs_scx = [p.name for p in chosen if p.loads_sched_ext]
     if needs_scx and sched_ext_state()[0] is None:
         raise EnvironmentProblem(
             f"policy {', '.join(needs_scx)} needs a kernel with sched_ext, and this one has none:"

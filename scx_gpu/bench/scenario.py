@@ -1,7 +1,7 @@
-"""Building blocks of scheduler scenarios: a loaded scheduler, the synthetic
-launcher, commands started in a cgroup (the noise and the hogs of
-scx_gpu.bench.noise run so). Used by the benchmark and the VM
-tests alike; they run on a sched_ext machine (the test VM or a real host).
+"""Building blocks of scheduler scenarios: a loaded scheduler, commands
+started in a cgroup (the noise and the hogs of scx_gpu.bench.noise run so),
+`scx-gpu status`. Used by the benchmark and the VM tests alike; they run on
+a sched_ext machine (the test VM or a real host).
 """
 
 import json
@@ -57,19 +57,6 @@ def loaded(*args: str, cuda_lib: bool = True, quiet: bool = True) -> Iterator[Pa
                 proc.wait(timeout=30)
     wait_for(lambda: not RUN_STATE.exists() and sched_ext_state()[0] in (None, "disabled"), 10,
              "the scheduler to be gone after SIGTERM")
-
-
-def launcher(*args: str, tier: str | None = None, nice: int = 0,
-             timeout: float = 300) -> dict[str, Any]:
-    """Run the synthetic launcher to completion; its JSON report."""
-    cmd = [str(program("launcher")), "--cuda-lib", str(program("libcuda.so.1")), *args]
-    if nice:
-        cmd = ["nice", "-n", str(nice), *cmd]
-    if tier:
-        cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-    report: dict[str, Any] = json.loads(out.stdout)
-    return report
 
 
 def in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:

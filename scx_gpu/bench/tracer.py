@@ -4,14 +4,18 @@
    the uprobes let it; events per second consumed, and drops. Uprobes cap
    that producer far below the reader, so the reader's own capacity is
    measured too: the ring fills undrained, then one drain is timed.
-2. Overhead: the launcher at its normal rate, untraced and traced,
-   interleaved `reps` times.
+2. Overhead: the launcher (one thread) at its normal rate, untraced and
+   traced, interleaved `reps` times: cells of the matrix (policy stock, no
+   noise) into a standard result directory.
 3. Probe cost: the CPU time one launch uprobe hit adds, with every probe on
    its function's entry and with probes where probesite puts them,
    interleaved untraced/entry/placed `reps` times in one run (medians, and
    their ratio).
 4. Analysis: `analyse()` on 10M synthetic events.
-Needs root (BPF); runs on the host kernel.
+Only the overhead is a comparison of a workload's throughput across cells;
+the others measure the tracer itself (its reader, its probes, its analysis),
+so they run as they are and their report goes beside the cells' as
+tracer.json. Needs root (BPF); runs on the host kernel.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from scx_gpu.bench import overhead
+from scx_gpu.bench import workloads
+from scx_gpu.bench.matrix import Cell, repeat
+from scx_gpu.bench.policies import POLICIES
+from scx_gpu.bench.workloads import Workload
 from scx_gpu.bpf import probesite
 from scx_gpu.tracer import analysis
 from scx_gpu.tracer.capture import CaptureSpec, capture
 from scx_gpu.tracer.session import TraceSession
-from scx_gpu.workloads import SYNTHETIC_SHAPE, json_report, program
+from scx_gpu.workloads import json_report, program
+
+REPORT = "tracer.json"
 
 
 def _launcher(*args: str) -> list[str]:
@@ -67,15 +76,23 @@ def reader_capacity(seconds: float, ring_mb: int = 512) -> dict[str, Any]:
         session.close()
 
 
-def tracer_overhead(reps: int, seconds: float) -> dict[str, Any]:
-    runs = []
-    for _ in range(reps):
-        spec = CaptureSpec(cmd=_launcher("--duration", str(seconds), *SYNTHETIC_SHAPE),
-                           cuda_libs=[str(program("libcuda.so.1"))])
-        runs.append(overhead.measure(spec, lambda _: None)[1])
-    return {"reps": runs,
-            "throughput_overhead_pct": statistics.mean(r["throughput_overhead_pct"]
-                                                       for r in runs)}
+def workload(seconds: float) -> Workload:
+    """The overhead's: the launcher, one thread at its normal rate."""
+    return workloads.synthetic(seconds, threads=1)
+
+
+def overhead_cells(reps: int) -> list[Cell]:
+    return repeat([Cell("none", POLICIES["stock"], 0, traced=traced)
+                   for traced in (False, True)], reps)
+
+
+def overhead(summary: pd.DataFrame) -> dict[str, Any]:
+    """The launcher's throughput, untraced and traced, from the cells' summary."""
+    rows = dict(summary.iterrows())
+    untraced, traced = (float(rows[("synthetic", t, "none", "stock")].tokens_per_s)
+                        for t in (False, True))
+    return {"untraced_tokens_per_s": untraced, "traced_tokens_per_s": traced,
+            "throughput_overhead_pct": 100 * (untraced - traced) / untraced}
 
 
 PROBE_COST_LAUNCHES = 1000  # a token's launches; its one sync is noise beside them
@@ -156,11 +173,9 @@ def analysis_time(n: int) -> dict[str, Any]:
 
 
 def run(reps: int, seconds: float, events: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Every measure above: `scx-gpu bench tracer`."""
+    """Every measure above but the overhead (its cells run by `scx-gpu bench tracer`)."""
     log("throughput")
     results = {"throughput": throughput(seconds, 64), "reader": reader_capacity(seconds)}
-    log("overhead")
-    results["overhead"] = tracer_overhead(reps, seconds)
     log("probe cost")
     results["probe_cost"] = probe_cost(reps, seconds)
     log("analysis")

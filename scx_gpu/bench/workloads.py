@@ -10,7 +10,7 @@ cmd: any command; its tokens/s when it prints a JSON line with
 
 import importlib.util
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,20 @@ WORKLOADS = ("synthetic", "torch", "cmd")
 WARMUP_S = 1.5
 
 
-@dataclass
+@dataclass(frozen=True)
 class Workload:
     name: str
-    argv: list[str]
-    cuda_libs: list[str] = field(default_factory=list)  # to probe beyond discovery
+    argv: tuple[str, ...]
+    cuda_libs: tuple[str, ...] = ()  # to probe beyond discovery
 
 
-def synthetic(duration: float, cuda_lib: str | None = None) -> Workload:
+def synthetic(duration: float, cuda_lib: str | None = None, threads: int = NPROC,
+              shape: tuple[str, ...] = SYNTHETIC_SHAPE, name: str = "synthetic") -> Workload:
+    """The launcher: threads launching threads, each token of that shape."""
     lib = cuda_lib or str(program("libcuda.so.1"))
-    return Workload("synthetic", [str(program("launcher")), "--cuda-lib", lib, "--threads",
-                                  str(NPROC), "--warmup", str(WARMUP_S), "--duration",
-                                  str(duration), *SYNTHETIC_SHAPE], [lib])
+    return Workload(name, (str(program("launcher")), "--cuda-lib", lib, "--threads",
+                           str(threads), "--warmup", str(WARMUP_S), "--duration",
+                           str(duration), *shape), (lib,))
 
 
 def torch(duration: float, mode: str = "eager") -> Workload:
@@ -43,8 +45,8 @@ def torch(duration: float, mode: str = "eager") -> Workload:
     script = Path(__file__).resolve().parent.parent / "workloads" / "torch_decode.py"
     if not libcuda.discover(scan_processes=False):
         raise EnvironmentProblem("the torch workload needs the CUDA driver: no libcuda found")
-    return Workload("torch", [sys.executable, str(script), "--mode", mode, "--warmup",
-                              str(WARMUP_S), "--duration", str(duration)])
+    return Workload("torch", (sys.executable, str(script), "--mode", mode, "--warmup",
+                              str(WARMUP_S), "--duration", str(duration)))
 
 
 def make(name: str, duration: float, cmd: list[str] | None = None,
@@ -56,18 +58,19 @@ def make(name: str, duration: float, cmd: list[str] | None = None,
     if name == "cmd":
         if not cmd:
             raise UsageError("--workload cmd needs the command after --: bench run ... -- CMD")
-        return Workload("cmd", list(cmd), [cuda_lib] if cuda_lib else [])
+        return Workload("cmd", tuple(cmd), (cuda_lib,) if cuda_lib else ())
     raise UsageError(f"unknown workload {name!r}: choose from {', '.join(WORKLOADS)}")
 
 
 def metric(stdout: str, wall_s: float) -> dict[str, Any]:
-    """tokens/s and token time percentiles from the workload's JSON line, or
-    runs/s from its wall time when it printed none."""
+    """tokens/s and token time percentiles from the workload's JSON line (and its
+    launches when it counts them), or runs/s from its wall time when it printed none."""
     report = json_report(stdout)
     if report is not None:
+        launches = {"launches": int(report["launches"])} if "launches" in report else {}
         return {"tokens_per_s": float(report["tokens_per_s"]),
                 "token_ms_p50": float(report.get("token_us_p50", 0)) / 1e3,
                 "token_ms_p99": float(report.get("token_us_p99", 0)) / 1e3,
-                "metric": "tokens/s"}
+                "metric": "tokens/s", **launches}
     return {"tokens_per_s": 1 / wall_s if wall_s > 0 else 0.0, "token_ms_p50": wall_s * 1e3,
             "token_ms_p99": wall_s * 1e3, "metric": "runs/s"}

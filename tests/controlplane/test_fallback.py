@@ -27,7 +27,7 @@ from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
-from tests.helpers import assert_one_line_error, json_lines, scx_gpu
+from tests.helpers import assert_one_line_error, json_lines, launcher, scx_gpu
 
 pytestmark = pytest.mark.root
 BOTH = pytest.mark.parametrize("hierarchy", [
@@ -72,8 +72,8 @@ def fallback_loaded(*args: str, quiet: bool = True) -> Iterator[dict[str, Any]]:
 
 
 def busy_launcher(seconds: float) -> float:
-    report = sc.launcher("--warmup", "1", "--duration", str(seconds), "--threads", str(NPROC),
-                         *SYNTHETIC_SHAPE)
+    report = launcher("--warmup", "1", "--duration", str(seconds), "--threads", str(NPROC),
+                      *SYNTHETIC_SHAPE)
     return float(report["tokens_per_s"])
 
 

@@ -37,6 +37,7 @@ from tests.helpers import (
     disabled,
     enabled,
     json_lines,
+    launcher,
     scx_gpu,
 )
 
@@ -303,8 +304,8 @@ def test_reports_the_kernels_exit_reason_and_fails(tmp_path):
 def _tokens_per_s(**kwargs) -> float:
     # One launching thread per vCPU; the warm-up (longer than one detector
     # period) leaves the detection of the new launcher out of the measure.
-    return float(sc.launcher("--warmup", "1.5", "--duration", "5", "--threads", str(NPROC),
-                             *SYNTHETIC_SHAPE, **kwargs)["tokens_per_s"])
+    return float(launcher("--warmup", "1.5", "--duration", "5", "--threads", str(NPROC),
+                          *SYNTHETIC_SHAPE, **kwargs)["tokens_per_s"])
 
 
 def test_gpu_tier_is_not_slowed_by_hogs():
@@ -747,8 +748,8 @@ def _stepping_launcher() -> dict[str, Any]:
         for _ in range(2):
             time.sleep(IDLE_S)
             busy_starts.append(time.monotonic())
-            rates.append(float(sc.launcher("--warmup", "1.5", "--duration", "5",
-                                           *SYNTHETIC_SHAPE)["tokens_per_s"]))
+            rates.append(float(launcher("--warmup", "1.5", "--duration", "5",
+                                        *SYNTHETIC_SHAPE)["tokens_per_s"]))
     finally:
         stop.set()
         sampler.join()

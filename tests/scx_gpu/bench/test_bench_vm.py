@@ -16,7 +16,7 @@ from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE
-from tests.helpers import TOKEN_VAR, disabled, enabled, leftovers, scx_gpu
+from tests.helpers import TOKEN_VAR, disabled, enabled, launcher, leftovers, scx_gpu
 
 pytestmark = pytest.mark.vm
 
@@ -33,7 +33,13 @@ def test_small_matrix_shows_the_large_effect(tmp_path):
     # The fallback turned the cpu controller on for its group, and off again.
     assert SUBTREE_CONTROL.read_text() == controllers
     rows = pd.read_parquet(out / results.RESULTS)
-    assert len(rows) == 8 and rows.notna().all().all(), rows
+    # scx-gpu's counters, in the rows of its sched_ext policies alone.
+    counters = ["gpu_tier_cpu_share", "probe_hits_per_launch"]
+    ours = rows.policy.str.startswith("scx-gpu")
+    assert len(rows) == 8 and rows.drop(columns=counters).notna().all().all(), rows
+    assert rows[~ours][counters].isna().all().all(), rows
+    assert (rows[ours].gpu_tier_cpu_share > 0).all(), rows
+    assert rows[ours].probe_hits_per_launch.notna().all(), rows
     assert (rows.launches > 0).all() and (rows.drops == 0).all(), rows
     for trace in rows.trace:
         assert (out / trace / "events.parquet").is_file()
@@ -65,8 +71,8 @@ def test_idle_noise_yields_with_the_cpu_controller_on():
 
 
 def _busy_tokens_per_s() -> float:
-    return float(sc.launcher("--duration", "4", "--threads", str(NPROC),
-                             *SYNTHETIC_SHAPE)["tokens_per_s"])
+    return float(launcher("--duration", "4", "--threads", str(NPROC),
+                          *SYNTHETIC_SHAPE)["tokens_per_s"])
 
 
 def test_ctrl_c_stops_everything_and_keeps_completed_cells(tmp_path):

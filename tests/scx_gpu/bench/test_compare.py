@@ -31,23 +31,47 @@ RATES = {("none", "stock"): [100.0, 100.0], ("none", "scx-gpu"): [98.0, 98.0],
          ("cpu", "stock"): [40.0, 60.0], ("cpu", "scx-gpu"): [95.0, 95.0]}
 
 
+def cell(noise, policy):
+    """A summary's key for a traced synthetic run (what write_run's rows are)."""
+    return ("synthetic", True, noise, policy)
+
+
 def test_summary_means_spread_and_degradation_vs_quiet_stock(tmp_path):
     run = results.load(write_run(tmp_path / "a", RATES, {("cpu", "scx-gpu"): 30.0}))
     table = results.summarise(run.rows)
-    assert list(table.index) == list(RATES)
-    assert table.loc[("cpu", "stock"), "tokens_per_s"] == 50.0
-    assert table.loc[("cpu", "stock"), "tokens_sd"] == 10.0
-    assert table.loc[("cpu", "stock"), "degradation_pct"] == 50.0
-    assert table.loc[("cpu", "scx-gpu"), "degradation_pct"] == 5.0
-    assert table.loc[("none", "scx-gpu"), "degradation_pct"] == pytest.approx(2.0)
-    assert table.loc[("cpu", "scx-gpu"), "noise_cpu_pct"] == 30.0
+    assert list(table.index) == [cell(*k) for k in RATES]
+    assert table.loc[cell("cpu", "stock"), "tokens_per_s"] == 50.0
+    assert table.loc[cell("cpu", "stock"), "tokens_sd"] == 10.0
+    assert table.loc[cell("cpu", "stock"), "degradation_pct"] == 50.0
+    assert table.loc[cell("cpu", "scx-gpu"), "degradation_pct"] == 5.0
+    assert table.loc[cell("none", "scx-gpu"), "degradation_pct"] == pytest.approx(2.0)
+    assert table.loc[cell("cpu", "scx-gpu"), "noise_cpu_pct"] == 30.0
     assert (table.reps == 2).all()
+
+
+def test_a_run_without_workload_and_tracing_columns_was_traced(tmp_path):
+    # Runs from before cells could differ in workload and tracing.
+    run = results.load(write_run(tmp_path / "a", RATES, workload="torch"))
+    assert set(run.rows.workload) == {"torch"} and run.rows.traced.all()
+
+
+def test_each_workload_and_tracing_has_its_own_baseline():
+    rows = pd.DataFrame([
+        {"workload": w, "traced": t, "noise": n, "policy": "stock", "rep": 0,
+         "tokens_per_s": rate}
+        for w, t, quiet in (("synthetic", True, 100.0), ("synthetic", False, 200.0),
+                            ("fast", False, 50.0))
+        for n, rate in (("none", quiet), ("cpu", quiet / 2))])
+    table = results.summarise(rows)
+    assert (table.xs("cpu", level="noise").degradation_pct == 50.0).all(), table
+    assert (table.xs("none", level="noise").degradation_pct == 0.0).all(), table
+    assert "drops" not in table  # untraced cells count none
 
 
 def test_without_stock_each_policy_is_its_own_baseline(tmp_path):
     rates = {k: v for k, v in RATES.items() if k[1] == "scx-gpu"}
     table = results.summarise(results.load(write_run(tmp_path / "a", rates)).rows)
-    assert table.loc[("cpu", "scx-gpu"), "degradation_pct"] == pytest.approx(100 * 3 / 98)
+    assert table.loc[cell("cpu", "scx-gpu"), "degradation_pct"] == pytest.approx(100 * 3 / 98)
     no_quiet = {k: v for k, v in RATES.items() if k[0] == "cpu"}
     with pytest.raises(UsageError, match="no baseline"):
         results.summarise(results.load(write_run(tmp_path / "b", no_quiet)).rows)
@@ -58,8 +82,8 @@ def test_differences_and_regressions(tmp_path):
     worse = {**RATES, ("cpu", "scx-gpu"): [80.0, 80.0]}
     b = results.summarise(results.load(write_run(tmp_path / "b", worse)).rows)
     diff = compare.differences(a, b)
-    assert diff.loc[("cpu", "scx-gpu"), "degradation_pct"] == pytest.approx(15.0)
-    assert diff.loc[("cpu", "stock"), "degradation_pct"] == 0.0
+    assert diff.loc[cell("cpu", "scx-gpu"), "degradation_pct"] == pytest.approx(15.0)
+    assert diff.loc[cell("cpu", "stock"), "degradation_pct"] == 0.0
     assert compare.regressions(diff, "degradation", 10.0) == [
         "cpu/scx-gpu: degradation_pct +15.00"]
     assert compare.regressions(diff, "degradation", 20.0) == []

@@ -2,6 +2,7 @@
 the host kernel has no sched_ext; the VM test runs scx-gpu's)."""
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 
 from scx_gpu.bench import matrix, noise, policies, results, scenario, workloads
-from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane import intf, stats
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, processes
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import UsageError
 from tests.helpers import assert_one_line_error, leftovers, scx_gpu
@@ -24,10 +26,45 @@ def test_plan_interleaves_reps():
         "none_stock_r1", "none_gpu-nice_r1", "cpu_stock_r1", "cpu_gpu-nice_r1"]
 
 
+def test_cells_of_their_own_workload_or_untraced_are_named_so():
+    stock = policies.POLICIES["stock"]
+    fast = workloads.synthetic(1.0, threads=1, name="fast")
+    cells = matrix.repeat([matrix.Cell("none", stock, 0, traced=False),
+                           matrix.Cell("none", stock, 0, workload=fast)], 2)
+    assert [c.name for c in cells] == ["none_stock_untraced_r0", "fast_none_stock_r0",
+                                       "none_stock_untraced_r1", "fast_none_stock_r1"]
+
+
+def _totals(hits: int, gpu_ns: int) -> dict[str, object]:
+    counters = intf.Stats()
+    counters.detector_hits = hits
+    counters.tier[intf.Tier.GPU].runtime_ns = gpu_ns
+    return stats.Summary(0, counters, 50, 0).as_dict()
+
+
+def test_the_detector_figures_come_from_the_counters_status_reports():
+    # The keys the bench reads are those `status` writes (a key renamed on one side
+    # alone would read as nothing).
+    before, after = _totals(10, 10**9), _totals(60, 4 * 10**9)
+    assert matrix.detector_figures(before, after, 10_000, 4.0) == {
+        "probe_hits_per_launch": pytest.approx(0.005), "gpu_tier_cpu_share": pytest.approx(0.75)}
+    # A workload that does not count its launches: no hits per launch.
+    assert matrix.detector_figures(before, after, None, 4.0) == {
+        "gpu_tier_cpu_share": pytest.approx(0.75)}
+
+
+def test_only_scx_gpus_sched_ext_policies_have_its_counters():
+    loads = {name for name, p in policies.POLICIES.items() if p.loads_sched_ext}
+    assert loads == {"scx-gpu", "scx-gpu-undeclared", "fair"}
+    assert matrix.counters(policies.POLICIES["fallback"]) is None
+
+
 def test_metric_from_json_line_or_wall_time():
     printed = 'hello\n{"tokens_per_s": 12.5, "token_us_p50": 2000, "token_us_p99": 9000}\n'
     assert workloads.metric(printed, 3.0) == {"tokens_per_s": 12.5, "token_ms_p50": 2.0,
                                               "token_ms_p99": 9.0, "metric": "tokens/s"}
+    counted = '{"tokens_per_s": 1, "launches": 5000}'
+    assert workloads.metric(counted, 3.0)["launches"] == 5000
     assert workloads.metric("done\n", 4.0) == {"tokens_per_s": 0.25, "token_ms_p50": 4000.0,
                                                "token_ms_p99": 4000.0, "metric": "runs/s"}
 
@@ -154,3 +191,31 @@ def test_shared_noise_runs_in_a_child_of_the_bench_cgroup(tmp_path):
             for child in (home / noise.NOISE_NAME, home):
                 if child.is_dir():
                     child.rmdir()
+
+
+@pytest.mark.root
+def test_noise_runs_at_its_policys_nice():
+    with noise.running("cpu", cpu_hogs=1, nice=19):
+        pids = processes(noise.NOISE_CGROUP)
+        nices = {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids}
+    assert len(pids) >= 2 and nices == {19}, (pids, nices)
+
+
+@pytest.mark.root
+def test_untraced_cells_and_a_cell_of_its_own_workload_on_the_host(tmp_path):
+    out, stock = tmp_path / "run", policies.POLICIES["stock"]
+    fast = workloads.synthetic(1.0, threads=1, name="fast",
+                               shape=("--launches", "50", "--work-us", "100", "--gpu-wait-us", "0"))
+    cells = [matrix.Cell("none", stock, 0, traced=False),
+             matrix.Cell("cpu", policies.POLICIES["batch-nice"], 0, cpu_hogs=2, traced=False),
+             matrix.Cell("none", stock, 0, traced=False, workload=fast)]
+    matrix.run(cells, workloads.synthetic(1.0), out, 1.0, lambda *_: None, lambda _: None)
+    rows = results.load(out).rows
+    assert list(rows.workload) == ["synthetic", "synthetic", "fast"] and not rows.traced.any()
+    assert (rows.tokens_per_s > 0).all() and (rows.launches > 0).all(), rows
+    assert rows.noise_cpu_s[1] > 0.5 and "trace" not in rows and "drops" not in rows, rows
+    # 50 launches a token against 10: launches over tokens/s, the runs equally long.
+    assert rows.launches[2] / rows.tokens_per_s[2] > 4 * rows.launches[0] / rows.tokens_per_s[0]
+    assert not (out / results.TRACES).exists()
+    summary = results.summarise(rows)
+    assert summary.loc[("fast", False, "none", "stock"), "degradation_pct"] == 0.0
