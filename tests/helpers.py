@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from scx_gpu.controlplane.runstate import sched_ext_state
-from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import program
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
