@@ -1,17 +1,21 @@
 """Helpers shared by the tests: run the CLI as a user would, check errors, read
-sched_ext's state, a cgroup's CPU share and `scx-gpu load --json`'s lines, run
-the synthetic launcher."""
+sched_ext's state and `scx-gpu load --json`'s lines, run the synthetic
+launcher and CPU hogs."""
 
 import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scx_gpu.bench import noise
+from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.runstate import sched_ext_state
+from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.workloads import program
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
@@ -81,3 +85,28 @@ def launcher(*args: str, tier: str | None = None, nice: int = 0,
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     report: dict[str, Any] = json.loads(out.stdout)
     return report
+
+
+@contextmanager
+def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
+         idle: bool = False) -> Iterator[Path]:
+    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup.
+
+    The hogs stay in the caller's session: a new session would be a new
+    autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
+    They are stopped by killing their cgroup.
+    """
+    cmd = noise.lowered(noise.stress_cpu(count), nice, idle)
+    cgroup = OWN_ROOT / tier if tier else noise.NOISE_CGROUP
+    cmd = [*sc.SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else sc.in_cgroup(cgroup, cmd)
+    proc = subprocess.Popen(cmd, text=True)
+    try:
+        sc.joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs
+        yield cgroup
+    finally:
+        (cgroup / "cgroup.kill").write_text("1")
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None

@@ -25,10 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scx_gpu.bench.scenario import SCX_GPU, in_cgroup, joined
+from scx_gpu.bench.scenario import in_cgroup, joined
 from scx_gpu.controlplane import cgroups
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
-from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
@@ -48,14 +47,14 @@ def _builtin(kind: str, workers: int) -> list[str]:
             "--dir", str(DISK_DIR)]
 
 
-def _stress_cpu(hogs: int) -> list[str]:
+def stress_cpu(hogs: int) -> list[str]:
     return ["stress-ng", "--cpu", str(hogs), "--cpu-method", "int64", "--quiet"]
 
 
 def _cpu(hogs: int) -> list[str]:
     """hogs busy loops; 0: one per CPU."""
     if shutil.which("stress-ng"):
-        return _stress_cpu(hogs)
+        return stress_cpu(hogs)
     return _builtin("cpu", hogs or NPROC)
 
 
@@ -141,7 +140,7 @@ def cpu_seconds(cgroup: Path = NOISE_CGROUP) -> float:
     return cgroups.cpu_seconds(cgroup)
 
 
-def _lowered(cmd: list[str], nice: int, idle: bool) -> list[str]:
+def lowered(cmd: list[str], nice: int, idle: bool) -> list[str]:
     """cmd at that nice and, if idle, SCHED_IDLE: both inherited by all it starts."""
     if idle:
         cmd = ["chrt", "--idle", "0", *cmd]
@@ -156,7 +155,7 @@ def running(noise: str, idle: bool = False, cpu_hogs: int = 0,
     prepare(cgroup)
     DISK_DIR.mkdir(parents=True, exist_ok=True)
     _idle_group(cgroup, idle)
-    procs = [subprocess.Popen(in_cgroup(cgroup, _lowered(cmd, nice, idle)),
+    procs = [subprocess.Popen(in_cgroup(cgroup, lowered(cmd, nice, idle)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for cmd in cmds]
     try:
@@ -182,28 +181,3 @@ def _idle_group(cgroup: Path, idle: bool) -> None:
     knob = cgroup / "cpu.idle"
     if knob.is_file():
         knob.write_text("1" if idle else "0")
-
-
-@contextmanager
-def hogs(count: int, tier: str | None = None, nice: int = 0,
-         idle: bool = False) -> Iterator[Path]:
-    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup.
-
-    The hogs stay in the caller's session: a new session would be a new
-    autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
-    They are stopped by killing their cgroup.
-    """
-    cmd = _lowered(_stress_cpu(count), nice, idle)
-    cgroup = OWN_ROOT / tier if tier else NOISE_CGROUP
-    cmd = [*SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else in_cgroup(cgroup, cmd)
-    proc = subprocess.Popen(cmd, text=True)
-    try:
-        joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs
-        yield cgroup
-    finally:
-        (cgroup / "cgroup.kill").write_text("1")
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None

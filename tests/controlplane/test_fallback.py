@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import fallback, loader, runstate
 from scx_gpu.controlplane.cgroups import cpu_seconds
@@ -27,7 +26,7 @@ from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
-from tests.helpers import assert_one_line_error, json_lines, launcher, scx_gpu
+from tests.helpers import assert_one_line_error, cpu_hogs, json_lines, launcher, scx_gpu
 
 pytestmark = pytest.mark.root
 BOTH = pytest.mark.parametrize("hierarchy", [
@@ -92,7 +91,7 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
     alone = busy_launcher(4)
     running = None
     try:
-        with noise.hogs(2 * NPROC) as hogs_cgroup:
+        with cpu_hogs(2 * NPROC) as hogs_cgroup:
             hogs = [int(p) for p in (hogs_cgroup / "cgroup.procs").read_text().split()]
             with fallback_loaded("--batch-comm", "stress-ng*") as state:
                 group = Path(state["batch_group"])
@@ -143,7 +142,7 @@ def test_the_fallback_prints_statistics_as_the_scheduler_does(hierarchy):
     """The one loop of both loaders: a line every --stats-interval, here of
     the renice and of the batch group held to its quota."""
     quota = 30
-    with noise.hogs(NPROC), fallback_loaded(
+    with cpu_hogs(NPROC), fallback_loaded(
             "--batch-comm", "stress-ng*", "--quota", str(quota), "--json",
             "--stats-interval", "0.5", quiet=False) as state:
         launcher = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "60",
@@ -252,7 +251,7 @@ def test_declared_cgroup_is_idled_and_limited_in_place_then_restored():
 
 def _declared_hogs_share(quota: int) -> tuple[float, dict[str, str], dict[str, str]]:
     """The hogs' CPU share with their cgroup declared batch; its settings before and after."""
-    with noise.hogs(2 * NPROC) as hogs_cgroup:
+    with cpu_hogs(2 * NPROC) as hogs_cgroup:
         before = {name: (hogs_cgroup / name).read_text() for name in ("cpu.idle", "cpu.max")}
         with fallback_loaded("--batch-cgroup", str(hogs_cgroup), "--quota", str(quota)) as state:
             assert Path(state["batch_group"]).is_dir()

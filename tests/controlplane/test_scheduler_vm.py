@@ -21,7 +21,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scx_gpu import status
-from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds, intf, loader, runstate, stats, stats_socket
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
@@ -34,6 +33,7 @@ from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
 from tests.helpers import (
     assert_one_line_error,
+    cpu_hogs,
     disabled,
     enabled,
     json_lines,
@@ -311,16 +311,16 @@ def _tokens_per_s(**kwargs) -> float:
 def test_gpu_tier_is_not_slowed_by_hogs():
     hog_count = 2 * NPROC
     stock_alone = _tokens_per_s()
-    with noise.hogs(hog_count):
+    with cpu_hogs(hog_count):
         stock_hogs = _tokens_per_s()
     with sc.loaded():
         # The denominator is the launcher alone under the same scheduler: the
         # check is what hogs take from the gpu tier (the scheduler's own cost
         # is the benchmark's business).
         alone = _tokens_per_s()
-        with noise.hogs(hog_count, tier="batch"):
+        with cpu_hogs(hog_count, tier="batch"):
             batch_hogs = _tokens_per_s()
-        with noise.hogs(hog_count):
+        with cpu_hogs(hog_count):
             normal_hogs = _tokens_per_s()
     ratios = {"stock": stock_hogs / stock_alone, "gpu-first, hogs batch": batch_hogs / alone,
               "gpu-first, hogs normal": normal_hogs / alone,
@@ -377,7 +377,7 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
             for o in observers:
                 trace.add_process(o.pid)
             trace.attach_tracepoints()
-            with noise.hogs(2 * NPROC, tier="gpu"):
+            with cpu_hogs(2 * NPROC, tier="gpu"):
                 time.sleep(seconds)
                 assert enabled(), "the kernel ejected the scheduler"
                 events, drops = trace.drain(), trace.drops()
@@ -556,7 +556,7 @@ def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
         # creator among saturating gpu threads waits a floor wait per step.
         normal = _spinners(1, tasks, seconds)
         sc.wait_for(lambda: _spinning_threads(normal) == tasks, 30, "the spinners to start")
-        with noise.hogs(2 * NPROC, tier="gpu"):
+        with cpu_hogs(2 * NPROC, tier="gpu"):
             time.sleep(seconds / 2)
             dump = _dump_lines()
             report = _spun(normal)
@@ -588,7 +588,7 @@ def test_affinity_nice_and_cgroup_churn_keeps_per_cpu_state_right():
     # its ops.stopping/ops.running there: the per-CPU records must still be
     # those of the task's own CPU.
     seconds = 12
-    with sc.loaded(), noise.hogs(2 * NPROC) as cgroup:
+    with sc.loaded(), cpu_hogs(2 * NPROC) as cgroup:
         groups = [cgroup / "a", cgroup / "b"]
         for g in groups:
             g.mkdir(exist_ok=True)
@@ -644,7 +644,7 @@ def test_comm_pattern_declares_batch_and_status_counts_tiers():
 
 def test_a_task_is_classified_again_only_when_its_tier_may_change():
     # Hogs run slice after slice: each enqueue finds its cached tier.
-    with sc.loaded("--batch-comm", "stress*"), noise.hogs(2 * NPROC):
+    with sc.loaded("--batch-comm", "stress*"), cpu_hogs(2 * NPROC):
         time.sleep(2)
         before = sc.status()["scx_gpu"]["totals"]
         time.sleep(5)

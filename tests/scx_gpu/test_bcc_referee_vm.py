@@ -29,13 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer import tracefile
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
 from tests import bcc
-from tests.helpers import scx_gpu
+from tests.helpers import cpu_hogs, scx_gpu
 
 pytestmark = pytest.mark.vm
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
@@ -87,7 +86,7 @@ def test_runqlat_agrees_with_the_gpu_tier_wait_histogram():
     launcher = [*sc.SCX_GPU, "run", "--tier", "gpu", "--", "sh", "-c",
                 'kill -STOP $$ && exec "$@"', "sh", str(LAUNCHER), "--cuda-lib", str(STUB),
                 "--threads", "2", "--duration", "6", *SYNTHETIC_SHAPE]
-    with sc.loaded(), noise.hogs(2 * NPROC):
+    with sc.loaded(), cpu_hogs(2 * NPROC):
         proc = subprocess.Popen(launcher, stdout=subprocess.DEVNULL)
         sc.wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split()[2] == "T", 60,
                     "the launcher to stop itself in the gpu tier")
