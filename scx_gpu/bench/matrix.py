@@ -195,9 +195,9 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         stack.enter_context(noise.running(cell.noise, cell.policy.noise_idle, cell.cpu_hogs,
                                           cell.noise_cgroup, cell.policy.noise_nice))
         before = counters(cell.policy)
-        cpu_before = noise.cpu_seconds(cell.noise_cgroup)
+        cpu_before = noise.cpu_seconds(cell.noise, cell.noise_cgroup)
         ran = _run_workload(cell, workload, stdout, log)
-        noise_cpu = noise.cpu_seconds(cell.noise_cgroup) - cpu_before
+        noise_cpu = noise.cpu_seconds(cell.noise, cell.noise_cgroup) - cpu_before
         after = counters(cell.policy)
         stdout.seek(0)
         printed = stdout.read()

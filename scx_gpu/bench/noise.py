@@ -1,11 +1,13 @@
 """Noise scenarios: what runs beside the workload, in one measuring cgroup.
 
-none, cpu (stress-ng --cpu 0: one hog per CPU, or a given count), net
-(iperf3 over loopback), disk (fio random writes), heavy (all three). Each
-falls back to the built-in generator (scx_gpu.bench.noisegen) when its tool
-is not installed. Everything runs in one cgroup, so its CPU time can be
-measured and it can be declared batch; it is stopped by killing that cgroup.
-hogs() runs stress-ng CPU hogs there, or in a tier's cgroup, for a block.
+none, cpu (stress-ng --cpu 0: one hog per CPU, or a given count), spin
+(scx-gpu's spinners, as many, timing their own CPU: under sched_ext the
+test VM's kernel over-counts the CPU time of tasks that run after an idle
+gap), net (iperf3 over loopback), disk (fio random writes), heavy (cpu, net
+and disk). Each falls back to the built-in generator
+(scx_gpu.bench.noisegen) when its tool is not installed. Everything runs in
+one cgroup, so its CPU time can be measured and it can be declared batch;
+it is stopped by killing that cgroup.
 
 Where that cgroup sits decides what the noise competes with (LAYOUTS):
 own     NOISE_CGROUP, below the root. With the root's cpu controller on (as
@@ -18,6 +20,7 @@ shared  a child of the bench's own cgroup, where the workload runs. The cpu
 """
 
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -30,14 +33,17 @@ from scx_gpu.controlplane import cgroups
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
+from scx_gpu.workloads import program
 
-NOISES = ("none", "cpu", "net", "disk", "heavy")
+NOISES = ("none", "cpu", "spin", "net", "disk", "heavy")
 LAYOUTS = ("own", "shared")
 # Noise and hogs always run in this cgroup, so their CPU time can be measured
 # whatever their tier; `--batch-cgroup` declares them batch.
 NOISE_NAME = "scx-gpu-bench-noise"
 NOISE_CGROUP = CGROUP_ROOT / NOISE_NAME
 DISK_DIR = Path("/var/tmp/scx-gpu-noise")
+SPIN_STATS = Path("/var/tmp/scx-gpu-noise-spin.stats")  # the spinners' records (spinners.c)
+SPIN_SLOT = struct.Struct("3d")  # created, worst gap, seconds ran
 IPERF_PORT = 5299
 SETTLE_S = 1.0
 
@@ -56,6 +62,11 @@ def _cpu(hogs: int) -> list[str]:
     if shutil.which("stress-ng"):
         return stress_cpu(hogs)
     return _builtin("cpu", hogs or NPROC)
+
+
+def _spin(hogs: int) -> list[str]:
+    return [str(program("spinners")), "--threads", str(hogs or NPROC), "--seconds", "86400",
+            "--stats", str(SPIN_STATS)]
 
 
 def _net() -> list[str]:
@@ -78,7 +89,8 @@ def commands(noise: str, cpu_hogs: int = 0) -> list[list[str]]:
     """The command lines one noise scenario runs (cpu_hogs: 0 for one per CPU)."""
     if cpu_hogs < 0:
         raise UsageError(f"--cpu-hogs {cpu_hogs}: give a count >= 0 (0: one per CPU)")
-    parts = {"none": [], "cpu": [_cpu(cpu_hogs)], "net": [_net()], "disk": [_disk()],
+    parts = {"none": [], "cpu": [_cpu(cpu_hogs)], "spin": [_spin(cpu_hogs)], "net": [_net()],
+             "disk": [_disk()],
              "heavy": [_cpu(cpu_hogs), _net(), _disk()]}
     if noise not in parts:
         raise UsageError(f"unknown noise {noise!r}: choose from {', '.join(NOISES)}")
@@ -125,6 +137,7 @@ def stop(cgroup: Path = NOISE_CGROUP) -> None:
                 raise EnvironmentProblem(f"{cgroup}: noise survived cgroup.kill; kill it by hand")
             time.sleep(0.05)
     shutil.rmtree(DISK_DIR, ignore_errors=True)
+    SPIN_STATS.unlink(missing_ok=True)
 
 
 def release(cgroup: Path) -> None:
@@ -135,8 +148,11 @@ def release(cgroup: Path) -> None:
         cgroup.rmdir()
 
 
-def cpu_seconds(cgroup: Path = NOISE_CGROUP) -> float:
-    """CPU seconds the noise used so far (cgroup v2 cpu.stat)."""
+def cpu_seconds(noise: str, cgroup: Path = NOISE_CGROUP) -> float:
+    """CPU seconds the noise used so far: as the spin noise timed itself, else
+    its cgroup's (cgroup v2 cpu.stat)."""
+    if noise == "spin":
+        return float(sum(slot[2] for slot in SPIN_SLOT.iter_unpack(SPIN_STATS.read_bytes())))
     return cgroups.cpu_seconds(cgroup)
 
 

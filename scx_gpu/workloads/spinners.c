@@ -11,9 +11,12 @@
  * cpu.stat, schedstat), so a share of the CPUs is measured by this sum.
  * Prints one JSON object: the number of tasks, how many ran at all, the
  * longest gap of any and the seconds all of them ran. SIGTERM ends the
- * run early, with the same report.
+ * run early, with the same report. With --stats FILE the threads' records
+ * live in FILE as they run (struct slot, native doubles), so a reader can
+ * take the CPU time they timed over any window.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -26,6 +29,7 @@
 
 #define STACK_BYTES	(64 * 1024)
 #define RUN_GAP_S	0.0005	/* a longer gap between two clock reads: not running */
+#define WORK_PER_READ	1000	/* arithmetic between clock reads: a CPU hog, not a clock hog */
 
 struct slot {
 	double created;		/* when its creator asked for it */
@@ -47,21 +51,32 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Work the compiler cannot drop: a linear congruential step. */
+static unsigned long work(unsigned long x)
+{
+	int i;
+
+	for (i = 0; i < WORK_PER_READ; i++)
+		x = x * 6364136223846793005UL + 1442695040888963407UL;
+	return x;
+}
+
 static void *spin(void *arg)
 {
 	struct slot *slot = arg;
-	double last = slot->created, worst = 0.0, ran = 0.0, now;
+	double last = slot->created, worst = 0.0, now;
+	volatile unsigned long sink = 0;
 
 	do {
+		sink = work(sink);
 		now = now_s();
 		if (now - last > worst)
 			worst = now - last;
 		if (now - last < RUN_GAP_S)
-			ran += now - last;
+			slot->ran += now - last;
 		last = now;
 	} while (now < end_at && !stopped);
 	slot->worst_gap = worst;
-	slot->ran = ran;
 	return NULL;
 }
 
@@ -102,16 +117,35 @@ static void run_process(struct slot *slots, int threads)
 	_exit(started == threads ? 0 : 1);
 }
 
+/* The threads' records: shared with the workers, and with readers of @path. */
+static struct slot *map_slots(const char *path, int n)
+{
+	size_t size = n * sizeof(struct slot);
+	struct slot *slots;
+	int fd;
+
+	if (!path)
+		return mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0 || ftruncate(fd, size) < 0)
+		return MAP_FAILED;
+	slots = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	return slots;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "procs", required_argument, NULL, 'p' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "seconds", required_argument, NULL, 's' },
+		{ "stats", required_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int procs = 1, threads = 1, opt, i, status, failed = 0, ran = 0, n;
 	struct slot *slots;
+	const char *stats_path = NULL;
 	double worst = 0.0, ran_s = 0.0;
 
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -119,8 +153,9 @@ int main(int argc, char **argv)
 		case 'p': procs = atoi(optarg); break;
 		case 't': threads = atoi(optarg); break;
 		case 's': seconds_total = atof(optarg); break;
+		case 'f': stats_path = optarg; break;
 		default:
-			fprintf(stderr, "usage: spinners --procs N --threads N --seconds S\n");
+			fprintf(stderr, "usage: spinners --procs N --threads N --seconds S [--stats FILE]\n");
 			return 2;
 		}
 	}
@@ -129,8 +164,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	n = procs * threads;
-	slots = mmap(NULL, n * sizeof(*slots), PROT_READ | PROT_WRITE,
-		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	slots = map_slots(stats_path, n);
 	if (slots == MAP_FAILED) {
 		perror("spinners: mmap");
 		return 1;

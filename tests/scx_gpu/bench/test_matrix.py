@@ -129,9 +129,9 @@ def test_bad_input(tmp_path):
 @pytest.mark.root
 def test_noise_runs_in_its_cgroup_and_stops_to_the_last_process():
     with noise.running("heavy"):
-        before = noise.cpu_seconds()
+        before = noise.cpu_seconds("heavy")
         time.sleep(2)
-        used = noise.cpu_seconds() - before
+        used = noise.cpu_seconds("heavy") - before
         procs = (noise.NOISE_CGROUP / "cgroup.procs").read_text().split()
     assert used > 0.5 and len(procs) >= 3, (used, procs)
     assert (noise.NOISE_CGROUP / "cgroup.procs").read_text().strip() == ""
@@ -219,3 +219,16 @@ def test_untraced_cells_and_a_cell_of_its_own_workload_on_the_host(tmp_path):
     assert not (out / results.TRACES).exists()
     summary = results.summarise(rows)
     assert summary.loc[("fast", False, "none", "stock"), "degradation_pct"] == 0.0
+
+
+@pytest.mark.root
+def test_spin_noise_times_its_own_cpu_as_it_runs():
+    with noise.running("spin", cpu_hogs=2):
+        first, kernel_first = noise.cpu_seconds("spin"), noise.cpu_seconds("cpu")
+        time.sleep(2)
+        timed = noise.cpu_seconds("spin") - first
+        kernel = noise.cpu_seconds("cpu") - kernel_first  # the same cgroup's cpu.stat
+    # Outside sched_ext the kernel's CPU time is to be trusted: the two agree
+    # (a gap under 0.5 ms, an interrupt say, counts as running).
+    assert timed > 1.0 and 0.8 * kernel <= timed <= 1.05 * kernel, (timed, kernel)
+    assert not noise.SPIN_STATS.exists()

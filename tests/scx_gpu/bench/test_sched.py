@@ -103,7 +103,7 @@ def test_bench_compare_reads_a_bench_sched_directory(tmp_path):
     proc = scx_gpu("bench", "compare", str(out), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     cells = {(c["workload"], c["noise"], c["policy"]): c for c in json.loads(proc.stdout)[str(out)]}
-    assert cells[("synthetic", "cpu", "stock")]["degradation_pct"] == pytest.approx(60.0)
+    assert cells[("synthetic", "spin", "stock")]["degradation_pct"] == pytest.approx(60.0)
     assert cells[(sched.FAST, "none", "scx-gpu-undeclared")]["tokens_per_s"] == 150.0
     table = scx_gpu("bench", "compare", str(out), str(out), "--format", "markdown")
     assert table.returncode == 0, table.stderr
