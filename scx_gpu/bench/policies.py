@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 from scx_gpu.bench.noise import DISK_DIR
+from scx_gpu.controlplane import netshape
 from scx_gpu.controlplane.runstate import sched_ext_state
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
@@ -70,13 +71,15 @@ BATCH_IO_MAX = "wbps=16m wiops=500"
 BATCH_MEM_HIGH = "25%"
 
 
-def isolation_args() -> list[str]:
+def isolation_args(htb: bool | None = None) -> list[str]:
     """`scx-gpu load` flags for scx-gpu-isolated on this machine: net (loopback, where
-    the net noise runs), disk (the disk noise's disk), memory, and interrupts off
-    the CPUs pin-nice gives the workload."""
+    the net noise runs; where the kernel has HTB: the test VM's kernel has it as a
+    module, and the VM no modules), disk (the disk noise's disk), memory, and
+    interrupts off the CPUs pin-nice gives the workload."""
     disk = os.stat(DISK_DIR.parent).st_dev
-    return ["--net-isolate", "--net-dev", "lo", "--net-link-rate", LOOPBACK_RATE,
-            "--batch-net-rate", BATCH_NET_RATE,
+    net = ["--net-isolate", "--net-dev", "lo", "--net-link-rate", LOOPBACK_RATE,
+           "--batch-net-rate", BATCH_NET_RATE]
+    return [*(net if (netshape.htb_available() if htb is None else htb) else []),
             "--batch-io-weight", str(BATCH_IO_WEIGHT),
             "--batch-io-max", f"{os.major(disk)}:{os.minor(disk)} {BATCH_IO_MAX}",
             "--batch-mem-high", BATCH_MEM_HIGH, "--gpu-mem-low", "max",

@@ -59,12 +59,16 @@ def test_only_scx_gpus_sched_ext_policies_have_its_counters():
     assert matrix.counters(policies.POLICIES["fallback"]) is None
 
 
-def test_the_isolated_policy_asks_load_for_every_mechanism():
-    proc = scx_gpu("load", "--print-config", *policies.isolation_args())
+@pytest.mark.parametrize("htb", [True, False])
+def test_the_isolated_policy_asks_load_for_every_mechanism(htb):
+    proc = scx_gpu("load", "--print-config", *policies.isolation_args(htb))
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     disk = os.stat(noise.DISK_DIR.parent).st_dev
-    assert cfg["net_isolate"] and cfg["net_devs"] == ["lo"] and cfg["batch_net_rate"], cfg
+    if htb:
+        assert cfg["net_isolate"] and cfg["net_devs"] == ["lo"] and cfg["batch_net_rate"], cfg
+    else:  # a kernel without HTB: no shaping, and no error for the lack of it
+        assert not cfg["net_isolate"], cfg
     assert cfg["batch_io_weight"] == policies.BATCH_IO_WEIGHT, cfg
     assert cfg["batch_io_max"] == [f"{os.major(disk)}:{os.minor(disk)} "
                                    f"{policies.BATCH_IO_MAX}"], cfg
