@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute, NetNS
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import netshape, skbprio
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane.runstate import RUN_STATE
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from tests.helpers import assert_one_line_error, scx_gpu
@@ -38,6 +40,7 @@ SECONDS = 5.0
 RR_NICE = -10
 RR_TRIES = 3
 A_IP, B_IP = "10.77.1.1", "10.77.2.2"
+METRICS_PORT = 9464  # in namespace A: free there
 
 
 @dataclass
@@ -254,13 +257,29 @@ def _load(ns: str, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _scrape(ns: str, port: int) -> str:
+    """GET /metrics on the namespace's loopback, where the loader serves it."""
+    get = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()" \
+          ".decode())"
+    return subprocess.run([*in_netns(ns), sys.executable, "-c", get], capture_output=True,
+                          text=True, check=True, timeout=30).stdout
+
+
 def test_load_applies_network_isolation_and_undoes_it_on_every_exit(net):
-    proc = _load(net.a, "--net-link-rate", "95mbit", "--batch-net-rate", "20mbit")
+    proc = _load(net.a, "--net-link-rate", "95mbit", "--batch-net-rate", "20mbit",
+                 "--metrics-addr", str(METRICS_PORT))
     sc.wait_for(lambda: len(_ours(net.a)) == 2 or proc.poll() is not None, 30,
                 "the HTB hierarchy and the marking program")
     assert proc.poll() is None, proc.communicate()[0]
     status = json.loads(scx_gpu("status", "--json").stdout)["colocation"]
     assert status["network"][0]["batch_ceil_bps"] == 20 * 10**6, status
+    sc.wait_for(lambda: RUN_STATE.exists(), 30, "the fallback to run (its metrics served)")
+    scraped = {(s.name, tuple(s.labels.items())): s.value
+               for f in text_string_to_metric_families(_scrape(net.a, METRICS_PORT))
+               for s in f.samples}
+    assert scraped[("scx_gpu_net_batch_ceil_bits_per_second", (("dev", "va"),))] == 20e6, scraped
+    assert scraped[("scx_gpu_net_link_bits_per_second", (("dev", "va"),))] == 95e6, scraped
+    assert scraped[("scx_gpu_enabled", ())] == 0, scraped
     # A killed loader leaves its qdisc (the program dies with it); the next load takes it over.
     proc.kill()
     proc.wait()
