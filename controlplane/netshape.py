@@ -195,6 +195,13 @@ def shape(ipr: IPRoute, p: Plan) -> Callable[[], None]:
     return undo
 
 
+def remove(ipr: IPRoute, dev: str) -> None:
+    """dev's root qdisc, if scx-gpu's, removed (a killed loader's hierarchy)."""
+    found = ipr.link_lookup(ifname=dev)
+    if found:
+        _remover(ipr, int(found[0]))()
+
+
 def _remover(ipr: IPRoute, index: int) -> Callable[[], None]:
     def remove() -> None:
         root = _root_qdisc(ipr, index)
