@@ -305,6 +305,8 @@ def test_load_applies_network_isolation_and_undoes_it_on_every_exit(net, loaders
     assert _ours(net.a) == ["qdisc htb"]
     report = json.loads(scx_gpu("status", "--json").stdout)
     assert "colocation" not in report and report["colocation_left_by_killed_loader"] == proc.pid
+    assert (f"killed scx-gpu load (pid {proc.pid}) are still applied: the next `scx-gpu load` "
+            "restores them") in scx_gpu("status").stdout
     plain = _start(loaders, net.a, "--quiet")
     sc.wait_for(lambda: run_state().get("pid") == plain.pid or plain.poll() is not None, 30,
                 "the next load")
