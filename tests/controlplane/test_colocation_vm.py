@@ -264,14 +264,17 @@ def test_batch_memory_hog_is_held_while_the_gpu_tier_keeps_its_pages():
     assert isolated["cached_min_mb"] >= 0.95 * isolated["cached_before_mb"], isolated
 
 
-def _settings() -> dict[str, str]:
-    """What the co-location below touches: controllers passed down, the batch group's
-    io.weight and memory.high (absent while their controller is off), NVMe interrupts."""
+def _settings() -> dict[str, object]:
+    """What the co-location below touches: the io and memory controllers passed down (the
+    fallback's cpu is its own), the batch group's io.weight and memory.high (absent
+    while their controller is off), NVMe interrupts."""
     batch = OWN_ROOT / "batch"
-    files = [CGROUP_ROOT / "cgroup.subtree_control", OWN_ROOT / "cgroup.subtree_control",
-             batch / "io.weight", batch / "memory.high"]
-    found = {str(f): f.read_text() if f.exists() else "absent" for f in files}
-    return {**found, **{f"irq {n}": cpus for n, cpus in _nvme_irqs().items()}}
+    controls = {str(c): sorted(set(c.read_text().split()) & {"io", "memory"})
+                for c in (CGROUP_ROOT / "cgroup.subtree_control",
+                          OWN_ROOT / "cgroup.subtree_control")}
+    files = {str(f): f.read_text() if f.exists() else "absent"
+             for f in (batch / "io.weight", batch / "memory.high")}
+    return {**controls, **files, **{f"irq {n}": cpus for n, cpus in _nvme_irqs().items()}}
 
 
 def test_a_killed_loaders_settings_are_restored_by_the_next_load():
@@ -293,7 +296,8 @@ def test_a_killed_loaders_settings_are_restored_by_the_next_load():
         said = log.read_text()
     print(f"before {before}\nleft by the killed loader {during}\nafter the next load {after}")
     print(said)
-    assert during[str(OWN_ROOT / "batch" / "io.weight")].startswith("default 10\n"), (during, out)
+    assert str(during[str(OWN_ROOT / "batch" / "io.weight")]).startswith("default 10\n"), (
+        during, out)
     assert [k for k in before if k.startswith("irq") and during[k] != before[k]], during
     assert after == before
     assert f"restored what a killed scx-gpu load (pid {killed.pid}) left:" in said, said
