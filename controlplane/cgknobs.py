@@ -81,7 +81,10 @@ class Applied:
         path = knob.cgroup / knob.name
         try:
             restore = knob.restore(path.read_text())
-            self.note.file(path, restore)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+        self.note.file(path, restore)
+        try:
             path.write_text(knob.value)
         except OSError as exc:
             raise UsageError(f"cannot write {knob.value!r} to {path}: {exc.strerror}") from exc
