@@ -6,13 +6,16 @@ way down from the hierarchy's root where it is off (a file appears only
 when the parent enables its controller), remembers each file's value,
 writes the new ones, and returns the undo: old values back, in reverse
 order, and the controllers it enabled off again. Nothing is left
-half-applied: a failing write undoes the ones before it.
+half-applied: a failing write undoes the ones before it. A Note hears of
+each change before it is made (controlplane.undorecord keeps them for the
+case where no undo runs).
 """
 
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
@@ -25,6 +28,20 @@ class Knob:
     restore: Callable[[str], list[str]] = lambda old: [old]  # writes that undo it, from old
 
 
+class Note(Protocol):
+    def file(self, path: Path, values: list[str]) -> None: ...
+
+    def controller(self, control: Path, ctrl: str) -> None: ...
+
+
+class Unnoted:
+    def file(self, path: Path, values: list[str]) -> None:
+        return
+
+    def controller(self, control: Path, ctrl: str) -> None:
+        return
+
+
 def controller(name: str) -> str:
     return name.split(".", 1)[0]
 
@@ -32,8 +49,9 @@ def controller(name: str) -> str:
 class Applied:
     """What apply() changed, in order, so that undo() can reverse it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, note: Note) -> None:
         self.root = root
+        self.note = note
         self.enabled: list[Path] = []           # subtree_control files we wrote +ctrl to
         self.enabled_what: list[str] = []
         self.written: list[tuple[Path, list[str]]] = []
@@ -48,6 +66,7 @@ class Applied:
         control = parent / "cgroup.subtree_control"
         if ctrl in control.read_text().split():
             return
+        self.note.controller(control, ctrl)
         try:
             control.write_text(f"+{ctrl}")
         except OSError as exc:
@@ -61,11 +80,15 @@ class Applied:
     def write(self, knob: Knob) -> None:
         path = knob.cgroup / knob.name
         try:
-            old = path.read_text()
+            restore = knob.restore(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+        self.note.file(path, restore)
+        try:
             path.write_text(knob.value)
         except OSError as exc:
             raise UsageError(f"cannot write {knob.value!r} to {path}: {exc.strerror}") from exc
-        self.written.append((path, knob.restore(old)))
+        self.written.append((path, restore))
 
     def undo(self) -> None:
         failed = []
@@ -101,10 +124,10 @@ def check(knobs: list[Knob], root: Path) -> None:
             raise UsageError(f"cgroup {knob.cgroup} does not exist")
 
 
-def apply(knobs: list[Knob], root: Path) -> Callable[[], None]:
+def apply(knobs: list[Knob], root: Path, note: Note | None = None) -> Callable[[], None]:
     """Set every knob (controllers enabled as needed); returns the undo."""
     check(knobs, root)
-    applied = Applied(root)
+    applied = Applied(root, note or Unnoted())
     try:
         for knob in knobs:
             applied.enable(knob.cgroup, controller(knob.name))

@@ -6,7 +6,8 @@ and memlimits through cgknobs (I/O, memory), irqsteer (interrupts). Every
 input is checked before anything is applied, each mechanism's undo is
 stacked as it is applied, and the stack unwinds on every exit path,
 including a mechanism failing halfway. What is applied is written to
-STATE for `scx-gpu status`.
+STATE for `scx-gpu status`, with the undo record (controlplane.undorecord)
+that the next load replays when this one was killed before it could undo.
 
 Network, I/O and memory act on the tiers' cgroups: `scx-gpu run --tier`
 groups and the configured cgroups (and, under the fallback, its batch
@@ -18,14 +19,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import blkio, cgknobs, irqsteer, memlimits, netshape, skbprio
+from scx_gpu.controlplane import (
+    blkio,
+    cgknobs,
+    irqsteer,
+    memlimits,
+    netshape,
+    skbprio,
+    undorecord,
+)
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, cgroup_path
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.runstate import RUN_DIR, read_json, write_json
+from scx_gpu.controlplane.runstate import RUN_DIR, read_json
 from scx_gpu.controlplane.tiers import own_cgroups
-from scx_gpu.errors import UsageError
+from scx_gpu.errors import EnvironmentProblem, UsageError
 
 STATE = RUN_DIR / "colocation.json"
+KINDS = {"qdisc": "root qdisc(s)", "file": "cgroup file(s)", "irq": "interrupt affinity(ies)",
+         "controller": "cgroup controller(s)"}  # undo steps, as the restore line names them
 
 
 def wanted(config: Config) -> bool:
@@ -65,7 +76,7 @@ class _Plan:
         self.irq_avoid = self._irq_avoid() if config.irq_steer else frozenset()
         self.irq_patterns = config.irq_patterns or list(irqsteer.DEFAULT_PATTERNS)
         if config.irq_steer:
-            irqsteer.selected(self.irq_avoid, self.irq_patterns)
+            irqsteer.selected(self.irq_avoid, self.irq_patterns, irqsteer.IRQ_ROOT)
 
     def _irq_avoid(self) -> frozenset[int]:
         if self.config.irq_avoid_cpus:
@@ -86,7 +97,9 @@ class _Plan:
 @contextlib.contextmanager
 def applied(config: Config, emit: Callable[[str], None], batch: list[Path],
             gpu: list[Path]) -> Iterator[dict[str, Any]]:
-    """Apply what config asks for; undo it all when the block ends, however it ends."""
+    """Apply what config asks for; undo it all when the block ends, however it ends.
+    What a killed loader left is restored first."""
+    restore_left(emit, wanted(config))
     if not wanted(config):
         yield {}
         return
@@ -94,27 +107,30 @@ def applied(config: Config, emit: Callable[[str], None], batch: list[Path],
     nets = plan.net_plans() if config.net_isolate else []
     state: dict[str, Any] = {"batch_cgroups": [str(p) for p in batch],
                              "gpu_cgroups": [str(p) for p in gpu]}
+    record = undorecord.UndoRecord(STATE)
     with contextlib.ExitStack() as stack:
         stack.callback(STATE.unlink, missing_ok=True)
         if nets:
-            state["network"] = _network(stack, nets, batch, emit)
+            state["network"] = _network(stack, nets, batch, emit, record)
         if plan.knobs:
-            stack.callback(cgknobs.apply(plan.knobs, CGROUP_ROOT))
+            stack.callback(cgknobs.apply(plan.knobs, CGROUP_ROOT, record))
             state["cgroup_settings"] = [
                 {"cgroup": str(k.cgroup), "file": k.name, "value": k.value} for k in plan.knobs]
             for k in plan.knobs:
                 emit(f"scx-gpu: {k.cgroup}/{k.name} = {k.value}")
         if config.irq_steer:
-            state["irqs"] = _irqs(stack, plan.irq_avoid, plan.irq_patterns, emit)
-        write_json(STATE, state)
+            state["irqs"] = _irqs(stack, plan.irq_avoid, plan.irq_patterns, emit, record)
+        record.save(state)
         yield state
     emit("scx-gpu: co-location settings undone")
 
 
 def _network(stack: contextlib.ExitStack, nets: list[netshape.Plan], batch: list[Path],
-             emit: Callable[[str], None]) -> list[dict[str, object]]:
+             emit: Callable[[str], None],
+             record: undorecord.UndoRecord) -> list[dict[str, object]]:
     ipr = stack.enter_context(netshape.route())
     for net in nets:
+        record.qdisc(net.dev)
         stack.callback(netshape.shape(ipr, net))
         emit(f"scx-gpu: {net.dev}: link {net.link_bps / 1e6:g} Mbit/s, the rest guaranteed "
              f"{net.normal_bps / 1e6:g}, batch at most {net.batch_ceil_bps / 1e6:g}")
@@ -123,15 +139,61 @@ def _network(stack: contextlib.ExitStack, nets: list[netshape.Plan], batch: list
 
 
 def _irqs(stack: contextlib.ExitStack, avoid: frozenset[int], patterns: list[str],
-          emit: Callable[[str], None]) -> list[dict[str, object]]:
-    moves, undo = irqsteer.steer(avoid, patterns)
+          emit: Callable[[str], None], record: undorecord.UndoRecord) -> list[dict[str, object]]:
+    moves, undo = irqsteer.steer(avoid, patterns, irqsteer.IRQ_ROOT, note=record.irq)
     stack.callback(undo)
     for move in moves:
         emit(f"scx-gpu: {move.line()}")
     return [m.as_dict() for m in moves]
 
 
-def saved() -> dict[str, Any]:
-    """What the running loader applied ({} when nothing)."""
-    return read_json(STATE)
+def restore_left(emit: Callable[[str], None], applying: bool) -> None:
+    """Undo what a killed loader left (its record's steps), saying so in one line. A
+    running loader's settings are its own: applying more beside them is refused."""
+    record = read_json(STATE)
+    if not record:
+        return
+    pid = record.get("owner", {}).get("pid")
+    if undorecord.alive(record):
+        if applying:
+            raise EnvironmentProblem(f"scx-gpu load (pid {pid}) runs with co-location settings "
+                                     "applied: stop it first")
+        return
+    steps = record.get("undo", [])
+    failed = _restore(steps)
+    STATE.unlink(missing_ok=True)
+    counts: dict[str, int] = {}
+    for step in steps:
+        counts[step["kind"]] = counts.get(step["kind"], 0) + 1
+    done = ", ".join(f"{n} {KINDS[k]}" for k, n in counts.items()) or "nothing"
+    emit(f"scx-gpu: restored what a killed scx-gpu load (pid {pid}) left: {done}"
+         + (f"; could not restore {', '.join(failed)}: write those back by hand"
+            if failed else ""))
 
+
+def _restore(steps: list[undorecord.Step]) -> list[str]:
+    with contextlib.ExitStack() as stack:
+        route: list[Any] = []
+
+        def remove_qdisc(dev: str) -> None:
+            if not route:  # pyroute2 only when there is a qdisc to remove
+                route.append(stack.enter_context(netshape.route()))
+            netshape.remove(route[0], dev)
+        return undorecord.restore(steps, remove_qdisc)
+
+
+def saved() -> dict[str, Any]:
+    """What the running loader applied ({} when nothing, or when its loader is dead)."""
+    record = read_json(STATE)
+    if not undorecord.alive(record):
+        return {}
+    return {k: v for k, v in record.items() if k not in ("owner", "undo")}
+
+
+def left_by_killed_loader() -> int | None:
+    """The pid of a killed loader whose settings stay until the next load restores them."""
+    record = read_json(STATE)
+    if not record or undorecord.alive(record):
+        return None
+    pid: int | None = record.get("owner", {}).get("pid")
+    return pid

@@ -34,6 +34,7 @@ DEFAULT_PATTERNS = ("nvme*", "virtio*-input.*", "virtio*-output.*", "mlx5_comp*"
 REFUSED = (errno.EPERM, errno.EIO)
 
 Writer = Callable[[Path, str], None]
+Note = Callable[[Path, str], None]  # told (path, the value restoring it) before each move
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
@@ -155,7 +156,8 @@ def selected(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
 
 def steer(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
           online: frozenset[int] | None = None,
-          write: Writer = _write) -> tuple[list[Move], Callable[[], None]]:
+          write: Writer = _write,
+          note: Note = lambda path, value: None) -> tuple[list[Move], Callable[[], None]]:
     """Move matching interrupts off `avoid`; (what happened, the undo)."""
     online = online_cpus() if online is None else online
     irqs = selected(avoid, patterns, root, online)
@@ -163,6 +165,7 @@ def steer(avoid: frozenset[int], patterns: list[str], root: Path = IRQ_ROOT,
     try:
         for irq in irqs:
             if irq.affinity & avoid:
+                note(root / str(irq.number) / AFFINITY, format_cpulist(irq.affinity))
                 moves.append(_move(irq, target(irq.affinity, avoid, online), root, write))
             else:
                 moves.append(Move(irq, None, "already off those CPUs"))

@@ -138,6 +138,7 @@ class Loader:
         self.took_over: takeover.Running | None = None  # scx_loader's, started on exit
         self.last_quota_change: autoquota.Change | None = None
         self.refused: set[Path] = set()  # libcuda files reported untrusted, once each
+        self.colocation: dict[str, Any] = {}  # what colocation.applied() set, for the metrics
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()
@@ -164,8 +165,8 @@ class Loader:
             tiers.check_members(self.config)
             if self.took_over is not None:  # scx_loader's scheduler attaches after ours left
                 stack.callback(self._wait_disabled_quietly)
-            stack.enter_context(colocation.applied(self.config, self.emit,
-                                                   *colocation.tier_cgroups(self.config)))
+            self.colocation = stack.enter_context(colocation.applied(
+                self.config, self.emit, *colocation.tier_cgroups(self.config)))
             return self._run_until_stopped()
 
     def _run_until_stopped(self) -> int:
@@ -250,7 +251,8 @@ class Loader:
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
-                                detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"))
+                                detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"),
+                                self.colocation)
 
     def _totals(self, sched: BpfScheduler, detector: Detector,
                 loaded_at: float) -> dict[str, Any]:
@@ -383,8 +385,9 @@ class FallbackLoader(Loader):
         with ExitStack() as stack:
             group = fallback.CpuGroup()
             stack.callback(group.remove)
-            stack.enter_context(colocation.applied(self.config, self.emit, *colocation.tier_cgroups(
-                self.config, group.path if group.v2 else None)))
+            self.colocation = stack.enter_context(colocation.applied(
+                self.config, self.emit,
+                *colocation.tier_cgroups(self.config, group.path if group.v2 else None)))
             self._run_fallback(group)
         self.emit("scx-gpu: mainline fallback undone (nice values, cgroups restored)")
         return 0
@@ -407,6 +410,12 @@ class FallbackLoader(Loader):
             sched = self._load_detector()
             detach = self._background_detach(stack, sched)
             detector = stack.enter_context(closing(self._detector(sched, detach)))
+            if self.config.metrics_addr:
+                stack.enter_context(closing(metrics.MetricsServer(
+                    metrics.parse_addr(self.config.metrics_addr),
+                    lambda: metrics.Snapshot(sched.read_stats(), self.config.start_quota(),
+                                             detector.duty_cycle(), False, self.colocation,
+                                             tiers=False))))
             stack.callback(members.undo)
             renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                        self.config.scope == "process", self._gpu_budget())

@@ -2,7 +2,8 @@
 
 Off unless asked; a bare port binds to loopback. Served from a daemon
 thread that reads the scheduler's maps at each scrape, so the numbers are
-as fresh as the request.
+as fresh as the request. What co-location applied (controlplane.colocation's
+state) follows the scheduler's families: fixed while the loader runs.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from scx_gpu.controlplane.intf import WAIT_BUCKETS, Stats, Tier
 from scx_gpu.errors import EnvironmentProblem, UsageError
@@ -26,6 +28,8 @@ class Snapshot:
     quota_pct: int
     duty_cycle: float
     enabled: bool
+    colocation: dict[str, Any] = field(default_factory=dict)  # colocation.applied()'s state
+    tiers: bool = True  # the tiers' counters mean something: not under the mainline fallback
 
 
 def parse_addr(spec: str) -> tuple[str, int]:
@@ -40,14 +44,52 @@ def parse_addr(spec: str) -> tuple[str, int]:
     return (host.strip("[]") or LOOPBACK), number
 
 
+def _label(value: object) -> str:
+    """A label value, escaped as the text format asks."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: object) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
+
+
 def _family(lines: list[str], name: str, kind: str, text: str) -> None:
     lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
 
 
 def render(snap: Snapshot) -> str:
     """The exposition text for one snapshot."""
+    lines = _tier_lines(snap.stats) if snap.tiers else []
+    scalars = [
+        ("scx_gpu_batch_quota_ratio", "gauge", "Batch quota, share of all CPUs",
+         snap.quota_pct / 100),
+        ("scx_gpu_detector_hits_total", "counter", "Launch-probe hits",
+         snap.stats.detector_hits),
+        ("scx_gpu_detector_duty_cycle_ratio", "gauge", "Share of time the probes are attached",
+         snap.duty_cycle),
+        ("scx_gpu_enabled", "gauge", "1 while sched_ext runs scx_gpu", int(snap.enabled)),
+    ]
+    if snap.tiers:
+        scalars += [
+            ("scx_gpu_batch_throttled_seconds_total", "counter",
+             "CPU time left idle while batch waited on the quota",
+             snap.stats.batch_throttled_ns / 1e9),
+            ("scx_gpu_floor_dispatches_total", "counter", "Starving tasks the floor served",
+             snap.stats.floor_dispatches),
+        ]
+    for name, kind, text, value in scalars:
+        _family(lines, name, kind, text)
+        lines.append(f"{name} {value}")
+    lines += colocation_lines(snap.colocation)
+    return "\n".join(lines) + "\n"
+
+
+def _tier_lines(stats: Stats) -> list[str]:
+    """The sched_ext scheduler's counters, by tier."""
     lines: list[str] = []
-    tiers = [(t.name.lower(), snap.stats.tier[t]) for t in Tier]
+    tiers = [(t.name.lower(), stats.tier[t]) for t in Tier]
     _family(lines, "scx_gpu_tier_runtime_seconds_total", "counter", "CPU time run, by tier")
     lines += [f'scx_gpu_tier_runtime_seconds_total{{tier="{n}"}} {t.runtime_ns / 1e9}'
               for n, t in tiers]
@@ -65,23 +107,56 @@ def render(snap: Snapshot) -> str:
                          f" {seen}")
         lines.append(f'scx_gpu_wait_seconds_bucket{{tier="{n}",le="+Inf"}} {seen}')
         lines.append(f'scx_gpu_wait_seconds_count{{tier="{n}"}} {seen}')
-    scalars = (
-        ("scx_gpu_batch_quota_ratio", "gauge", "Batch quota, share of all CPUs",
-         snap.quota_pct / 100),
-        ("scx_gpu_batch_throttled_seconds_total", "counter",
-         "CPU time left idle while batch waited on the quota", snap.stats.batch_throttled_ns / 1e9),
-        ("scx_gpu_floor_dispatches_total", "counter", "Starving tasks the floor served",
-         snap.stats.floor_dispatches),
-        ("scx_gpu_detector_hits_total", "counter", "Launch-probe hits",
-         snap.stats.detector_hits),
-        ("scx_gpu_detector_duty_cycle_ratio", "gauge", "Share of time the probes are attached",
-         snap.duty_cycle),
-        ("scx_gpu_enabled", "gauge", "1 while sched_ext runs scx_gpu", int(snap.enabled)),
-    )
-    for name, kind, text, value in scalars:
-        _family(lines, name, kind, text)
-        lines.append(f"{name} {value}")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _gauges(lines: list[str], name: str, text: str,
+            samples: list[tuple[dict[str, object], object]]) -> None:
+    """One family, when it has samples (a mechanism not applied has none)."""
+    if samples:
+        _family(lines, name, "gauge", text)
+        lines += [f"{name}{_labels(**labels)} {value}" for labels, value in samples]
+
+
+def _bytes(value: str) -> str:
+    """memory.high/low as written: bytes, or max (no limit)."""
+    return "+Inf" if value == "max" else value
+
+
+def colocation_lines(applied: dict[str, Any]) -> list[str]:
+    """The families of what co-location applied: network shaping, cgroup settings, IRQs."""
+    lines: list[str] = []
+    nets = applied.get("network", [])
+    for key, what in (("link_bps", "The shaped link's rate"),
+                      ("rest_guaranteed_bps", "Rate guaranteed to the tiers other than batch"),
+                      ("batch_ceil_bps", "Ceiling of the batch tier's egress")):
+        name = "scx_gpu_net_" + key.removesuffix("_bps") + "_bits_per_second"
+        _gauges(lines, name, f"{what}, by shaped device",
+                [({"dev": n["dev"]}, n[key]) for n in nets])
+    settings = applied.get("cgroup_settings", [])
+    _gauges(lines, "scx_gpu_cgroup_setting_info", "A cgroup interface file scx-gpu set",
+            [({"cgroup": s["cgroup"], "file": s["file"], "value": s["value"]}, 1)
+             for s in settings])
+    _gauges(lines, "scx_gpu_batch_io_weight", "io.weight of a batch cgroup",
+            [({"cgroup": s["cgroup"]}, s["value"].split()[-1]) for s in settings
+             if s["file"] == "io.weight"])
+    for file, what in (("memory.high", "memory.high of a batch cgroup"),
+                       ("memory.low", "memory.low of a gpu cgroup or its ancestor")):
+        _gauges(lines, f"scx_gpu_{file.replace('.', '_')}_bytes", what,
+                [({"cgroup": s["cgroup"]}, _bytes(s["value"])) for s in settings
+                 if s["file"] == file])
+    if "irqs" in applied:
+        irqs = applied["irqs"]
+        moved = [m for m in irqs if m["after"] is not None]
+        _gauges(lines, "scx_gpu_irqs_moved", "Interrupts moved off the avoided CPUs",
+                [({}, len(moved))])
+        _gauges(lines, "scx_gpu_irqs_left", "Matching interrupts left where they were",
+                [({}, len(irqs) - len(moved))])
+        _gauges(lines, "scx_gpu_irq_steered_info", "A matching interrupt: its CPUs before and "
+                "while scx-gpu runs (after empty: left, see why)",
+                [({"irq": m["irq"], "handlers": ",".join(m["names"]), "before": m["before"],
+                   "after": m["after"] or "", "why": m["why"]}, 1) for m in irqs])
+    return lines
 
 
 class MetricsServer:

@@ -14,6 +14,7 @@ of its leaf class ids as the class, so no filter is needed.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ MIN_BURST_BYTES = 3028         # two full-size frames
 # link's own would queue downstream, where priority no longer holds.
 BURST_S = 1e-4
 SYS_NET = Path("/sys/class/net")
+SYS_MODULE = Path("/sys/module")
+MODULES = Path("/lib/modules")
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?bit)", re.IGNORECASE)
 
@@ -73,6 +76,14 @@ class Plan:
         return {"dev": self.dev, "link_bps": self.link_bps, "rest_guaranteed_bps":
                 self.normal_bps, "batch_guaranteed_bps": self.batch_bps,
                 "batch_ceil_bps": self.batch_ceil_bps}
+
+
+def htb_available(sys_module: Path = SYS_MODULE, modules: Path = MODULES) -> bool:
+    """Whether this kernel has sch_htb: built in or loaded (its parameters show in
+    sysfs), or a module it can load."""
+    if (sys_module / "sch_htb").is_dir():
+        return True
+    return any((modules / os.uname().release).glob("kernel/net/sched/sch_htb.ko*"))
 
 
 def default_route_dev(ipr: IPRoute) -> str:
@@ -182,6 +193,13 @@ def shape(ipr: IPRoute, p: Plan) -> Callable[[], None]:
         raise EnvironmentProblem(f"cannot install the HTB hierarchy on {p.dev}: "
                                  f"{exc.args[-1]} (does the kernel have sch_htb?)") from exc
     return undo
+
+
+def remove(ipr: IPRoute, dev: str) -> None:
+    """dev's root qdisc, if scx-gpu's, removed (a killed loader's hierarchy)."""
+    found = ipr.link_lookup(ifname=dev)
+    if found:
+        _remover(ipr, int(found[0]))()
 
 
 def _remover(ipr: IPRoute, index: int) -> Callable[[], None]:

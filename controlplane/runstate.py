@@ -32,8 +32,11 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, state: dict[str, Any]) -> None:
+    """Whole or not at all (a process killed mid-write leaves the old file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state))
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    part.write_text(json.dumps(state))
+    part.replace(path)
 
 
 def run_state() -> dict[str, Any]:

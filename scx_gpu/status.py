@@ -45,6 +45,8 @@ def collect() -> dict[str, Any]:
     run = run_state()
     if applied := colocation.saved():
         report["colocation"] = applied
+    if (killed := colocation.left_by_killed_loader()) is not None:
+        report["colocation_left_by_killed_loader"] = killed
     if run.get("mode") == FALLBACK_MODE:
         report["fallback"] = _fallback_report(run)
     if ops == "scx_gpu" and (PIN_DIR / "stats").exists():
@@ -69,18 +71,21 @@ def _colocation_lines(applied: dict[str, Any]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     extra = _colocation_lines(report.get("colocation", {}))
+    if (killed := report.get("colocation_left_by_killed_loader")) is not None:
+        extra.append(f"  co-location settings of a killed scx-gpu load (pid {killed}) are still "
+                     "applied: the next `scx-gpu load` restores them")
     if "fallback" in report:
         fb = report["fallback"]
         return "\n".join([f"scx-gpu: {fb['guarantee']}\n  loader pid {fb['loader_pid']}, "
                           f"batch group {fb['batch_group']} ({fb['batch_processes']} "
                           f"processes, quota {fb['batch_quota_pct']}%)", *extra])
     if not report["sched_ext"]:
-        return "sched_ext: not in this kernel"
+        return "\n".join(["sched_ext: not in this kernel", *extra])
     lines = [f"sched_ext: {report['state']}" + (f", scheduler {report['ops']}"
                                                 if report["ops"] else "")]
     ours = report.get("scx_gpu")
     if ours is None:
-        return "\n".join([*lines, "scx-gpu: not running"])
+        return "\n".join([*lines, "scx-gpu: not running", *extra])
     lines.append(f"scx-gpu: policy {ours['policy']}, loader pid {ours['loader_pid']}, "
                  f"batch quota {ours['batch_quota_pct']}% ({ours['batch_quota_mode']}) per "
                  f"{ours['batch_period_ms']:g} ms, "

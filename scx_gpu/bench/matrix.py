@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import scx_gpu
 from scx_gpu import status
-from scx_gpu.bench import noise, scenario
+from scx_gpu.bench import noise, policies, scenario
 from scx_gpu.bench.noise import NOISE_CGROUP
 from scx_gpu.bench.policies import Policy
 from scx_gpu.bench.results import KIND, MARKER, TRACES, save
@@ -104,6 +104,8 @@ def scheduled(policy: Policy, cuda_libs: Sequence[str],
     args = [*policy.scheduler, *(a for lib in cuda_libs for a in ("--cuda-lib", lib))]
     if policy.declare_noise:
         args += ["--batch-cgroup", str(noise_cgroup)]
+    if policy.isolate:
+        args += policies.isolation_args()
     with scenario.loaded(*args, cuda_lib=False):
         yield
 

@@ -14,10 +14,15 @@ fair                scx-gpu's fair policy (no tiers, no detector): what
 fallback            `scx-gpu load --fallback mainline` (no sched_ext needed),
                     the noise's cgroup declared batch (cgroup v2).
 fallback-undeclared the same, nothing declared.
+scx-gpu-isolated    scx-gpu, plus every co-location mechanism of `scx-gpu
+                    load` aimed at the bench's noises (isolation_args).
 """
 
+import os
 from dataclasses import dataclass
 
+from scx_gpu.bench.noise import DISK_DIR
+from scx_gpu.controlplane import netshape
 from scx_gpu.controlplane.runstate import sched_ext_state
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
@@ -34,6 +39,7 @@ class Policy:
     noise_nice: int = 0
     scheduler: tuple[str, ...] | None = None  # `scx-gpu load` arguments; None: no scx
     declare_noise: bool = False             # --batch-cgroup NOISE_CGROUP
+    isolate: bool = False                   # and isolation_args()
 
     @property
     def loads_sched_ext(self) -> bool:
@@ -49,10 +55,35 @@ POLICIES = {p.name: p for p in (
     Policy("batch-idle", noise_idle=True),
     Policy("scx-gpu", scheduler=(), declare_noise=True),
     Policy("scx-gpu-undeclared", scheduler=()),
+    Policy("scx-gpu-isolated", scheduler=(), declare_noise=True, isolate=True),
     Policy("fair", scheduler=("--policy", "fair")),
     Policy("fallback", scheduler=MAINLINE, declare_noise=True),
     Policy("fallback-undeclared", scheduler=MAINLINE),
 )}
+
+
+# What the isolated policy gives the batch tier (the declared noise): the net
+# noise talks over loopback, which has no speed of its own to shape below.
+LOOPBACK_RATE = "1gbit"
+BATCH_NET_RATE = "100mbit"
+BATCH_IO_WEIGHT = 10
+BATCH_IO_MAX = "wbps=16m wiops=500"
+BATCH_MEM_HIGH = "25%"
+
+
+def isolation_args(htb: bool | None = None) -> list[str]:
+    """`scx-gpu load` flags for scx-gpu-isolated on this machine: net (loopback, where
+    the net noise runs; where the kernel has HTB: the test VM's kernel has it as a
+    module, and the VM no modules), disk (the disk noise's disk), memory, and
+    interrupts off the CPUs pin-nice gives the workload."""
+    disk = os.stat(DISK_DIR.parent).st_dev
+    net = ["--net-isolate", "--net-dev", "lo", "--net-link-rate", LOOPBACK_RATE,
+           "--batch-net-rate", BATCH_NET_RATE]
+    return [*(net if (netshape.htb_available() if htb is None else htb) else []),
+            "--batch-io-weight", str(BATCH_IO_WEIGHT),
+            "--batch-io-max", f"{os.major(disk)}:{os.minor(disk)} {BATCH_IO_MAX}",
+            "--batch-mem-high", BATCH_MEM_HIGH, "--gpu-mem-low", "max",
+            "--irq-steer", "--irq-avoid-cpus", PIN_CPUS]
 
 
 def parse(names: str) -> list[Policy]:

@@ -20,6 +20,8 @@ import pytest
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import irqsteer
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane.runstate import run_state
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from tests.helpers import scx_gpu
@@ -260,3 +262,42 @@ def test_batch_memory_hog_is_held_while_the_gpu_tier_keeps_its_pages():
     assert isolated["high_events"] > 0, isolated
     assert isolated["batch_peak_mb"] <= 2 * BATCH_MEM_HIGH / 2**20, isolated
     assert isolated["cached_min_mb"] >= 0.95 * isolated["cached_before_mb"], isolated
+
+
+def _settings() -> dict[str, object]:
+    """What the co-location below touches: the io and memory controllers passed down (the
+    fallback's cpu is its own), the batch group's io.weight and memory.high (absent
+    while their controller is off), NVMe interrupts."""
+    batch = OWN_ROOT / "batch"
+    controls = {str(c): sorted(set(c.read_text().split()) & {"io", "memory"})
+                for c in (CGROUP_ROOT / "cgroup.subtree_control",
+                          OWN_ROOT / "cgroup.subtree_control")}
+    files = {str(f): f.read_text() if f.exists() else "absent"
+             for f in (batch / "io.weight", batch / "memory.high")}
+    return {**controls, **files, **{f"irq {n}": cpus for n, cpus in _nvme_irqs().items()}}
+
+
+def test_a_killed_loaders_settings_are_restored_by_the_next_load():
+    (OWN_ROOT / "batch").mkdir(parents=True, exist_ok=True)
+    before = _settings()
+    killed = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline", "--quiet",
+                               "--irq-steer", "--irq-avoid-cpus", "0", "--batch-io-weight", "10",
+                               "--batch-mem-high", str(BATCH_MEM_HIGH)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sc.wait_for(lambda: run_state().get("pid") == killed.pid or killed.poll() is not None,
+                    60, "the loader to apply its settings")
+    finally:
+        killed.kill()
+        out = killed.communicate(timeout=30)[0]
+    during = _settings()
+    with sc.loaded("--fallback", "mainline", quiet=True) as log:
+        after = _settings()
+        said = log.read_text()
+    print(f"before {before}\nleft by the killed loader {during}\nafter the next load {after}")
+    print(said)
+    assert str(during[str(OWN_ROOT / "batch" / "io.weight")]).startswith("default 10\n"), (
+        during, out)
+    assert [k for k in before if k.startswith("irq") and during[k] != before[k]], during
+    assert after == before
+    assert f"restored what a killed scx-gpu load (pid {killed.pid}) left:" in said, said

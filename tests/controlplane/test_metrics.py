@@ -47,3 +47,65 @@ def test_addr_parsing():
             assert "--metrics-addr" in str(exc)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+APPLIED = {
+    "network": [{"dev": "eth0", "link_bps": 9_500_000_000, "rest_guaranteed_bps": 9_025_000_000,
+                 "batch_guaranteed_bps": 475_000_000, "batch_ceil_bps": 10**9}],
+    "cgroup_settings": [
+        {"cgroup": "/sys/fs/cgroup/scx-gpu/batch", "file": "io.weight", "value": "default 10"},
+        {"cgroup": "/sys/fs/cgroup/scx-gpu/batch", "file": "io.max",
+         "value": "259:0 wbps=52428800"},
+        {"cgroup": "/sys/fs/cgroup/scx-gpu/batch", "file": "memory.high", "value": "4294967296"},
+        {"cgroup": '/sys/fs/cgroup/odd "name"', "file": "memory.low", "value": "max"}],
+    "irqs": [{"irq": 24, "names": ["nvme0q1"], "before": "0-7", "after": "4-7", "why": ""},
+             {"irq": 25, "names": ["nvme0q2", "eth0-rx-0"], "before": "0-3", "after": "4-7",
+              "why": ""},
+             {"irq": 26, "names": ["nvme0q0"], "before": "0", "after": None,
+              "why": "the kernel manages its affinity"}],
+}
+
+
+def samples_of(snap: metrics.Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(metrics.render(snap)) for s in f.samples}
+
+
+def test_colocation_renders_every_mechanism_with_its_values():
+    snap = snapshot()
+    snap.colocation = APPLIED
+    samples = samples_of(snap)
+    eth0 = (("dev", "eth0"),)
+    assert samples[("scx_gpu_net_link_bits_per_second", eth0)] == 9.5e9
+    assert samples[("scx_gpu_net_rest_guaranteed_bits_per_second", eth0)] == 9.025e9
+    assert samples[("scx_gpu_net_batch_ceil_bits_per_second", eth0)] == 1e9
+    batch = (("cgroup", "/sys/fs/cgroup/scx-gpu/batch"),)
+    assert samples[("scx_gpu_batch_io_weight", batch)] == 10
+    assert samples[("scx_gpu_memory_high_bytes", batch)] == 4 << 30
+    assert samples[("scx_gpu_memory_low_bytes", (("cgroup", '/sys/fs/cgroup/odd "name"'),))
+                   ] == float("inf")
+    assert samples[("scx_gpu_cgroup_setting_info", (*batch, ("file", "io.max"),
+                                                    ("value", "259:0 wbps=52428800")))] == 1
+    assert samples[("scx_gpu_irqs_moved", ())] == 2
+    assert samples[("scx_gpu_irqs_left", ())] == 1
+    info = "scx_gpu_irq_steered_info"
+    assert samples[(info, (("after", "4-7"), ("before", "0-3"), ("handlers", "nvme0q2,eth0-rx-0"),
+                           ("irq", "25"), ("why", "")))] == 1
+    assert samples[(info, (("after", ""), ("before", "0"), ("handlers", "nvme0q0"), ("irq", "26"),
+                           ("why", "the kernel manages its affinity")))] == 1
+
+
+def test_nothing_applied_adds_no_colocation_family():
+    names = {name for name, _ in samples_of(snapshot())}
+    assert not [n for n in names if n.startswith(("scx_gpu_net_", "scx_gpu_irq",
+                                                  "scx_gpu_cgroup", "scx_gpu_memory",
+                                                  "scx_gpu_batch_io"))], names
+
+
+def test_the_fallback_has_no_tier_counters():
+    snap = snapshot()
+    snap.tiers, snap.enabled = False, False
+    names = {name for name, _ in samples_of(snap)}
+    assert not [n for n in names if n.startswith(("scx_gpu_tier_", "scx_gpu_wait_"))], names
+    assert {"scx_gpu_detector_hits_total", "scx_gpu_batch_quota_ratio",
+            "scx_gpu_enabled"} <= names

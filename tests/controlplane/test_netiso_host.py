@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute, NetNS
 
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import netshape, skbprio
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
+from scx_gpu.controlplane.runstate import run_state
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from tests.helpers import assert_one_line_error, scx_gpu
@@ -38,6 +40,7 @@ SECONDS = 5.0
 RR_NICE = -10
 RR_TRIES = 3
 A_IP, B_IP = "10.77.1.1", "10.77.2.2"
+METRICS_PORT = 9464  # in namespace A: free there
 
 
 @dataclass
@@ -248,24 +251,72 @@ def in_netns(ns: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{ns}"]
 
 
-def _load(ns: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*in_netns(ns), *sc.SCX_GPU, "load", "--fallback",
-                             "mainline", "--quiet", "--net-isolate", "--net-dev", "va", *args],
+def _start(started: list[subprocess.Popen[str]], ns: str, *args: str) -> subprocess.Popen[str]:
+    """`scx-gpu load --fallback mainline ARGS` in namespace ns."""
+    proc = subprocess.Popen([*in_netns(ns), *sc.SCX_GPU, "load", "--fallback", "mainline", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started.append(proc)
+    return proc
 
 
-def test_load_applies_network_isolation_and_undoes_it_on_every_exit(net):
-    proc = _load(net.a, "--net-link-rate", "95mbit", "--batch-net-rate", "20mbit")
+def _load(started: list[subprocess.Popen[str]], ns: str, *args: str) -> subprocess.Popen[str]:
+    return _start(started, ns, "--quiet", "--net-isolate", "--net-dev", "va", *args)
+
+
+def _scrape(ns: str, port: int) -> str:
+    """GET /metrics on the namespace's loopback, where the loader serves it."""
+    get = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read()" \
+          ".decode())"
+    return subprocess.run([*in_netns(ns), sys.executable, "-c", get], capture_output=True,
+                          text=True, check=True, timeout=30).stdout
+
+
+@pytest.fixture
+def loaders() -> Iterator[list[subprocess.Popen[str]]]:
+    """Loaders a test starts: none outlives it, whatever it asserts."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_load_applies_network_isolation_and_undoes_it_on_every_exit(net, loaders):
+    proc = _load(loaders, net.a, "--net-link-rate", "95mbit", "--batch-net-rate", "20mbit",
+                 "--metrics-addr", str(METRICS_PORT))
     sc.wait_for(lambda: len(_ours(net.a)) == 2 or proc.poll() is not None, 30,
                 "the HTB hierarchy and the marking program")
     assert proc.poll() is None, proc.communicate()[0]
     status = json.loads(scx_gpu("status", "--json").stdout)["colocation"]
     assert status["network"][0]["batch_ceil_bps"] == 20 * 10**6, status
-    # A killed loader leaves its qdisc (the program dies with it); the next load takes it over.
+    sc.wait_for(lambda: run_state().get("pid") == proc.pid, 30,
+                "the fallback to run (its metrics served)")
+    scraped = {(s.name, tuple(s.labels.items())): s.value
+               for f in text_string_to_metric_families(_scrape(net.a, METRICS_PORT))
+               for s in f.samples}
+    assert scraped[("scx_gpu_net_batch_ceil_bits_per_second", (("dev", "va"),))] == 20e6, scraped
+    assert scraped[("scx_gpu_net_link_bits_per_second", (("dev", "va"),))] == 95e6, scraped
+    assert scraped[("scx_gpu_enabled", ())] == 0, scraped
+    # A killed loader leaves its qdisc (the program dies with it); status says so, and the
+    # next load, isolating nothing, removes it.
     proc.kill()
     proc.wait()
     assert _ours(net.a) == ["qdisc htb"]
-    proc = _load(net.a, "--net-link-rate", "95mbit")
+    report = json.loads(scx_gpu("status", "--json").stdout)
+    assert "colocation" not in report and report["colocation_left_by_killed_loader"] == proc.pid
+    assert (f"killed scx-gpu load (pid {proc.pid}) are still applied: the next `scx-gpu load` "
+            "restores them") in scx_gpu("status").stdout
+    plain = _start(loaders, net.a, "--quiet")
+    sc.wait_for(lambda: run_state().get("pid") == plain.pid or plain.poll() is not None, 30,
+                "the next load")
+    assert _ours(net.a) == []
+    plain.send_signal(signal.SIGTERM)
+    out = plain.communicate(timeout=30)[0]
+    assert plain.returncode == 0, out
+    assert (f"restored what a killed scx-gpu load (pid {proc.pid}) left: 1 root qdisc(s)\n"
+            in out), out
+    proc = _load(loaders, net.a, "--net-link-rate", "95mbit")
     sc.wait_for(lambda: len(_ours(net.a)) == 2 or proc.poll() is not None, 30,
                 "the second load to install its hierarchy")
     proc.send_signal(signal.SIGTERM)

@@ -55,8 +55,25 @@ def test_the_detector_figures_come_from_the_counters_status_reports():
 
 def test_only_scx_gpus_sched_ext_policies_have_its_counters():
     loads = {name for name, p in policies.POLICIES.items() if p.loads_sched_ext}
-    assert loads == {"scx-gpu", "scx-gpu-undeclared", "fair"}
+    assert loads == {"scx-gpu", "scx-gpu-undeclared", "fair", "scx-gpu-isolated"}
     assert matrix.counters(policies.POLICIES["fallback"]) is None
+
+
+@pytest.mark.parametrize("htb", [True, False])
+def test_the_isolated_policy_asks_load_for_every_mechanism(htb):
+    proc = scx_gpu("load", "--print-config", *policies.isolation_args(htb))
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(proc.stdout)
+    disk = os.stat(noise.DISK_DIR.parent).st_dev
+    if htb:
+        assert cfg["net_isolate"] and cfg["net_devs"] == ["lo"] and cfg["batch_net_rate"], cfg
+    else:  # a kernel without HTB: no shaping, and no error for the lack of it
+        assert not cfg["net_isolate"], cfg
+    assert cfg["batch_io_weight"] == policies.BATCH_IO_WEIGHT, cfg
+    assert cfg["batch_io_max"] == [f"{os.major(disk)}:{os.minor(disk)} "
+                                   f"{policies.BATCH_IO_MAX}"], cfg
+    assert cfg["batch_mem_high"] and cfg["gpu_mem_low"] == "max", cfg
+    assert cfg["irq_steer"] and cfg["irq_avoid_cpus"] == policies.PIN_CPUS, cfg
 
 
 def test_metric_from_json_line_or_wall_time():
