@@ -43,7 +43,7 @@ NOISE_NAME = "scx-gpu-bench-noise"
 NOISE_CGROUP = CGROUP_ROOT / NOISE_NAME
 DISK_DIR = Path("/var/tmp/scx-gpu-noise")
 SPIN_STATS = Path("/var/tmp/scx-gpu-noise-spin.stats")  # the spinners' records (spinners.c)
-SPIN_SLOT = struct.Struct("3d")  # created, worst gap, seconds ran
+SPIN_SLOT = struct.Struct("3d40x")  # created, worst gap, seconds ran; a cache line each
 IPERF_PORT = 5299
 SETTLE_S = 1.0
 
