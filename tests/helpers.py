@@ -94,11 +94,13 @@ def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
 
     The hogs stay in the caller's session: a new session would be a new
     autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
-    They are stopped by killing their cgroup.
+    They are stopped by killing their cgroup. A tier's hogs join its cgroup
+    as `scx-gpu run --tier` would, without its Python start-up (seconds
+    beside busy threads under emulation).
     """
-    cmd = noise.lowered(noise.stress_cpu(count), nice, idle)
     cgroup = OWN_ROOT / tier if tier else noise.NOISE_CGROUP
-    cmd = [*sc.SCX_GPU, "run", "--tier", tier, "--", *cmd] if tier else sc.in_cgroup(cgroup, cmd)
+    assert not tier or cgroup.is_dir(), f"{cgroup} is missing: is scx-gpu loaded?"
+    cmd = sc.in_cgroup(cgroup, noise.lowered(noise.stress_cpu(count), nice, idle))
     proc = subprocess.Popen(cmd, text=True)
     try:
         sc.joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs

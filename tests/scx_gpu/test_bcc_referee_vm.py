@@ -86,11 +86,13 @@ def test_runqlat_agrees_with_the_gpu_tier_wait_histogram():
     launcher = [*sc.SCX_GPU, "run", "--tier", "gpu", "--", "sh", "-c",
                 'kill -STOP $$ && exec "$@"', "sh", str(LAUNCHER), "--cuda-lib", str(STUB),
                 "--threads", "2", "--duration", "6", *SYNTHETIC_SHAPE]
-    with sc.loaded(), cpu_hogs(2 * NPROC):
+    with sc.loaded():
         proc = subprocess.Popen(launcher, stdout=subprocess.DEVNULL)
         sc.wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split()[2] == "T", 60,
                     "the launcher to stop itself in the gpu tier")
-        with bcc.tracing("runqlat", "-L", "-p", str(proc.pid)) as out:
+        # The hogs start once runqlat is compiled: beside them, its compile
+        # would take a third of the CPUs for minutes.
+        with bcc.tracing("runqlat", "-L", "-p", str(proc.pid)) as out, cpu_hogs(2 * NPROC):
             before = _gpu_wait_hist()
             os.kill(proc.pid, signal.SIGCONT)
             tids = _thread_ids(proc)
