@@ -488,29 +488,40 @@ def _batch_share(seconds: float) -> float:
     return _share(_spun(_spinners(1, 2 * NPROC, seconds, tier="batch")), seconds)
 
 
+def _switches_and_floor() -> tuple[int, int, float]:
+    """The kernel's context switches, the scheduler's floor dispatches, and when."""
+    ctxt = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("ctxt "))
+    floor = int(sc.status()["scx_gpu"]["totals"]["floor_dispatches"])
+    return ctxt, floor, time.monotonic()
+
+
 def test_task_storm_starves_nobody_and_spares_the_launcher():
     # 2,000 runnable normal tasks (20 processes forked at once, 100 threads
-    # each) beside busy gpu launchers and batch hogs, for a minute (issue 13
-    # asks two; the launcher kept 0.18 of alone over two in one run).
-    seconds, floor_ms, period_ms = 60, 1000, 100
+    # each) beside busy gpu launchers and batch hogs, for two minutes.
+    seconds, floor_ms, period_ms = 120, 1000, 100
     with sc.loaded():
         alone = _tokens_per_s()
         # Batch and the launcher first: both are slow to start among 2,000 tasks.
         batch = _spinners(1, 2 * NPROC, seconds + 20, tier="batch")
         sc.joined(OWN_ROOT / "batch", batch)
         launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--warmup", "8",
-                                     "--duration", "40", "--threads", str(NPROC),
+                                     "--duration", str(seconds - 20), "--threads", str(NPROC),
                                      *SYNTHETIC_SHAPE], stdout=subprocess.PIPE, text=True)
         sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 20,
                     "the launcher to be tagged")
+        before = _switches_and_floor()
         storm = _spinners(20, 100, seconds)
-        during = json.loads(launcher.communicate(timeout=240)[0])["tokens_per_s"]
+        during = json.loads(launcher.communicate(timeout=seconds + 120)[0])["tokens_per_s"]
         normal, hogs = _spun(storm), _spun(batch)
         assert enabled(), "the kernel ejected the scheduler"
+        switches, floors, took = (b - a for a, b in zip(before, _switches_and_floor(),
+                                                         strict=True))
     bound = {"normal": bounds.wait_bound_s(floor_ms, period_ms, normal["tasks"] + NPROC, NPROC),
              "batch": bounds.wait_bound_s(floor_ms, period_ms, hogs["tasks"], NPROC)}
     print(json.dumps({"launcher_ratio": during / alone, "normal": normal, "batch": hogs,
-                      "bound_s": bound}))
+                      "bound_s": bound, "switches_per_s": switches / took,
+                      "floor_dispatches_per_s": floors / took}))
     assert normal["ran"] == normal["tasks"] == 2000 and hogs["ran"] == hogs["tasks"]
     # A gap is time not running, runnable or not: blocked behind a starved lock
     # holder it adds a floor period, as in the floor test (2.0 s in targeted runs,
@@ -522,8 +533,9 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
     assert normal["max_gap_s"] < intf.TIMEOUT_MS / 1000, (normal, bound)
     # A core that lets the storm starve the control plane, or a detector whose
     # detach blocks its loop, lets the launcher's tags expire: it keeps 0.05-0.17.
-    # A healthy run keeps 0.4-1.0 under emulation (the swing of one boot), so
-    # 0.30 separates the two; the design's 0.80 is a benchmark's figure.
+    # A healthy run keeps 0.4-0.8 under emulation (0.79 over two minutes on a
+    # quiet host; host load alone takes it under 0.3), so 0.30 separates the
+    # two; the issue's 0.80 is reported, not asserted.
     assert during >= 0.30 * alone, (during, alone)
 
 
