@@ -2,7 +2,7 @@
 
 Debian's cloud kernels from trixie-backports enable CONFIG_SCHED_CLASS_EXT.
 They are fetched with a private apt configuration (vm.apt) and unpacked with
-dpkg -x.
+dpkg -x; of their modules only those the guest needs are kept.
 """
 
 import lzma
@@ -103,6 +103,56 @@ def headers_debs(kernel: Kernel) -> list[Path]:
                                  f"linux-headers-{common}={version}"], partial)
         partial.rename(folder)
     return sorted(folder.glob("*.deb"))
+
+
+def _modinfo_depends(module: Path) -> list[str]:
+    """The modules a .ko.xz needs loaded first (its .modinfo's depends=)."""
+    found = re.search(rb"(?:^|\0)depends=([^\0]*)", lzma.decompress(module.read_bytes()))
+    return [name for name in (found.group(1).decode().split(",") if found else []) if name]
+
+
+def _module_name(name: str) -> str:
+    """The kernel's name for a module: '-' and '_' are one."""
+    return name.split(".ko")[0].replace("-", "_")
+
+
+def needed_modules(moddir: Path, names: tuple[str, ...]) -> list[Path]:
+    """The named modules under moddir and the modules they depend on, recursively."""
+    by_name = {_module_name(p.name): p for p in moddir.rglob("*.ko*")}
+    wanted: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = _module_name(todo.pop())
+        if name not in by_name:
+            raise EnvironmentProblem(f"no module {name} in {moddir} (is it built in? see the "
+                                     "kernel's config)")
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(_modinfo_depends(by_name[name]))
+    return [by_name[name] for name in sorted(wanted)]
+
+
+def modules(kernel: Kernel, names: tuple[str, ...]) -> Path:
+    """A tree (usr/lib/modules/ABI/kernel/...) of the named modules of a Debian kernel and
+    those they depend on, taken once from its modules package and cached beside it."""
+    abi, _, version = kernel.vmlinuz.parent.name.partition("_")
+    folder = kernel.vmlinuz.parent / f"modules-{digest(*sorted(names))}"
+    if folder.is_dir():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with (step(f"taking {', '.join(names)} from the modules of {abi} (cached)"),
+          tempfile.TemporaryDirectory(dir=folder.parent) as tmp):
+        work = Path(tmp)
+        apt.download(SUITE, [f"linux-modules-{abi}={version}"], work)
+        for deb in work.glob("*.deb"):
+            _run(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
+        for module in needed_modules(work / "root" / "usr" / "lib" / "modules" / abi, names):
+            target = partial / module.relative_to(work / "root")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(module, target)
+    partial.rename(folder)
+    return folder
 
 
 def debian_kernel() -> Kernel:
