@@ -204,16 +204,15 @@ def _installed_version(root: Path, package: str) -> str:
 def _guest_deb(package: str, version: str) -> Path:
     """A package of the guest's suite, downloaded once."""
     folder = cache_dir("debs", SUITE)
-    cached = sorted(folder.glob(f"{package}_{version}_*.deb"))
+    cached = sorted(folder.glob(f"{package}_{version.replace(':', '%3a')}_*.deb"))
     if cached:
         return cached[0]
     with (step(f"downloading {package} {version} for the guest (cached)"),
           tempfile.TemporaryDirectory(dir=folder) as tmp):
         apt.update(SUITE)
         apt.download(SUITE, [f"{package}={version}"], Path(tmp))
-        for deb in Path(tmp).glob("*.deb"):
-            deb.rename(folder / deb.name)
-    return _guest_deb(package, version)
+        deb = next(Path(tmp).glob("*.deb"))
+        return deb.rename(folder / deb.name)
 
 
 def _install_modules(root: Path, tree: Path, kmod: Path, release: str) -> None:
