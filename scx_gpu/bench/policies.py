@@ -73,9 +73,9 @@ BATCH_MEM_HIGH = "25%"
 
 def isolation_args(htb: bool | None = None) -> list[str]:
     """`scx-gpu load` flags for scx-gpu-isolated on this machine: net (loopback, where
-    the net noise runs; where the kernel has HTB: the test VM's kernel has it as a
-    module, and the VM no modules), disk (the disk noise's disk), memory, and
-    interrupts off the CPUs pin-nice gives the workload."""
+    the net noise runs; where the kernel has HTB, built in or as a module), disk (the
+    disk noise's disk), memory, and interrupts off the CPUs pin-nice gives the
+    workload."""
     disk = os.stat(DISK_DIR.parent).st_dev
     net = ["--net-isolate", "--net-dev", "lo", "--net-link-rate", LOOPBACK_RATE,
            "--batch-net-rate", BATCH_NET_RATE]

@@ -1,21 +1,25 @@
 """Build and cache the guest root filesystem of the test VM.
 
 Two layers: a debootstrap'ed bookworm base (slow, cached by its package
-list) and this project installed on top (fast, redone whenever the
-installed package changes). The ext4 image is cached by both keys.
+list) and, on top, what goes with the kernel (its headers and modules) and
+this project (fast, redone whenever either changes). The ext4 image is
+cached by both keys.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata, resources
 from pathlib import Path
 
 import scx_gpu
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem
-from scx_gpu.vm.kernel import Kernel, headers_debs
+from scx_gpu.vm import apt
+from scx_gpu.vm.kernel import Kernel, headers_debs, modules
 from scx_gpu.vm.mirror import debian_mirror
 from scx_gpu.vm.progress import say, step
 
@@ -38,6 +42,17 @@ BACKPORTS_PACKAGES = ("libbpf1",)
 GUEST_WHEELS = ("numpy", "pandas", "pyarrow", "prometheus-client")
 GUEST_PYTHON = "3.11"
 SITE_PACKAGES = f"usr/local/lib/python{GUEST_PYTHON}/dist-packages"
+# What the co-location features need of the kernel that Debian's cloud kernel
+# builds as a module, not in (cgroup BPF, fq_codel, the cgroup v2 controllers
+# are built in): netshape's HTB qdisc. Only these go into the image, and
+# the kernel loads them itself: asked for an htb qdisc, it runs modprobe
+# (request_module), which finds the module by the alias depmod indexes, so
+# loading stays on demand, as on a real node, with nothing loaded at boot.
+GUEST_MODULES = ("sch_htb",)
+# kmod (modprobe, depmod) goes in with the modules, per image: a user's
+# kernel brings none, and the base's slow debootstrap stays cached. It must
+# be at the version of the base's libkmod2.
+KMOD, LIBKMOD = "kmod", "libkmod2"
 INIT_PATH = "usr/local/sbin/scx-gpu-init"
 ROOT_LABEL = "scxgpu-root"
 # The kernel finds the root by this GPT partition UUID (root=PARTUUID=...):
@@ -176,6 +191,43 @@ def _install_headers(root: Path, debs: list[Path]) -> None:
         _check(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}")
 
 
+def _installed_version(root: Path, package: str) -> str:
+    """The version of a package installed in root (its dpkg status)."""
+    status = (root / "var/lib/dpkg/status").read_text()
+    found = re.search(rf"^Package: {re.escape(package)}\n(?:.+\n)*?Version: (\S+)", status, re.M)
+    if not found:
+        raise EnvironmentProblem(f"{package} is not installed in the guest's base {root}: "
+                                 "delete that folder to rebuild it")
+    return found.group(1)
+
+
+def _guest_deb(package: str, version: str) -> Path:
+    """A package of the guest's suite, downloaded once."""
+    folder = cache_dir("debs", SUITE)
+    cached = sorted(folder.glob(f"{package}_{version.replace(':', '%3a')}_*.deb"))
+    if cached:
+        return cached[0]
+    with (step(f"downloading {package} {version} for the guest (cached)"),
+          tempfile.TemporaryDirectory(dir=folder) as tmp):
+        apt.update(SUITE)
+        apt.download(SUITE, [f"{package}={version}"], Path(tmp))
+        deb = next(Path(tmp).glob("*.deb"))
+        return deb.rename(folder / deb.name)
+
+
+def _install_modules(root: Path, tree: Path, kmod: Path, release: str) -> None:
+    """The kernel's modules from tree, kmod to load them, and their index (depmod)."""
+    shutil.copytree(tree, root, symlinks=True, dirs_exist_ok=True)
+    # dpkg in the guest's tree, not dpkg -x: kmod's files are under /bin and /sbin,
+    # which the base has as links into /usr.
+    shutil.copy(kmod, root / "tmp" / kmod.name)
+    try:
+        _chroot(root, "dpkg", "-i", f"/tmp/{kmod.name}")
+    finally:
+        (root / "tmp" / kmod.name).unlink()
+    _chroot(root, "depmod", release)
+
+
 def ensure_image(kernel: Kernel) -> Path:
     """The cached guest image for the installed project and kernel, built if needed."""
     images = cache_dir("image")
@@ -188,14 +240,20 @@ def ensure_image(kernel: Kernel) -> Path:
     files = _package_files()
     if not any(dst.endswith(".bpf.o") for dst, _ in files):
         raise EnvironmentProblem("no compiled BPF objects in the package: run `make bpf` first")
-    headers = headers_debs(kernel) if kernel.origin.startswith("debian") else []
-    key = digest(project_key(files), *(deb.name for deb in headers))
+    debian = kernel.origin.startswith("debian")
+    headers = headers_debs(kernel) if debian else []
+    mods = modules(kernel, GUEST_MODULES) if debian else None
+    kmod = _guest_deb(KMOD, _installed_version(base, LIBKMOD)) if debian else None
+    key = digest(project_key(files), *(deb.name for deb in headers),
+                 *(path.name for path in (mods, kmod) if path))
     image = images / f"rootfs-{base_key()}-{key}.ext4"
     if image.is_file():
         return image
     _require_root("building the guest image")
     with step("writing the guest image with this project installed"):
         _install_headers(base, headers)
+        if mods and kmod:
+            _install_modules(base, mods, kmod, kernel.vmlinuz.parent.name.partition("_")[0])
         _install_project(base, files)
         partial = image.with_suffix(".partial")
         try:

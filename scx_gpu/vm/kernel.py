@@ -1,9 +1,8 @@
 """Resolve, download, cache and verify a kernel with sched_ext for the VM.
 
 Debian's cloud kernels from trixie-backports enable CONFIG_SCHED_CLASS_EXT.
-They are fetched with a private apt configuration (own source list, lists
-and cache dirs) and unpacked with dpkg -x: the machine's own apt sources are
-never touched, since installing trixie packages on bookworm breaks it.
+They are fetched with a private apt configuration (vm.apt) and unpacked with
+dpkg -x; of their modules only those the guest needs are kept.
 """
 
 import lzma
@@ -17,11 +16,10 @@ from pathlib import Path
 
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem, UsageError
-from scx_gpu.vm.mirror import debian_mirror
+from scx_gpu.vm import apt
 from scx_gpu.vm.progress import step
 
 SUITE = "trixie-backports"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 METAPACKAGE = "linux-image-cloud-amd64"
 FLAVOUR = "-cloud-amd64"
 # x86 boot protocol: "HdrS" at offset 0x202 of every bzImage.
@@ -45,23 +43,6 @@ class Kernel:
         return extract_vmlinux(self.vmlinuz)
 
 
-def _apt_options(root: Path) -> list[str]:
-    (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    sources = root / "sources.list"
-    sources.write_text(f"deb [signed-by={KEYRING}] {debian_mirror()} {SUITE} main\n")
-    settings = {
-        "Dir::Etc::SourceList": str(sources),
-        "Dir::Etc::SourceParts": "/dev/null",
-        "Dir::State::Lists": str(root / "lists"),
-        "Dir::State::status": "/dev/null",
-        "Dir::Cache": str(root / "cache"),
-        "Debug::NoLocking": "1",
-        "APT::Sandbox::User": "root",
-    }
-    return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
-
-
 def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
@@ -75,9 +56,8 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 def resolve_debian(progress: bool = False) -> tuple[str, str]:
     """(ABI name, package version) of the current cloud kernel in trixie-backports."""
-    opts = _apt_options(cache_dir("apt"))
-    _run(["apt-get", *opts, "-q", "update"], f"apt-get update for {SUITE}")
-    show = _run(["apt-cache", *opts, "show", METAPACKAGE], f"apt-cache show {METAPACKAGE}")
+    apt.update(SUITE)
+    show = apt.show(SUITE, METAPACKAGE)
     version = re.search(r"^Version: (\S+)", show, re.M)
     abi = re.search(r"linux-image-(\S+-cloud-amd64) \(", show)
     if not (version and abi):
@@ -86,11 +66,10 @@ def resolve_debian(progress: bool = False) -> tuple[str, str]:
 
 
 def _download_debian(abi: str, version: str, dest: Path) -> None:
-    opts = _apt_options(cache_dir("apt"))
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         work = Path(tmp)
-        pkgs = [f"linux-binary-{abi}={version}", f"linux-base-{abi}={version}"]
-        _run(["apt-get", *opts, "-q", "download", *pkgs], "apt-get download", cwd=work)
+        apt.download(SUITE, [f"linux-binary-{abi}={version}", f"linux-base-{abi}={version}"],
+                     work)
         for deb in work.glob("*.deb"):
             _run(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
         moddir = work / "root" / "usr" / "lib" / "modules" / abi
@@ -120,11 +99,60 @@ def headers_debs(kernel: Kernel) -> list[Path]:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         with step(f"downloading the headers of {abi} (for bcc in the guest; cached)"):
-            pkgs = [f"linux-headers-{abi}={version}", f"linux-headers-{common}={version}"]
-            _run(["apt-get", *_apt_options(cache_dir("apt")), "-q", "download", *pkgs],
-                 "apt-get download (kernel headers)", cwd=partial)
+            apt.download(SUITE, [f"linux-headers-{abi}={version}",
+                                 f"linux-headers-{common}={version}"], partial)
         partial.rename(folder)
     return sorted(folder.glob("*.deb"))
+
+
+def _modinfo_depends(module: Path) -> list[str]:
+    """The modules a .ko.xz needs loaded first (its .modinfo's depends=)."""
+    found = re.search(rb"(?:^|\0)depends=([^\0]*)", lzma.decompress(module.read_bytes()))
+    return [name for name in (found.group(1).decode().split(",") if found else []) if name]
+
+
+def _module_name(name: str) -> str:
+    """The kernel's name for a module: '-' and '_' are one."""
+    return name.split(".ko")[0].replace("-", "_")
+
+
+def needed_modules(moddir: Path, names: tuple[str, ...]) -> list[Path]:
+    """The named modules under moddir and the modules they depend on, recursively."""
+    by_name = {_module_name(p.name): p for p in moddir.rglob("*.ko*")}
+    wanted: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = _module_name(todo.pop())
+        if name not in by_name:
+            raise EnvironmentProblem(f"no module {name} in {moddir} (is it built in? see the "
+                                     "kernel's config)")
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(_modinfo_depends(by_name[name]))
+    return [by_name[name] for name in sorted(wanted)]
+
+
+def modules(kernel: Kernel, names: tuple[str, ...]) -> Path:
+    """A tree (usr/lib/modules/ABI/kernel/...) of the named modules of a Debian kernel and
+    those they depend on, taken once from its modules package and cached beside it."""
+    abi, _, version = kernel.vmlinuz.parent.name.partition("_")
+    folder = kernel.vmlinuz.parent / f"modules-{digest(*sorted(names))}"
+    if folder.is_dir():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with (step(f"taking {', '.join(names)} from the modules of {abi} (cached)"),
+          tempfile.TemporaryDirectory(dir=folder.parent) as tmp):
+        work = Path(tmp)
+        apt.download(SUITE, [f"linux-modules-{abi}={version}"], work)
+        for deb in work.glob("*.deb"):
+            _run(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
+        for module in needed_modules(work / "root" / "usr" / "lib" / "modules" / abi, names):
+            target = partial / module.relative_to(work / "root")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(module, target)
+    partial.rename(folder)
+    return folder
 
 
 def debian_kernel() -> Kernel:

@@ -1,4 +1,4 @@
-"""Co-location beyond the CPU in the VM: IRQ steering, the batch tier's I/O and memory.
+"""Co-location beyond the CPU in the VM: IRQ steering, the batch tier's network, I/O and memory.
 
 Each check runs `scx-gpu load` (the sched_ext scheduler) with and without
 the option under test, so the CPU side is the same in both; the batch and
@@ -13,13 +13,16 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pyroute2 import IPRoute
 
 from scx_gpu.bench import scenario as sc
-from scx_gpu.controlplane import irqsteer
+from scx_gpu.controlplane import irqsteer, netshape
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
 from scx_gpu.controlplane.runstate import run_state
 from scx_gpu.controlplane.tiers import OWN_ROOT
@@ -39,6 +42,12 @@ LIBC.mmap.restype = ctypes.c_void_p
 LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                       ctypes.c_long]
 HEADROOM = 8 << 20  # the hog leaves this much of the available memory
+# The VM has no NIC: the network checks shape loopback, as the benchmark does.
+NET_SECONDS = 6.0
+BATCH_CEIL_MBIT = 20
+LOOPBACK_RATE = "1gbit"
+METRICS_PORT = 9465
+FLOWS = [sys.executable, "-m", "tests.controlplane.netflows"]
 
 
 def _in_tier(tier: str, *args: str) -> list[str]:
@@ -101,6 +110,74 @@ def _disk_io() -> None:
         f.write(os.urandom(1 << 20))
         os.fsync(f.fileno())
     os.unlink("/root/irq-probe.dat")
+
+
+def _loopback_classes() -> dict[int, int]:
+    """Bytes sent so far by each traffic class on lo, by class handle."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname="lo")[0]
+        return {c["handle"]: c.get_attr("TCA_STATS")["bytes"] for c in ipr.get_classes(index)}
+
+
+def _loopback_root_qdisc() -> str:
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname="lo")[0]
+        return " ".join(f"{q.get_attr('TCA_KIND')} {q['handle']:#x}" for q in ipr.get_qdiscs(index)
+                        if q["parent"] == 0xFFFFFFFF)
+
+
+def _batch_bulk_mbit(port: int) -> float:
+    """A batch-tier bulk TCP transfer over loopback to a normal-tier receiver: its rate."""
+    sink = subprocess.Popen([*FLOWS, "sink", str(port), str(NET_SECONDS)], stdout=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        subprocess.run([*sc.SCX_GPU, "run", "--tier", "batch", "--", *FLOWS, "bulk", "127.0.0.1",
+                        str(port), str(NET_SECONDS)], cwd=REPO, check=True, timeout=120)
+        out = sink.communicate(timeout=60)[0]
+    finally:
+        sink.kill()
+        sink.wait()
+    return float(json.loads(out.strip().splitlines()[-1])["bps"]) / 1e6
+
+
+def _metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_batch_egress_is_shaped_by_htb_loaded_on_demand():
+    with sc.loaded():
+        plain = _batch_bulk_mbit(5301)
+    with sc.loaded("--net-isolate", "--net-dev", "lo", "--net-link-rate", LOOPBACK_RATE,
+                   "--batch-net-rate", f"{BATCH_CEIL_MBIT}mbit", "--metrics-addr",
+                   str(METRICS_PORT)):
+        qdisc = _loopback_root_qdisc()
+        # Loaded by the kernel when netshape asked for the qdisc (a module's state).
+        htb_module = Path("/sys/module/sch_htb/initstate").read_text().strip()
+        network = _status()["colocation"]["network"]  # type: ignore[index]
+        scraped = _metrics()
+        before = _loopback_classes()
+        shaped = _batch_bulk_mbit(5302)
+        sent = {handle: count - before[handle] for handle, count in _loopback_classes().items()}
+    after = _loopback_root_qdisc()
+    print(f"batch bulk over loopback: {plain:.1f} Mbit/s unshaped, {shaped:.1f} Mbit/s under a "
+          f"{BATCH_CEIL_MBIT} Mbit/s ceiling; bytes per class {sent}; root qdisc {qdisc}, "
+          f"after {after!r}; sch_htb {htb_module}")
+    assert qdisc == f"htb {netshape.HANDLE:#x}" and htb_module == "live", (qdisc, htb_module)
+    assert set(sent) == {netshape.ROOT_CLASS, netshape.NORMAL_CLASS, netshape.BATCH_CLASS}, sent
+    assert network == [{"dev": "lo", "link_bps": 10**9, "rest_guaranteed_bps": 95 * 10**7,
+                        "batch_guaranteed_bps": 5 * 10**7,
+                        "batch_ceil_bps": BATCH_CEIL_MBIT * 10**6}], network
+    assert scraped[("scx_gpu_net_batch_ceil_bits_per_second", (("dev", "lo"),))] == (
+        BATCH_CEIL_MBIT * 1e6), scraped
+    # The transfer's data went through the batch class (the receiver's acks the other) ...
+    assert sent[netshape.BATCH_CLASS] >= shaped * 1e6 / 8 * (NET_SECONDS - 1), sent
+    # ... which held it to its ceiling; unshaped it was far faster.
+    assert shaped <= 1.1 * BATCH_CEIL_MBIT < plain / 3, (plain, shaped)
+    assert after != qdisc, after
 
 
 def _files(tmp: Path) -> tuple[Path, Path]:
