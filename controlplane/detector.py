@@ -25,14 +25,20 @@ it opened has launched again (a busy launcher: within milliseconds), and
 while threads are tagged the next window opens only when their tags are
 half way to expiry (never sooner than a period). The share of time the
 probes are attached is the share of a busy launcher's launches they hit.
+
+The last windows are kept as records (Window): when each opened, how long
+attaching took, why it closed, how long it was open, and the probe hits in it
+and after it (its probes fire until their unregistering begins).
 """
 
 import queue
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
@@ -43,6 +49,12 @@ Detach = Callable[[int], None]
 # Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
 Tags = Callable[[], dict[int, int]]
 FAST_POLL_S = 0.005  # while a window waits for tagged threads to launch again
+RECORDS = 32  # windows kept for status
+# Why a window closed.
+RENEWED = "renewed"  # every thread tagged at its opening launched since
+MAX = "max"  # open window_s
+LIBRARY = "library"  # a new library: every library's probes attached again
+STOP = "stop"
 
 
 def no_tags() -> dict[int, int]:
@@ -83,6 +95,26 @@ class BackgroundDetach:
 
 
 @dataclass
+class Window:
+    """One window of attached probes."""
+
+    opened_s: float  # probes in place, seconds since the detector started
+    attach_s: float  # attaching them took this long (the first fire meanwhile)
+    awaited: int  # threads tagged when it opened
+    detaching: bool  # probes of earlier windows were still being detached
+    hits_from: int  # the hit counter before attaching
+    open_s: float = 0.0
+    closed_by: str = ""
+    hits: int = 0  # from the start of attaching to the close
+    hits_after: int | None = None  # from the close to the next window's attach
+
+    def as_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        del record["hits_from"]
+        return record
+
+
+@dataclass
 class Detector:
     attach: Attach
     detach: Detach
@@ -99,6 +131,10 @@ class Detector:
     # new launchers waits for them (each costs the whole machine grace
     # periods); one that renews live tags does not.
     detaching: Callable[[], bool] = lambda: False
+    hits: Callable[[], int] = lambda: 0  # the probes' hit counter
+    report: Callable[[dict[str, Any]], None] = lambda summary: None  # at each open and close
+    windows: deque[Window] = field(default_factory=lambda: deque(maxlen=RECORDS))
+    closed_by: Counter[str] = field(default_factory=Counter)
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
@@ -125,7 +161,7 @@ class Detector:
                 new.append(path)
         self.libraries.extend(new)
         if new:
-            self._close_window()
+            self._close_window(LIBRARY)
             self._next_window = 0.0
         return new
 
@@ -133,8 +169,11 @@ class Detector:
         """Open or close the attach window as the duty cycle says."""
         now = self.clock()
         if self._window_start is not None:
-            if now - self._window_start >= self.window_s or self._renewed():
-                self._close_window()
+            if self._renewed():
+                self._close_window(RENEWED)
+                self._schedule_next()
+            elif now - self._window_start >= self.window_s:
+                self._close_window(MAX)
                 self._schedule_next()
         elif (now >= self._next_window and self.libraries
               and (self._live_tags() or not self.detaching())):
@@ -165,7 +204,10 @@ class Detector:
             self._next_window = max(self._next_window, renew)
 
     def _open_window(self) -> None:
-        begun = self.clock()
+        begun, hits, detaching = self.clock(), self.hits(), self.detaching()
+        if self.windows and self.windows[-1].hits_after is None:
+            last = self.windows[-1]
+            last.hits_after = hits - last.hits_from - last.hits
         for lib in self.libraries:
             try:
                 links, self.symbols[lib] = self.attach(lib, list(LAUNCH_SYMBOLS))
@@ -176,15 +218,30 @@ class Detector:
         self._window_start = self.clock()
         self._next_window = begun + self.period_s
         self._awaited = set(self._live_tags())
+        self.windows.append(Window(self._window_start - self._started,
+                                   self._window_start - begun, len(self._awaited), detaching,
+                                   hits))
+        self.report(self.summary())
 
-    def _close_window(self) -> None:
+    def _close_window(self, why: str) -> None:
         for link in self._links:
             self.detach(link)
         self._links.clear()
         if self._window_start is not None:
-            self._attached_s += self.clock() - self._window_start
+            open_s = self.clock() - self._window_start
+            self._attached_s += open_s
+            last = self.windows[-1]
+            last.open_s, last.closed_by = open_s, why
+            last.hits = self.hits() - last.hits_from
+            self.closed_by[why] += 1
+            self.report(self.summary())
         self._window_start = None
         self._awaited = set()
+
+    def summary(self) -> dict[str, Any]:
+        """The duty cycle, how many windows closed why, and the last windows."""
+        return {"duty_pct": 100 * self.duty_cycle(), "closed_by": dict(self.closed_by),
+                "windows": [w.as_dict() for w in self.windows]}
 
     def duty_cycle(self) -> float:
         """Share of wall time the probes were attached (a full window) since start."""
@@ -194,4 +251,4 @@ class Detector:
         return (self._attached_s + open_s) / elapsed if elapsed > 0 else 0.0
 
     def close(self) -> None:
-        self._close_window()
+        self._close_window(STOP)

@@ -171,3 +171,31 @@ def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_
     probes.now += 1.5
     det.tick()
     assert probes.live, "a renewal waited for the detach"
+
+
+def test_each_window_is_recorded_with_why_it_closed_and_its_hits(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.001)
+    tags = FakeTags(probes, interval_s=0.001, ids=(7,))
+    hits = [0]
+    reports: list[dict[str, object]] = []
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now, hits=lambda: hits[0],
+                   report=reports.append)
+    det.add_libraries([lib])
+    while probes.now < 2.0:
+        det.tick()
+        tags.launch()
+        hits[0] += 1 if probes.live else 0
+        probes.now += 0.001
+    det.close()
+    first, second = det.windows
+    assert (first.closed_by, first.awaited, round(first.open_s, 2)) == ("max", 0, 0.2)
+    assert (second.closed_by, second.awaited) == ("renewed", 1) and second.open_s < 0.01
+    assert first.hits + (first.hits_after or 0) + second.hits == hits[0]
+    assert det.closed_by == {"max": 1, "renewed": 1}
+    windows = det.summary()["windows"]
+    assert reports[-1]["windows"] == windows and len(reports) == 4  # each open and close
+    assert [w["closed_by"] for w in windows] == ["max", "renewed"]
+    assert "hits_from" not in windows[0]
