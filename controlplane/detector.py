@@ -23,10 +23,15 @@ thread of its own: a probe fires until its unregistering begins, and a link
 queued behind another's grace periods fired on for as long.
 
 The duty cycle adapts: a window closes as soon as every thread tagged when
-it opened has launched again (a busy launcher: within milliseconds), and
-while threads are tagged the next window opens only when their tags are
-half way to expiry (never sooner than a period). The share of time the
-probes are attached is the share of a busy launcher's launches they hit.
+it opened has launched again since its probes began attaching (a busy
+launcher: while they attach), and while threads are tagged the next window
+opens only when their tags are half way to expiry (never sooner than a
+period). A thread that stopped launching but lives stays tagged until its
+ttl: a window waiting for it closes after RENEW_SHARE of the time between
+renewals (15 ms at the default ttl), not a whole window. The share of time
+the probes are attached is the share of a busy launcher's launches they
+hit; a thread launching less often than that maximum keeps its tag only
+when a window catches one of its launches.
 
 The last windows are kept as records (Window): when each opened, how long
 attaching took, why it closed, how long it was open, and the probe hits in it
@@ -50,10 +55,14 @@ Detach = Callable[[int], None]
 # Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
 Tags = Callable[[], dict[int, int]]
 FAST_POLL_S = 0.005  # while a window waits for tagged threads to launch again
+# A renewal window's longest, as a share of the time between renewals: the
+# share of a busy launcher's launches that waiting for a thread which
+# stopped launching may cost it.
+RENEW_SHARE = 0.01
 RECORDS = 32  # windows kept for status
 # Why a window closed.
 RENEWED = "renewed"  # every thread tagged at its opening launched since
-MAX = "max"  # open window_s
+MAX = "max"  # open its longest: window_s, or a renewal's share
 LIBRARY = "library"  # a new library: every library's probes attached again
 STOP = "stop"
 
@@ -139,7 +148,8 @@ class Detector:
     report: Callable[[dict[str, Any]], None] = lambda summary: None  # at each open and close
     windows: deque[Window] = field(default_factory=lambda: deque(maxlen=RECORDS))
     closed_by: Counter[str] = field(default_factory=Counter)
-    _window_start: float | None = None
+    _window_start: float | None = None  # probes in place
+    _attach_start: float = 0.0  # the open window's probes began attaching
     _next_window: float = 0.0
     _attached_s: float = 0.0
     _started: float = 0.0
@@ -170,18 +180,27 @@ class Detector:
         return new
 
     def tick(self) -> None:
-        """Open or close the attach window as the duty cycle says."""
-        now = self.clock()
-        if self._window_start is not None:
-            if self._renewed():
-                self._close_window(RENEWED)
-                self._schedule_next()
-            elif now - self._window_start >= self.window_s:
-                self._close_window(MAX)
-                self._schedule_next()
-        elif (now >= self._next_window and self.libraries
-              and (self._live_tags() or not self.detaching())):
+        """Open or close the attach window as the duty cycle says; one that
+        opens may close at once (its awaited threads launched while it attached)."""
+        if self._window_start is None:
+            if not (self.clock() >= self._next_window and self.libraries
+                    and (self._live_tags() or not self.detaching())):
+                return
             self._open_window()
+        if self._renewed():
+            self._close_window(RENEWED)
+            self._schedule_next()
+        elif self._window_start is not None and (
+                self.clock() - self._window_start >= self._longest()):
+            self._close_window(MAX)
+            self._schedule_next()
+
+    def _longest(self) -> float:
+        """The open window's longest: a renewal's share of the time between
+        renewals, else (looking for launchers) window_s."""
+        if not self._awaited:
+            return self.window_s
+        return min(self.window_s, RENEW_SHARE * max(self.period_s, self.ttl_s / 2))
 
     def poll_s(self, idle_s: float) -> float:
         """How soon tick() should run again: often while a window awaits launches."""
@@ -193,12 +212,13 @@ class Detector:
                 if now_ns - seen < self.ttl_s * 1e9}
 
     def _renewed(self) -> bool:
-        """Every thread tagged at the window's opening launched since (or is gone)."""
+        """Every thread tagged at the window's opening launched since its
+        probes began attaching (or is gone)."""
         if not self._awaited or self._window_start is None:
             return False
-        opened_ns = int(self._window_start * 1e9)
+        since_ns = int(self._attach_start * 1e9)
         tags = self.tags()
-        return all(tags.get(k, opened_ns) >= opened_ns for k in self._awaited)
+        return all(tags.get(k, since_ns) >= since_ns for k in self._awaited)
 
     def _schedule_next(self) -> None:
         """Tags live: when the oldest is half way to expiry; else a period on."""
@@ -212,6 +232,7 @@ class Detector:
         if self.windows and self.windows[-1].hits_after is None:
             last = self.windows[-1]
             last.hits_after = hits - last.hits_from - last.hits
+        self._awaited = set(self._live_tags())
         for lib in self.libraries:
             try:
                 links, self.symbols[lib] = self.attach(lib, list(LAUNCH_SYMBOLS))
@@ -219,9 +240,8 @@ class Detector:
                 self.symbols[lib] = []  # none of the entry points, or gone since
                 continue
             self._links.extend(links)
-        self._window_start = self.clock()
+        self._window_start, self._attach_start = self.clock(), begun
         self._next_window = begun + self.period_s
-        self._awaited = set(self._live_tags())
         self.windows.append(Window(self._window_start - self._started,
                                    self._window_start - begun, len(self._awaited), detaching,
                                    hits))

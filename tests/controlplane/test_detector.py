@@ -225,3 +225,55 @@ def test_a_slow_detach_does_not_hold_back_the_next_windows_detach():
         background.close()
     assert not background.pending()
 
+
+def test_a_tagged_thread_that_stops_launching_costs_busy_launchers_little(tmp_path):
+    """Two threads tagged; one stops launching but lives (its tag stays until
+    it expires). Windows that wait for it cost the busy thread a hit on
+    every launch while they are open: it stays under 1% of its launches, and
+    its tag never expires."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    tags = FakeTags(probes, interval_s=0.001, ids=(7, 8))
+    det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now)
+    det.add_libraries([lib])
+    step, live_steps = 0.001, 0
+    while probes.now < 1.0:  # both found
+        det.tick()
+        tags.launch()
+        probes.now += step
+    assert set(tags.seen) == {7, 8}
+    tags.ids = (7,)  # 8 stops launching
+    start = probes.now
+    while probes.now < start + 10.0:
+        det.tick()
+        tags.launch()
+        live_steps += bool(probes.live)
+        assert probes.now - tags.seen[7] / 1e9 < 3.0, "the busy thread's tag expired"
+        probes.now += step
+    assert live_steps * step / 10.0 <= 0.01, live_steps
+
+
+def test_a_launch_while_the_probes_attach_renews_and_the_window_closes_at_once(tmp_path):
+    """Attaching takes milliseconds (6-30 ms in the VM), the first probes
+    firing meanwhile: a busy launcher is re-tagged before the window is in
+    place, which then need not stay open a poll longer."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.003)
+    seen = {7: int(0.5e9)}
+
+    def attach(path: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        began = probes.now
+        attached = probes.attach(path, symbols)
+        seen[7] = int((began + 0.001) * 1e9)  # launched as the first probe went in
+        return attached
+
+    det = Detector(attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(seen), clock=lambda: probes.now)
+    det.add_libraries([lib])
+    probes.now = 2.0
+    det.tick()
+    assert not probes.live, "the window stayed open for a thread it had re-tagged"
+    assert det.windows[-1].closed_by == "renewed" and det.windows[-1].awaited == 1
