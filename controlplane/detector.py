@@ -56,7 +56,7 @@ Attach = Callable[[Path, list[str]], tuple[list[int], list[str]]]
 Detach = Callable[[int], None]
 # Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
 Tags = Callable[[], dict[int, int]]
-FAST_POLL_S = 0.005  # while a window waits for tagged threads to launch again
+FAST_POLL_S = 0.001  # while a window waits for tagged threads to launch again
 # A renewal window's longest, as a share of the time between renewals: the
 # share of a busy launcher's launches that waiting for a thread which
 # stopped launching may cost it.
