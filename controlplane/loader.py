@@ -259,7 +259,7 @@ class Loader:
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
                                 detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"),
-                                self.colocation)
+                                self.colocation, windows_closed=dict(detector.closed_by))
 
     def _totals(self, sched: BpfScheduler, detector: Detector,
                 loaded_at: float) -> dict[str, Any]:
@@ -422,7 +422,8 @@ class FallbackLoader(Loader):
                     metrics.parse_addr(self.config.metrics_addr),
                     lambda: metrics.Snapshot(sched.read_stats(), self.config.start_quota(),
                                              detector.duty_cycle(), False, self.colocation,
-                                             tiers=False))))
+                                             tiers=False,
+                                             windows_closed=dict(detector.closed_by)))))
             stack.callback(members.undo)
             renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                        self.config.scope == "process", self._gpu_budget())
