@@ -29,8 +29,9 @@ from scx_gpu import status
 from scx_gpu.bench import noise, policies, scenario
 from scx_gpu.bench.noise import NOISE_CGROUP
 from scx_gpu.bench.policies import Policy
-from scx_gpu.bench.results import KIND, MARKER, TRACES, save
+from scx_gpu.bench.results import DETECTOR, KIND, MARKER, TRACES, save
 from scx_gpu.bench.workloads import Workload, metric
+from scx_gpu.controlplane.runstate import DETECTOR_STATE, read_json
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.tracer import analysis, capture, tracefile
@@ -219,6 +220,14 @@ def _trace_row(cap: capture.Capture, out: Path, name: str) -> dict[str, Any]:
             "trace": str(trace.relative_to(out))}
 
 
+def _save_detector_records(out: Path, name: str) -> None:
+    """The running detector's window records, where it has any."""
+    records = read_json(DETECTOR_STATE)
+    if records.get("windows"):
+        (out / DETECTOR).mkdir(exist_ok=True)
+        (out / DETECTOR / f"{name}.json").write_text(json.dumps(records, indent=1))
+
+
 def run_cell(cell: Cell, workload: Workload, out: Path,
              log: Callable[[str], None]) -> dict[str, Any]:
     workload = cell.workload or workload
@@ -232,6 +241,7 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         ran = _run_workload(cell, workload, stdout, log)
         noise_cpu = noise.cpu_seconds(cell.noise, cell.noise_cgroup) - cpu_before
         after = counters(cell.policy)
+        _save_detector_records(out, cell.name)
         stdout.seek(0)
         printed = stdout.read()
     if ran.exit_status != 0:

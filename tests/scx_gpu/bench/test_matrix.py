@@ -259,3 +259,18 @@ def test_spin_noise_times_its_own_cpu_as_it_runs():
     # on a loaded host).
     assert timed > 1.0 and 0.8 * kernel <= timed <= 1.2 * kernel, (timed, kernel)
     assert not noise.SPIN_STATS.exists()
+
+
+def test_the_detectors_window_records_are_kept_by_cell(tmp_path, monkeypatch):
+    state = tmp_path / "detector.json"
+    monkeypatch.setattr(matrix, "DETECTOR_STATE", state)
+    out = tmp_path / "run"
+    out.mkdir()
+    matrix._save_detector_records(out, "no_detector_r0")  # none running: nothing kept
+    state.write_text(json.dumps({"duty_pct": 1.0, "closed_by": {}, "windows": []}))
+    matrix._save_detector_records(out, "no_windows_r0")
+    assert not (out / results.DETECTOR).exists()
+    windows = {"duty_pct": 1.0, "closed_by": {"renewed": 1}, "windows": [{"closed_by": "renewed"}]}
+    state.write_text(json.dumps(windows))
+    matrix._save_detector_records(out, "launcher-10k_none_r0")
+    assert json.loads((out / results.DETECTOR / "launcher-10k_none_r0.json").read_text()) == windows
