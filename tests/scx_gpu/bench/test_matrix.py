@@ -256,8 +256,9 @@ def test_spin_noise_times_its_own_cpu_as_it_runs():
         kernel = noise.cpu_seconds("cpu") - kernel_first  # the same cgroup's cpu.stat
     # Outside sched_ext the kernel's CPU time is to be trusted: the two agree
     # (a gap under 0.5 ms counts as running: an interrupt, or another task
-    # on a loaded host).
-    assert timed > 1.0 and 0.8 * kernel <= timed <= 1.2 * kernel, (timed, kernel)
+    # on a loaded host). The hogs need not get their 2 CPU-seconds (under
+    # `nice -n 19` beside a VM they got 0.46), only enough to compare.
+    assert timed > 0.2 and 0.8 * kernel <= timed <= 1.2 * kernel, (timed, kernel)
     assert not noise.SPIN_STATS.exists()
 
 
