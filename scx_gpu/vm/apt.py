@@ -6,11 +6,10 @@ breaks it. Packages are only downloaded here; callers unpack them (dpkg -x)
 or install them into the guest's tree.
 """
 
-import subprocess
 from pathlib import Path
 
 from scx_gpu.cache import cache_dir
-from scx_gpu.errors import EnvironmentProblem
+from scx_gpu.vm.command import checked
 from scx_gpu.vm.mirror import debian_mirror
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -35,16 +34,7 @@ def _options(suite: str) -> list[str]:
 
 
 def _apt(tool: str, suite: str, *args: str, cwd: Path | None = None) -> str:
-    what = f"{tool} {args[0]} ({suite})"
-    try:
-        proc = subprocess.run([tool, *_options(suite), "-q", *args], capture_output=True,
-                              text=True, cwd=cwd, check=False)
-    except FileNotFoundError as exc:
-        raise EnvironmentProblem(f"{what}: {tool} not found; run `make setup`") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise EnvironmentProblem(f"{what} failed: {' / '.join(tail)}")
-    return proc.stdout
+    return checked([tool, *_options(suite), "-q", *args], f"{tool} {args[0]} ({suite})", cwd)
 
 
 def update(suite: str) -> None:

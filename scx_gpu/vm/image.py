@@ -9,7 +9,6 @@ cached by both keys.
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from importlib import metadata, resources
@@ -19,6 +18,7 @@ import scx_gpu
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.vm import apt
+from scx_gpu.vm.command import checked
 from scx_gpu.vm.kernel import Kernel, headers_debs, modules
 from scx_gpu.vm.mirror import debian_mirror
 from scx_gpu.vm.progress import say, step
@@ -69,19 +69,7 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
 def _chroot(root: Path, *cmd: str) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LC_ALL": "C"}
-    _check(["chroot", str(root), *cmd], f"chroot {' '.join(cmd[:3])}", env)
-
-
-def _check(cmd: list[str], what: str, env: dict[str, str] | None = None,
-           stdin: str | None = None) -> None:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, input=stdin,
-                              check=False)
-    except FileNotFoundError as exc:
-        raise EnvironmentProblem(f"{what}: {cmd[0]} not found; run `make setup`") from exc
-    if proc.returncode != 0:
-        tail = " / ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
-        raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {tail}")
+    checked(["chroot", str(root), *cmd], f"chroot {' '.join(cmd[:3])}", env=env)
 
 
 def _wheel_pins() -> list[str]:
@@ -97,11 +85,11 @@ def base_key() -> str:
 
 
 def _install_wheels(root: Path) -> None:
-    _check([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-            "--only-binary=:all:", "--python-version", GUEST_PYTHON, "--implementation", "cp",
-            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-            "--target", str(root / SITE_PACKAGES), *_wheel_pins()],
-           f"pip install (the guest's {', '.join(GUEST_WHEELS)})")
+    checked([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             "--only-binary=:all:", "--python-version", GUEST_PYTHON, "--implementation", "cp",
+             "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+             "--target", str(root / SITE_PACKAGES), *_wheel_pins()],
+            f"pip install (the guest's {', '.join(GUEST_WHEELS)})")
 
 
 def _require_root(what: str) -> None:
@@ -117,8 +105,8 @@ def build_base(dest: Path) -> None:
     mirror = debian_mirror()
     say(f"building the guest's base system once (cached in {dest.parent})")
     with step(f"[1/3] debootstrap {SUITE} minbase with {len(BASE_PACKAGES)} packages"):
-        _check(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                SUITE, str(stage), mirror], "debootstrap")
+        checked(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                 SUITE, str(stage), mirror], "debootstrap")
     shutil.copy("/etc/resolv.conf", stage / "etc" / "resolv.conf")
     (stage / "etc/apt/sources.list.d/backports.list").write_text(
         f"deb {mirror} {SUITE}-backports main\n")
@@ -178,9 +166,9 @@ def _make_disk(path: Path, tree: Path, fs_mb: int) -> None:
         f.truncate((PART_START_MB + fs_mb + GPT_TAIL_MB) << 20)
     layout = (f"label: gpt\nstart={PART_START_MB}MiB, size={fs_mb}MiB, "
               f"type=linux, uuid={ROOT_PARTUUID}\n")
-    _check(["sfdisk", "-q", str(path)], "sfdisk (guest image)", stdin=layout)
-    _check(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-E", f"offset={PART_START_MB << 20}",
-            "-d", str(tree), str(path), f"{fs_mb}M"], "mkfs.ext4 (guest image)")
+    checked(["sfdisk", "-q", str(path)], "sfdisk (guest image)", stdin=layout)
+    checked(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-E", f"offset={PART_START_MB << 20}",
+             "-d", str(tree), str(path), f"{fs_mb}M"], "mkfs.ext4 (guest image)")
 
 
 def _install_headers(root: Path, debs: list[Path]) -> None:
@@ -188,7 +176,7 @@ def _install_headers(root: Path, debs: list[Path]) -> None:
     for old in [*root.glob("usr/src/linux-headers-*"), *root.glob("usr/lib/modules/*")]:
         shutil.rmtree(old)
     for deb in debs:
-        _check(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}")
+        checked(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}")
 
 
 def _installed_version(root: Path, package: str) -> str:

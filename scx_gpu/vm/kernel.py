@@ -17,6 +17,7 @@ from pathlib import Path
 from scx_gpu.cache import cache_dir, digest
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.vm import apt
+from scx_gpu.vm.command import checked
 from scx_gpu.vm.progress import step
 
 SUITE = "trixie-backports"
@@ -43,17 +44,6 @@ class Kernel:
         return extract_vmlinux(self.vmlinuz)
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
-    except FileNotFoundError as exc:
-        raise EnvironmentProblem(f"{what}: {cmd[0]} not found; run `make setup`") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise EnvironmentProblem(f"{what} failed: {' / '.join(tail)}")
-    return proc.stdout
-
-
 def resolve_debian(progress: bool = False) -> tuple[str, str]:
     """(ABI name, package version) of the current cloud kernel in trixie-backports."""
     apt.update(SUITE)
@@ -65,13 +55,18 @@ def resolve_debian(progress: bool = False) -> tuple[str, str]:
     return abi.group(1), version.group(1)
 
 
+def _fetch_unpacked(packages: list[str], work: Path) -> None:
+    """Download packages of the suite into work and unpack them all into work/root."""
+    apt.download(SUITE, packages, work)
+    for deb in work.glob("*.deb"):
+        checked(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
+
+
 def _download_debian(abi: str, version: str, dest: Path) -> None:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         work = Path(tmp)
-        apt.download(SUITE, [f"linux-binary-{abi}={version}", f"linux-base-{abi}={version}"],
-                     work)
-        for deb in work.glob("*.deb"):
-            _run(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
+        _fetch_unpacked([f"linux-binary-{abi}={version}", f"linux-base-{abi}={version}"],
+                        work)
         moddir = work / "root" / "usr" / "lib" / "modules" / abi
         stage = work / "kernel"
         stage.mkdir()
@@ -144,9 +139,7 @@ def modules(kernel: Kernel, names: tuple[str, ...]) -> Path:
     with (step(f"taking {', '.join(names)} from the modules of {abi} (cached)"),
           tempfile.TemporaryDirectory(dir=folder.parent) as tmp):
         work = Path(tmp)
-        apt.download(SUITE, [f"linux-modules-{abi}={version}"], work)
-        for deb in work.glob("*.deb"):
-            _run(["dpkg", "-x", str(deb), str(work / "root")], f"dpkg -x {deb.name}")
+        _fetch_unpacked([f"linux-modules-{abi}={version}"], work)
         for module in needed_modules(work / "root" / "usr" / "lib" / "modules" / abi, names):
             target = partial / module.relative_to(work / "root")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +215,6 @@ def extract_vmlinux(vmlinuz: Path) -> Path:
 
 def write_vmlinux_h(kernel: Kernel, dest: Path) -> None:
     """Dump the kernel's BTF as C (the vmlinux.h the BPF code compiles against)."""
-    header = _run(["bpftool", "btf", "dump", "file", str(kernel.vmlinux), "format", "c"],
-                  "bpftool btf dump")
+    header = checked(["bpftool", "btf", "dump", "file", str(kernel.vmlinux), "format", "c"],
+                     "bpftool btf dump")
     dest.write_text(f"/* Generated from {kernel.version} by `make vmlinux-h`. */\n{header}")
