@@ -2,6 +2,7 @@
 
 import errno
 import itertools
+import random
 import threading
 import time
 from pathlib import Path
@@ -171,3 +172,133 @@ def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_
     probes.now += 1.5
     det.tick()
     assert probes.live, "a renewal waited for the detach"
+
+
+def test_each_window_is_recorded_with_why_it_closed_and_its_hits(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.001)
+    tags = FakeTags(probes, interval_s=0.001, ids=(7,))
+    hits = [0]
+    reports: list[dict[str, object]] = []
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now, hits=lambda: hits[0],
+                   report=reports.append)
+    det.add_libraries([lib])
+    while probes.now < 2.0:
+        det.tick()
+        tags.launch()
+        hits[0] += 1 if probes.live else 0
+        probes.now += 0.001
+    det.close()
+    first, second = det.windows
+    assert (first.closed_by, first.awaited, round(first.open_s, 2)) == ("max", 0, 0.2)
+    assert (second.closed_by, second.awaited) == ("renewed", 1) and second.open_s < 0.01
+    assert first.hits + (first.hits_after or 0) + second.hits == hits[0]
+    assert det.closed_by == {"max": 1, "renewed": 1}
+    windows = det.summary()["windows"]
+    assert reports[-1]["windows"] == windows and len(reports) == 4  # each open and close
+    assert [w["closed_by"] for w in windows] == ["max", "renewed"]
+    assert "hits_from" not in windows[0]
+
+
+def test_a_slow_detach_does_not_hold_back_the_next_windows_detach():
+    """A link fires until its unregistering begins, and destroying one waits
+    for the kernel's grace periods (0.06-1.6 s in the VM, idle): the next
+    window's link, queued behind such a destroy, fired on (in the VM 40 ms
+    and more after its window closed, at 10,000 launches a second)."""
+    release, second = threading.Event(), threading.Event()
+
+    def detach(link: int) -> None:
+        if link == 1:
+            release.wait(5.0)  # grace periods
+        else:
+            second.set()
+
+    background = BackgroundDetach(detach)
+    try:
+        background(1)
+        background(2)
+        assert second.wait(1.0), "link 2's destroy waited for link 1's"
+        assert background.pending()
+    finally:
+        release.set()
+        background.close()
+    assert not background.pending()
+
+
+def test_a_tagged_thread_that_stops_launching_costs_busy_launchers_little(tmp_path):
+    """Two threads tagged; one stops launching but lives (its tag stays until
+    it expires). Windows that wait for it cost the busy thread a hit on
+    every launch while they are open: it stays under 1% of its launches, and
+    its tag never expires."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    tags = FakeTags(probes, interval_s=0.001, ids=(7, 8))
+    hits = [0]
+    det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now, hits=lambda: hits[0])
+    det.add_libraries([lib])
+    step, busy_hits = 0.001, 0
+    while probes.now < 1.0:  # both found
+        det.tick()
+        tags.launch()
+        probes.now += step
+    assert set(tags.seen) == {7, 8}
+    tags.ids = (7,)  # 8 stops launching
+    start = probes.now
+    while probes.now < start + 10.0:
+        det.tick()
+        tags.launch()
+        busy_hits += bool(probes.live)  # one launch a step
+        hits[0] += bool(probes.live)
+        assert probes.now - tags.seen[7] / 1e9 < 3.0, "the busy thread's tag expired"
+        probes.now += step
+    assert busy_hits <= 0.01 * 10.0 / step, busy_hits
+
+
+def test_a_slow_launcher_alone_keeps_its_tag(tmp_path):
+    """A thread launching about every 47 ms (a CUDA graph a token, say):
+    with no busy launcher paying for the wait, a window waits for its launch."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    jitter = random.Random(13)
+    launches = {round(1000 * (k * 0.047 + jitter.uniform(-0.01, 0.01))) for k in range(1, 640)}
+    seen: dict[int, int] = {}
+    hits = [0]
+    det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(seen), clock=lambda: probes.now, hits=lambda: hits[0])
+    det.add_libraries([lib])
+    for ms in range(30_000):
+        probes.now = ms / 1000
+        det.tick()
+        if ms in launches and probes.live:  # the launches the probes catch
+            seen[7], hits[0] = int(probes.now * 1e9), hits[0] + 1
+        if probes.now > 1.0:
+            assert probes.now - seen[7] / 1e9 < 3.0, "the slow launcher's tag expired"
+
+
+def test_a_launch_while_the_probes_attach_renews_and_the_window_closes_at_once(tmp_path):
+    """Attaching takes milliseconds (6-30 ms in the VM), the first probes
+    firing meanwhile: a busy launcher is re-tagged before the window is in
+    place, which then need not stay open a poll longer."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.003)
+    seen = {7: int(0.5e9)}
+
+    def attach(path: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        began = probes.now
+        attached = probes.attach(path, symbols)
+        seen[7] = int((began + 0.001) * 1e9)  # launched as the first probe went in
+        return attached
+
+    det = Detector(attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(seen), clock=lambda: probes.now)
+    det.add_libraries([lib])
+    probes.now = 2.0
+    det.tick()
+    assert not probes.live, "the window stayed open for a thread it had re-tagged"
+    assert det.windows[-1].closed_by == "renewed" and det.windows[-1].awaited == 1
