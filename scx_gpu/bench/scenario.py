@@ -5,13 +5,14 @@ a sched_ext machine (the test VM or a real host).
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from scx_gpu.errors import EnvironmentProblem
 from scx_gpu.workloads import program
 
 SCX_GPU = [sys.executable, "-m", "scx_gpu"]
+EXIT_TIMEOUT_S = 30  # a loader's clean exit after SIGTERM takes about 1 s in the VM
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
@@ -42,8 +44,10 @@ def loaded(*args: str, cuda_lib: bool = True, quiet: bool = True) -> Iterator[Pa
     lib = ["--cuda-lib", str(program("libcuda.so.1"))] if cuda_lib else []
     with tempfile.NamedTemporaryFile("w+", prefix="scx-gpu-load-") as log:
         flags = ["--quiet"] if quiet else []
+        # Python's stacks on SIGABRT: the evidence when it will not exit.
         proc = subprocess.Popen([*SCX_GPU, "load", *flags, *lib, *args], stdout=log,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         try:
             # The loader writes its run state once attached.
             wait_for(lambda: run_state().get("pid") == proc.pid or proc.poll() is not None, 60,
@@ -54,9 +58,42 @@ def loaded(*args: str, cuda_lib: bool = True, quiet: bool = True) -> Iterator[Pa
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
+                _wait_exit(proc, Path(log.name))
     wait_for(lambda: not RUN_STATE.exists() and sched_ext_state()[0] in (None, "disabled"), 10,
              "the scheduler to be gone after SIGTERM")
+
+
+def _wait_exit(proc: subprocess.Popen[str], log: Path, timeout: float = EXIT_TIMEOUT_S) -> None:
+    """Wait for a signalled loader to exit; one that does not is aborted, and
+    the error shows where each of its threads waited (kernel and Python)."""
+    try:
+        proc.wait(timeout=timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    threads = _thread_waits(proc.pid)
+    proc.send_signal(signal.SIGABRT)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    raise AssertionError(f"scx-gpu load (pid {proc.pid}) did not exit within {timeout} s of "
+                         f"SIGTERM; its threads:\n{threads}\nits output:\n{log.read_text()}")
+
+
+def _thread_waits(pid: int) -> str:
+    """Each thread's name, state, kernel wait channel and kernel stack."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        parts = []
+        for name in ("comm", "status", "wchan", "stack"):
+            try:
+                text = (task / name).read_text()
+            except OSError as e:
+                text = f"({e.strerror})"
+            if name == "status":
+                text = next((ln for ln in text.splitlines() if ln.startswith("State:")), "")
+            parts.append(text.strip())
+        lines.append(f"{task.name}: " + " | ".join(parts))
+    return "\n".join(lines)
 
 
 def in_cgroup(cgroup: Path, cmd: list[str]) -> list[str]:
