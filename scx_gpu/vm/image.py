@@ -6,11 +6,14 @@ this project (fast, redone whenever either changes). The ext4 image is
 cached by both keys.
 """
 
+import fcntl
 import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -53,6 +56,9 @@ GUEST_MODULES = ("sch_htb",)
 # kernel brings none, and the base's slow debootstrap stays cached. It must
 # be at the version of the base's libkmod2.
 KMOD, LIBKMOD = "kmod", "libkmod2"
+# Guest images kept in the cache besides the one built: another `scx-gpu vm
+# run` (another checkout) may be about to boot one of them.
+OTHER_IMAGES_KEPT = 2
 INIT_PATH = "usr/local/sbin/scx-gpu-init"
 ROOT_LABEL = "scxgpu-root"
 # The kernel finds the root by this GPT partition UUID (root=PARTUUID=...):
@@ -216,9 +222,32 @@ def _install_modules(root: Path, tree: Path, kmod: Path, release: str) -> None:
     _chroot(root, "depmod", release)
 
 
+@contextmanager
+def _building(images: Path) -> Iterator[None]:
+    """The image cache to one builder at a time: every build rewrites the base."""
+    with (images / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _prune(images: Path, built: Path) -> None:
+    """Unfinished images, and all but the newest OTHER_IMAGES_KEPT others."""
+    for partial in images.glob("rootfs-*.partial"):
+        partial.unlink()
+    others = sorted((p for p in images.glob("rootfs-*.ext4") if p != built),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[OTHER_IMAGES_KEPT:]:
+        old.unlink()
+
+
 def ensure_image(kernel: Kernel) -> Path:
     """The cached guest image for the installed project and kernel, built if needed."""
     images = cache_dir("image")
+    with _building(images):
+        return _ensure_image(images, kernel)
+
+
+def _ensure_image(images: Path, kernel: Kernel) -> Path:
     base = images / f"base-{base_key()}"
     if not base.is_dir():
         build_base(base)
@@ -249,8 +278,6 @@ def ensure_image(kernel: Kernel) -> Path:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-    for old in [*images.glob("rootfs-*.ext4"), *images.glob("rootfs-*.partial")]:
-        if old != partial:
-            old.unlink()
     partial.rename(image)
+    _prune(images, image)
     return image
