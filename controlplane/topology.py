@@ -3,9 +3,9 @@
 Everything reads below a root directory ("/" on a real machine; tests point
 it at a fake tree) and returns plain data; the loader turns it into the
 scheduler's maps. No NVML: a process's GPUs are the /dev/nvidiaN device
-files it holds open, the driver's /proc/driver/nvidia/gpus/ADDR/information
-maps a device minor number to its PCI address, and sysfs gives that PCI
-device's NUMA node and local CPUs.
+files it maps read-write (used_gpu_minors says why), the driver's
+/proc/driver/nvidia/gpus/ADDR/information maps a device minor number to its
+PCI address, and sysfs gives that PCI device's NUMA node and local CPUs.
 
 An LLC is identified by the CPUs that share it (its shared_cpu_list), not
 by the cache's `id` attribute: some CPUs (QEMU's AMD model among them)
@@ -167,21 +167,24 @@ def read_gpus(root: Path = Path("/")) -> dict[int, Gpu]:
     return gpus
 
 
-def open_gpu_minors(pid: int, root: Path = Path("/")) -> tuple[int, ...]:
-    """Minor numbers of the /dev/nvidiaN files process pid holds open; () when
-    it holds none, is gone, or is not ours to look at (another user's)."""
-    fd_dir = root / "proc" / str(pid) / "fd"
+def used_gpu_minors(pid: int, root: Path = Path("/")) -> tuple[int, ...]:
+    """Minor numbers of the GPUs process pid has a context on; () when none,
+    when it is gone, or when it is not ours to look at (another user's).
+
+    On an H200 host (driver 580) every CUDA process holds every /dev/nvidiaN
+    open and maps a few write-only pages of each, whatever it uses (even with
+    CUDA_VISIBLE_DEVICES); a context on a GPU adds a read-write shared mapping
+    of that GPU's file (docs/results/h200/gpu-map/)."""
     try:
-        names = os.listdir(fd_dir)
+        lines = (root / "proc" / str(pid) / "maps").read_text().splitlines()
     except OSError:
         return ()
     minors = set()
-    for name in names:
-        try:
-            target = os.readlink(fd_dir / name)
-        except OSError:
-            continue  # closed meanwhile
-        match = GPU_DEVICE.fullmatch(target)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or not fields[1].startswith("rw") or fields[1][3:] != "s":
+            continue
+        match = GPU_DEVICE.fullmatch(fields[5])
         if match:
             minors.add(int(match[1]))
     return tuple(sorted(minors))
@@ -189,9 +192,9 @@ def open_gpu_minors(pid: int, root: Path = Path("/")) -> tuple[int, ...]:
 
 def process_gpus(pid: int, root: Path = Path("/"),
                  gpus: dict[int, Gpu] | None = None) -> list[Gpu]:
-    """The GPUs process pid holds open (gpus: read_gpus(root), when the caller has it)."""
+    """The GPUs process pid uses (gpus: read_gpus(root), when the caller has it)."""
     known = read_gpus(root) if gpus is None else gpus
-    return [known[m] for m in open_gpu_minors(pid, root) if m in known]
+    return [known[m] for m in used_gpu_minors(pid, root) if m in known]
 
 
 def gpu_cpus(gpus: list[Gpu], cpus: list[Cpu]) -> tuple[int, ...]:

@@ -151,33 +151,45 @@ def _gpu(root: Path, minor: int, pci: str, node: int | None, local: str | None) 
         _write(device / "local_cpulist", local)
 
 
-def _process(root: Path, pid: int, targets: list[str]) -> None:
-    fd = root / "proc" / str(pid) / "fd"
-    fd.mkdir(parents=True)
-    for i, target in enumerate(targets):
-        (fd / str(i)).symlink_to(target)
+# /proc/PID/maps lines of /dev/nvidiaN files on an H200 host (driver 580,
+# docs/results/h200/gpu-map/): write-only pages of every GPU once the driver
+# is initialised, and a read-write one of each GPU the process has a context on.
+DRIVER_PAGES = ["7f6a51cb9000-7f6a51cc9000 -w-s 00000000 00:06 176  /dev/nvidia{}",
+                "7f6a51cc9000-7f6a51cd9000 -w-s 00000000 00:06 176  /dev/nvidia{}"]
+CONTEXT = "200600000-200800000 rw-s 00000000 00:06 175  /dev/nvidia{}"
+OTHERS = ["7f6a52000000-7f6a52200000 rw-s 00000000 00:06 170  /dev/nvidiactl",
+          "7f6a52200000-7f6a52400000 rw-s 00000000 00:06 171  /dev/nvidia-uvm",
+          "7f6a53000000-7f6a53001000 r--p 00000000 08:01 999  /usr/lib/libcuda.so.1",
+          "7ffd1000-7ffd2000 rw-p 00000000 00:00 0  [stack]", "7ffe1000-7ffe2000 r-xp 0 0 0"]
 
 
-def test_gpus_on_two_nodes_and_the_processes_that_hold_them(tmp_path):
+def _process(root: Path, pid: int, contexts: tuple[int, ...],
+             gpus: tuple[int, ...] = (0, 1)) -> None:
+    lines = [*OTHERS, *(page.format(m) for m in gpus for page in DRIVER_PAGES),
+             *(CONTEXT.format(m) for m in contexts)]
+    _write(root / "proc" / str(pid) / "maps", "\n".join(lines))
+
+
+def test_gpus_on_two_nodes_and_the_processes_that_use_them(tmp_path):
     two_sockets(tmp_path)
     _gpu(tmp_path, 0, "0000:18:00.0", 0, "0-3")
     _gpu(tmp_path, 1, "0000:9a:00.0", 1, "4-7")
-    common = ["/dev/null", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-              "socket:[1234]", "/dev/nvidia-modeset"]
-    _process(tmp_path, 100, [*common, "/dev/nvidia1"])
-    _process(tmp_path, 101, [*common, "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia0"])
-    _process(tmp_path, 102, common)  # a helper of the serving stack: no GPU open
+    _process(tmp_path, 100, (1,))
+    _process(tmp_path, 101, (0, 1))
+    _process(tmp_path, 102, ())  # the driver initialised, no context: a serving stack's helper
+    _process(tmp_path, 103, (1,), gpus=(1,))  # CUDA_VISIBLE_DEVICES=1
     gpus = tp.read_gpus(tmp_path)
     assert gpus == {0: tp.Gpu(0, "0000:18:00.0", 0, (0, 1, 2, 3)),
                     1: tp.Gpu(1, "0000:9a:00.0", 1, (4, 5, 6, 7))}
     cpus = tp.read_cpus(tmp_path)
     assert tp.process_gpus(100, tmp_path) == [gpus[1]]
     assert tp.gpu_cpus(tp.process_gpus(100, tmp_path, gpus), cpus) == (4, 5, 6, 7)
-    assert tp.open_gpu_minors(101, tmp_path) == (0, 1)
+    assert tp.used_gpu_minors(101, tmp_path) == (0, 1)
     assert tp.gpu_cpus(tp.process_gpus(101, tmp_path, gpus), cpus) == tuple(range(8))
-    assert tp.open_gpu_minors(102, tmp_path) == ()
+    assert tp.used_gpu_minors(102, tmp_path) == ()
     assert tp.gpu_cpus(tp.process_gpus(102, tmp_path, gpus), cpus) == ()
-    assert tp.open_gpu_minors(999, tmp_path) == ()  # gone
+    assert tp.used_gpu_minors(103, tmp_path) == (1,)
+    assert tp.used_gpu_minors(999, tmp_path) == ()  # gone
 
 
 def test_gpu_without_numa_node(tmp_path):
@@ -204,14 +216,14 @@ def test_no_driver_no_gpus_and_a_bad_information_file_is_skipped(tmp_path):
     assert tp.read_gpus(tmp_path) == {}
 
 
-def test_a_fd_directory_that_cannot_be_listed(tmp_path):
-    _write(tmp_path / "proc" / "7" / "fd", "not a directory")
-    assert tp.open_gpu_minors(7, tmp_path) == ()
+def test_a_maps_file_that_cannot_be_read(tmp_path):
+    (tmp_path / "proc" / "7" / "maps").mkdir(parents=True)
+    assert tp.used_gpu_minors(7, tmp_path) == ()
 
 
 @pytest.mark.root
 def test_another_users_process_is_skipped():
-    """As an unprivileged user, PID 1's (root's) descriptors cannot be read."""
+    """As an unprivileged user, PID 1's (root's) mappings cannot be read."""
     read, write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -221,10 +233,10 @@ def test_another_users_process_is_skipped():
             os.setgid(65534)
             os.setuid(65534)
             try:
-                os.listdir("/proc/1/fd")
+                Path("/proc/1/maps").read_text()
                 status = b"readable"  # the premise does not hold: the test says so
             except PermissionError:
-                status = b"skipped" if tp.open_gpu_minors(1) == () else b"wrong"
+                status = b"skipped" if tp.used_gpu_minors(1) == () else b"wrong"
         finally:
             os.write(write, status)
             os._exit(0)
