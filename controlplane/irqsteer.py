@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scx_gpu.controlplane import topology
+from scx_gpu.controlplane.topology import format_cpulist
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 IRQ_ROOT = Path("/proc/irq")
@@ -38,25 +40,7 @@ Note = Callable[[Path, str], None]  # told (path, the value restoring it) before
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
-    """'0-3,8,10-11' -> {0, 1, 2, 3, 8, 10, 11}."""
-    cpus: set[int] = set()
-    try:
-        for part in filter(None, text.strip().split(",")):
-            first, _, last = part.partition("-")
-            cpus.update(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise UsageError(f"CPU list {text!r}: numbers and ranges such as 0-3,8") from None
-    return frozenset(cpus)
-
-
-def format_cpulist(cpus: frozenset[int]) -> str:
-    ranges: list[str] = []
-    for cpu in sorted(cpus):
-        if ranges and cpu - 1 in cpus:
-            ranges[-1] = f"{ranges[-1].split('-')[0]}-{cpu}"
-        else:
-            ranges.append(str(cpu))
-    return ",".join(ranges)
+    return frozenset(topology.parse_cpulist(text))
 
 
 def online_cpus(path: Path = CPU_ONLINE) -> frozenset[int]:

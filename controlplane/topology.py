@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
             raise UsageError(f"bad CPU list {text.strip()!r}: range {part} runs backwards")
         cpus.update(range(low, high + 1))
     return tuple(sorted(cpus))
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    """The kernel's cpulist syntax for cpus: {0, 1, 2, 3, 8} -> "0-3,8"."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def gpu_cpus_override(spec: str, cpus: list[Cpu]) -> tuple[int, ...]:
@@ -207,3 +219,19 @@ def gpu_cpus(gpus: list[Gpu], cpus: list[Cpu]) -> tuple[int, ...]:
         elif gpu.node is not None:
             local.update(c.cpu for c in cpus if c.node == gpu.node)
     return tuple(sorted(local))
+
+
+def tgid(tid: int, root: Path = Path("/")) -> int | None:
+    """The process (thread group) of thread tid; None once it is gone."""
+    status = _read(root / "proc" / str(tid) / "status") or ""
+    found = re.search(r"^Tgid:\s*(\d+)", status, re.M)
+    return int(found[1]) if found else None
+
+
+def gpu_processes(ids: list[int], root: Path = Path("/")) -> dict[int, list[Gpu]]:
+    """The processes of tagged thread (or process) ids, each with the GPUs it
+    uses (none known: an empty list)."""
+    known = read_gpus(root)
+    pids = {pid for pid in (tgid(i, root) for i in ids) if pid is not None}
+    return {pid: process_gpus(pid, root, known) for pid in sorted(pids)}
+

@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scx_gpu.controlplane import colocation, fallback, intf, stats
+from scx_gpu.controlplane import colocation, fallback, intf, stats, topology
 from scx_gpu.controlplane.cgroups import processes
 from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.runstate import (
@@ -20,7 +20,7 @@ from scx_gpu.errors import ScxGpuError
 
 def _scheduler_report() -> dict[str, Any]:
     with RunningScheduler() as sched:
-        tun, owner = sched.tunables(), sched.run_state()
+        tun, owner, tagged = sched.tunables(), sched.run_state(), sched.gpu_tags()
         totals = stats.Summary(0, sched.stats(), tun.batch_quota_pct, 0).as_dict()
         return {
             "loader_pid": owner.get("pid"),
@@ -31,11 +31,30 @@ def _scheduler_report() -> dict[str, Any]:
             "last_quota_change": owner.get("last_quota_change"),
             "batch_period_ms": tun.batch_period_ns / 1e6,
             "gpu_ttl_ms": tun.gpu_ttl_ns / 1e6,
-            "gpu_tagged_ids": sched.gpu_tags(),
+            "gpu_tagged_ids": tagged,
+            "gpu_processes": _gpu_processes(tagged),
             "tier_tasks": sched.tier_tasks(),
             "totals": {k: v for k, v in totals.items()
                        if k not in ("interval_s", "detector_duty_pct")},
         }
+
+
+def _gpu_processes(tagged: list[int]) -> list[dict[str, Any]]:
+    """Each tagged thread's process, and the GPUs it uses with their local CPUs."""
+    return [{"pid": pid, "gpus": [{"minor": g.minor, "pci": g.pci, "node": g.node,
+                                   "local_cpus": list(g.local_cpus)} for g in gpus]}
+            for pid, gpus in topology.gpu_processes(tagged).items()]
+
+
+def _gpu_process_lines(processes: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for proc in processes:
+        gpus = "; ".join(f"GPU {g['minor']} ({g['pci']}, node "
+                         f"{'?' if g['node'] is None else g['node']}, local CPUs "
+                         f"{topology.format_cpulist(g['local_cpus']) or '?'})"
+                         for g in proc["gpus"])
+        lines.append(f"  gpu process {proc['pid']}: {gpus or 'no GPU context found'}")
+    return lines
 
 
 def _fallback_report(run: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +131,7 @@ def render(report: dict[str, Any]) -> str:
                  f"batch quota {ours['batch_quota_pct']}% ({ours['batch_quota_mode']}) per "
                  f"{ours['batch_period_ms']:g} ms, "
                  f"{len(ours['gpu_tagged_ids'])} gpu-tagged thread(s) live")
+    lines += _gpu_process_lines(ours["gpu_processes"])
     change = ours["last_quota_change"]
     if change:
         ago = time.time() - change["at"]

@@ -26,7 +26,7 @@ from scx_gpu.controlplane import irqsteer, netshape
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
 from scx_gpu.controlplane.runstate import run_state
 from scx_gpu.controlplane.tiers import OWN_ROOT
-from scx_gpu.controlplane.topology import NPROC
+from scx_gpu.controlplane.topology import NPROC, format_cpulist
 from tests.helpers import scx_gpu
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
@@ -60,7 +60,7 @@ def _status() -> dict[str, object]:
 
 
 def _nvme_irqs() -> dict[int, str]:
-    return {irq.number: irqsteer.format_cpulist(irq.affinity)
+    return {irq.number: format_cpulist(irq.affinity)
             for irq in irqsteer.matching(["nvme*"])}
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from scx_gpu.controlplane import irqsteer
-from scx_gpu.controlplane.irqsteer import format_cpulist, parse_cpulist
+from scx_gpu.controlplane.irqsteer import parse_cpulist
+from scx_gpu.controlplane.topology import format_cpulist
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 ONLINE = frozenset(range(8))

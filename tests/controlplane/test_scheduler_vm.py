@@ -98,12 +98,16 @@ def test_detection_tags_the_launching_thread_only_then_expires():
         # One snapshot shows who is tagged: within a few detector periods
         # (slack for emulation), long before launching stops.
         seen: list[int] = []
+        processes: list[dict[str, object]] = []
 
         def worker_tagged() -> bool:
-            seen[:] = sc.status()["scx_gpu"]["gpu_tagged_ids"]
+            ours = sc.status()["scx_gpu"]
+            seen[:], processes[:] = ours["gpu_tagged_ids"], ours["gpu_processes"]
             return worker in seen
         sc.wait_for(worker_tagged, 6.0, "a detector window to tag the launching thread")
         assert main not in seen, (main, worker, seen)  # not its sibling
+        # Its process, which uses no GPU (the stub libcuda maps no device).
+        assert {"pid": proc.pid, "gpus": []} in processes, processes
         # Launching stops at launch_s; the tag is gone ttl_s (plus a period) later.
         left = started + launch_s + ttl_s + 4 - time.monotonic()
         sc.wait_for(lambda: worker not in sc.status()["scx_gpu"]["gpu_tagged_ids"], left,

@@ -245,3 +245,23 @@ def test_another_users_process_is_skipped():
         status = pipe.read()
     os.waitpid(child, 0)
     assert status == b"skipped", status
+
+
+def test_tagged_threads_map_to_their_processes_and_gpus(tmp_path):
+    two_sockets(tmp_path)
+    _gpu(tmp_path, 0, "0000:18:00.0", 0, "0-3")
+    _gpu(tmp_path, 1, "0000:9a:00.0", 1, "4-7")
+    _process(tmp_path, 100, (1,))
+    _process(tmp_path, 200, ())
+    for tid, pid in ((100, 100), (101, 100), (102, 100), (200, 200)):
+        _write(tmp_path / "proc" / str(tid) / "status", f"Name:\tpython3\nTgid:\t{pid}\n")
+    processes = tp.gpu_processes([101, 102, 200, 300], tmp_path)  # 300: gone
+    assert processes == {100: [tp.read_gpus(tmp_path)[1]], 200: []}
+
+
+@pytest.mark.parametrize(("cpus", "text"), [((0, 1, 2, 3, 8), "0-3,8"), ((), ""), ((5,), "5"),
+                                            ((3, 1, 2, 7, 6), "1-3,6-7")])
+def test_format_cpulist_round_trips(cpus, text):
+    assert tp.format_cpulist(cpus) == text
+    assert tp.parse_cpulist(text) == tuple(sorted(cpus))
+
