@@ -37,7 +37,7 @@ LINK_BPS = 95 * 10**6
 MTU_MS = 1514 * 8 / 100e6 * 1e3  # one full frame on the bottleneck
 BURST_FRAMES = netshape.MIN_BURST_BYTES // 1514
 SECONDS = 5.0
-RR_NICE = -10
+RR_FIFO_PRIO = 50
 RR_TRIES = 3
 A_IP, B_IP = "10.77.1.1", "10.77.2.2"
 METRICS_PORT = 9464  # in namespace A: free there
@@ -107,8 +107,8 @@ class Flows:
         join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
         # The request/response ends ahead of other CPU work on this shared machine, in
         # every measurement alike: the test measures the link, not the CPU scheduler.
-        nice = f"nice -n {RR_NICE} " if args[0] in ("rr", "echo") else ""
-        cmd = (f"{join}exec {nice}ip netns exec {ns} {sys.executable} -m "
+        fifo = f"chrt -f {RR_FIFO_PRIO} " if args[0] in ("rr", "echo") else ""
+        cmd = (f"{join}exec {fifo}ip netns exec {ns} {sys.executable} -m "
                "tests.controlplane.netflows " + " ".join(args))
         proc = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.PIPE, text=True, cwd=REPO)
         self.procs.append(proc)
