@@ -236,8 +236,15 @@ def test_a_tagged_spinner_cannot_starve_a_normal_task(tmp_path):
                                           "--gpu-proc-budget", "100")
     metered = _sleeper_beside_a_spinner(tmp_path)
     print(json.dumps({"unmetered": unmetered, "metered": metered}))
-    assert unmetered["p99_ms"] > 20, unmetered  # the premise: unmetered, it starves
-    assert metered["p99_ms"] < 20 and metered["wakeups"] > 1000, metered
+    # The premise: unmetered, the check fails (late wake-ups, or few of them: one run
+    # had p99 19.6 ms over only 850 wake-ups in 8 s, against 4,547 metered).
+    assert _starved(unmetered), unmetered
+    assert not _starved(metered), metered
+
+
+def _starved(sleeper: dict[str, Any]) -> bool:
+    """The issue's check fails: wake-up p99 of 20 ms or more, or under 1,000 wake-ups."""
+    return bool(sleeper["p99_ms"] >= 20 or sleeper["wakeups"] <= 1000)
 
 
 def test_gpu_allow_limits_who_may_be_tagged():
