@@ -29,9 +29,7 @@ opens only when their tags are half way to expiry (never sooner than a
 period). A thread that stopped launching but lives stays tagged until its
 ttl, and a window waits for it: while the probes hit often (busy launchers
 pay for the wait) it closes after RENEW_SHARE of the time between renewals
-(15 ms at the default ttl), else after a whole window; and a whole window
-while a thread it waits for is runnable (starved behind other work, it
-could not launch). The share of time
+(15 ms at the default ttl), else after a whole window. The share of time
 the probes are attached is the share of a busy launcher's launches they
 hit; beside one, a thread launching less often than every 15 ms keeps its
 tag only when a window catches one of its launches, while alone (a CUDA
@@ -152,9 +150,6 @@ class Detector:
     # periods); one that renews live tags does not.
     detaching: Callable[[], bool] = lambda: False
     hits: Callable[[], int] = lambda: 0  # the probes' hit counter
-    # Whether a tagged thread (or process) waits for a CPU: one that cannot run
-    # cannot launch, and a renewal window waits for it.
-    runnable: Callable[[int], bool] = lambda key: False
     report: Callable[[dict[str, Any]], None] = lambda summary: None  # at closes and lasting opens
     windows: deque[Window] = field(default_factory=lambda: deque(maxlen=RECORDS))
     closed_by: Counter[str] = field(default_factory=Counter)
@@ -210,16 +205,13 @@ class Detector:
     def _spent(self) -> bool:
         """The open window was open its longest: window_s; or, renewing tags
         while the probes hit more than FEW_HITS times, RENEW_SHARE of the time
-        between renewals since they began attaching, unless a thread it waits
-        for is runnable (starved, not stopped: cutting the window short would
-        let its tag expire, and an untagged thread starves on)."""
+        between renewals since they began attaching."""
         now = self.clock()
         if self._window_start is None or now - self._window_start >= self.window_s:
             return True
         share_s = RENEW_SHARE * max(self.period_s, self.ttl_s / 2)
         return (bool(self._awaited) and now - self._attach_start >= share_s
-                and self.hits() - self.windows[-1].hits_from > FEW_HITS
-                and not any(self.runnable(k) for k in self._pending()))
+                and self.hits() - self.windows[-1].hits_from > FEW_HITS)
 
     def poll_s(self, idle_s: float) -> float:
         """How soon tick() should run again: often while a window awaits launches."""
@@ -233,14 +225,11 @@ class Detector:
     def _renewed(self) -> bool:
         """Every thread tagged at the window's opening launched since its
         probes began attaching (or is gone)."""
-        return bool(self._awaited) and self._window_start is not None and not self._pending()
-
-    def _pending(self) -> list[int]:
-        """The threads tagged at the window's opening that have not launched
-        since its probes began attaching (and are not gone)."""
+        if not self._awaited or self._window_start is None:
+            return False
         since_ns = int(self._attach_start * 1e9)
         tags = self.tags()
-        return [k for k in self._awaited if tags.get(k, since_ns) < since_ns]
+        return all(tags.get(k, since_ns) >= since_ns for k in self._awaited)
 
     def _schedule_next(self) -> None:
         """Tags live: when the oldest is half way to expiry; else a period on."""

@@ -30,7 +30,6 @@ from scx_gpu.controlplane import (
     stats_socket,
     takeover,
     tiers,
-    topology,
     trust,
 )
 from scx_gpu.controlplane.config import Config
@@ -255,7 +254,6 @@ class Loader:
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
                         ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
                         detaching=detach.pending, hits=lambda: sched.read_stats().detector_hits,
-                        runnable=topology.runnable,
                         report=lambda summary: write_json(DETECTOR_STATE, summary))))
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:

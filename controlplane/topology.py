@@ -228,12 +228,6 @@ def tgid(tid: int, root: Path = Path("/")) -> int | None:
     return int(found[1]) if found else None
 
 
-def runnable(tid: int, root: Path = Path("/")) -> bool:
-    """Thread tid is running or waits for a CPU (state R); False once gone."""
-    stat = _read(root / "proc" / str(tid) / "stat") or ""
-    return stat[stat.rfind(")") + 2:][:1] == "R"  # the state follows the (comm)
-
-
 def gpu_processes(ids: list[int], root: Path = Path("/")) -> dict[int, list[Gpu]]:
     """The processes of tagged thread (or process) ids, each with the GPUs it
     uses (none known: an empty list)."""

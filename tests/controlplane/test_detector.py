@@ -259,37 +259,6 @@ def test_a_tagged_thread_that_stops_launching_costs_busy_launchers_little(tmp_pa
     assert busy_hits <= 0.01 * 10.0 / step, busy_hits
 
 
-def test_a_starved_tagged_thread_is_waited_for_and_keeps_its_tag(tmp_path):
-    """Two threads tagged; one waits for a CPU 80 ms at a time (runnable, as
-    behind a storm of runnable tasks) and launches when it gets one. A window
-    cut short at 15 ms would miss its launches until its tag expired (CI at
-    b071a3b); a window that waits for a runnable thread renews it."""
-    lib = tmp_path / "libcuda.so.1"
-    lib.write_bytes(b"")
-    probes = FakeProbes(attach_s=0.0)
-    tags = FakeTags(probes, interval_s=0.001, ids=(7, 8))
-    hits = [0]
-    det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
-                   tags=tags, clock=lambda: probes.now, hits=lambda: hits[0],
-                   runnable=lambda key: key == 8)
-    det.add_libraries([lib])
-    step = 0.001
-    while probes.now < 1.0:  # both found
-        det.tick()
-        tags.launch()
-        probes.now += step
-    assert set(tags.seen) == {7, 8}
-    start = probes.now
-    while probes.now < start + 10.0:
-        det.tick()
-        # 8 gets a CPU for 1 ms in every 80: it launches only then.
-        tags.ids = (7, 8) if round((probes.now - start) / step) % 80 == 0 else (7,)
-        tags.launch()
-        hits[0] += bool(probes.live)
-        assert probes.now - tags.seen[8] / 1e9 < 3.0, "the starved thread's tag expired"
-        probes.now += step
-
-
 def test_a_slow_launcher_alone_keeps_its_tag(tmp_path):
     """A thread launching about every 47 ms (a CUDA graph a token, say):
     with no busy launcher paying for the wait, a window waits for its launch."""

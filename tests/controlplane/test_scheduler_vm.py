@@ -519,15 +519,8 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
         launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--warmup", "8",
                                      "--duration", str(seconds - 20), "--threads", str(NPROC),
                                      *SYNTHETIC_SHAPE], stdout=subprocess.PIPE, text=True)
-        # Every launching thread tagged before the storm: one still untagged when it
-        # starts starves in the normal tier and launches too rarely for the short
-        # renewal windows of its tagged sibling to find it (CI at b071a3b: one of the
-        # two tagged, the launcher at 0.25 of alone). Discovery beside a tagged
-        # sibling is a limitation of its own (docs/reference.md), not this test's.
-        def all_tagged() -> bool:
-            threads = {int(t.name) for t in Path(f"/proc/{launcher.pid}/task").iterdir()}
-            return len(threads & set(sc.status()["scx_gpu"]["gpu_tagged_ids"])) >= NPROC
-        sc.wait_for(all_tagged, 30, "every launching thread to be tagged")
+        sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 20,
+                    "the launcher to be tagged")
         before = _switches_and_floor()
         storm = _spinners(20, 100, seconds)
         during = json.loads(launcher.communicate(timeout=seconds + 120)[0])["tokens_per_s"]
