@@ -150,7 +150,7 @@ class Detector:
     # periods); one that renews live tags does not.
     detaching: Callable[[], bool] = lambda: False
     hits: Callable[[], int] = lambda: 0  # the probes' hit counter
-    report: Callable[[dict[str, Any]], None] = lambda summary: None  # at closes and lasting opens
+    report: Callable[[dict[str, Any]], None] = lambda summary: None  # at each open and close
     windows: deque[Window] = field(default_factory=lambda: deque(maxlen=RECORDS))
     closed_by: Counter[str] = field(default_factory=Counter)
     _window_start: float | None = None  # probes in place
@@ -187,8 +187,7 @@ class Detector:
     def tick(self) -> None:
         """Open or close the attach window as the duty cycle says; one that
         opens may close at once (its awaited threads launched while it attached)."""
-        opening = self._window_start is None
-        if opening:
+        if self._window_start is None:
             if not (self.clock() >= self._next_window and self.libraries
                     and (self._live_tags() or not self.detaching())):
                 return
@@ -196,11 +195,9 @@ class Detector:
         if self._renewed():
             self._close_window(RENEWED)
             self._schedule_next()
-        elif self._spent():
+        elif self._window_start is not None and self._spent():
             self._close_window(MAX)
             self._schedule_next()
-        elif opening:  # reported after the close check: the probes fire while it writes
-            self.report(self.summary())
 
     def _spent(self) -> bool:
         """The open window was open its longest: window_s; or, renewing tags
@@ -256,6 +253,7 @@ class Detector:
         self.windows.append(Window(self._window_start - self._started,
                                    self._window_start - begun, len(self._awaited), detaching,
                                    hits))
+        self.report(self.summary())
 
     def _close_window(self, why: str) -> None:
         for link in self._links:

@@ -197,8 +197,7 @@ def test_each_window_is_recorded_with_why_it_closed_and_its_hits(tmp_path):
     assert first.hits + (first.hits_after or 0) + second.hits == hits[0]
     assert det.closed_by == {"max": 1, "renewed": 1}
     windows = det.summary()["windows"]
-    # Each close, and each open that outlasted its first close check.
-    assert reports[-1]["windows"] == windows and len(reports) == 4
+    assert reports[-1]["windows"] == windows and len(reports) == 4  # each open and close
     assert [w["closed_by"] for w in windows] == ["max", "renewed"]
     assert "hits_from" not in windows[0]
 
