@@ -36,11 +36,9 @@ from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import BackgroundDetach, Detector
 from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.runstate import (
-    DETECTOR_STATE,
     FALLBACK_MODE,
     RUN_STATE,
     sched_ext_state,
-    write_json,
     write_run_state,
 )
 from scx_gpu.controlplane.scheduler import (
@@ -215,7 +213,7 @@ class Loader:
             sched = self._load()
             detach = self._background_detach(stack, sched)
             stack.callback(unpin)
-            detector = self._detector(stack, sched, detach)
+            detector = stack.enter_context(closing(self._detector(sched, detach)))
             if self.config.metrics_addr:
                 stack.enter_context(closing(metrics.MetricsServer(
                     metrics.parse_addr(self.config.metrics_addr),
@@ -244,22 +242,17 @@ class Loader:
         stack.callback(sched.close)
         return detach
 
-    def _detector(self, stack: ExitStack, sched: BpfScheduler,
-                  detach: BackgroundDetach) -> Detector:
-        """The duty-cycled detector, closed with stack; its windows' records
-        in DETECTOR_STATE while it runs."""
+    def _detector(self, sched: BpfScheduler, detach: BackgroundDetach) -> Detector:
         tags_fd = sched.map_fd("gpu_tags")
-        stack.callback(DETECTOR_STATE.unlink, missing_ok=True)
-        return stack.enter_context(closing(Detector(sched.attach_detector, detach,
+        return Detector(sched.attach_detector, detach,
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
                         ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
-                        detaching=detach.pending, hits=lambda: sched.read_stats().detector_hits,
-                        report=lambda summary: write_json(DETECTOR_STATE, summary))))
+                        detaching=detach.pending)
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,
                                 detector.duty_cycle(), sched_ext_state() == ("enabled", "scx_gpu"),
-                                self.colocation, windows_closed=dict(detector.closed_by))
+                                self.colocation)
 
     def _totals(self, sched: BpfScheduler, detector: Detector,
                 loaded_at: float) -> dict[str, Any]:
@@ -416,14 +409,13 @@ class FallbackLoader(Loader):
             members = fallback.BatchMembers(self.config, group)
             sched = self._load_detector()
             detach = self._background_detach(stack, sched)
-            detector = self._detector(stack, sched, detach)
+            detector = stack.enter_context(closing(self._detector(sched, detach)))
             if self.config.metrics_addr:
                 stack.enter_context(closing(metrics.MetricsServer(
                     metrics.parse_addr(self.config.metrics_addr),
                     lambda: metrics.Snapshot(sched.read_stats(), self.config.start_quota(),
                                              detector.duty_cycle(), False, self.colocation,
-                                             tiers=False,
-                                             windows_closed=dict(detector.closed_by)))))
+                                             tiers=False))))
             stack.callback(members.undo)
             renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
                                        self.config.scope == "process", self._gpu_budget())

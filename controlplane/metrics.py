@@ -30,7 +30,6 @@ class Snapshot:
     enabled: bool
     colocation: dict[str, Any] = field(default_factory=dict)  # colocation.applied()'s state
     tiers: bool = True  # the tiers' counters mean something: not under the mainline fallback
-    windows_closed: dict[str, int] = field(default_factory=dict)  # the detector's, by why
 
 
 def parse_addr(spec: str) -> tuple[str, int]:
@@ -83,11 +82,6 @@ def render(snap: Snapshot) -> str:
     for name, kind, text, value in scalars:
         _family(lines, name, kind, text)
         lines.append(f"{name} {value}")
-    _family(lines, "scx_gpu_detector_windows_total", "counter",
-            "Detector windows closed, by why: renewed (every thread tagged at the opening "
-            "launched since), max (open its longest), library, stop")
-    lines += [f"scx_gpu_detector_windows_total{_labels(closed_by=why)} {n}"
-              for why, n in sorted(snap.windows_closed.items())]
     lines += colocation_lines(snap.colocation)
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,6 @@ from typing import Any
 SCHED_EXT = Path("/sys/kernel/sched_ext")
 RUN_DIR = Path("/run/scx-gpu")
 RUN_STATE = RUN_DIR / "loader.json"
-DETECTOR_STATE = RUN_DIR / "detector.json"  # the detector's last windows (Detector.summary)
 FALLBACK_MODE = "mainline-fallback"
 
 

@@ -7,13 +7,7 @@ from typing import Any
 from scx_gpu.controlplane import colocation, fallback, intf, stats, topology
 from scx_gpu.controlplane.cgroups import processes
 from scx_gpu.controlplane.running import RunningScheduler
-from scx_gpu.controlplane.runstate import (
-    DETECTOR_STATE,
-    FALLBACK_MODE,
-    read_json,
-    run_state,
-    sched_ext_state,
-)
+from scx_gpu.controlplane.runstate import FALLBACK_MODE, run_state, sched_ext_state
 from scx_gpu.controlplane.scheduler import PIN_DIR
 from scx_gpu.errors import ScxGpuError
 
@@ -74,8 +68,6 @@ def collect() -> dict[str, Any]:
         report["colocation_left_by_killed_loader"] = killed
     if run.get("mode") == FALLBACK_MODE:
         report["fallback"] = _fallback_report(run)
-    if detector := read_json(DETECTOR_STATE):
-        report["detector"] = detector
     if ops == "scx_gpu" and (PIN_DIR / "stats").exists():
         try:
             report["scx_gpu"] = _scheduler_report()
@@ -96,22 +88,8 @@ def _colocation_lines(applied: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _detector_lines(detector: dict[str, Any]) -> list[str]:
-    if not detector:
-        return []
-    closed = ", ".join(f"{why} {n}" for why, n in sorted(detector["closed_by"].items()))
-    lines = [f"  detector: probes attached {detector['duty_pct']:.1f}% of the time; "
-             f"windows closed: {closed or 'none yet'}"]
-    if detector["windows"]:
-        last = detector["windows"][-1]
-        lines.append(f"  last window: {1000 * last['open_s']:.1f} ms open "
-                     f"({last['closed_by'] or 'still open'}), {last['hits']} probe hits")
-    return lines
-
-
 def render(report: dict[str, Any]) -> str:
-    extra = [*_detector_lines(report.get("detector", {})),
-             *_colocation_lines(report.get("colocation", {}))]
+    extra = _colocation_lines(report.get("colocation", {}))
     if (killed := report.get("colocation_left_by_killed_loader")) is not None:
         extra.append(f"  co-location settings of a killed scx-gpu load (pid {killed}) are still "
                      "applied: the next `scx-gpu load` restores them")

@@ -6,8 +6,7 @@ A cell runs the workload traced (the tracer's view of it in the row) or
 untraced (when tracing would change what is measured); a cell with a
 workload of its own runs that instead of the run's. Under scx-gpu's sched_ext
 scheduler a row also has the probe hits per launch and the gpu tier's share
-of the CPUs, from the scheduler's counters before the workload, at the end
-of its warm-up (untraced) and after it.
+of the CPUs, from the scheduler's counters before and after the workload.
 """
 
 from __future__ import annotations
@@ -29,9 +28,8 @@ from scx_gpu import status
 from scx_gpu.bench import noise, policies, scenario
 from scx_gpu.bench.noise import NOISE_CGROUP
 from scx_gpu.bench.policies import Policy
-from scx_gpu.bench.results import DETECTOR, KIND, MARKER, TRACES, save
+from scx_gpu.bench.results import KIND, MARKER, TRACES, save
 from scx_gpu.bench.workloads import Workload, metric
-from scx_gpu.controlplane.runstate import DETECTOR_STATE, read_json
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.errors import EnvironmentProblem, UsageError
 from scx_gpu.tracer import analysis, capture, tracefile
@@ -144,22 +142,16 @@ def counters(policy: Policy) -> dict[str, Any] | None:
     return totals
 
 
-def detector_figures(before: dict[str, Any], warm: dict[str, Any] | None,
-                     after: dict[str, Any], row: dict[str, Any],
+def detector_figures(before: dict[str, Any], after: dict[str, Any], launches: int | None,
                      elapsed_s: float) -> dict[str, float]:
-    """From counters() before the workload, at the end of its warm-up and after
-    it: the gpu tier's share of a CPU and, where the workload counts its
-    launches, probe hits per launch: once tagged (the warm-up is the time to
-    detect a launcher: hits after it over the measured tokens' launches) and
-    over the whole run (its detection included: every hit over every launch)."""
+    """Between two of counters(): the gpu tier's share of a CPU and, when the
+    workload counts its launches, probe hits per launch (warm-up included on
+    both sides: every launch and every hit of the run)."""
     gpu_s = after["tiers"]["gpu"]["runtime_s"] - before["tiers"]["gpu"]["runtime_s"]
     figures = {"gpu_tier_cpu_share": gpu_s / elapsed_s}
-    if warm is not None and "launches" in row:
-        hits = after["detector_hits"] - warm["detector_hits"]
-        figures["probe_hits_per_launch"] = hits / max(1, row["launches"])
-    if "launches_all" in row:
+    if launches is not None:
         hits = after["detector_hits"] - before["detector_hits"]
-        figures["probe_hits_per_launch_run"] = hits / max(1, row["launches_all"])
+        figures["probe_hits_per_launch"] = hits / max(1, launches)
     return figures
 
 
@@ -169,40 +161,16 @@ class _Ran:
     wall_s: float  # the command's, without the tracer's setup
     elapsed_s: float  # the measured window: the noise's CPU time is over this
     capture: capture.Capture | None  # traced only
-    warm: dict[str, Any] | None = None  # counters() at the end of the warm-up (untraced)
-
-
-def _at_warmup(proc: subprocess.Popen[bytes], policy: Policy,
-               warmup_s: float) -> dict[str, Any] | None:
-    """counters() once proc's warm-up is over; None without a warm-up or
-    when it exited in it."""
-    try:
-        proc.wait(timeout=warmup_s or None)
-    except subprocess.TimeoutExpired:
-        return counters(policy)
-    return None
-
-
-def _run_untraced(cell: Cell, cmd: list[str], warmup_s: float, stdout: IO[str]) -> _Ran:
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=stdout)
-    try:
-        warm = _at_warmup(proc, cell.policy, warmup_s)
-        exit_status = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    wall = time.monotonic() - start
-    return _Ran(exit_status, wall, wall, None, warm)
 
 
 def _run_workload(cell: Cell, workload: Workload, stdout: IO[str],
                   log: Callable[[str], None]) -> _Ran:
     cmd = [*cell.policy.prefix, *workload.argv]
-    if not cell.traced:
-        return _run_untraced(cell, cmd, workload.warmup_s, stdout)
     start = time.monotonic()
+    if not cell.traced:
+        exit_status = subprocess.run(cmd, stdout=stdout, check=False).returncode
+        wall = time.monotonic() - start
+        return _Ran(exit_status, wall, wall, None)
     cap = capture.capture(capture.CaptureSpec(cmd=cmd, cuda_libs=list(workload.cuda_libs),
                                               ring_mb=RING_MB, stdout=stdout), log)
     if cap.interrupted:
@@ -220,14 +188,6 @@ def _trace_row(cap: capture.Capture, out: Path, name: str) -> dict[str, Any]:
             "trace": str(trace.relative_to(out))}
 
 
-def _save_detector_records(out: Path, name: str) -> None:
-    """The running detector's window records, where it has any."""
-    records = read_json(DETECTOR_STATE)
-    if records.get("windows"):
-        (out / DETECTOR).mkdir(exist_ok=True)
-        (out / DETECTOR / f"{name}.json").write_text(json.dumps(records, indent=1))
-
-
 def run_cell(cell: Cell, workload: Workload, out: Path,
              log: Callable[[str], None]) -> dict[str, Any]:
     workload = cell.workload or workload
@@ -241,7 +201,6 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
         ran = _run_workload(cell, workload, stdout, log)
         noise_cpu = noise.cpu_seconds(cell.noise, cell.noise_cgroup) - cpu_before
         after = counters(cell.policy)
-        _save_detector_records(out, cell.name)
         stdout.seek(0)
         printed = stdout.read()
     if ran.exit_status != 0:
@@ -250,7 +209,7 @@ def run_cell(cell: Cell, workload: Workload, out: Path,
     row = {"workload": workload.name, "traced": cell.traced, "noise": cell.noise,
            "policy": cell.policy.name, "rep": cell.rep, **metric(printed, ran.wall_s)}
     if before is not None and after is not None:
-        row.update(detector_figures(before, ran.warm, after, row, ran.elapsed_s))
+        row.update(detector_figures(before, after, row.get("launches"), ran.elapsed_s))
     if ran.capture is not None:
         row.update(_trace_row(ran.capture, out, cell.name))
     return {**row, "noise_cpu_s": noise_cpu,

@@ -3,9 +3,7 @@
 DIR/bench.json says what ran and where; DIR/results.parquet holds one row
 per completed cell run (rewritten after each, so an interrupted run keeps
 its cells); DIR/summary.json is the summary below, rewritten alongside;
-DIR/traces/<cell name>/ hold the tracer's files (traced cells only);
-DIR/detector/<cell name>.json the detector's last windows as the loader
-recorded them (cells under scx-gpu's detector).
+DIR/traces/<cell name>/ hold the tracer's files (traced cells only).
 
 A cell of the summary is a workload, traced or not, under a noise and a
 policy (KEYS). Degradation is against the stock scheduler without noise,
@@ -25,7 +23,6 @@ import pandas as pd
 from scx_gpu.errors import UsageError
 
 MARKER, RESULTS, SUMMARY, TRACES = "bench.json", "results.parquet", "summary.json", "traces"
-DETECTOR = "detector"
 KIND = "scx-gpu-bench"
 KEYS = ["workload", "traced", "noise", "policy"]
 

@@ -11,8 +11,7 @@ a second, alone under gpu-first. The verdict: throughput relative to the
 launcher alone, the hogs' share of all CPUs, the scheduler's own overhead
 (policy fair, launcher alone, vs stock), the detector's cost (gpu-first vs
 fair, launcher alone), and for the fast launcher the share of its launches
-the probes hit (once tagged, after its warm-up; and over the whole run, its
-detection included) and of a CPU it spent in the gpu tier.
+the probes hit and of a CPU it spent in the gpu tier.
 Needs a sched_ext kernel: `make bench-sched` runs `scx-gpu bench sched` in the test VM.
 """
 
@@ -86,7 +85,6 @@ def verdict(summary: pd.DataFrame) -> dict[str, float]:
                                     / relative("alone (scx-gpu fair)")),
         "scheduler_overhead_pct": 100 * (1 - relative("alone (scx-gpu fair)")),
         "probe_hits_per_launch_pct": float(100 * detector.probe_hits_per_launch),
-        "probe_hits_per_launch_run_pct": float(100 * detector.probe_hits_per_launch_run),
         "gpu_tier_cpu_share": float(detector.gpu_tier_cpu_share),
     }
 

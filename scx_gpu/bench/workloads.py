@@ -28,7 +28,6 @@ class Workload:
     name: str
     argv: tuple[str, ...]
     cuda_libs: tuple[str, ...] = ()  # to probe beyond discovery
-    warmup_s: float = 0.0  # its first seconds, not measured
 
 
 def synthetic(duration: float, cuda_lib: str | None = None, threads: int = NPROC,
@@ -37,7 +36,7 @@ def synthetic(duration: float, cuda_lib: str | None = None, threads: int = NPROC
     lib = cuda_lib or str(program("libcuda.so.1"))
     return Workload(name, (str(program("launcher")), "--cuda-lib", lib, "--threads",
                            str(threads), "--warmup", str(WARMUP_S), "--duration",
-                           str(duration), *shape), (lib,), WARMUP_S)
+                           str(duration), *shape), (lib,))
 
 
 def torch(duration: float, mode: str = "eager") -> Workload:
@@ -47,7 +46,7 @@ def torch(duration: float, mode: str = "eager") -> Workload:
     if not libcuda.discover(scan_processes=False):
         raise EnvironmentProblem("the torch workload needs the CUDA driver: no libcuda found")
     return Workload("torch", (sys.executable, str(script), "--mode", mode, "--warmup",
-                              str(WARMUP_S), "--duration", str(duration)), (), WARMUP_S)
+                              str(WARMUP_S), "--duration", str(duration)))
 
 
 def make(name: str, duration: float, cmd: list[str] | None = None,
@@ -63,21 +62,12 @@ def make(name: str, duration: float, cmd: list[str] | None = None,
     raise UsageError(f"unknown workload {name!r}: choose from {', '.join(WORKLOADS)}")
 
 
-def _launches(report: dict[str, Any]) -> dict[str, int]:
-    """The measured tokens' launches, and every launch of the run (warm-up
-    included) where the workload counts them per thread."""
-    counts = {"launches": int(report["launches"])} if "launches" in report else {}
-    if "thread_launches" in report:
-        counts["launches_all"] = sum(int(n) for n in report["thread_launches"])
-    return counts
-
-
 def metric(stdout: str, wall_s: float) -> dict[str, Any]:
     """tokens/s and token time percentiles from the workload's JSON line (and its
     launches when it counts them), or runs/s from its wall time when it printed none."""
     report = json_report(stdout)
     if report is not None:
-        launches = _launches(report)
+        launches = {"launches": int(report["launches"])} if "launches" in report else {}
         return {"tokens_per_s": float(report["tokens_per_s"]),
                 "token_ms_p50": float(report.get("token_us_p50", 0)) / 1e3,
                 "token_ms_p99": float(report.get("token_us_p99", 0)) / 1e3,

@@ -124,29 +124,6 @@ def test_fallback_idles_batch_raises_launchers_and_undoes_everything(hierarchy):
     assert beside >= (0.85 if hierarchy == "v1-host" else 0.75) * alone, (alone, beside)
 
 
-def test_status_shows_the_detectors_windows():
-    """The detector's records while the loader runs (the fallback's detector
-    is the scheduler's): a window that renewed a launcher's tag closed as
-    soon as it launched again, and counted its probe hits."""
-    with fallback_loaded():
-        running = subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "60",
-                                    "--launches", "10", "--work-us", "0",
-                                    "--gpu-wait-us", "1000"], stdout=subprocess.DEVNULL)
-        try:
-            def renewals() -> list[dict[str, Any]]:
-                report = json.loads(scx_gpu("status", "--json").stdout).get("detector", {})
-                return [w for w in report.get("windows", []) if w["closed_by"] == "renewed"]
-            sc.wait_for(lambda: bool(renewals()), 30, "a window renewing the launcher's tag")
-            window = renewals()[-1]
-            assert window["awaited"] >= 1 and window["hits"] > 0, window
-            assert window["open_s"] < 0.05, window  # not the whole 100 ms window
-            assert "detector: probes attached" in scx_gpu("status").stdout
-        finally:
-            running.kill()
-            running.wait()
-    assert not runstate.DETECTOR_STATE.exists()
-
-
 @BOTH
 def test_run_places_commands_under_the_fallback(hierarchy):
     with fallback_loaded() as state:

@@ -13,8 +13,7 @@ def snapshot() -> metrics.Snapshot:
     gpu.runtime_ns, gpu.runs, gpu.preemptions = 2_500_000_000, 40, 7
     gpu.wait_hist[9], gpu.wait_hist[12] = 30, 10   # < 1.024 us and < 8.192 us
     stats.batch_throttled_ns, stats.floor_dispatches, stats.detector_hits = 5 * 10**8, 3, 99
-    return metrics.Snapshot(stats, quota_pct=30, duty_cycle=0.1, enabled=True,
-                            windows_closed={"renewed": 12, "max": 2})
+    return metrics.Snapshot(stats, quota_pct=30, duty_cycle=0.1, enabled=True)
 
 
 def test_render_parses_with_exact_values():
@@ -34,8 +33,6 @@ def test_render_parses_with_exact_values():
     assert samples[("scx_gpu_floor_dispatches_total", ())] == 3
     assert samples[("scx_gpu_detector_hits_total", ())] == 99
     assert samples[("scx_gpu_detector_duty_cycle_ratio", ())] == 0.1
-    assert samples[("scx_gpu_detector_windows_total", (("closed_by", "renewed"),))] == 12
-    assert samples[("scx_gpu_detector_windows_total", (("closed_by", "max"),))] == 2
     assert samples[("scx_gpu_enabled", ())] == 1
 
 

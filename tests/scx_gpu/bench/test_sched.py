@@ -34,8 +34,7 @@ def rows(reps=2):
                "token_ms_p50": 4.0, "token_ms_p99": 10.0, "metric": "tokens/s",
                "launches": 5000, "noise_cpu_s": hogs / 10, "noise_cpu_pct": hogs, "wall_s": 7.0}
         if cell.policy.loads_sched_ext:
-            row.update(probe_hits_per_launch=0.004 + 0.002 * cell.rep,
-                       probe_hits_per_launch_run=0.01, gpu_tier_cpu_share=0.99)
+            row.update(probe_hits_per_launch=0.004 + 0.002 * cell.rep, gpu_tier_cpu_share=0.99)
         out.append(row)
     return out
 
@@ -64,7 +63,6 @@ def test_the_verdict_from_the_standard_summary():
         "detector_cost_pct": 100 * (1 - 194 / 198),
         "scheduler_overhead_pct": 1.0,
         "probe_hits_per_launch_pct": 0.5,
-        "probe_hits_per_launch_run_pct": 1.0,
         "gpu_tier_cpu_share": 0.99,
     })
 
