@@ -234,4 +234,3 @@ def gpu_processes(ids: list[int], root: Path = Path("/")) -> dict[int, list[Gpu]
     known = read_gpus(root)
     pids = {pid for pid in (tgid(i, root) for i in ids) if pid is not None}
     return {pid: process_gpus(pid, root, known) for pid in sorted(pids)}
-

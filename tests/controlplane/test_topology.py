@@ -264,4 +264,3 @@ def test_tagged_threads_map_to_their_processes_and_gpus(tmp_path):
 def test_format_cpulist_round_trips(cpus, text):
     assert tp.format_cpulist(cpus) == text
     assert tp.parse_cpulist(text) == tuple(sorted(cpus))
-
