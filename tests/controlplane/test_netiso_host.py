@@ -78,6 +78,23 @@ def _token_bucket(ns: str, dev: str, rate: str) -> None:
                rate=netshape.parse_rate(rate, dev) // 8, burst=3028, latency=50_000)
 
 
+def _path(net: Net, devs: tuple[str, str, str, str], ends: tuple[str, str],
+          routes: tuple[str, str]) -> None:
+    """A path A - R - B of two veth pairs (devs: A's, R's two, B's): A and B at
+    ends (10.77.X.Y/24), R at .254 of each end's /24, and routes (A's to B's
+    side, B's to A's) via R."""
+    a_dev, ra_dev, rb_dev, b_dev = devs
+    _ip("link", "add", a_dev, "netns", net.a, "type", "veth", "peer", ra_dev, "netns", net.r)
+    _ip("link", "add", b_dev, "netns", net.b, "type", "veth", "peer", rb_dev, "netns", net.r)
+    gateways = [end.rsplit(".", 1)[0] + ".254" for end in ends]
+    for ns, dev, addr in ((net.a, a_dev, f"{ends[0]}/24"), (net.r, ra_dev, f"{gateways[0]}/24"),
+                          (net.r, rb_dev, f"{gateways[1]}/24"), (net.b, b_dev, f"{ends[1]}/24")):
+        _ip("-n", ns, "addr", "add", addr, "dev", dev)
+        _ip("-n", ns, "link", "set", dev, "up")
+    _ip("-n", net.a, "route", "add", routes[0], "via", gateways[0])
+    _ip("-n", net.b, "route", "add", routes[1], "via", gateways[1])
+
+
 @pytest.fixture
 def net() -> Iterator[Net]:
     tag = f"t16n{os.getpid()}"
@@ -87,22 +104,8 @@ def net() -> Iterator[Net]:
         for ns in (net.a, net.b, net.r):
             _ip("netns", "add", ns)
             _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("link", "add", "va", "netns", net.a, "type", "veth", "peer", "ra", "netns", net.r)
-        _ip("link", "add", "vb", "netns", net.b, "type", "veth", "peer", "rb", "netns", net.r)
-        for ns, dev, addr in ((net.a, "va", f"{A_IP}/24"), (net.r, "ra", "10.77.1.254/24"),
-                              (net.r, "rb", "10.77.2.254/24"), (net.b, "vb", f"{B_IP}/24")):
-            _ip("-n", ns, "addr", "add", addr, "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-        _ip("-n", net.a, "route", "add", "default", "via", "10.77.1.254")
-        _ip("-n", net.b, "route", "add", "default", "via", "10.77.2.254")
-        _ip("link", "add", "sa", "netns", net.a, "type", "veth", "peer", "rs", "netns", net.r)
-        _ip("link", "add", "sb", "netns", net.b, "type", "veth", "peer", "rt", "netns", net.r)
-        for ns, dev, addr in ((net.a, "sa", f"{SIDE_A}/24"), (net.r, "rs", "10.77.3.254/24"),
-                              (net.r, "rt", "10.77.4.254/24"), (net.b, "sb", f"{SIDE_B}/24")):
-            _ip("-n", ns, "addr", "add", addr, "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-        _ip("-n", net.a, "route", "add", "10.77.4.0/24", "via", "10.77.3.254")
-        _ip("-n", net.b, "route", "add", "10.77.3.0/24", "via", "10.77.4.254")
+        _path(net, ("va", "ra", "rb", "vb"), (A_IP, B_IP), ("default", "default"))
+        _path(net, ("sa", "rs", "rt", "sb"), (SIDE_A, SIDE_B), ("10.77.4.0/24", "10.77.3.0/24"))
         for dev in ("va", "sa"):
             _ip("-n", net.a, "link", "set", dev, "gso_max_segs", "1")
         subprocess.run(["ip", "netns", "exec", net.r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
