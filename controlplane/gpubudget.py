@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scx_gpu.controlplane import topology
+
 
 def thread_runtime_s(tid: int) -> float | None:
     """CPU time the thread has run, in seconds; None once it is gone."""
@@ -19,17 +21,6 @@ def thread_runtime_s(tid: int) -> float | None:
         return int(Path(f"/proc/{tid}/schedstat").read_text().split()[0]) / 1e9
     except (OSError, IndexError, ValueError):
         return None
-
-
-def thread_tgid(tid: int) -> int | None:
-    """The process of a thread; None once it is gone."""
-    try:
-        for line in Path(f"/proc/{tid}/status").read_text().splitlines():
-            if line.startswith("Tgid:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 @dataclass
@@ -54,7 +45,7 @@ class GpuBudget:
     period_s: float
     bank_s: float
     runtime: Callable[[int], float | None] = thread_runtime_s
-    tgid: Callable[[int], int | None] = thread_tgid
+    tgid: Callable[[int], int | None] = topology.tgid
     clock: Callable[[], float] = time.monotonic
     _last: dict[int, float] = field(default_factory=dict)  # tid -> run time at the last call
     _procs: dict[int, Bucket] = field(default_factory=dict)
