@@ -13,6 +13,7 @@ POLICIES = ("gpu-first", "fair")
 QUOTA_VALUES = f"a percentage {bounds.MIN_QUOTA_PCT}-100, or 'auto'"
 SCOPES = ("thread", "process")
 FALLBACKS = ("refuse", "auto", "mainline")
+GPU_SMT = ("shared", "exclusive")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Config:
     gpu_budget_pct: int = 95         # tagged threads may take this share of all CPUs ...
     gpu_proc_budget_pct: int = 90    # ... and those of one process this share
     sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
+    gpu_smt: str = "shared"          # exclusive: no batch on a gpu thread's SMT sibling
     detect_window_ms: int = 100      # launch probes attached this long ...
     detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
     rescan_s: float = 10.0           # look for new libcuda files this often
@@ -74,6 +76,9 @@ class Config:
             raise UsageError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.scope not in SCOPES:
             raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.gpu_smt not in GPU_SMT:
+            raise UsageError(f"unknown gpu_smt {self.gpu_smt!r}: choose one of "
+                             f"{', '.join(GPU_SMT)}")
         if self.fallback not in FALLBACKS:
             raise UsageError(f"unknown fallback {self.fallback!r}: choose one of "
                              f"{', '.join(FALLBACKS)}")

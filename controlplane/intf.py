@@ -20,12 +20,20 @@ class Scope(IntEnum):
     PROCESS = 1
 
 
+class Smt(IntEnum):
+    SHARED = 0
+    EXCLUSIVE = 1
+
+
 NR_TIERS = 3
 # The bounds the scheduler is built around (intf.h).
 TIMEOUT_MS = 20000
 FLOOR_PCT = 10
 MIN_SLICE_US = 500
 DESIGN_RUNNABLE = 1000
+# Scheduling domains (intf.h).
+MAX_CPUS = 1024
+MAX_DOMS = 64
 WAIT_BUCKETS = 32
 COMM_LEN = 16
 EXIT_REASON_LEN = 128

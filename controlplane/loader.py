@@ -26,15 +26,18 @@ from scx_gpu.controlplane import (
     fallback,
     intf,
     metrics,
+    placement,
     stats,
     stats_socket,
     takeover,
     tiers,
+    topology,
     trust,
 )
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import BackgroundDetach, Detector
 from scx_gpu.controlplane.gpubudget import GpuBudget
+from scx_gpu.controlplane.placement import Placement
 from scx_gpu.controlplane.runstate import (
     FALLBACK_MODE,
     RUN_STATE,
@@ -88,7 +91,7 @@ def preflight() -> None:
     libbpf.require_version()
 
 
-def read_only_options(config: Config) -> ReadOnlyOptions:
+def read_only_options(config: Config, place: Placement) -> ReadOnlyOptions:
     return ReadOnlyOptions(
         slice_ns=config.slice_us * 1000,
         batch_slice_ns=config.batch_slice_us * 1000,
@@ -101,6 +104,8 @@ def read_only_options(config: Config) -> ReadOnlyOptions:
         sched_idle_is_batch=config.sched_idle_batch,
         detect_scope=intf.Scope[config.scope.upper()],
         control_tgid=os.getpid(),
+        nr_doms=place.nr_domains,
+        smt_mode=placement.SMT_MODES[config.gpu_smt],
     )
 
 
@@ -195,8 +200,11 @@ class Loader:
             sched = BpfScheduler()
             undo.callback(sched.close)
             undo.callback(unpin)
-            sched.set_options(read_only_options(self.config))
+            place = placement.placement(topology.read_cpus(), self.config.gpu_smt)
+            sched.set_options(read_only_options(self.config, place))
+            sched.set_placement(place)
             sched.load()
+            self.emit(f"scx-gpu: {place.describe()}")
             sched.write_tunables(tunables(self.config))
             tiers.populate(sched, self.config, tiers.own_cgroups())
             tiers.populate_gpu_allow(sched, self.config.gpu_allow)
@@ -397,7 +405,8 @@ class FallbackLoader(Loader):
             sched = BpfScheduler()
             undo.callback(sched.close)
             sched.detector_only()
-            sched.set_options(read_only_options(self.config))
+            sched.set_options(read_only_options(self.config,
+                                                placement.placement(topology.read_cpus())))
             sched.load()
             tiers.populate_gpu_allow(sched, self.config.gpu_allow)
             undo.pop_all()

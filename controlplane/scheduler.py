@@ -14,6 +14,7 @@ from pathlib import Path
 from scx_gpu.bpf import libbpf, maps, object_path
 from scx_gpu.bpf.bpfobject import BpfObject
 from scx_gpu.controlplane import intf
+from scx_gpu.controlplane.placement import Placement
 from scx_gpu.controlplane.runstate import RUN_DIR
 
 OBJECT = "scx_gpu.bpf.o"
@@ -24,6 +25,7 @@ PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
 PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
                "tier_comm_prefixes", "tier_tasks", "gpu_tags")
 ZERO = c_uint32(0)
+U32_SIZE = ctypes.sizeof(c_uint32)
 # Held around each read-modify-write of the tunables: the loader (its quota
 # loop, membership changes) and `scx-gpu quota set` are separate processes.
 TUNABLES_LOCK = RUN_DIR / "tunables.lock"
@@ -44,6 +46,8 @@ class ReadOnlyOptions:
     sched_idle_is_batch: bool
     detect_scope: int
     control_tgid: int  # the control plane's process: all its threads in the gpu tier
+    nr_doms: int  # scheduling domains (placement.Placement)
+    smt_mode: int  # intf.Smt
 
 
 class BpfScheduler(BpfObject):
@@ -59,6 +63,11 @@ class BpfScheduler(BpfObject):
 
     def set_options(self, options: ReadOnlyOptions) -> None:
         self.set_rodata(vars(options))
+
+    def set_placement(self, place: Placement) -> None:
+        """Each CPU's domain and SMT sibling (with options.nr_doms, before load)."""
+        self.set_rodata_array("cpu_dom", place.cpu_domain, U32_SIZE)
+        self.set_rodata_array("cpu_sibling", place.cpu_sibling, U32_SIZE)
 
     def attach_ops(self) -> None:
         """Register the struct_ops: from here on sched_ext runs our scheduler."""

@@ -187,6 +187,9 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--gpu-pid", type=int, multiple=True, help="Thread/process id that is gpu tier.")
 @click.option("--sched-idle-batch/--no-sched-idle-batch", default=None,
               help="Put SCHED_IDLE tasks in the batch tier.")
+@click.option("--gpu-smt", type=str,
+              help="'exclusive': keep batch off the SMT sibling of a CPU running a gpu "
+                   f"thread; 'shared': no such rule [{DEFAULT.gpu_smt}].")
 @click.option("--fallback", type=str,
               help="Without sched_ext: 'refuse', 'auto' (mainline mechanisms when "
                    f"sched_ext is missing) or 'mainline' (always) [{DEFAULT.fallback}].")

@@ -33,6 +33,20 @@ enum {
 	DESIGN_RUNNABLE	= 1000,	/* runnable tasks per CPU the bound is checked at */
 };
 
+/*
+ * Scheduling domains: a CPU's domain is its LLC (or its NUMA node where LLCs
+ * outnumber MAX_DOMS); each tier has a queue per domain and one per CPU.
+ */
+enum {
+	MAX_CPUS	= 1024,
+	MAX_DOMS	= 64,
+};
+
+enum scx_gpu_smt {
+	SMT_SHARED	= 0,	/* siblings run anything */
+	SMT_EXCLUSIVE	= 1,	/* no batch beside a gpu thread on its core */
+};
+
 enum {
 	WAIT_BUCKETS	= 32,	/* log2(ns) buckets: 1 ns .. ~4 s */
 	COMM_LEN	= 16,

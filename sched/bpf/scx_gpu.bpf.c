@@ -2,11 +2,10 @@
 /*
  * scx_gpu: a sched_ext scheduler that runs GPU-launching threads first.
  *
- * Three tiers, each a queue per scheduling domain (one domain today; the
- * queue id is computed from (tier, domain) so that per-LLC domains only add
- * queues):
+ * Three tiers:
  *  - gpu: threads that called a CUDA launch entry point within gpu_ttl (the
- *    detect_launch uprobe tags them), or pinned there by the operator. FIFO.
+ *    detect_launch uprobe tags them), or pinned there by the operator. FIFO
+ *    by the time it became runnable.
  *    A waking gpu task takes an idle CPU, else preempts a CPU running a lower
  *    tier at once.
  *  - normal: everything else, in deadline order: deadline = the time it
@@ -15,6 +14,18 @@
  *    more than floor_ns younger than the longest waiter.
  *  - batch: runs only on CPU time the others leave idle, within a quota of all
  *    CPUs per period, FIFO by the time it became runnable.
+ * Each tier has a queue per scheduling domain (an LLC, or a NUMA node where
+ * LLCs outnumber MAX_DOMS; the control plane writes each CPU's domain before
+ * load) and one per CPU for tasks that may run on that CPU only: a task
+ * waits in its CPU's queue when pinned, else in its CPU's domain's. A CPU
+ * takes, tier by tier: the earlier head of its own queue and its domain's,
+ * else the first task another domain's queue of that tier gives up
+ * (domains in turn from its own). Tier order is global; only the order
+ * within a tier prefers the local domain. A dispatch locks its own domain's
+ * queues, another domain's only when its own has nothing of that tier;
+ * floor checks and queue lengths are lockless reads, O(domains). Preemption
+ * targets come from per-domain masks of the CPUs running normal and batch,
+ * kept in ops.running/ops.stopping: O(domains), no loop over CPUs or tasks.
  * A CPU keeps running its task when its slice ends and nothing of the same
  * or a higher tier waits (batch over its quota yields).
  *
@@ -29,6 +40,16 @@
  *    on). A gpu thread whose slice ended waits at most s,
  *    and floor slices alternate with queued gpu work. The gpu tier keeps at
  *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
+ *  - across domains: a gpu task waiting in any domain runs before any CPU
+ *    it may use starts a normal or batch slice (dispatch takes it first,
+ *    from any domain); a waking one claims batch (then normal) on its
+ *    previous CPU, in its domain, then in the others, and preempts it at
+ *    once. So its wait is at most one batch slice (2 ms), whatever the
+ *    domains, while any CPU it may use runs batch. Floor service serves the
+ *    longest waiter of all domains (and of the CPU's own queue).
+ *  - --gpu-smt exclusive: no CPU starts a batch slice (floor service
+ *    excepted) while its SMT sibling runs a gpu task, and a gpu task
+ *    starting preempts batch on its sibling at once.
  *  - the normal slice shrinks to slice * C / queued (not below s) so a round
  *    over N runnable normal tasks takes N * s / C; a slice timer enforces
  *    slices shorter than the kernel's tick.
@@ -55,7 +76,8 @@
 char _license[] SEC("license") = "GPL";
 
 #define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
-#define MAX_CPUS	1024
+#define PCPU_DSQS	(1ULL << 24)	/* per-CPU queue id = PCPU_DSQS | cpu << DOMAIN_SHIFT | tier */
+#define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
@@ -75,6 +97,10 @@ const volatile s32 control_tgid;	/* the control plane: every thread of it */
 const volatile bool gpu_allow_set;	/* only gpu_allow_uids/_cgroups may be tagged */
 const volatile u32 gpu_budget_pct = 100;	/* detected gpu threads, all together */
 const volatile u32 gpu_proc_budget_pct = 100;	/* ... and one process's */
+const volatile u32 nr_doms = 1;			/* scheduling domains (LLCs) */
+const volatile u32 cpu_dom[MAX_CPUS];		/* each CPU's domain */
+const volatile u32 smt_mode = SMT_SHARED;
+const volatile u32 cpu_sibling[MAX_CPUS];	/* SMT_EXCLUSIVE: its sibling, itself if none */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -201,6 +227,23 @@ struct {
 	__type(value, struct cpu_ctx);
 } cpu_ctxs SEC(".maps");
 
+/*
+ * Per domain: the CPUs running a normal and a batch task, the candidates a
+ * waking task may preempt. A hint, kept in ops.running/ops.stopping: the
+ * claim compares and swaps cpu_ctx.tier, which is the truth.
+ */
+struct dom_masks {
+	struct bpf_cpumask __kptr *normal;
+	struct bpf_cpumask __kptr *batch;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_DOMS);
+	__type(key, u32);
+	__type(value, struct dom_masks);
+} dom_masks SEC(".maps");
+
 struct timer_slot {
 	struct bpf_timer timer;
 };
@@ -246,6 +289,56 @@ static struct task_ctx *task_ctx_of(struct task_struct *p)
 static u64 dsq_of(u32 tier, u32 dom)
 {
 	return ((u64)dom << DOMAIN_SHIFT) | tier;
+}
+
+/* The queue of @tier for tasks that may run on @cpu only. */
+static u64 pcpu_dsq(u32 tier, s32 cpu)
+{
+	return PCPU_DSQS | ((u64)cpu << DOMAIN_SHIFT) | tier;
+}
+
+static u32 dom_of(s32 cpu)
+{
+	u32 dom;
+
+	if (cpu < 0 || cpu >= MAX_CPUS)
+		return 0;
+	/* The mask proves the index in bounds to the verifier. */
+	dom = cpu_dom[cpu & (MAX_CPUS - 1)];
+	return dom < nr_doms && dom < MAX_DOMS ? dom : 0;
+}
+
+/* The @i-th domain counting from @home: a CPU's own domain first, then the others. */
+static u32 dom_from(u32 home, u32 i)
+{
+	u32 dom = home + i;
+
+	return dom >= nr_doms ? dom - nr_doms : dom;
+}
+
+/*
+ * The CPU @p may run on when its affinity allows one only; -1 otherwise. (A
+ * task with migration disabled stays in its domain's queue: only its own
+ * CPU takes it from there, and the BPF program itself runs with migration
+ * disabled, so the flag is ambiguous for the current task.)
+ */
+static s32 pinned_cpu(struct task_struct *p)
+{
+	return p->nr_cpus_allowed == 1 ? (s32)bpf_cpumask_first(p->cpus_ptr) : -1;
+}
+
+/* The queue of @tier that @p waits in: its CPU's when pinned, else its CPU's domain's. */
+static u64 queue_of(struct task_struct *p, u32 tier)
+{
+	s32 cpu = pinned_cpu(p);
+
+	if (cpu >= 0 && cpu < MAX_CPUS)
+		return pcpu_dsq(tier, cpu);
+	cpu = scx_bpf_task_cpu(p);
+	/* Its affinity changed while it was queued: a domain where it may run. */
+	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+		cpu = bpf_cpumask_any_distribute(p->cpus_ptr);
+	return dsq_of(tier, dom_of(cpu));
 }
 
 /* Tasks in a queue; a negative count is the kernel saying the queue is gone. */
@@ -541,49 +634,78 @@ static bool floor_budget_left(u32 tier)
 }
 
 /*
- * Is @cpu (@c) a CPU that @p may take over, running a lower tier than @than?
- * Floor service lasts one MIN_SLICE_NS: only a waking gpu task, which the
- * guarantee protects, cuts it short.
+ * Claim @cpu, running a @victim task, for @tier: a compare-and-swap, so two
+ * wakers never take the same victim; the claim holds until the CPU runs its
+ * next task (ops.running records that task's tier). Floor service lasts one
+ * MIN_SLICE_NS: only a waking gpu task, which the guarantee protects, cuts it
+ * short.
  */
-static bool cpu_claimable(struct task_struct *p, s32 cpu, struct cpu_ctx *c, u32 lowest, u32 than,
-			  bool waking_gpu)
+static bool try_claim(struct task_struct *p, s32 cpu, u32 victim, u32 tier, bool waking_gpu)
 {
-	return c && c->tier != TIER_IDLE && c->tier >= lowest && c->tier > than &&
-	       (!c->floor || waking_gpu) && bpf_cpumask_test_cpu(cpu, p->cpus_ptr);
+	struct cpu_ctx *c = cpu_ctx_of(cpu);
+
+	return c && c->tier == victim && (!c->floor || waking_gpu) &&
+	       bpf_cpumask_test_cpu(cpu, p->cpus_ptr) &&
+	       __sync_val_compare_and_swap(&c->tier, victim, tier) == victim;
+}
+
+/* A CPU of domain @dom running a @victim task that @p may take, claimed; -1: none. */
+static s32 claim_in(struct task_struct *p, u32 dom, u32 victim, u32 tier, bool waking_gpu)
+{
+	struct dom_masks *m = bpf_map_lookup_elem(&dom_masks, &dom);
+	struct bpf_cpumask *mask, *other;
+	s32 cpu = -1;
+	u32 i;
+
+	if (!m)
+		return -1;
+	bpf_rcu_read_lock();
+	/* Two loads: the verifier refuses a variable offset into a map value with kptrs. */
+	mask = m->batch;
+	other = m->normal;
+	barrier_var(mask);
+	barrier_var(other);
+	if (victim != TIER_BATCH)
+		mask = other;
+	bpf_for(i, 0, CLAIM_TRIES) {
+		if (!mask)
+			break;
+		cpu = bpf_cpumask_any_and_distribute((const struct cpumask *)mask, p->cpus_ptr);
+		if (cpu >= scx_bpf_nr_cpu_ids()) {
+			cpu = -1;
+			break;
+		}
+		if (try_claim(p, cpu, victim, tier, waking_gpu))
+			break;
+		cpu = -1;
+	}
+	bpf_rcu_read_unlock();
+	return cpu;
 }
 
 /*
- * A CPU running a task of a lower tier than @tier (batch first, then normal
- * when allowed) that @p may run on, its previous CPU first to keep its
- * cache. The CPU is claimed for @tier with a compare-and-swap, so two wakers
- * never take the same victim; the claim holds until the CPU runs its next
- * task (ops.running records that task's tier).
+ * A CPU running a task of a lower tier than @tier that @p may run on,
+ * claimed: batch first, then normal when allowed; for each, @p's previous
+ * CPU (its cache), then its domain, then the other domains, from the
+ * domains' masks: O(domains), not O(CPUs).
  */
 static s32 claim_cpu(struct task_struct *p, u32 tier, u64 enq_flags)
 {
 	u32 lowest = tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
 	bool waking_gpu = tier == TIER_GPU && (enq_flags & SCX_ENQ_WAKEUP);
-	s32 cpu, prev = scx_bpf_task_cpu(p), best = -1;
-	struct cpu_ctx *c = cpu_ctx_of(prev);
-	u32 best_tier = tier;
+	s32 prev = scx_bpf_task_cpu(p), cpu;
+	u32 home = dom_of(prev), victim, i;
 
-	if (cpu_claimable(p, prev, c, lowest, best_tier, waking_gpu)) {
-		best = prev;
-		best_tier = c->tier;
-	}
-	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
-		if (cpu >= MAX_CPUS || best_tier == TIER_BATCH)
-			break;
-		c = cpu_ctx_of(cpu);
-		if (cpu_claimable(p, cpu, c, lowest, best_tier, waking_gpu)) {
-			best = cpu;
-			best_tier = c->tier;
+	for (victim = TIER_BATCH; victim >= lowest && victim > tier; victim--) {
+		if (try_claim(p, prev, victim, tier, waking_gpu))
+			return prev;
+		bpf_for(i, 0, nr_doms) {
+			cpu = claim_in(p, dom_from(home, i), victim, tier, waking_gpu);
+			if (cpu >= 0)
+				return cpu;
 		}
 	}
-	c = best >= 0 ? cpu_ctx_of(best) : NULL;
-	if (!c || __sync_val_compare_and_swap(&c->tier, best_tier, tier) != best_tier)
-		return -1;	/* another waker claimed it first, or it changed */
-	return best;
+	return -1;
 }
 
 static void count_preemption(u32 tier)
@@ -594,16 +716,37 @@ static void count_preemption(u32 tier)
 		s->tier[tier].preemptions++;
 }
 
+/* When @p became runnable: each tier's queue is in this order (normal's plus its lag). */
+static u64 runnable_since(struct task_ctx *tctx, u64 now)
+{
+	return tctx && tctx->runnable_at ? tctx->runnable_at : now;
+}
+
+/*
+ * Queue @p in @tier at @vtime: its CPU's queue when it may run there only
+ * (that CPU is told, should it be idle), else its CPU's domain's.
+ */
+static void queue_task(struct task_struct *p, u32 tier, u64 slice, u64 vtime, u64 enq_flags)
+{
+	s32 cpu = pinned_cpu(p);
+
+	dsq_insert_vtime(p, queue_of(p, tier), slice, vtime, enq_flags & ~SCX_ENQ_HEAD);
+	if (cpu >= 0)
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+}
+
 /*
  * A gpu task takes an idle CPU, else preempts a CPU running a lower tier, else
  * waits in its queue. A task whose slice ran out lands here only when another
  * gpu task waited for its CPU, so it too looks for a CPU to take.
  */
-static void queue_gpu_task(struct task_struct *p, u64 enq_flags)
+static void queue_gpu_task(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags,
+			   u64 now)
 {
-	s32 cpu;
+	s32 cpu = scx_bpf_task_cpu(p);
 
-	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr) || !scx_bpf_test_and_clear_cpu_idle(cpu))
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0) {
 		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
@@ -615,7 +758,7 @@ static void queue_gpu_task(struct task_struct *p, u64 enq_flags)
 		count_preemption(TIER_GPU);
 		return;
 	}
-	dsq_insert(p, dsq_of(TIER_GPU, 0), slice_ns, enq_flags);
+	queue_task(p, TIER_GPU, slice_ns, runnable_since(tctx, now), enq_flags);
 }
 
 /* Deadline: when it became runnable plus its weighted slice, at most floor_ns. */
@@ -626,7 +769,7 @@ static u64 normal_deadline(struct task_struct *p, struct task_ctx *tctx, u64 now
 
 	if (t && lag > t->floor_ns)
 		lag = t->floor_ns;
-	return (tctx && tctx->runnable_at ? tctx->runnable_at : now) + lag;
+	return runnable_since(tctx, now) + lag;
 }
 
 static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags,
@@ -634,8 +777,7 @@ static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 
 {
 	s32 cpu;
 
-	dsq_insert_vtime(p, dsq_of(TIER_NORMAL, 0), slice_ns, normal_deadline(p, tctx, now),
-			 enq_flags & ~SCX_ENQ_HEAD);
+	queue_task(p, TIER_NORMAL, slice_ns, normal_deadline(p, tctx, now), enq_flags);
 	if (fair_only || !(enq_flags & SCX_ENQ_WAKEUP))
 		return;
 	cpu = claim_cpu(p, TIER_NORMAL, enq_flags);
@@ -668,11 +810,9 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
 	if (tier == TIER_GPU)
-		queue_gpu_task(p, enq_flags);
+		queue_gpu_task(p, tctx, enq_flags, now);
 	else if (tier == TIER_BATCH)
-		dsq_insert_vtime(p, dsq_of(TIER_BATCH, 0), batch_slice_ns,
-				 tctx && tctx->runnable_at ? tctx->runnable_at : now,
-				 enq_flags & ~SCX_ENQ_HEAD);
+		queue_task(p, TIER_BATCH, batch_slice_ns, runnable_since(tctx, now), enq_flags);
 	else
 		queue_normal_task(p, tctx, enq_flags, now);
 	/*
@@ -684,20 +824,71 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), 0);
 }
 
+enum head_key { HEAD_VTIME, HEAD_SINCE };
+
+static u64 key_of(struct task_struct *p, u32 key)
+{
+	struct task_ctx *tctx;
+
+	if (key == HEAD_VTIME)
+		return p->scx.dsq_vtime;
+	tctx = task_ctx_of(p);
+	return tctx && tctx->runnable_at ? tctx->runnable_at : FOREVER;
+}
+
 /*
- * Floor service: the head of @tier's queue, if it has waited floor_ns and
- * may run on @cpu, runs now (the queue's order makes the head the longest
- * waiter, or within floor_ns of it), within the tier's floor share.
+ * The head of a queue's order (HEAD_VTIME) or when it became runnable
+ * (HEAD_SINCE); FOREVER when the queue is empty. Lockless where the kernel
+ * can peek (7.x), under the queue's lock through an iterator before.
  */
-static bool serve_floor(u32 tier, s32 cpu, u64 now)
+static u64 head_key(u64 dsq_id, u32 key)
+{
+	struct task_struct *p;
+
+	if (bpf_ksym_exists(scx_bpf_dsq_peek)) {
+		p = scx_bpf_dsq_peek(dsq_id);
+		return p ? key_of(p, key) : FOREVER;
+	}
+	bpf_for_each(scx_dsq, p, dsq_id, 0)
+		return key_of(p, key);
+	return FOREVER;
+}
+
+/*
+ * Of the queues of @tier that @cpu serves (its own CPU's, every domain's,
+ * its own domain first on a tie), the one whose head became runnable first;
+ * *@since: when, FOREVER when all are empty. O(domains).
+ */
+static u64 oldest_queue(u32 tier, s32 cpu, u64 *since)
+{
+	u64 best = pcpu_dsq(tier, cpu), dsq_id, at;
+	u32 home = dom_of(cpu), i;
+
+	*since = head_key(best, HEAD_SINCE);
+	bpf_for(i, 0, nr_doms) {
+		dsq_id = dsq_of(tier, dom_from(home, i));
+		at = head_key(dsq_id, HEAD_SINCE);
+		if (at < *since) {
+			*since = at;
+			best = dsq_id;
+		}
+	}
+	return best;
+}
+
+/*
+ * Floor service: the head of @tier's queue @dsq_id, if it has waited
+ * floor_ns and may run on @cpu, runs now (the queue's order makes the head
+ * the longest waiter, or within floor_ns of it), within the tier's floor share.
+ */
+static bool serve_floor(u32 tier, u64 dsq_id, u64 since, s32 cpu, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
-	u64 dsq_id = dsq_of(tier, 0);
 	struct scx_gpu_stats *s;
 	struct task_struct *p;
 	struct task_ctx *tctx;
 
-	if (!t || !queued(dsq_id) || !floor_budget_left(tier) ||
+	if (!t || since == FOREVER || now - since < t->floor_ns || !floor_budget_left(tier) ||
 	    (tier == TIER_BATCH && !batch_budget_left()))
 		return false;
 	bpf_for_each(scx_dsq, p, dsq_id, 0) {
@@ -723,29 +914,60 @@ static bool serve_floor(u32 tier, s32 cpu, u64 now)
 	return false;
 }
 
-/* When the head of @tier's queue became runnable; FOREVER when none. */
-static u64 head_since(u32 tier)
-{
-	struct task_struct *p;
-	struct task_ctx *tctx;
-
-	bpf_for_each(scx_dsq, p, dsq_of(tier, 0), 0) {
-		tctx = task_ctx_of(p);
-		return tctx && tctx->runnable_at ? tctx->runnable_at : FOREVER;
-	}
-	return FOREVER;
-}
-
 /*
- * Floor service for the tier whose head has waited longer first: a storm
- * in one tier leaves the other's longest waiter its turn.
+ * Floor service for the tier whose head has waited longer first, in every
+ * domain: a storm in one tier leaves the other's longest waiter its turn.
  */
 static bool serve_floors(s32 cpu, u64 now)
 {
-	u32 first = head_since(TIER_BATCH) < head_since(TIER_NORMAL) ? TIER_BATCH : TIER_NORMAL;
+	u64 batch_since, normal_since, batch_q, normal_q;
 
-	return serve_floor(first, cpu, now) ||
-	       serve_floor(first == TIER_BATCH ? TIER_NORMAL : TIER_BATCH, cpu, now);
+	batch_q = oldest_queue(TIER_BATCH, cpu, &batch_since);
+	normal_q = oldest_queue(TIER_NORMAL, cpu, &normal_since);
+	if (batch_since < normal_since)
+		return serve_floor(TIER_BATCH, batch_q, batch_since, cpu, now) ||
+		       serve_floor(TIER_NORMAL, normal_q, normal_since, cpu, now);
+	return serve_floor(TIER_NORMAL, normal_q, normal_since, cpu, now) ||
+	       serve_floor(TIER_BATCH, batch_q, batch_since, cpu, now);
+}
+
+/* Tasks of @tier waiting in @cpu's own queue or any domain's. */
+static bool tier_waiting(u32 tier, s32 cpu)
+{
+	u32 dom;
+
+	if (queued(pcpu_dsq(tier, cpu)))
+		return true;
+	bpf_for(dom, 0, nr_doms) {
+		if (queued(dsq_of(tier, dom)))
+			return true;
+	}
+	return false;
+}
+
+/* --gpu-smt exclusive: @cpu's SMT sibling; -1 when none or the option is off. */
+static s32 sibling_of(s32 cpu)
+{
+	u32 sib;
+
+	if (smt_mode != SMT_EXCLUSIVE || cpu < 0 || cpu >= MAX_CPUS)
+		return -1;
+	sib = cpu_sibling[cpu & (MAX_CPUS - 1)];
+	return sib != cpu && sib < MAX_CPUS ? sib : -1;
+}
+
+/* No batch beside a gpu thread on its core (floor service excepted). */
+static bool smt_blocked(s32 cpu)
+{
+	s32 sib = sibling_of(cpu);
+	struct cpu_ctx *c = sib >= 0 ? cpu_ctx_of(sib) : NULL;
+
+	return c && c->tier == TIER_GPU;
+}
+
+static bool batch_may_run(s32 cpu)
+{
+	return batch_budget_left() && !smt_blocked(cpu);
 }
 
 /*
@@ -781,7 +1003,7 @@ static void account_run(struct task_struct *p, struct task_ctx *tctx, u64 now)
  * its run is accounted and its tier looked at here; a floor slice that
  * reaches dispatch ran to its end.
  */
-static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 now)
+static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, s32 cpu, u64 now)
 {
 	u32 tier;
 
@@ -790,7 +1012,7 @@ static u32 keepable_tier(struct task_struct *prev, struct task_ctx *tctx, u64 no
 	account_run(prev, tctx, now);
 	tctx->floor_served = false;
 	tier = task_tier(prev, tctx, now);
-	if (tier >= NR_TIERS || (tier == TIER_BATCH && !batch_budget_left()))
+	if (tier >= NR_TIERS || (tier == TIER_BATCH && !batch_may_run(cpu)))
 		return NR_TIERS;
 	return tier;
 }
@@ -812,14 +1034,40 @@ static bool over_budget_slice(struct task_ctx *tctx)
 	return tctx && tctx->metered && tctx->tier != TIER_GPU;
 }
 
+static __always_inline void mark_cpu(struct bpf_cpumask *mask, s32 cpu, bool on)
+{
+	/* Read first: an unchanged bit costs no atomic write on a shared line. */
+	if (!mask || bpf_cpumask_test_cpu(cpu, (const struct cpumask *)mask) == on)
+		return;
+	if (on)
+		bpf_cpumask_set_cpu(cpu, mask);
+	else
+		bpf_cpumask_clear_cpu(cpu, mask);
+}
+
+/* Record the tier @cpu runs: its cpu_ctx, and its domain's masks. */
+static void set_cpu_tier(struct cpu_ctx *c, s32 cpu, u32 tier)
+{
+	u32 dom = dom_of(cpu);
+	struct dom_masks *m = bpf_map_lookup_elem(&dom_masks, &dom);
+
+	c->tier = tier;
+	if (!m)
+		return;
+	bpf_rcu_read_lock();
+	mark_cpu(m->normal, cpu, tier == TIER_NORMAL);
+	mark_cpu(m->batch, cpu, tier == TIER_BATCH);
+	bpf_rcu_read_unlock();
+}
+
 /* Refilled: the kernel keeps prev running, with no idle gap. */
 static void keep_running(struct task_struct *prev, struct task_ctx *tctx, struct cpu_ctx *c,
-			 u32 tier, u64 now)
+			 s32 cpu, u32 tier, u64 now)
 {
 	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns : slice_ns;
 	if (!c)
 		return;
-	c->tier = tier;
+	set_cpu_tier(c, cpu, tier);
 	c->pid = prev->pid;
 	c->floor = false;
 	if (over_budget_slice(tctx)) {
@@ -829,30 +1077,51 @@ static void keep_running(struct task_struct *prev, struct task_ctx *tctx, struct
 	}
 }
 
+/*
+ * @tier's next task for @cpu: the earlier head of its own CPU's queue and its
+ * domain's, else the first another domain gives up (in domain order from its
+ * own): stealing within a tier keeps the tier order across domains.
+ */
+static bool take_tier(u32 tier, s32 cpu)
+{
+	u32 home = dom_of(cpu), i;
+	u64 mine = pcpu_dsq(tier, cpu), local = dsq_of(tier, home);
+
+	if (queued(mine) && head_key(mine, HEAD_VTIME) <= head_key(local, HEAD_VTIME) &&
+	    dsq_move_to_local(mine))
+		return true;
+	if (dsq_move_to_local(local) || dsq_move_to_local(mine))
+		return true;
+	bpf_for(i, 1, nr_doms) {
+		if (dsq_move_to_local(dsq_of(tier, dom_from(home, i))))
+			return true;
+	}
+	return false;
+}
+
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 {
 	struct task_ctx *ptctx = prev ? task_ctx_of(prev) : NULL;
 	bool after_floor = ptctx && ptctx->floor_served;
 	u64 now = bpf_ktime_get_ns();
-	u32 keep = keepable_tier(prev, ptctx, now);
+	u32 keep = keepable_tier(prev, ptctx, cpu, now);
 	struct cpu_ctx *c = cpu_ctx_of(cpu);
 
 	/* Floor slices alternate with waiting gpu tasks: one at a time ahead of them. */
-	if (!(after_floor && queued(dsq_of(TIER_GPU, 0))) && serve_floors(cpu, now))
+	if (!(after_floor && tier_waiting(TIER_GPU, cpu)) && serve_floors(cpu, now))
 		return;
 	/* A queue of the same tier as prev goes first: round robin within a tier. */
-	if (dsq_move_to_local(dsq_of(TIER_GPU, 0)))
+	if (take_tier(TIER_GPU, cpu))
 		return;
-	if (keep >= TIER_NORMAL && dsq_move_to_local(dsq_of(TIER_NORMAL, 0)))
+	if (keep >= TIER_NORMAL && take_tier(TIER_NORMAL, cpu))
 		return;
-	if (keep >= TIER_BATCH && batch_budget_left() &&
-	    dsq_move_to_local(dsq_of(TIER_BATCH, 0)))
+	if (keep >= TIER_BATCH && batch_may_run(cpu) && take_tier(TIER_BATCH, cpu))
 		return;
 	if (keep < NR_TIERS) {
-		keep_running(prev, ptctx, c, keep, now);
+		keep_running(prev, ptctx, c, cpu, keep, now);
 		return;
 	}
-	if (!queued(dsq_of(TIER_BATCH, 0)))
+	if (batch_budget_left() || !tier_waiting(TIER_BATCH, cpu))
 		return;
 	if (c && !c->throttled_since)
 		c->throttled_since = now;
@@ -867,12 +1136,15 @@ void BPF_STRUCT_OPS(gpu_runnable, struct task_struct *p, u64 enq_flags)
 		tctx->runnable_at = bpf_ktime_get_ns();
 }
 
-/* The normal slice: slice * C / queued, at least MIN_SLICE_NS. */
+/* The normal slice: slice * C / queued (in all domains), at least MIN_SLICE_NS. */
 static u64 normal_slice(void)
 {
-	u64 n = queued(dsq_of(TIER_NORMAL, 0));
-	u64 slice = n > nr_cpus ? slice_ns * nr_cpus / n : slice_ns;
+	u64 n = 0, slice;
+	u32 dom;
 
+	bpf_for(dom, 0, nr_doms)
+		n += queued(dsq_of(TIER_NORMAL, dom));
+	slice = n > nr_cpus ? slice_ns * nr_cpus / n : slice_ns;
 	return slice < MIN_SLICE_NS ? MIN_SLICE_NS : slice;
 }
 
@@ -914,21 +1186,37 @@ static int slice_tick(void *map, int *key, struct timer_slot *ts)
 static void set_running_slice(struct task_struct *p, struct task_ctx *tctx, struct cpu_ctx *c,
 			      u64 now)
 {
-	if (tctx->floor_served || over_budget_slice(tctx))
+	u64 slice;
+
+	if (tctx->floor_served || over_budget_slice(tctx)) {
 		p->scx.slice = MIN_SLICE_NS;
-	else if (tctx->tier == TIER_NORMAL && p->scx.slice > normal_slice())
-		p->scx.slice = normal_slice();
+	} else if (tctx->tier == TIER_NORMAL) {
+		slice = normal_slice();
+		if (p->scx.slice > slice)
+			p->scx.slice = slice;
+	}
 	if (p->scx.slice >= slice_ns)
 		return;
 	c->slice_end = now + p->scx.slice;
 	arm_slice_timer();
 }
 
+/* --gpu-smt exclusive: a gpu thread starting on @cpu preempts batch on its sibling. */
+static void evict_sibling_batch(s32 cpu)
+{
+	s32 sib = sibling_of(cpu);
+	struct cpu_ctx *c = sib >= 0 ? cpu_ctx_of(sib) : NULL;
+
+	if (c && c->tier == TIER_BATCH && !c->floor)
+		scx_bpf_kick_cpu(sib, SCX_KICK_PREEMPT);
+}
+
 void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	struct scx_gpu_stats *s = stat();
-	struct cpu_ctx *c = cpu_ctx_of(scx_bpf_task_cpu(p));
+	s32 cpu = scx_bpf_task_cpu(p);
+	struct cpu_ctx *c = cpu_ctx_of(cpu);
 	u64 now = bpf_ktime_get_ns(), waited;
 	struct tier_stats *ts;
 
@@ -936,8 +1224,10 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 		return;
 	tctx->run_at = now;
 	tctx->waited_from = tctx->runnable_at ?: now;
+	if (tctx->tier == TIER_GPU)
+		evict_sibling_batch(cpu);
 	if (c) {
-		c->tier = tctx->tier;
+		set_cpu_tier(c, cpu, tctx->tier);
 		c->pid = p->pid;
 		c->floor = tctx->floor_served;
 		set_running_slice(p, tctx, c, now);
@@ -963,14 +1253,19 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	struct scx_gpu_stats *s = stat();
-	struct cpu_ctx *c = cpu_ctx_of(scx_bpf_task_cpu(p));
+	s32 cpu = scx_bpf_task_cpu(p), sib;
+	struct cpu_ctx *c = cpu_ctx_of(cpu);
 	u64 now = bpf_ktime_get_ns();
 
 	if (c) {
 		/* The record must be of @p's CPU, also when this runs on another one. */
 		if (c->pid && c->pid != p->pid && s)
 			s->cpu_mismatches++;
-		c->tier = TIER_IDLE;
+		/* The sibling that kept batch off its CPU for this gpu thread may run it now. */
+		sib = c->tier == TIER_GPU ? sibling_of(cpu) : -1;
+		if (sib >= 0 && tier_waiting(TIER_BATCH, sib))
+			scx_bpf_kick_cpu(sib, SCX_KICK_IDLE);
+		set_cpu_tier(c, cpu, TIER_IDLE);
 		c->pid = 0;
 		c->floor = false;
 		c->slice_end = 0;
@@ -1042,36 +1337,83 @@ static int period_tick(void *map, int *key, struct timer_slot *ts)
 	u32 tier;
 	s32 cpu;
 
+	bool batch = false;
+	u32 dom;
+
 	batch_used_ns = 0;
 	bpf_for(tier, 0, NR_TIERS)
 		floor_used_ns[tier] = 0;
-	if (queued(dsq_of(TIER_BATCH, 0))) {
-		bpf_for(cpu, 0, scx_bpf_nr_cpu_ids())
+	bpf_for(dom, 0, nr_doms)
+		batch = batch || queued(dsq_of(TIER_BATCH, dom));
+	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
+		if (cpu >= MAX_CPUS)
+			break;
+		if (batch || queued(pcpu_dsq(TIER_BATCH, cpu)))
 			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
 	bpf_timer_start(&ts->timer, t ? t->batch_period_ns : 100 * NSEC_PER_MSEC, 0);
 	return 0;
 }
 
-/* ops.dump: each tier's queue length and its longest waiter. */
-static void dump_tier(u32 tier, u64 now)
+static const char *tier_name(u32 tier)
 {
-	u64 dsq_id = dsq_of(tier, 0), oldest = 0;
+	return tier == TIER_GPU ? "gpu" : tier == TIER_NORMAL ? "normal" : "batch";
+}
+
+struct waiters {
+	u32 queued;
+	s32 pid;	/* the longest waiter, -1: none */
+	u64 oldest;	/* when it became runnable; 0: none */
+};
+
+/* Count a queue's tasks into @w and find its longest waiter (ops.dump: O(tasks)). */
+static void count_waiters(u64 dsq_id, struct waiters *w)
+{
 	struct task_struct *p;
 	struct task_ctx *tctx;
-	s32 pid = -1;
 
+	w->queued += queued(dsq_id);
 	bpf_for_each(scx_dsq, p, dsq_id, 0) {
 		tctx = task_ctx_of(p);
-		if (tctx && tctx->runnable_at && (!oldest || tctx->runnable_at < oldest)) {
-			oldest = tctx->runnable_at;
-			pid = p->pid;
+		if (tctx && tctx->runnable_at && (!w->oldest || tctx->runnable_at < w->oldest)) {
+			w->oldest = tctx->runnable_at;
+			w->pid = p->pid;
 		}
 	}
-	scx_gpu_dump("scx_gpu: tier %s: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
-		     tier == TIER_GPU ? "gpu" : tier == TIER_NORMAL ? "normal" : "batch",
-		     queued(dsq_id), pid,
-		     oldest ? (now - oldest) / NSEC_PER_MSEC : 0);
+}
+
+/* One line per queue (@dom), or for the per-CPU queues together (@dom -1). */
+static void dump_waiters(u32 tier, s32 dom, struct waiters *w, u64 now)
+{
+	u64 ms = w->oldest ? (now - w->oldest) / NSEC_PER_MSEC : 0;
+
+	if (dom >= 0)
+		scx_gpu_dump("scx_gpu: tier %s: domain %d: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
+			     tier_name(tier), dom, w->queued, w->pid, ms);
+	else
+		scx_gpu_dump("scx_gpu: tier %s: per-CPU: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
+			     tier_name(tier), w->queued, w->pid, ms);
+}
+
+/* ops.dump: each tier's queue per domain, and its per-CPU queues together. */
+static void dump_tier(u32 tier, u64 now)
+{
+	struct waiters w;
+	u32 dom;
+	s32 cpu;
+
+	bpf_for(dom, 0, nr_doms) {
+		w = (struct waiters){ .pid = -1 };
+		count_waiters(dsq_of(tier, dom), &w);
+		dump_waiters(tier, dom, &w, now);
+	}
+	w = (struct waiters){ .pid = -1 };
+	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
+		if (cpu >= MAX_CPUS)
+			break;
+		count_waiters(pcpu_dsq(tier, cpu), &w);
+	}
+	dump_waiters(tier, -1, &w, now);
 }
 
 void BPF_STRUCT_OPS(gpu_dump, struct scx_dump_ctx *dctx)
@@ -1100,17 +1442,57 @@ static s32 start_timer(u32 which, void *cb, u64 delay)
 	return delay ? bpf_timer_start(&ts->timer, delay, 0) : 0;
 }
 
+static __always_inline s32 new_mask(struct bpf_cpumask __kptr **slot)
+{
+	struct bpf_cpumask *mask = bpf_cpumask_create();
+
+	if (!mask)
+		return -ENOMEM;
+	mask = bpf_kptr_xchg(slot, mask);
+	if (mask)
+		bpf_cpumask_release(mask);
+	return 0;
+}
+
+/* Each domain's queues and masks, each CPU's queues. */
+static s32 create_queues(void)
+{
+	struct dom_masks *m;
+	u32 dom, tier;
+	s32 cpu, ret;
+
+	bpf_for(dom, 0, nr_doms) {
+		m = bpf_map_lookup_elem(&dom_masks, &dom);
+		if (!m)
+			return -ENOENT;
+		ret = new_mask(&m->normal) ?: new_mask(&m->batch);
+		if (ret)
+			return ret;
+		bpf_for(tier, 0, NR_TIERS) {
+			ret = scx_bpf_create_dsq(dsq_of(tier, dom), -1);
+			if (ret)
+				return ret;
+		}
+	}
+	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
+		if (cpu >= MAX_CPUS)
+			break;
+		bpf_for(tier, 0, NR_TIERS) {
+			ret = scx_bpf_create_dsq(pcpu_dsq(tier, cpu), -1);
+			if (ret)
+				return ret;
+		}
+	}
+	return 0;
+}
+
 s32 BPF_STRUCT_OPS_SLEEPABLE(gpu_init)
 {
 	struct scx_gpu_tunables *t = tun();
-	u32 tier;
-	s32 ret;
+	s32 ret = create_queues();
 
-	bpf_for(tier, 0, NR_TIERS) {
-		ret = scx_bpf_create_dsq(dsq_of(tier, 0), -1);
-		if (ret)
-			return ret;
-	}
+	if (ret)
+		return ret;
 	if (!t)
 		return -ENOENT;
 	return start_timer(SLICE_TIMER, slice_tick, 0) ?:

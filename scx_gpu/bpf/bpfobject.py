@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from scx_gpu.bpf import libbpf, probesite
@@ -43,15 +43,26 @@ class BpfObject:
                 name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
         return self._layouts[section]
 
+    def _rodata(self) -> int:
+        size = ctypes.c_size_t()
+        return libbpf.check_ptr(self._lib.bpf_map__initial_value(self._map(".rodata"),
+                                                                 ctypes.byref(size)), ".rodata")
+
     def set_rodata(self, values: Mapping[str, int | bool]) -> None:
         """Write read-only options (const volatile globals) before load."""
-        size = ctypes.c_size_t()
-        base = libbpf.check_ptr(self._lib.bpf_map__initial_value(self._map(".rodata"),
-                                                                 ctypes.byref(size)), ".rodata")
+        base = self._rodata()
         layout = self.section_vars(".rodata")
         for name, value in values.items():
             offset, width = layout[name]
             _CTYPE_BY_SIZE[width].from_address(base + offset).value = int(value)
+
+    def set_rodata_array(self, name: str, values: Sequence[int], elem_size: int) -> None:
+        """Write the first len(values) elements of a read-only array before load."""
+        offset, width = self.section_vars(".rodata")[name]
+        if len(values) * elem_size > width:
+            raise ValueError(f"{len(values)} values overflow {name} ({width // elem_size})")
+        array = (_CTYPE_BY_SIZE[elem_size] * len(values)).from_address(self._rodata() + offset)
+        array[:] = list(values)
 
     def set_max_entries(self, map_name: str, entries: int) -> None:
         libbpf.check(self._lib.bpf_map__set_max_entries(self._map(map_name), entries),

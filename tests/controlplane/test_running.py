@@ -12,8 +12,10 @@ import pytest
 from scx_gpu.controlplane import autoquota, loader
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.intf import QuotaMode
+from scx_gpu.controlplane.placement import placement
 from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.scheduler import BpfScheduler
+from scx_gpu.controlplane.topology import read_cpus
 
 pytestmark = pytest.mark.root
 CONFIG = Config(quota="auto", auto_quota_period_s=0.001)
@@ -25,7 +27,7 @@ def sched() -> Iterator[BpfScheduler]:
     obj = BpfScheduler()
     try:
         obj.detector_only()
-        obj.set_options(loader.read_only_options(CONFIG))
+        obj.set_options(loader.read_only_options(CONFIG, placement(read_cpus())))
         obj.load()
         obj.write_tunables(loader.tunables(CONFIG))
         yield obj
