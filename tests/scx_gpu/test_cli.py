@@ -27,7 +27,7 @@ def test_load_help_shows_the_configuration_defaults():
     shown = ("policy", "quota", "gpu_wait_target_us", "auto_quota_min", "auto_quota_max",
              "period_ms", "floor_ms", "gpu_ttl_ms", "scope", "detect_window_ms",
              "detect_period_ms", "rescan_s", "fallback", "stats_interval_s", "net_share_pct",
-             "gpu_budget_pct", "gpu_proc_budget_pct")
+             "gpu_budget_pct", "gpu_proc_budget_pct", "gpu_smt")
     flag = {"gpu_wait_target_us": "--gpu-wait-target", "stats_interval_s": "--stats-interval",
             "gpu_budget_pct": "--gpu-budget", "gpu_proc_budget_pct": "--gpu-proc-budget"}
     for name in shown:
@@ -35,6 +35,17 @@ def test_load_help_shows_the_configuration_defaults():
         text = f"[{value:g}]" if isinstance(value, float) else f"[{value}]"
         option = flag.get(name, "--" + name.replace("_", "-"))
         assert text in " ".join(options[option].split()), (option, options[option])
+
+
+def test_gpu_smt_takes_shared_or_exclusive(tmp_path):
+    proc = scx_gpu("load", "--gpu-smt", "exclusive", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    assert "exclusive" in proc.stdout
+    toml = tmp_path / "c.toml"
+    toml.write_text('gpu_smt = "exclusive"\n')
+    assert "exclusive" in scx_gpu("load", "--config", str(toml), "--print-config").stdout
+    assert_one_line_error(scx_gpu("load", "--gpu-smt", "half", "--print-config"), 2,
+                          ["gpu_smt", "shared, exclusive"])
 
 
 def test_version():
