@@ -9,7 +9,9 @@ skipped. In the guest, a test that runs past GUEST_TEST_TIMEOUT_S fails with
 its threads' stacks, the processes and the kernel's recent warnings, and the
 session goes on. `@pytest.mark.vm(host=True)` marks
 a test whose body runs on the host and boots VMs itself (still deselected by
-`-m "not vm"`). `@pytest.mark.root` tests fail without root.
+`-m "not vm"`). `@pytest.mark.vm(topology="sockets=2,cores=2,threads=2")`
+marks a test that needs that emulated topology: the tests of each topology
+share a boot of their own. `@pytest.mark.root` tests fail without root.
 """
 
 import json
@@ -58,25 +60,37 @@ def _guest_body(item: pytest.Item) -> bool:
     return marker is not None and not marker.kwargs.get("host", False)
 
 
+def _topology(item: pytest.Item) -> str:
+    """The emulated topology the test asks for; "" for the default flat vCPUs."""
+    marker = item.get_closest_marker("vm")
+    return str(marker.kwargs.get("topology", "")) if marker else ""
+
+
 class GuestSession:
-    """Runs the session's vm tests in one boot, once, on first demand."""
+    """Runs the session's vm tests, one boot per topology, each once, on first demand."""
 
     def __init__(self, items: list[pytest.Item]) -> None:
         self.items = items
-        self.outcomes: dict[str, GuestOutcome] | None = None
+        self.outcomes: dict[str, GuestOutcome] = {}
+        self.booted: set[str] = set()
         self.console = ""
         self.failure = ""
 
     def outcome(self, item: pytest.Item) -> GuestOutcome | None:
-        if self.outcomes is None:
-            self.outcomes = self._run(self.items)
+        topology = _topology(item)
+        if topology not in self.booted:
+            self.booted.add(topology)
+            self.outcomes.update(self._run([i for i in self.items if _topology(i) == topology],
+                                           topology))
         return self.outcomes.get(item.nodeid)
 
-    def _run(self, items: list[pytest.Item]) -> dict[str, GuestOutcome]:
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"scx-gpu-vmtests-{os.getpid()}"
+    def _run(self, items: list[pytest.Item], topology: str) -> dict[str, GuestOutcome]:
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / \
+            f"scx-gpu-vmtests-{os.getpid()}-{topology.replace(',', '-').replace('=', '')}"
         nodeids = sorted({item.nodeid for item in items})
+        shape = ["--topology", topology] if topology else []
         cmd = [
-            sys.executable, "-m", "scx_gpu", "vm", "run", "--timeout", str(GUEST_TIMEOUT_S),
+            sys.executable, "-m", "scx_gpu", "vm", "run", *shape, "--timeout", str(GUEST_TIMEOUT_S),
             "--copy", f"{REPO / 'tests'}:/root/tests",
             "--copy", f"{REPO / 'pyproject.toml'}:/root/pyproject.toml",
             "--out", str(out), "--", "env", f"{IN_GUEST_ENV}=1", f"{RESULTS_ENV}={GUEST_RESULTS}",

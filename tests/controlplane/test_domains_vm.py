@@ -1,0 +1,134 @@
+"""The scheduler on an emulated two-socket machine: 8 vCPUs as 2 sockets x 2
+cores x 2 threads, an L3 and a NUMA node per socket (CPUs 0-3 and 4-7; SMT
+pairs 0-1, 2-3, ...). These tests share a boot of their own.
+
+Timing under emulation is coarse (8 vCPUs on a host of 2 cores), so these
+assert large effects only.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scx_gpu.bench import noise
+from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane.tiers import OWN_ROOT
+from tests.helpers import cpu_share, enabled
+
+TOPOLOGY = "sockets=2,cores=2,threads=2"
+pytestmark = pytest.mark.vm(topology=TOPOLOGY)
+DOMAINS = ({0, 1, 2, 3}, {4, 5, 6, 7})
+TRACING = Path("/sys/kernel/tracing")
+
+
+def _dump_lines() -> list[str]:
+    """SysRq-D: sched_ext dumps the scheduler's state (ours: ops.dump) to the trace."""
+    (TRACING / "events/sched_ext/sched_ext_dump/enable").write_text("1")
+    (TRACING / "trace").write_text("")
+    Path("/proc/sysrq-trigger").write_text("D")
+    lines: list[str] = []
+
+    def dumped() -> bool:
+        lines[:] = [line.split("scx_gpu: ", 1)[1] for line in
+                    (TRACING / "trace").read_text().splitlines() if "scx_gpu: tier" in line]
+        return len(lines) >= 9
+    sc.wait_for(dumped, 30, "the dump of every tier's queues")
+    (TRACING / "events/sched_ext/sched_ext_dump/enable").write_text("0")
+    return lines
+
+
+def test_each_llc_has_its_own_queues():
+    with sc.loaded(quiet=False) as log, noise.hogs(4, tier="batch", cpus="4-7"):
+        sc.wait_for(lambda: "scheduling domains" in log.read_text(), 10, "the domains line")
+        lines = _dump_lines()
+        text = log.read_text()
+    print(json.dumps({"dump": lines}))
+    assert "2 scheduling domains: 0-3 | 4-7" in text, text
+    for tier in ("gpu", "normal", "batch"):
+        for where in ("domain 0:", "domain 1:", "per-CPU:"):
+            assert sum(line.startswith(f"tier {tier}: {where}") for line in lines) == 1, lines
+
+
+# A gpu-tier thread that spins, first on CPU 0 among the gpu hogs of domain 0,
+# then allowed everywhere: prints the share of the next seconds it spent
+# runnable but not running (its run delay) and the CPUs it ran on.
+SPIN = """
+import json, os, sys, time
+def delay():
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+def cpu():
+    with open("/proc/thread-self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])
+os.sched_setaffinity(0, {0})
+end = time.monotonic() + 1
+while time.monotonic() < end:
+    pass
+os.sched_setaffinity(0, set(range(os.cpu_count())))
+start, waited, cpus = time.monotonic(), delay(), {}
+while (now := time.monotonic()) < start + float(sys.argv[1]):
+    cpus[cpu()] = cpus.get(cpu(), 0) + 1
+print(json.dumps({"run_delay": (delay() - waited) / (now - start), "cpus": cpus}))
+"""
+
+
+def test_a_gpu_thread_is_not_kept_behind_batch_in_the_other_domain():
+    # Domain 0 is full of gpu work (3 hogs per CPU), domain 1 runs batch only.
+    # The spinner must take a CPU from batch in domain 1 rather than queue
+    # behind the gpu hogs at home: there it would wait about 3/4 of its time.
+    seconds = 6
+    with sc.loaded("--quota", "100"), noise.hogs(4, tier="batch", cpus="4-7"), \
+            noise.hogs(12, tier="gpu", cpus="0-3"):
+        out = subprocess.run([*sc.SCX_GPU, "run", "--tier", "gpu", "--", sys.executable, "-c",
+                              SPIN, str(seconds)], capture_output=True, text=True, timeout=120)
+        batch_share = cpu_share(OWN_ROOT / "batch", 2)
+        assert enabled(), "the kernel ejected the scheduler"
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    report["batch_share"] = batch_share
+    print(json.dumps(report))
+    ran = {int(c): n for c, n in report["cpus"].items()}
+    on_domain_1 = sum(n for c, n in ran.items() if c in DOMAINS[1]) / sum(ran.values())
+    assert on_domain_1 >= 0.9, report
+    assert report["run_delay"] <= 0.25, report
+    # Batch keeps the rest of domain 1 (3 of 8 CPUs): the test had batch to preempt.
+    assert batch_share >= 0.25, report
+
+
+def _run_ns() -> dict[int, int]:
+    """Each CPU's time running tasks (not idle), ns, from /proc/schedstat: a
+    clock, unlike /proc/stat's ticks, which an emulated vCPU misses when its
+    host thread waits."""
+    run = {}
+    for line in Path("/proc/schedstat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            run[int(name[3:])] = int(fields[6])
+    return run
+
+
+@pytest.mark.parametrize("smt", ["exclusive", "shared"])
+def test_exclusive_smt_keeps_batch_off_gpu_siblings(smt):
+    # gpu hogs on CPUs 0 and 4; under exclusive their siblings 1 and 5 run no
+    # batch while 6 batch hogs share the 4 CPUs left. Shared, the control,
+    # shows that batch would take them.
+    seconds, siblings, others = 5, (1, 5), (2, 3, 6, 7)
+    with sc.loaded("--gpu-smt", smt, "--quota", "100"), \
+            noise.hogs(6, tier="batch"), noise.hogs(2, tier="gpu", cpus="0,4"):
+        time.sleep(1)  # the hogs' first moves settle
+        before, start = _run_ns(), time.monotonic()
+        batch_share = cpu_share(OWN_ROOT / "batch", seconds)
+        after, took = _run_ns(), time.monotonic() - start
+        assert enabled(), "the kernel ejected the scheduler"
+    busy = {cpu: (after[cpu] - before[cpu]) / 1e9 / took for cpu in after}
+    print(json.dumps({"smt": smt, "cpu_busy": busy, "batch_share": batch_share}))
+    least = min(busy[c] for c in others)
+    if smt == "exclusive":
+        assert all(busy[cpu] <= 0.25 * least for cpu in siblings), busy
+        assert batch_share >= 0.35, busy  # 4 of 8 CPUs: batch ran, elsewhere
+    else:
+        assert all(busy[cpu] >= 0.5 * least for cpu in siblings), busy
