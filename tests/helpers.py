@@ -1,6 +1,6 @@
 """Helpers shared by the tests: run the CLI as a user would, check errors, read
-sched_ext's state and `scx-gpu load --json`'s lines, run the synthetic
-launcher and CPU hogs."""
+sched_ext's state, `scx-gpu load --json`'s lines and the scheduler's dump, run
+the synthetic launcher and CPU hogs."""
 
 import json
 import os
@@ -14,11 +14,14 @@ from typing import Any
 
 from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
+from scx_gpu.controlplane.loader import DUMP_MARK
 from scx_gpu.controlplane.runstate import sched_ext_state
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.workloads import program
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
+TRACING = Path("/sys/kernel/tracing")
+DUMP_EVENT = TRACING / "events/sched_ext/sched_ext_dump/enable"
 
 
 def scx_gpu(*args: str, timeout: float = 900, env: dict[str, str] | None = None,
@@ -89,8 +92,9 @@ def launcher(*args: str, tier: str | None = None, nice: int = 0,
 
 @contextmanager
 def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
-         idle: bool = False) -> Iterator[Path]:
-    """count CPU hogs (stress-ng) for the body's duration; yields their cgroup.
+             idle: bool = False, cpus: str = "") -> Iterator[Path]:
+    """count CPU hogs (stress-ng) for the body's duration, on the CPU list
+    cpus (default: any); yields their cgroup.
 
     The hogs stay in the caller's session: a new session would be a new
     autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
@@ -100,8 +104,10 @@ def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
     """
     cgroup = OWN_ROOT / tier if tier else noise.NOISE_CGROUP
     assert not tier or cgroup.is_dir(), f"{cgroup} is missing: is scx-gpu loaded?"
-    cmd = sc.in_cgroup(cgroup, noise.lowered(noise.stress_cpu(count), nice, idle))
-    proc = subprocess.Popen(cmd, text=True)
+    cmd = noise.stress_cpu(count)
+    if cpus:  # born there: moved later, they would crowd every CPU meanwhile
+        cmd = ["taskset", "-c", cpus, *cmd]
+    proc = subprocess.Popen(sc.in_cgroup(cgroup, noise.lowered(cmd, nice, idle)), text=True)
     try:
         sc.joined(cgroup, proc, members=count + 1)  # stress-ng and each of its hogs
         yield cgroup
@@ -112,3 +118,29 @@ def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None
+
+
+def arm_dump() -> None:
+    """Trace sched_ext's dumps only, from now on. Slow among saturating gpu
+    threads (it waits for normal-tier kernel threads): done before them."""
+    DUMP_EVENT.write_text("1")
+    (TRACING / "trace").write_text("")
+
+
+def dump() -> None:
+    """SysRq-D: sched_ext dumps the scheduler's state (ours: ops.dump) to the trace."""
+    Path("/proc/sysrq-trigger").write_text("D")
+
+
+def dump_lines() -> list[str]:
+    """The tier lines ("tier NAME: ...") the last dump() left in the trace,
+    once its last (batch's per-CPU queues) is there."""
+    lines: list[str] = []
+
+    def dumped() -> bool:
+        lines[:] = ["tier" + line.split(DUMP_MARK, 1)[1]
+                    for line in (TRACING / "trace").read_text().splitlines() if DUMP_MARK in line]
+        return bool(lines) and lines[-1].startswith("tier batch: per-CPU:")
+    sc.wait_for(dumped, 30, "the dump of every tier")
+    DUMP_EVENT.write_text("0")
+    return lines
