@@ -1382,10 +1382,13 @@ static void count_waiters(u64 dsq_id, struct waiters *w)
 	}
 }
 
-/* One line per queue (@dom), or for the per-CPU queues together (@dom -1). */
+/*
+ * One line per queue (@dom), or for the per-CPU queues together (@dom -1).
+ * A task that became runnable on another CPU since @now was read counts 0 ms.
+ */
 static void dump_waiters(u32 tier, s32 dom, struct waiters *w, u64 now)
 {
-	u64 ms = w->oldest ? (now - w->oldest) / NSEC_PER_MSEC : 0;
+	u64 ms = w->oldest && now > w->oldest ? (now - w->oldest) / NSEC_PER_MSEC : 0;
 
 	if (dom >= 0)
 		scx_gpu_dump("scx_gpu: tier %s: domain %d: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
