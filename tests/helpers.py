@@ -1,6 +1,7 @@
 """Helpers shared by the tests: run the CLI as a user would, check errors, read
 sched_ext's state, `scx-gpu load --json`'s lines and the scheduler's dump, run
-the synthetic launcher and CPU hogs."""
+the synthetic launcher and CPU hogs, and read a task's run-queue waits from
+the tracer's events."""
 
 import json
 import os
@@ -12,11 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scx_gpu.bench import noise
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane.loader import DUMP_MARK
 from scx_gpu.controlplane.runstate import sched_ext_state
 from scx_gpu.controlplane.tiers import OWN_ROOT
+from scx_gpu.tracer import analysis
+from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.workloads import program
 
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
@@ -144,3 +149,14 @@ def dump_lines() -> list[str]:
     sc.wait_for(dumped, 30, "the dump of every tier")
     DUMP_EVENT.write_text("0")
     return lines
+
+
+def runnable_waits_s(events: np.ndarray, tid: int) -> np.ndarray:
+    """Each time tid was ready (woken or preempted) until it ran, from the tracer."""
+    switches = events[events["type"] == EV_SCHED_SWITCH]
+    outs = switches[switches["prev_tid"] == tid]
+    woken = events["ts_ns"][(events["type"] == EV_SCHED_WAKEUP) & (events["tid"] == tid)]
+    ready = np.concatenate([woken, outs["ts_ns"][analysis.still_runnable(
+        outs["prev_state"], (outs["flags"] & FLAG_PREEMPT) != 0)]])
+    ins = switches["ts_ns"][switches["next_tid"] == tid]
+    return analysis.runqueue_waits(ready.astype(np.int64), ins.astype(np.int64)) / 1e9

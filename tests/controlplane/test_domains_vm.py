@@ -18,7 +18,15 @@ from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds
 from scx_gpu.controlplane.topology import NPROC
-from tests.helpers import arm_dump, cpu_hogs, dump, dump_lines, enabled
+from scx_gpu.tracer.session import TraceSession
+from tests.helpers import (
+    arm_dump,
+    cpu_hogs,
+    dump,
+    dump_lines,
+    enabled,
+    runnable_waits_s,
+)
 
 TOPOLOGY = "sockets=2,cores=2,threads=2"
 pytestmark = pytest.mark.vm(topology=TOPOLOGY)
@@ -134,14 +142,15 @@ def test_exclusive_smt_keeps_batch_off_gpu_siblings():
 
 
 # A batch task that spins and records its longest gap between two looks at
-# the clock: a gap is time it did not run.
+# the clock, the last one included (it may come long after the end).
 GAPS = """
 import os, sys, time
 if sys.argv[3] != "any":
     os.sched_setaffinity(0, {int(sys.argv[3])})
 end, last, worst = time.monotonic() + float(sys.argv[1]), time.monotonic(), 0.0
 open(sys.argv[2] + ".ready", "w").close()
-while (now := time.monotonic()) < end:
+while last < end:
+    now = time.monotonic()
     worst, last = max(worst, now - last), now
 open(sys.argv[2], "w").write(str(worst))
 """
@@ -153,21 +162,43 @@ def test_floor_reaches_batch_in_every_domain_and_on_one_cpu(tmp_path):
     seconds, floor_ms = 8, 1000
     with sc.loaded("--floor-ms", str(floor_ms)):
         results = {where: tmp_path / f"gaps-{where}" for where in ("any", "5")}
-        observers = [subprocess.Popen([*sc.SCX_GPU, "run", "--tier", "batch", "--",
-                                       sys.executable, "-c", GAPS, str(seconds + 4), str(path),
-                                       where]) for where, path in results.items()]
+        observers = {where: subprocess.Popen([*sc.SCX_GPU, "run", "--tier", "batch", "--",
+                                              sys.executable, "-c", GAPS, str(seconds + 4),
+                                              str(path), where])
+                     for where, path in results.items()}
         sc.wait_for(lambda: all(Path(f"{p}.ready").exists() for p in results.values()), 60,
                     "the batch observers to start")
-        with cpu_hogs(16, tier="gpu"):
-            time.sleep(seconds)
-            assert enabled(), "the kernel ejected the scheduler"
-        for o in observers:
+        trace = TraceSession(ring_mb=16)
+        try:
+            for o in observers.values():
+                trace.add_process(o.pid)
+            trace.attach_tracepoints()
+            with cpu_hogs(16, tier="gpu"):
+                time.sleep(seconds)
+                assert enabled(), "the kernel ejected the scheduler"
+            # Drained once the hogs are gone: this process is in the normal tier.
+            events, drops = trace.drain(), trace.drops()
+        finally:
+            trace.close()
+        for o in observers.values():
             o.wait(timeout=120)
         floor = sc.status()["scx_gpu"]["totals"]["floor_dispatches"]
+    waits = {where: runnable_waits_s(events, o.pid) for where, o in observers.items()}
     gaps = {where: float(path.read_text()) for where, path in results.items()}
-    print(json.dumps({"max_gap_s": gaps, "floor_dispatches": floor}))
-    assert floor > 0
-    # A gap is time not running, runnable or not: behind a starved lock
-    # holder it adds a floor period to the wait bound (as in the storm test).
-    bound = bounds.wait_bound_s(floor_ms, PERIOD_MS, len(gaps), 8) + floor_ms / 1000
-    assert all(gap <= bound for gap in gaps.values()), (gaps, bound)
+    bound = bounds.wait_bound_s(floor_ms, PERIOD_MS, len(observers), NPROC)
+    print(json.dumps({"max_runnable_wait_s": {w: float(v.max()) for w, v in waits.items()},
+                      "floor_waits": {w: int((v >= floor_ms / 2000).sum())
+                                      for w, v in waits.items()},
+                      "max_gap_s": gaps, "bound_s": bound, "floor_dispatches": floor,
+                      "drops": drops}))
+    assert floor > 0 and drops == 0
+    # Each was served by the floor again and again while the hogs ran ...
+    assert all((w >= floor_ms / 2000).sum() >= seconds * 1000 // floor_ms // 2
+               for w in waits.values()), waits
+    # ... and every wait while runnable ended within the bound.
+    assert all(w.max() <= bound for w in waits.values()), (waits, bound)
+    # The spinners' own gaps are printed, not asserted: with 8 vCPUs on 2
+    # host cores a floor slice (0.5 ms by the guest's clock, 0.35-18 ms on
+    # CPU by the trace) often passes while its vCPU does not run, so a gap
+    # spanned 2-6 floor periods in runs whose waits all ended within 1.07 s,
+    # under main's single queues as under these (2026-11-29).

@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,8 +26,6 @@ from scx_gpu.controlplane.cgroups import CGROUP_ROOT
 from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
-from scx_gpu.tracer import analysis
-from scx_gpu.tracer.events import EV_SCHED_SWITCH, EV_SCHED_WAKEUP, FLAG_PREEMPT
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
 from tests.helpers import (
@@ -41,6 +38,7 @@ from tests.helpers import (
     enabled,
     json_lines,
     launcher,
+    runnable_waits_s,
     scx_gpu,
 )
 
@@ -364,17 +362,6 @@ while (now := time.monotonic()) < end:
     worst, last = max(worst, now - last), now
 open(sys.argv[2], "w").write(str(worst))
 """
-
-
-def runnable_waits_s(events: np.ndarray, tid: int) -> np.ndarray:
-    """Each time tid was ready (woken or preempted) until it ran, from the tracer."""
-    switches = events[events["type"] == EV_SCHED_SWITCH]
-    outs = switches[switches["prev_tid"] == tid]
-    woken = events["ts_ns"][(events["type"] == EV_SCHED_WAKEUP) & (events["tid"] == tid)]
-    ready = np.concatenate([woken, outs["ts_ns"][analysis.still_runnable(
-        outs["prev_state"], (outs["flags"] & FLAG_PREEMPT) != 0)]])
-    ins = switches["ts_ns"][switches["next_tid"] == tid]
-    return analysis.runqueue_waits(ready.astype(np.int64), ins.astype(np.int64)) / 1e9
 
 
 def test_floor_serves_batch_under_gpu_saturation(tmp_path):
