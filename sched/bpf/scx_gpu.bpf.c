@@ -67,7 +67,13 @@
  *    one slice. A process over either runs in the normal tier, in slices of
  *    s, until back within it, and its debt never exceeds a period: over-use costs the
  *    gpu tier at most P after it stops. The control plane and
- *    operator-pinned members are not metered.
+ *    operator-pinned members are not metered. Its threads wait in the
+ *    budget queue, ordered by when they are within budget again: from then
+ *    on they are gpu tasks (first come, first served with the gpu queue of
+ *    the CPU's domain), before then they run only where no gpu or normal
+ *    task waits. So an over-budget thread waits at most P + slice for its
+ *    turn, however many normal tasks wait (in the normal queue it waited a
+ *    round of all of them, and a launcher's tag expired meanwhile).
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -77,6 +83,8 @@ char _license[] SEC("license") = "GPL";
 
 #define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
 #define PCPU_DSQS	(1ULL << 24)	/* per-CPU queue id = PCPU_DSQS | cpu << DOMAIN_SHIFT | tier */
+#define BUDGET_DSQ	(1ULL << 32)	/* one queue: tagged tasks over a gpu budget */
+#define BUDGET_TRIES	8		/* budget queue tasks a dispatch looks at */
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define NSEC_PER_USEC	1000ULL
@@ -787,6 +795,29 @@ static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 
 	}
 }
 
+/*
+ * A tagged task over a gpu budget (in the normal tier, its tag outliving its
+ * debt) waits in the budget queue until it is within budget again; an idle
+ * CPU takes it at once. False: it is not such a task.
+ */
+static bool queue_over_budget(struct task_struct *p, struct task_ctx *tctx, u32 tier,
+			      u64 enq_flags, u64 now)
+{
+	u64 due;
+	s32 cpu;
+
+	if (!tctx || !tctx->metered || tier != TIER_NORMAL)
+		return false;
+	due = over_budget(p, now);
+	if (!due || due >= gpu_tag_expiry(p, now))
+		return false;
+	dsq_insert_vtime(p, BUDGET_DSQ, slice_ns, due, enq_flags & ~SCX_ENQ_HEAD);
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu >= 0)
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	return true;
+}
+
 s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
@@ -813,7 +844,7 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 		queue_gpu_task(p, tctx, enq_flags, now);
 	else if (tier == TIER_BATCH)
 		queue_task(p, TIER_BATCH, batch_slice_ns, runnable_since(tctx, now), enq_flags);
-	else
+	else if (!queue_over_budget(p, tctx, tier, enq_flags, now))
 		queue_normal_task(p, tctx, enq_flags, now);
 	/*
 	 * SCX_ENQ_LAST: dispatch already keeps a runnable task that may go on,
@@ -1099,6 +1130,50 @@ static bool take_tier(u32 tier, s32 cpu)
 	return false;
 }
 
+/*
+ * A task of the budget queue for @cpu: with @due, only one within budget
+ * again, which runs as the gpu task it is again; else any. The queue is in
+ * order of those times, so its head is the first due; a head whose process
+ * ran since it was queued may not be due after all, and then none is yet.
+ */
+static bool take_over_budget(s32 cpu, u64 now, bool due)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+	u32 tries = 0;
+
+	if (!queued(BUDGET_DSQ))
+		return false;
+	bpf_for_each(scx_dsq, p, BUDGET_DSQ, 0) {
+		if (due && (p->scx.dsq_vtime > now || over_budget(p, now)))
+			break;
+		if (++tries > BUDGET_TRIES)
+			break;
+		tctx = task_ctx_of(p);
+		if (!tctx || !bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+			continue;
+		if (due)
+			task_tier(p, tctx, now);
+		if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The gpu tier's next task for @cpu: its queues' or a budget queue task's
+ * that is due, whichever became a gpu task first (own domain's head).
+ */
+static bool take_gpu(s32 cpu, u64 now)
+{
+	u64 due = queued(BUDGET_DSQ) ? head_key(BUDGET_DSQ, HEAD_VTIME) : FOREVER;
+
+	if (due <= now && due <= head_key(dsq_of(TIER_GPU, dom_of(cpu)), HEAD_VTIME) &&
+	    take_over_budget(cpu, now, true))
+		return true;
+	return take_tier(TIER_GPU, cpu) || (due <= now && take_over_budget(cpu, now, true));
+}
+
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 {
 	struct task_ctx *ptctx = prev ? task_ctx_of(prev) : NULL;
@@ -1111,9 +1186,10 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	if (!(after_floor && tier_waiting(TIER_GPU, cpu)) && serve_floors(cpu, now))
 		return;
 	/* A queue of the same tier as prev goes first: round robin within a tier. */
-	if (take_tier(TIER_GPU, cpu))
+	if (take_gpu(cpu, now))
 		return;
-	if (keep >= TIER_NORMAL && take_tier(TIER_NORMAL, cpu))
+	if (keep >= TIER_NORMAL && (take_tier(TIER_NORMAL, cpu) ||
+				    take_over_budget(cpu, now, false)))
 		return;
 	if (keep >= TIER_BATCH && batch_may_run(cpu) && take_tier(TIER_BATCH, cpu))
 		return;
@@ -1424,8 +1500,14 @@ void BPF_STRUCT_OPS(gpu_dump, struct scx_dump_ctx *dctx)
 	u64 now = bpf_ktime_get_ns();
 	u32 tier;
 
+	struct waiters w = { .pid = -1 };
+
 	bpf_for(tier, 0, NR_TIERS)
 		dump_tier(tier, now);
+	count_waiters(BUDGET_DSQ, &w);
+	scx_gpu_dump("scx_gpu: over gpu budget: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
+		     w.queued, w.pid,
+		     w.oldest && now > w.oldest ? (now - w.oldest) / NSEC_PER_MSEC : 0);
 }
 
 /* A higher class took the CPU: what waits in its local queue goes elsewhere. */
@@ -1486,7 +1568,7 @@ static s32 create_queues(void)
 				return ret;
 		}
 	}
-	return 0;
+	return scx_bpf_create_dsq(BUDGET_DSQ, -1);
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(gpu_init)
