@@ -1502,12 +1502,15 @@ void BPF_STRUCT_OPS(gpu_dump, struct scx_dump_ctx *dctx)
 
 	struct waiters w = { .pid = -1 };
 
-	bpf_for(tier, 0, NR_TIERS)
+	bpf_for(tier, 0, NR_TIERS) {
 		dump_tier(tier, now);
-	count_waiters(BUDGET_DSQ, &w);
-	scx_gpu_dump("scx_gpu: over gpu budget: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
-		     w.queued, w.pid,
-		     w.oldest && now > w.oldest ? (now - w.oldest) / NSEC_PER_MSEC : 0);
+		if (tier != TIER_GPU)
+			continue;
+		count_waiters(BUDGET_DSQ, &w);
+		scx_gpu_dump("scx_gpu: tier gpu: over budget: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
+			     w.queued, w.pid,
+			     w.oldest && now > w.oldest ? (now - w.oldest) / NSEC_PER_MSEC : 0);
+	}
 }
 
 /* A higher class took the CPU: what waits in its local queue goes elsewhere. */
