@@ -525,7 +525,7 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
     # 2,000 runnable normal tasks (20 processes forked at once, 100 threads
     # each) beside busy gpu launchers and batch hogs, for two minutes.
     seconds, floor_ms, period_ms = 120, 1000, 100
-    with sc.loaded():
+    with sc.loaded() as log:
         alone = _tokens_per_s()
         # Batch and the launcher first: both are slow to start among 2,000 tasks.
         batch = _spinners(1, 2 * NPROC, seconds + 20, tier="batch")
@@ -539,7 +539,7 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
         storm = _spinners(20, 100, seconds)
         during = json.loads(launcher.communicate(timeout=seconds + 120)[0])["tokens_per_s"]
         normal, hogs = _spun(storm), _spun(batch)
-        assert enabled(), "the kernel ejected the scheduler"
+        assert enabled(), f"the kernel ejected the scheduler:\n{log.read_text()}"
         switches, floors, took = (b - a for a, b in zip(before, _switches_and_floor(),
                                                          strict=True))
     bound = {"normal": bounds.wait_bound_s(floor_ms, period_ms, normal["tasks"] + NPROC, NPROC),
