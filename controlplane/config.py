@@ -7,6 +7,7 @@ from typing import Any
 
 from scx_gpu.controlplane import bounds
 from scx_gpu.controlplane.metrics import parse_addr
+from scx_gpu.controlplane.topology import parse_cpulist
 from scx_gpu.errors import UsageError
 
 POLICIES = ("gpu-first", "fair")
@@ -40,6 +41,7 @@ class Config:
     gpu_proc_budget_pct: int = 90    # ... and those of one process this share
     sched_idle_batch: bool = False   # SCHED_IDLE tasks join the batch tier
     gpu_smt: str = "shared"          # exclusive: no batch on a gpu thread's SMT sibling
+    gpu_cpus: str = ""               # CPU list all gpu work prefers (default: its GPUs' local CPUs)
     detect_window_ms: int = 100      # launch probes attached this long ...
     detect_period_ms: int = 1000     # ... once per period (the detector's duty cycle)
     rescan_s: float = 10.0           # look for new libcuda files this often
@@ -86,6 +88,8 @@ class Config:
             raise UsageError("the mainline fallback runs the gpu-first policy only")
         if self.metrics_addr:
             parse_addr(self.metrics_addr)
+        if self.gpu_cpus and not parse_cpulist(self.gpu_cpus):
+            raise UsageError("gpu_cpus: name at least one CPU (e.g. 0-3,8)")
         self._validate_quota()
         for name in ("period_ms", "floor_ms", "gpu_ttl_ms", "slice_us", "batch_slice_us",
                      "detect_window_ms", "detect_period_ms", "rescan_s", "stats_interval_s",

@@ -34,6 +34,14 @@ DESIGN_RUNNABLE = 1000
 # Scheduling domains (intf.h).
 MAX_CPUS = 1024
 MAX_DOMS = 64
+# GPU locality (intf.h).
+MAX_HOMES = 16
+AWAY_HOME = MAX_HOMES
+NO_HOME = 255
+GPU_CPUS_HOME = 0
+MAX_GPU_PROCS = 4096
+MAX_GPU_CGROUPS = 1024
+CPU_WORDS = MAX_CPUS // 64
 WAIT_BUCKETS = 32
 COMM_LEN = 16
 EXIT_REASON_LEN = 128
@@ -80,6 +88,10 @@ class CommPrefix(Structure):
     _fields_ = [("len", c_uint32), ("prefix", c_char * COMM_LEN)]
 
 
+class HomeCpus(Structure):
+    _fields_ = [("home", c_uint32), ("pad", c_uint32), ("cpus", c_uint64 * CPU_WORDS)]
+
+
 class ExitInfo(Structure):
     _fields_ = [
         ("kind", c_int32),
@@ -98,6 +110,7 @@ MIRRORS: dict[str, type[Structure]] = {
     "scx_gpu_tunables": Tunables,
     "scx_gpu_exit": ExitInfo,
     "comm_prefix": CommPrefix,
+    "home_cpus": HomeCpus,
 }
 
 # enum scx_exit_kind values the control plane tells apart.

@@ -24,6 +24,7 @@ from scx_gpu.controlplane import (
     autoquota,
     colocation,
     fallback,
+    homes,
     intf,
     metrics,
     placement,
@@ -34,6 +35,7 @@ from scx_gpu.controlplane import (
     topology,
     trust,
 )
+from scx_gpu.controlplane.cgroups import cgroup_path
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import BackgroundDetach, Detector
 from scx_gpu.controlplane.gpubudget import GpuBudget
@@ -49,14 +51,16 @@ from scx_gpu.controlplane.scheduler import (
     ReadOnlyOptions,
     comm_prefix_lens,
     gpu_tag_times,
+    live_gpu_tags,
     unpin,
 )
-from scx_gpu.controlplane.topology import NPROC
+from scx_gpu.controlplane.topology import NPROC, Cpu
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
 POLL_S = 0.1
 FALLBACK_BUDGET_BANK_S = 0.5
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
+HOME_SCAN_S = 1.0  # GPU processes' homes looked for (each one's /proc/PID/maps read)
 DISABLE_WAIT_S = 10.0
 RESTART = -1
 CONTROL_NICE = -20  # ahead of the normal tier's other work; the detector thread is gpu tier
@@ -91,6 +95,11 @@ def preflight() -> None:
     libbpf.require_version()
 
 
+def gpu_cpus(config: Config, cpus: list[Cpu]) -> tuple[int, ...]:
+    """--gpu-cpus as a CPU list; () when not given (the GPUs say)."""
+    return topology.gpu_cpus_override(config.gpu_cpus, cpus) if config.gpu_cpus else ()
+
+
 def read_only_options(config: Config, place: Placement) -> ReadOnlyOptions:
     return ReadOnlyOptions(
         slice_ns=config.slice_us * 1000,
@@ -106,6 +115,7 @@ def read_only_options(config: Config, place: Placement) -> ReadOnlyOptions:
         control_tgid=os.getpid(),
         nr_doms=place.nr_domains,
         smt_mode=placement.SMT_MODES[config.gpu_smt],
+        gpu_cpus_set=bool(config.gpu_cpus),
     )
 
 
@@ -200,7 +210,9 @@ class Loader:
             sched = BpfScheduler()
             undo.callback(sched.close)
             undo.callback(unpin)
-            place = placement.placement(topology.read_cpus(), self.config.gpu_smt)
+            cpus = topology.read_cpus()
+            gpu_cpus(self.config, cpus)  # a bad --gpu-cpus fails before anything loads
+            place = placement.placement(cpus, self.config.gpu_smt)
             sched.set_options(read_only_options(self.config, place))
             sched.set_placement(place)
             sched.load()
@@ -234,7 +246,7 @@ class Loader:
             scanner = self._rescanner(stack)
             self._announce(sched)
             info = self._loop(detector, scanner, self._tier_sample(sched, detector),
-                              ejected=self._ejected(sched))
+                              ejected=self._ejected(sched), step=self._home_step(sched))
         if info is None:
             self.emit("scx-gpu: detached")
             return 0
@@ -256,6 +268,28 @@ class Loader:
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
                         ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
                         detaching=detach.pending)
+
+    def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:
+        """A step giving GPU processes and their cgroups their homes, every
+        HOME_SCAN_S (none for the fair policy: it has no gpu tier)."""
+        if self.config.policy == "fair":
+            return lambda now: None
+        cpus, gpus = topology.read_cpus(), topology.read_gpus()
+        override, numbers = gpu_cpus(self.config, cpus), homes.HomeNumbers()
+        writer = homes.HomeMaps(sched, tuple(c.cpu for c in cpus if c.online))
+        tags_fd, ttl_ns = sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6
+        cgroups = [tiers.OWN_ROOT / "gpu", *map(cgroup_path, self.config.gpu.cgroups)]
+        last = float("-inf")
+
+        def step(now: float) -> None:
+            nonlocal last
+            if now - last < HOME_SCAN_S:
+                return
+            last = now
+            pids = homes.candidates(live_gpu_tags(tags_fd, ttl_ns), self.config.gpu.pids,
+                                    cgroups)
+            writer.write(homes.assign(pids, gpus, cpus, override, numbers))
+        return step
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:
         return metrics.Snapshot(sched.read_stats(), sched.read_tunables().batch_quota_pct,

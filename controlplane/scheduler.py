@@ -21,6 +21,7 @@ OBJECT = "scx_gpu.bpf.o"
 STRUCT_OPS_MAP = "gpu_ops"
 DETECT_PROG = "detect_launch"  # a link per entry point
 DETECT_MULTI_PROG = "detect_launch_multi"  # a link per library (kernel 6.6 and later)
+SET_HOME_PROG = "gpu_set_home"
 PIN_DIR = Path("/sys/fs/bpf/scx_gpu")
 PINNED_MAPS = ("tunables", "stats", "tier_pids", "tier_cgroups", "tier_comms",
                "tier_comm_prefixes", "tier_tasks", "gpu_tags")
@@ -48,6 +49,7 @@ class ReadOnlyOptions:
     control_tgid: int  # the control plane's process: all its threads in the gpu tier
     nr_doms: int  # scheduling domains (placement.Placement)
     smt_mode: int  # intf.Smt
+    gpu_cpus_set: bool = False  # --gpu-cpus: gpu-tier tasks live in intf.GPU_CPUS_HOME
 
 
 class BpfScheduler(BpfObject):
@@ -119,11 +121,23 @@ class BpfScheduler(BpfObject):
     def set_tier(self, map_name: str, key: ctypes._CData, tier: intf.Tier) -> None:
         """Add a member; tasks' cached tiers are looked up again (a new generation)."""
         maps.update(self.map_fd(map_name), key, c_uint32(tier))
+        self.next_generation()
 
-        def next_generation(tunables: intf.Tunables) -> bool:
+    def next_generation(self) -> None:
+        """Every task's cached tier and home are looked up again at its next wakeup."""
+        def bump(tunables: intf.Tunables) -> bool:
             tunables.tier_gen += 1
             return True
-        self.update_tunables(next_generation)
+        self.update_tunables(bump)
+
+    def set_home(self, home: int, cpus: tuple[int, ...]) -> None:
+        """The CPUs of home (or intf.AWAY_HOME); () leaves it unused."""
+        arg = intf.HomeCpus(home=home)
+        for cpu in cpus:
+            arg.cpus[cpu // 64] |= 1 << (cpu % 64)
+        ret = self.run_syscall(SET_HOME_PROG, arg)
+        if ret:
+            raise libbpf.LibbpfError(f"set the CPUs of home {home}", -ret)
 
     def pin(self, directory: Path = PIN_DIR) -> None:
         """Pin the maps `status` and `quota` use, readable by root only."""

@@ -190,6 +190,9 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--gpu-smt", type=str,
               help="'exclusive': keep batch off the SMT sibling of a CPU running a gpu "
                    f"thread; 'shared': no such rule [{DEFAULT.gpu_smt}].")
+@click.option("--gpu-cpus", type=str,
+              help="CPU list (e.g. 32-63) that all gpu work, and the rest of its cgroups, "
+                   "prefers; default: the CPUs local to the GPUs each process uses.")
 @click.option("--fallback", type=str,
               help="Without sched_ext: 'refuse', 'auto' (mainline mechanisms when "
                    f"sched_ext is missing) or 'mainline' (always) [{DEFAULT.fallback}].")

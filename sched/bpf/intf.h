@@ -42,6 +42,27 @@ enum {
 	MAX_DOMS	= 64,
 };
 
+/*
+ * GPU locality: a home is a set of CPUs local to the GPUs a process uses (or
+ * --gpu-cpus); tasks of that process and of its cgroup prefer it.
+ */
+enum {
+	MAX_HOMES	= 16,		/* distinct sets of GPU-local CPUs at a time */
+	AWAY_HOME	= MAX_HOMES,	/* homes slot: the CPUs outside every home in use */
+	NO_HOME		= 255,		/* a task's home when it has none */
+	GPU_CPUS_HOME	= 0,		/* --gpu-cpus: the one home, of all gpu-tier work */
+	MAX_GPU_PROCS	= 4096,		/* processes with a home */
+	MAX_GPU_CGROUPS	= 1024,		/* cgroups with a home */
+	CPU_WORDS	= MAX_CPUS / 64,
+};
+
+/* The argument of the gpu_set_home program: a home's CPUs, a bit each. */
+struct home_cpus {
+	__u32 home;			/* 0 .. MAX_HOMES - 1, or AWAY_HOME */
+	__u32 pad;
+	__u64 cpus[CPU_WORDS];
+};
+
 enum scx_gpu_smt {
 	SMT_SHARED	= 0,	/* siblings run anything */
 	SMT_EXCLUSIVE	= 1,	/* no batch beside a gpu thread on its core */

@@ -109,6 +109,7 @@ const volatile u32 nr_doms = 1;			/* scheduling domains (LLCs) */
 const volatile u32 cpu_dom[MAX_CPUS];		/* each CPU's domain */
 const volatile u32 smt_mode = SMT_SHARED;
 const volatile u32 cpu_sibling[MAX_CPUS];	/* SMT_EXCLUSIVE: its sibling, itself if none */
+const volatile bool gpu_cpus_set;		/* --gpu-cpus: gpu-tier tasks live in GPU_CPUS_HOME */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -208,6 +209,7 @@ struct task_ctx {
 	u64 cgroup;		/* ... and the id of its cgroup (v2) */
 	u32 policy;
 	u32 tier;
+	u32 home;		/* its home (homes), NO_HOME: none; classified with its tier */
 	bool classified;
 	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
@@ -251,6 +253,36 @@ struct {
 	__type(key, u32);
 	__type(value, struct dom_masks);
 } dom_masks SEC(".maps");
+
+/*
+ * GPU locality: each home's CPUs (the control plane writes them through
+ * gpu_set_home), and which processes and cgroups live in which home.
+ */
+struct home {
+	struct bpf_cpumask __kptr *cpus;
+	u64 doms;		/* the domains its CPUs are in; 0: an unused slot */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_HOMES + 1);	/* and AWAY_HOME */
+	__type(key, u32);
+	__type(value, struct home);
+} homes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_GPU_PROCS);
+	__type(key, u32);	/* tgid */
+	__type(value, u32);	/* home */
+} gpu_proc_homes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_GPU_CGROUPS);
+	__type(key, u64);	/* cgroup id: that cgroup only, not its subtree */
+	__type(value, u32);	/* home */
+} gpu_cgroup_homes SEC(".maps");
 
 struct timer_slot {
 	struct bpf_timer timer;
@@ -579,6 +611,24 @@ static u32 classify(struct task_struct *p, u64 now, u64 *until, bool *metered)
 	return TIER_NORMAL;
 }
 
+/*
+ * @p's home: its process's, else its cgroup's (@cgroup); a gpu-tier task's
+ * under --gpu-cpus. Batch and the control plane have none.
+ */
+static u32 task_home(struct task_struct *p, u32 tier, u64 cgroup)
+{
+	u32 tgid = p->tgid, *home;
+
+	if (tier == TIER_BATCH || p->tgid == control_tgid)
+		return NO_HOME;
+	home = bpf_map_lookup_elem(&gpu_proc_homes, &tgid);
+	if (!home)
+		home = bpf_map_lookup_elem(&gpu_cgroup_homes, &cgroup);
+	if (home)
+		return *home;
+	return tier == TIER_GPU && gpu_cpus_set ? GPU_CPUS_HOME : NO_HOME;
+}
+
 /* What invalidates every cached tier: the control plane's and new launch tags. */
 static u64 tier_generation(void)
 {
@@ -588,7 +638,7 @@ static u64 tier_generation(void)
 }
 
 /*
- * @p's tier, classified again only when something it depends on changed:
+ * @p's tier (and home), classified again only when something it depends on changed:
  * the generation (membership maps, a new launch tag), its launch tag's
  * expiry, its name (exec), its policy, or its cgroup (ops.cgroup_move).
  */
@@ -608,6 +658,7 @@ static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
 		return tctx->tier;
 	tier = classify(p, now, &until, &metered);
 	set_task_tier(tctx, tier);
+	tctx->home = task_home(p, tier, cgroup);
 	tctx->metered = metered;
 	tctx->gen = gen;
 	tctx->tier_until = until;
@@ -657,35 +708,177 @@ static bool try_claim(struct task_struct *p, s32 cpu, u32 victim, u32 tier, bool
 	       __sync_val_compare_and_swap(&c->tier, victim, tier) == victim;
 }
 
-/* A CPU of domain @dom running a @victim task that @p may take, claimed; -1: none. */
-static s32 claim_in(struct task_struct *p, u32 dom, u32 victim, u32 tier, bool waking_gpu)
+/* Domain @dom's CPUs running a @victim task (batch or normal); RCU: the caller's. */
+static __always_inline struct bpf_cpumask *victims_in(u32 dom, u32 victim)
 {
 	struct dom_masks *m = bpf_map_lookup_elem(&dom_masks, &dom);
 	struct bpf_cpumask *mask, *other;
-	s32 cpu = -1;
-	u32 i;
 
 	if (!m)
-		return -1;
-	bpf_rcu_read_lock();
+		return NULL;
 	/* Two loads: the verifier refuses a variable offset into a map value with kptrs. */
 	mask = m->batch;
 	other = m->normal;
 	barrier_var(mask);
 	barrier_var(other);
-	if (victim != TIER_BATCH)
-		mask = other;
+	return victim == TIER_BATCH ? mask : other;
+}
+
+/*
+ * A CPU of domain @dom and of @within running a @victim task that @p may
+ * take, claimed; -1: none. RCU: the caller's.
+ */
+static __always_inline s32 claim_within(struct task_struct *p, u32 dom,
+					const struct cpumask *within, u32 victim,
+					u32 tier, bool waking_gpu)
+{
+	struct bpf_cpumask *mask = victims_in(dom, victim);
+	s32 cpu;
+	u32 i;
+
 	bpf_for(i, 0, CLAIM_TRIES) {
 		if (!mask)
 			break;
-		cpu = bpf_cpumask_any_and_distribute((const struct cpumask *)mask, p->cpus_ptr);
-		if (cpu >= scx_bpf_nr_cpu_ids()) {
-			cpu = -1;
+		cpu = bpf_cpumask_any_and_distribute((const struct cpumask *)mask, within);
+		if (cpu >= scx_bpf_nr_cpu_ids())
+			break;
+		if (try_claim(p, cpu, victim, tier, waking_gpu))
+			return cpu;
+	}
+	return -1;
+}
+
+/* A CPU of domain @dom running a @victim task that @p may take, claimed; -1: none. */
+static s32 claim_in(struct task_struct *p, u32 dom, u32 victim, u32 tier, bool waking_gpu)
+{
+	s32 cpu;
+
+	bpf_rcu_read_lock();
+	cpu = claim_within(p, dom, p->cpus_ptr, victim, tier, waking_gpu);
+	bpf_rcu_read_unlock();
+	return cpu;
+}
+
+/* The lowest tier a task of @tier may preempt. */
+static u32 lowest_victim(u32 tier)
+{
+	return tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
+}
+
+/*
+ * The CPUs of home @home when @p may run on all of them, else NULL (its
+ * affinity decides alone); RCU: the caller's.
+ */
+static __always_inline struct bpf_cpumask *home_cpus(struct task_struct *p, u32 home, u64 *doms)
+{
+	struct home *h;
+	struct bpf_cpumask *mask;
+
+	if (home > AWAY_HOME)
+		return NULL;
+	h = bpf_map_lookup_elem(&homes, &home);
+	if (!h || !h->doms)
+		return NULL;
+	mask = h->cpus;
+	if (!mask || (home != AWAY_HOME &&
+		      !bpf_cpumask_subset((const struct cpumask *)mask, p->cpus_ptr)))
+		return NULL;
+	*doms = h->doms;
+	return mask;
+}
+
+/* An idle CPU of @idle and @mask that @p may run on, taken; -1: none. */
+static s32 take_idle_from(struct task_struct *p, const struct cpumask *idle,
+			  const struct cpumask *mask)
+{
+	s32 cpu;
+	u32 i;
+
+	bpf_for(i, 0, CLAIM_TRIES) {
+		cpu = bpf_cpumask_any_and_distribute(idle, mask);
+		if (cpu >= scx_bpf_nr_cpu_ids())
+			break;
+		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(cpu))
+			return cpu;
+	}
+	return -1;
+}
+
+/*
+ * An idle CPU of home @home (or AWAY_HOME) for @p, taken: @prev, then one
+ * of a wholly idle core, then any; -1: none.
+ */
+static s32 take_idle_home(struct task_struct *p, u32 home, s32 prev)
+{
+	const struct cpumask *idle;
+	struct bpf_cpumask *mask;
+	s32 cpu = -1;
+	u64 doms;
+
+	bpf_rcu_read_lock();
+	mask = home_cpus(p, home, &doms);
+	if (!mask)
+		goto out;
+	if (bpf_cpumask_test_cpu(prev, (const struct cpumask *)mask) &&
+	    bpf_cpumask_test_cpu(prev, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(prev)) {
+		cpu = prev;
+		goto out;
+	}
+	idle = scx_bpf_get_idle_smtmask();
+	cpu = take_idle_from(p, idle, (const struct cpumask *)mask);
+	scx_bpf_put_idle_cpumask(idle);
+	if (cpu >= 0)
+		goto out;
+	idle = scx_bpf_get_idle_cpumask();
+	cpu = take_idle_from(p, idle, (const struct cpumask *)mask);
+	scx_bpf_put_idle_cpumask(idle);
+out:
+	bpf_rcu_read_unlock();
+	return cpu;
+}
+
+/*
+ * A CPU of @p's home running a tier below @tier that it may preempt:
+ * claimed when @claim (else only found, a hint), batch first, then normal;
+ * for each, @p's previous CPU, then the home's domains. -1: none.
+ */
+static s32 home_victim(struct task_struct *p, u32 home, u32 tier, u64 enq_flags, bool claim)
+{
+	bool waking_gpu = tier == TIER_GPU && (enq_flags & SCX_ENQ_WAKEUP);
+	s32 prev = scx_bpf_task_cpu(p), cpu = -1;
+	struct bpf_cpumask *mask, *victims;
+	struct cpu_ctx *c;
+	u32 victim, dom;
+	u64 doms = 0;
+
+	bpf_rcu_read_lock();
+	mask = home_cpus(p, home, &doms);
+	for (victim = TIER_BATCH; mask && victim >= lowest_victim(tier) && victim > tier; victim--) {
+		c = cpu_ctx_of(prev);
+		if (bpf_cpumask_test_cpu(prev, (const struct cpumask *)mask) && c &&
+		    (claim ? try_claim(p, prev, victim, tier, waking_gpu) : c->tier == victim)) {
+			cpu = prev;
 			break;
 		}
-		if (try_claim(p, cpu, victim, tier, waking_gpu))
+		bpf_for(dom, 0, nr_doms) {
+			if (dom >= MAX_DOMS || !(doms & (1ULL << dom)))
+				continue;
+			if (claim) {
+				cpu = claim_within(p, dom, (const struct cpumask *)mask, victim, tier,
+						   waking_gpu);
+			} else {
+				victims = victims_in(dom, victim);
+				cpu = victims ? bpf_cpumask_any_and_distribute(
+						(const struct cpumask *)victims,
+						(const struct cpumask *)mask) : -1;
+				if (cpu >= scx_bpf_nr_cpu_ids())
+					cpu = -1;
+			}
+			if (cpu >= 0)
+				break;
+		}
+		if (cpu >= 0)
 			break;
-		cpu = -1;
 	}
 	bpf_rcu_read_unlock();
 	return cpu;
@@ -697,14 +890,13 @@ static s32 claim_in(struct task_struct *p, u32 dom, u32 victim, u32 tier, bool w
  * CPU (its cache), then its domain, then the other domains, from the
  * domains' masks: O(domains), not O(CPUs).
  */
-static s32 claim_cpu(struct task_struct *p, u32 tier, u64 enq_flags)
+static s32 claim_anywhere(struct task_struct *p, u32 tier, u64 enq_flags)
 {
-	u32 lowest = tier == TIER_GPU && gpu_preempts_normal ? TIER_NORMAL : TIER_BATCH;
 	bool waking_gpu = tier == TIER_GPU && (enq_flags & SCX_ENQ_WAKEUP);
 	s32 prev = scx_bpf_task_cpu(p), cpu;
 	u32 home = dom_of(prev), victim, i;
 
-	for (victim = TIER_BATCH; victim >= lowest && victim > tier; victim--) {
+	for (victim = TIER_BATCH; victim >= lowest_victim(tier) && victim > tier; victim--) {
 		if (try_claim(p, prev, victim, tier, waking_gpu))
 			return prev;
 		bpf_for(i, 0, nr_doms) {
@@ -714,6 +906,15 @@ static s32 claim_cpu(struct task_struct *p, u32 tier, u64 enq_flags)
 		}
 	}
 	return -1;
+}
+
+/* claim_anywhere, a CPU of @p's home first. */
+static s32 claim_cpu(struct task_struct *p, u32 tier, u64 enq_flags)
+{
+	struct task_ctx *tctx = task_ctx_of(p);
+	s32 cpu = tctx ? home_victim(p, tctx->home, tier, enq_flags, true) : -1;
+
+	return cpu >= 0 ? cpu : claim_anywhere(p, tier, enq_flags);
 }
 
 static void count_preemption(u32 tier)
@@ -743,27 +944,50 @@ static void queue_task(struct task_struct *p, u32 tier, u64 slice, u64 vtime, u6
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 }
 
+/* @p's previous CPU if idle, else any idle CPU it may use, taken; -1: none. */
+static s32 take_idle_cpu(struct task_struct *p)
+{
+	s32 cpu = scx_bpf_task_cpu(p);
+
+	if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(cpu))
+		return cpu;
+	return scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+}
+
+/* Run gpu task @p at once on @cpu, claimed from a lower tier. */
+static void preempt_for_gpu(struct task_struct *p, s32 cpu, u64 enq_flags)
+{
+	dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+	count_preemption(TIER_GPU);
+}
+
 /*
- * A gpu task takes an idle CPU, else preempts a CPU running a lower tier, else
- * waits in its queue. A task whose slice ran out lands here only when another
- * gpu task waited for its CPU, so it too looks for a CPU to take.
+ * A gpu task takes an idle CPU of its home, else preempts a lower tier
+ * there; only then an idle CPU anywhere, else preempts a lower tier
+ * anywhere; else it waits in its queue. A task whose slice ran out lands
+ * here only when another gpu task waited for its CPU, so it too looks for
+ * a CPU to take.
  */
 static void queue_gpu_task(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags,
 			   u64 now)
 {
-	s32 cpu = scx_bpf_task_cpu(p);
+	u32 home = tctx ? tctx->home : NO_HOME;
+	s32 cpu = take_idle_home(p, home, scx_bpf_task_cpu(p));
 
-	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr) || !scx_bpf_test_and_clear_cpu_idle(cpu))
-		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu < 0 && (cpu = home_victim(p, home, TIER_GPU, enq_flags, true)) >= 0) {
+		preempt_for_gpu(p, cpu, enq_flags);
+		return;
+	}
+	if (cpu < 0)
+		cpu = take_idle_cpu(p);
 	if (cpu >= 0) {
 		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		return;
 	}
-	cpu = claim_cpu(p, TIER_GPU, enq_flags);
+	cpu = claim_anywhere(p, TIER_GPU, enq_flags);
 	if (cpu >= 0) {
-		dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
-		count_preemption(TIER_GPU);
+		preempt_for_gpu(p, cpu, enq_flags);
 		return;
 	}
 	queue_task(p, TIER_GPU, slice_ns, runnable_since(tctx, now), enq_flags);
@@ -818,17 +1042,38 @@ static bool queue_over_budget(struct task_struct *p, struct task_ctx *tctx, u32 
 	return true;
 }
 
+/*
+ * Where @p should wake before the kernel's default choice, -1: no
+ * preference. With a home: an idle CPU there, else one running a tier it
+ * may preempt (its enqueue claims one). Batch: an idle CPU outside every
+ * home in use.
+ */
+static s32 preferred_cpu(struct task_struct *p, struct task_ctx *tctx, u32 tier, s32 prev,
+			 bool *is_idle)
+{
+	s32 cpu = take_idle_home(p, tier == TIER_BATCH ? AWAY_HOME : tctx->home, prev);
+
+	*is_idle = cpu >= 0;
+	if (cpu >= 0 || tier == TIER_BATCH)
+		return cpu;
+	return home_victim(p, tctx->home, tier, 0, false);
+}
+
 s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 	bool is_idle = false;
+	u32 tier;
 	s32 cpu;
 
-	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
-	if (!is_idle || !tctx)
-		return cpu;
+	if (!tctx)
+		return scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
+	tier = task_tier(p, tctx, bpf_ktime_get_ns());
+	cpu = preferred_cpu(p, tctx, tier, prev_cpu, &is_idle);
+	if (cpu < 0)
+		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	/* Batch must go through its queue: the quota decides when it runs. */
-	if (task_tier(p, tctx, bpf_ktime_get_ns()) != TIER_BATCH)
+	if (is_idle && tier != TIER_BATCH)
 		dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	return cpu;
 }
@@ -1643,6 +1888,39 @@ SEC("uprobe.multi")
 int BPF_UPROBE(detect_launch_multi)
 {
 	return tag_launcher();
+}
+
+/*
+ * The control plane sets a home's CPUs (or AWAY_HOME's): a new mask swapped
+ * in whole, so a reader sees the old set or the new one.
+ */
+SEC("syscall")
+int gpu_set_home(struct home_cpus *arg)
+{
+	u64 words[CPU_WORDS], doms = 0;
+	struct bpf_cpumask *mask;
+	u32 home = arg->home;
+	struct home *h;
+	s32 cpu;
+
+	__builtin_memcpy(words, arg->cpus, sizeof(words));
+	h = bpf_map_lookup_elem(&homes, &home);
+	if (!h)
+		return -ENOENT;
+	mask = bpf_cpumask_create();
+	if (!mask)
+		return -ENOMEM;
+	bpf_for(cpu, 0, MAX_CPUS) {
+		if (!(words[(cpu / 64) & (CPU_WORDS - 1)] & (1ULL << (cpu % 64))))
+			continue;
+		bpf_cpumask_set_cpu(cpu, mask);
+		doms |= 1ULL << (dom_of(cpu) & (MAX_DOMS - 1));
+	}
+	mask = bpf_kptr_xchg(&h->cpus, mask);
+	if (mask)
+		bpf_cpumask_release(mask);
+	h->doms = doms;
+	return 0;
 }
 
 SEC(".struct_ops.link")

@@ -131,6 +131,14 @@ class BpfObject:
             f"uprobe_multi {binary}: {', '.join(sites)}")
         return link, list(sites)
 
+    def run_syscall(self, prog: str, arg: ctypes.Structure) -> int:
+        """Run a loaded SEC("syscall") program on arg; its return value (signed)."""
+        opts = libbpf.BpfTestRunOpts(sz=ctypes.sizeof(libbpf.BpfTestRunOpts),
+                                     ctx_in=ctypes.addressof(arg), ctx_size_in=ctypes.sizeof(arg))
+        fd = libbpf.check(self._lib.bpf_program__fd(self._prog(prog)), f"fd of {prog}")
+        libbpf.check(self._lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)), f"run {prog}")
+        return ctypes.c_int32(opts.retval).value
+
     def detach(self, link: int) -> None:
         """Destroy a link that attach() made, before close()."""
         self.links.remove(link)

@@ -59,6 +59,26 @@ class BpfUprobeMultiOpts(Structure):
     ]
 
 
+class BpfTestRunOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
 class BtfType(Structure):
     _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
 
@@ -97,11 +117,14 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__attach_uprobe_opts": (VP, [VP, INT, CP, SZ, POINTER(BpfUprobeOpts)]),
     "bpf_program__attach_uprobe_multi": (VP, [VP, INT, CP, CP, POINTER(BpfUprobeMultiOpts)]),
     "bpf_program__set_autoload": (INT, [VP, c_bool]),
+    "bpf_program__fd": (INT, [VP]),
+    "bpf_prog_test_run_opts": (INT, [INT, POINTER(BpfTestRunOpts)]),
     "bpf_link__destroy": (INT, [VP]),
     "bpf_obj_get": (INT, [CP]),
     "bpf_map_lookup_elem": (INT, [INT, VP, VP]),
     "bpf_map_update_elem": (INT, [INT, VP, VP, c_uint64]),
     "bpf_map_get_next_key": (INT, [INT, VP, VP]),
+    "bpf_map_delete_elem": (INT, [INT, VP]),
     "btf__find_by_name_kind": (INT, [VP, CP, U32]),
     "btf__type_by_id": (POINTER(BtfType), [VP, U32]),
     "btf__name_by_offset": (CP, [VP, U32]),

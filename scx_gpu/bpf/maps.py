@@ -50,6 +50,14 @@ def update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
                                                   BPF_ANY), "bpf_map_update_elem")
 
 
+def delete(fd: int, key: ctypes._CData) -> None:
+    """Remove key; one that is not there is no error."""
+    ret = libbpf.lib().bpf_map_delete_elem(fd, ctypes.byref(key))
+    if ret < 0 and -ret == ENOENT:
+        return
+    libbpf.check(ret, "bpf_map_delete_elem")
+
+
 def keys(fd: int, key_type: type[T]) -> Iterator[T]:
     prev: T | None = None
     while True:

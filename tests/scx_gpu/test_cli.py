@@ -48,6 +48,16 @@ def test_gpu_smt_takes_shared_or_exclusive(tmp_path):
                           ["gpu_smt", "shared, exclusive"])
 
 
+def test_gpu_cpus_takes_a_cpu_list():
+    proc = scx_gpu("load", "--gpu-cpus", "4-7,1", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    assert '"gpu_cpus": "4-7,1"' in proc.stdout
+    assert_one_line_error(scx_gpu("load", "--gpu-cpus", "7-4", "--print-config"), 2,
+                          ["7-4", "backwards"])
+    assert_one_line_error(scx_gpu("load", "--gpu-cpus", ",", "--print-config"), 2,
+                          ["gpu_cpus", "at least one CPU"])
+
+
 def test_version():
     proc = scx_gpu("--version")
     assert proc.returncode == 0
