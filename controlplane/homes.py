@@ -24,7 +24,14 @@ from typing import Protocol
 from scx_gpu.bpf import maps
 from scx_gpu.controlplane import intf
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, processes
-from scx_gpu.controlplane.topology import Cpu, Gpu, gpu_cpus, process_gpus, tgid
+from scx_gpu.controlplane.topology import (
+    Cpu,
+    Gpu,
+    format_cpulist,
+    gpu_cpus,
+    process_gpus,
+    tgid,
+)
 
 ROOT_CGROUP = "/"
 
@@ -41,6 +48,16 @@ class Homes:
             return ()
         inside = {c for home in self.cpus.values() for c in home}
         return tuple(sorted(set(cpus) - inside))
+
+    def describe(self) -> str:
+        """One line: each home's CPUs and how many processes and cgroups live there."""
+        parts = []
+        for home, cpus in sorted(self.cpus.items()):
+            procs = sum(h == home for h in self.processes.values())
+            groups = sum(h == home for h in self.cgroups.values())
+            parts.append(f"home {home}: CPUs {format_cpulist(cpus)} ({procs} process"
+                         f"{'es' * (procs != 1)}, {groups} cgroup{'s' * (groups != 1)})")
+        return "GPU locality: " + ("; ".join(parts) or "no homes")
 
 
 def process_cgroup(pid: int, root: Path = Path("/")) -> str | None:

@@ -288,7 +288,10 @@ class Loader:
             last = now
             pids = homes.candidates(live_gpu_tags(tags_fd, ttl_ns), self.config.gpu.pids,
                                     cgroups)
-            writer.write(homes.assign(pids, gpus, cpus, override, numbers))
+            found = homes.assign(pids, gpus, cpus, override, numbers)
+            if found.describe() != writer.written.describe():
+                self.emit(f"scx-gpu: {found.describe()}")
+            writer.write(found)
         return step
 
     def _snapshot(self, sched: BpfScheduler, detector: Detector) -> metrics.Snapshot:

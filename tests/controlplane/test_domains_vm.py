@@ -17,8 +17,10 @@ import pytest
 from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds
+from scx_gpu.controlplane.cgroups import CGROUP_ROOT, processes
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer.session import TraceSession
+from scx_gpu.workloads import program
 from tests.helpers import (
     arm_dump,
     cpu_hogs,
@@ -31,6 +33,7 @@ from tests.helpers import (
 TOPOLOGY = "sockets=2,cores=2,threads=2"
 pytestmark = pytest.mark.vm(topology=TOPOLOGY)
 DOMAINS = ({0, 1, 2, 3}, {4, 5, 6, 7})
+LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
 PERIOD_MS = 100  # the default quota period
 
 
@@ -202,3 +205,97 @@ def test_floor_reaches_batch_in_every_domain_and_on_one_cpu(tmp_path):
     # CPU by the trace) often passes while its vCPU does not run, so a gap
     # spanned 2-6 floor periods in runs whose waits all ended within 1.07 s,
     # under main's single queues as under these (2026-11-29).
+
+
+# GPU locality, with a synthetic GPU map: --gpu-cpus names node 1 (the VM has
+# no GPU). BURSTS runs argv[3] processes that start on CPU argv[2], then may
+# run anywhere: each spins in bursts of 3 ms with 1 ms sleeps between (every
+# wakeup is a placement decision) for argv[1] seconds, counting the CPU it
+# finds itself on at each look, and prints those counts as a JSON line.
+BURSTS = """
+import json, os, sys, time
+def cpu():
+    with open("/proc/thread-self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])
+os.sched_setaffinity(0, {int(sys.argv[2])})
+for _ in range(int(sys.argv[3]) - 1):
+    if os.fork() == 0:
+        break
+os.sched_setaffinity(0, set(range(os.cpu_count())))
+end, seen = time.monotonic() + float(sys.argv[1]), {}
+while time.monotonic() < end:
+    burst = time.monotonic() + 0.003
+    while time.monotonic() < burst:
+        seen[cpu()] = seen.get(cpu(), 0) + 1
+    time.sleep(0.001)
+print(json.dumps(seen), flush=True)
+"""
+HOME = DOMAINS[1]
+
+
+def _bursts(cmd_prefix: list[str], seconds: float, start_cpu: int,
+            procs: int = 1) -> dict[int, int]:
+    """BURSTS's counts, summed over its processes."""
+    out = subprocess.run([*cmd_prefix, sys.executable, "-c", BURSTS, str(seconds),
+                          str(start_cpu), str(procs)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen: dict[int, int] = {}
+    for line in out.stdout.splitlines():
+        for cpu, n in json.loads(line).items():
+            seen[int(cpu)] = seen.get(int(cpu), 0) + n
+    assert len(out.stdout.splitlines()) == procs, out.stdout
+    return seen
+
+
+def _share(seen: dict[int, int], cpus: set[int]) -> float:
+    return sum(n for c, n in seen.items() if c in cpus) / sum(seen.values())
+
+
+def test_a_gpu_thread_runs_on_its_gpus_node():
+    # Node 1 runs batch on every CPU, node 0 idles: the gpu thread, started
+    # on node 0, must take node 1's CPUs from batch at each wakeup rather
+    # than stay where it was.
+    with sc.loaded("--gpu-cpus", "4-7", "--quota", "100"), \
+            cpu_hogs(4, tier="batch", cpus="4-7"):
+        seen = _bursts([*sc.SCX_GPU, "run", "--tier", "gpu", "--"], 4, start_cpu=0)
+        assert enabled(), "the kernel ejected the scheduler"
+    share = _share(seen, HOME)
+    print(json.dumps({"on_home": share, "cpus": seen}))
+    assert share >= 0.95, seen
+
+
+def test_batch_prefers_cpus_outside_the_homes():
+    # Three batch processes born on node 1 (the home), node 0 idle: they
+    # move to node 0 and stay off node 1 while a CPU of node 0 is free.
+    with sc.loaded("--gpu-cpus", "4-7", "--quota", "100"):
+        seen = _bursts([*sc.SCX_GPU, "run", "--tier", "batch", "--"], 4, start_cpu=5,
+                       procs=3)
+        assert enabled(), "the kernel ejected the scheduler"
+    share = _share(seen, HOME)
+    print(json.dumps({"on_home": share, "cpus": seen}))
+    assert share <= 0.05, seen
+
+
+def test_the_rest_of_a_gpu_processs_cgroup_follows_it(tmp_path):
+    # A tagged launcher and a normal-tier helper that holds no GPU share a
+    # cgroup: the helper, started on node 0, runs on node 1 with its launcher.
+    group = CGROUP_ROOT / "scx-gpu-test-serving"
+    with sc.loaded("--gpu-cpus", "4-7", quiet=False) as log:
+        launcher = subprocess.Popen(sc.in_cgroup(group, [str(LAUNCHER), "--cuda-lib",
+                                                         str(STUB), "--duration", "120",
+                                                         "--work-us", "100"]),
+                                    stdout=subprocess.DEVNULL)
+        try:
+            sc.wait_for(lambda: "(1 process, 1 cgroup)" in log.read_text(), 60,
+                        "the launcher's cgroup to get its home")
+            seen = _bursts(sc.in_cgroup(group, []), 4, start_cpu=0)
+            assert enabled(), "the kernel ejected the scheduler"
+        finally:
+            (group / "cgroup.kill").write_text("1")
+            launcher.wait(timeout=30)
+            sc.wait_for(lambda: not processes(group), 10, "the test cgroup to empty")
+            group.rmdir()
+    share = _share(seen, HOME)
+    print(json.dumps({"on_home": share, "cpus": seen}))
+    assert share >= 0.9, seen

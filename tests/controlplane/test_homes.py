@@ -35,6 +35,8 @@ def test_a_gpu_process_and_its_cgroup_live_by_its_gpu(tmp_path):
     assert got == homes.Homes({0: NODE1}, {100: 0}, {"/serving": 0})
     # Batch prefers the CPUs outside it.
     assert got.away(range(8)) == NODE0
+    assert got.describe() == "GPU locality: home 0: CPUs 4-7 (1 process, 1 cgroup)"
+    assert homes.Homes().describe() == "GPU locality: no homes"
 
 
 def test_gpu_processes_on_two_nodes_get_a_home_each(tmp_path):
