@@ -47,6 +47,20 @@
  *    once. So its wait is at most one batch slice (2 ms), whatever the
  *    domains, while any CPU it may use runs batch. Floor service serves the
  *    longest waiter of all domains (and of the CPU's own queue).
+ *  - GPU locality: the control plane gives each GPU process a home, the
+ *    CPUs local to the GPUs it has a context on (--gpu-cpus: those CPUs,
+ *    for all gpu work), and the rest of its cgroup the same home; a task's
+ *    home is looked up when its tier is. A waking gpu or normal task with a
+ *    home (its affinity allowing all of it) runs on a CPU of its home
+ *    whenever one is idle or runs a tier it may preempt (gpu: batch, then
+ *    normal; normal: batch), at once, barring a race with another waker
+ *    for the same CPU; only when every CPU of its home runs its own tier or
+ *    a higher one does it go elsewhere, as a task without a home would. A
+ *    waking batch task takes an idle CPU outside every home in use before
+ *    any other (and starts there at once when nothing waits in any queue
+ *    and the quota allows). These are choices at wakeup: a task that waits in a queue
+ *    runs on whichever CPU takes it first, and the cross-domain guarantee
+ *    above holds as without homes.
  *  - --gpu-smt exclusive: no CPU starts a batch slice (floor service
  *    excepted) while its SMT sibling runs a gpu task, and a gpu task
  *    starting preempts batch on its sibling at once.
@@ -1019,6 +1033,20 @@ static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 
 	}
 }
 
+static bool tier_waiting(u32 tier, s32 cpu);
+static bool batch_may_run(s32 cpu);
+
+/*
+ * May batch start on idle @cpu at once? Only when nothing waits in any queue
+ * it serves (tier order is global) and the quota allows: what its dispatch
+ * would choose, without a wait in a queue that another domain could steal.
+ */
+static bool batch_starts_on(s32 cpu)
+{
+	return batch_may_run(cpu) && !tier_waiting(TIER_GPU, cpu) &&
+	       !tier_waiting(TIER_NORMAL, cpu) && !tier_waiting(TIER_BATCH, cpu);
+}
+
 /*
  * A tagged task over a gpu budget (in the normal tier, its tag outliving its
  * debt) waits in the budget queue until it is within budget again; an idle
@@ -1044,16 +1072,16 @@ static bool queue_over_budget(struct task_struct *p, struct task_ctx *tctx, u32 
 
 /*
  * Where @p should wake before the kernel's default choice, -1: no
- * preference. With a home: an idle CPU there, else one running a tier it
- * may preempt (its enqueue claims one). Batch: an idle CPU outside every
- * home in use.
+ * preference; *@direct: it runs there at once. With a home: an idle CPU
+ * there, else one running a tier it may preempt (its enqueue claims one).
+ * Batch: an idle CPU outside every home in use.
  */
 static s32 preferred_cpu(struct task_struct *p, struct task_ctx *tctx, u32 tier, s32 prev,
-			 bool *is_idle)
+			 bool *direct)
 {
 	s32 cpu = take_idle_home(p, tier == TIER_BATCH ? AWAY_HOME : tctx->home, prev);
 
-	*is_idle = cpu >= 0;
+	*direct = cpu >= 0 && (tier != TIER_BATCH || batch_starts_on(cpu));
 	if (cpu >= 0 || tier == TIER_BATCH)
 		return cpu;
 	return home_victim(p, tctx->home, tier, 0, false);
@@ -1062,19 +1090,21 @@ static s32 preferred_cpu(struct task_struct *p, struct task_ctx *tctx, u32 tier,
 s32 BPF_STRUCT_OPS(gpu_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
-	bool is_idle = false;
+	bool is_idle = false, direct;
 	u32 tier;
 	s32 cpu;
 
 	if (!tctx)
 		return scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	tier = task_tier(p, tctx, bpf_ktime_get_ns());
-	cpu = preferred_cpu(p, tctx, tier, prev_cpu, &is_idle);
-	if (cpu < 0)
+	cpu = preferred_cpu(p, tctx, tier, prev_cpu, &direct);
+	if (cpu < 0) {
 		cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
-	/* Batch must go through its queue: the quota decides when it runs. */
-	if (is_idle && tier != TIER_BATCH)
-		dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+		/* Batch must go through its queue: the quota decides when it runs. */
+		direct = is_idle && tier != TIER_BATCH;
+	}
+	if (direct)
+		dsq_insert(p, SCX_DSQ_LOCAL, tier == TIER_BATCH ? batch_slice_ns : slice_ns, 0);
 	return cpu;
 }
 
