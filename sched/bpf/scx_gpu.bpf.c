@@ -58,9 +58,9 @@
  *    a higher one does it go elsewhere, as a task without a home would. A
  *    waking batch task takes an idle CPU outside every home in use before
  *    any other (and starts there at once when nothing waits in any queue
- *    and the quota allows). These are choices at wakeup: a task that waits in a queue
- *    runs on whichever CPU takes it first, and the cross-domain guarantee
- *    above holds as without homes.
+ *    and the quota allows). These are choices at wakeup: a task that waits
+ *    in a queue runs on whichever CPU takes it first, and the cross-domain
+ *    guarantee above holds as without homes.
  *  - --gpu-smt exclusive: no CPU starts a batch slice (floor service
  *    excepted) while its SMT sibling runs a gpu task, and a gpu task
  *    starting preempts batch on its sibling at once.
@@ -652,9 +652,10 @@ static u64 tier_generation(void)
 }
 
 /*
- * @p's tier (and home), classified again only when something it depends on changed:
- * the generation (membership maps, a new launch tag), its launch tag's
- * expiry, its name (exec), its policy, or its cgroup (ops.cgroup_move).
+ * @p's tier and home, classified again only when something they depend on
+ * changed: the generation (membership and home maps, a new launch tag), its
+ * launch tag's expiry, its name (exec), its policy, or its cgroup
+ * (ops.cgroup_move).
  */
 static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
