@@ -51,10 +51,11 @@
  *    CPUs local to the GPUs it has a context on (--gpu-cpus: those CPUs,
  *    for all gpu work), and the rest of its cgroup the same home; a task's
  *    home is looked up when its tier is. A waking gpu or normal task with a
- *    home (its affinity allowing all of it) runs on a CPU of its home
+ *    home (its affinity allowing all of it) goes to a CPU of its home
  *    whenever one is idle or runs a tier it may preempt (gpu: batch, then
- *    normal; normal: batch), at once, barring a race with another waker
- *    for the same CPU; only when every CPU of its home runs its own tier or
+ *    normal; normal: batch), barring a race with another waker for the
+ *    same CPU: a gpu task runs there at once, a normal task in its queue's
+ *    deadline order. Only when every CPU of its home runs its own tier or
  *    a higher one does it go elsewhere, as a task without a home would. A
  *    waking batch task takes an idle CPU outside every home in use before
  *    any other (and starts there at once when nothing waits in any queue
