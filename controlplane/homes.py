@@ -113,19 +113,24 @@ def assign(pids: Iterable[int], gpus: dict[int, Gpu], cpus: list[Cpu],
     processes among pids agree on one."""
     wanted = {pid: home_cpus(pid, gpus, cpus, override, root) for pid in pids}
     wanted = {pid: local for pid, local in wanted.items() if local}
-    number = numbers.renumber([override] if override else wanted.values())
+    number = {override: intf.GPU_CPUS_HOME} if override else numbers.renumber(wanted.values())
     procs = {pid: number[local] for pid, local in wanted.items() if local in number}
+    # Under --gpu-cpus every gpu-tier task lives in its home, found or not.
+    used = set(procs.values()) | ({intf.GPU_CPUS_HOME} if override else set())
+    return Homes({n: s for s, n in number.items() if n in used}, procs,
+                 _agreed_cgroups(procs, root))
+
+
+def _agreed_cgroups(procs: dict[int, int], root: Path) -> dict[str, int]:
+    """The cgroups (not the root) whose processes among procs share one
+    home; at most MAX_GPU_CGROUPS."""
     cgroups: dict[str, set[int]] = {}
     for pid, home in procs.items():
         path = process_cgroup(pid, root)
         if path is not None and path != ROOT_CGROUP:
             cgroups.setdefault(path, set()).add(home)
-    agreed = {path: homes.pop() for path, homes in cgroups.items() if len(homes) == 1}
-    used = {h for h in [*procs.values(), *agreed.values()]}
-    if override:
-        used.add(intf.GPU_CPUS_HOME)  # every gpu-tier task lives there
-    return Homes({n: s for s, n in number.items() if n in used}, procs,
-                 dict(list(agreed.items())[:intf.MAX_GPU_CGROUPS]))
+    agreed = [(path, homes.pop()) for path, homes in cgroups.items() if len(homes) == 1]
+    return dict(agreed[:intf.MAX_GPU_CGROUPS])
 
 
 class HomeWriter(Protocol):
