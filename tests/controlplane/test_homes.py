@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from scx_gpu.bpf import maps
 from scx_gpu.controlplane import homes, intf
 from scx_gpu.controlplane import topology as tp
 from tests.controlplane.test_topology import _gpu, _process, _write, two_sockets
@@ -105,3 +106,53 @@ def test_process_cgroup_reads_the_v2_line(tmp_path):
     _write(tmp_path / "proc" / "5" / "cgroup", "12:cpu:/old\n0::/system.slice/x.service")
     assert homes.process_cgroup(5, tmp_path) == "/system.slice/x.service"
     assert homes.process_cgroup(6, tmp_path) is None
+
+
+class FakeScheduler:
+    """What HomeMaps writes: each home's CPUs, map entries, generations."""
+
+    def __init__(self) -> None:
+        self.homes: dict[int, tuple[int, ...]] = {}
+        self.entries: dict[str, dict[int, int]] = {"gpu_proc_homes": {}, "gpu_cgroup_homes": {}}
+        self.generations = 0
+        self.writes = 0
+
+    def map_fd(self, name: str) -> int:
+        return list(self.entries).index(name)
+
+    def set_home(self, home: int, cpus: tuple[int, ...]) -> None:
+        self.homes[home] = cpus
+        self.writes += 1
+
+    def next_generation(self) -> None:
+        self.generations += 1
+
+
+def test_home_maps_write_changes_only(tmp_path, monkeypatch):
+    sched = FakeScheduler()
+    names = list(sched.entries)
+
+    def update(fd, key, value):
+        sched.entries[names[fd]][key.value] = value.value
+        sched.writes += 1
+
+    def delete(fd, key):
+        del sched.entries[names[fd]][key.value]
+        sched.writes += 1
+    monkeypatch.setattr(maps, "update", update)
+    monkeypatch.setattr(maps, "delete", delete)
+    (tmp_path / "serving").mkdir()
+    writer = homes.HomeMaps(sched, tuple(range(8)), cgroup_root=tmp_path)
+    serving = homes.Homes({0: NODE1}, {100: 0}, {"/serving": 0, "/gone": 0})
+    writer.write(serving)
+    cgid = (tmp_path / "serving").stat().st_ino
+    assert sched.homes == {0: NODE1, intf.AWAY_HOME: NODE0}
+    assert sched.entries == {"gpu_proc_homes": {100: 0}, "gpu_cgroup_homes": {cgid: 0}}
+    assert sched.generations == 1
+    writes = sched.writes
+    writer.write(serving)  # nothing changed: nothing written
+    assert (sched.writes, sched.generations) == (writes, 1)
+    writer.write(homes.Homes())  # the process left
+    assert sched.homes == {0: (), intf.AWAY_HOME: ()}
+    assert sched.entries == {"gpu_proc_homes": {}, "gpu_cgroup_homes": {}}
+    assert sched.generations == 2
