@@ -266,11 +266,14 @@ def test_a_gpu_thread_runs_on_its_gpus_node():
 
 
 def test_batch_prefers_cpus_outside_the_homes():
-    # Three batch processes born on node 1 (the home), node 0 idle: they
-    # move to node 0 and stay off node 1 while a CPU of node 0 is free.
+    # Two batch processes born on node 1 (the home), node 0 idle: they move
+    # to node 0 and stay off node 1 while a CPU of node 0 is free. Two, so
+    # that node 0 keeps free CPUs: the harness and the control plane take
+    # some at times (with three processes, one run found CPU 0 mostly busy
+    # and batch rightly spilled to node 1 for 15% of its time).
     with sc.loaded("--gpu-cpus", "4-7", "--quota", "100"):
         seen = _bursts([*sc.SCX_GPU, "run", "--tier", "batch", "--"], 4, start_cpu=5,
-                       procs=3)
+                       procs=2)
         assert enabled(), "the kernel ejected the scheduler"
     share = _share(seen, HOME)
     print(json.dumps({"on_home": share, "cpus": seen}))
