@@ -7,9 +7,12 @@ assert large effects only.
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, processes
+from scx_gpu.controlplane.runstate import run_state
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer.session import TraceSession
 from scx_gpu.workloads import program
@@ -266,18 +270,34 @@ def test_a_gpu_thread_runs_on_its_gpus_node():
 
 
 def test_batch_prefers_cpus_outside_the_homes():
-    # Two batch processes born on node 1 (the home), node 0 idle: they move
-    # to node 0 and stay off node 1 while a CPU of node 0 is free. Two, so
-    # that node 0 keeps free CPUs: the harness and the control plane take
-    # some at times (with three processes, one run found CPU 0 mostly busy
-    # and batch rightly spilled to node 1 for 15% of its time).
-    with sc.loaded("--gpu-cpus", "4-7", "--quota", "100"):
+    # Two batch processes born on node 1 (the home): they move to node 0 and
+    # stay off node 1 while a CPU of node 0 is free. The control plane (gpu
+    # tier, its libcuda rescan busy at start) and this test run on node 1,
+    # so that node 0's CPUs are free: left anywhere, they took node 0's CPUs
+    # at times and batch rightly went to node 1 (20-24% in two runs of three).
+    with sc.loaded("--gpu-cpus", "4-7", "--quota", "100"), \
+            _pinned([run_state()["pid"], os.getpid()], HOME):
         seen = _bursts([*sc.SCX_GPU, "run", "--tier", "batch", "--"], 4, start_cpu=5,
                        procs=2)
         assert enabled(), "the kernel ejected the scheduler"
     share = _share(seen, HOME)
     print(json.dumps({"on_home": share, "cpus": seen}))
     assert share <= 0.05, seen
+
+
+@contextmanager
+def _pinned(pids: list[int], cpus: set[int]) -> Iterator[None]:
+    """Every thread of pids on cpus for the body's duration (threads they
+    start inherit it); all CPUs again after."""
+    threads = [int(t.name) for pid in pids for t in Path(f"/proc/{pid}/task").iterdir()]
+    for tid in threads:
+        os.sched_setaffinity(tid, cpus)
+    try:
+        yield
+    finally:
+        for tid in threads:
+            with suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, range(NPROC))
 
 
 def test_the_rest_of_a_gpu_processs_cgroup_follows_it(tmp_path):
