@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scx_gpu.controlplane import intf
-from scx_gpu.controlplane.topology import Cpu, llc_domains
+from scx_gpu.controlplane.topology import Cpu, format_cpulist, llc_domains
 from scx_gpu.errors import UsageError
 
 SMT_MODES = {"shared": intf.Smt.SHARED, "exclusive": intf.Smt.EXCLUSIVE}
@@ -28,7 +28,7 @@ class Placement:
                 for dom in range(self.nr_domains)]
 
     def describe(self) -> str:
-        spans = " | ".join(_cpulist(cpus) for cpus in self.domain_cpus())
+        spans = " | ".join(format_cpulist(cpus) for cpus in self.domain_cpus())
         return f"{self.nr_domains} scheduling domain{'s' * (self.nr_domains != 1)}: {spans}"
 
 
@@ -76,13 +76,3 @@ def placement(cpus: list[Cpu], smt: str = "shared") -> Placement:
                      tuple(domains.get(cpu, 0) for cpu in range(size)),
                      tuple(siblings.get(cpu, cpu) for cpu in range(size)))
 
-
-def _cpulist(cpus: tuple[int, ...]) -> str:
-    """The kernel's cpulist syntax: 0-3,8."""
-    runs: list[list[int]] = []
-    for cpu in cpus:
-        if runs and cpu == runs[-1][1] + 1:
-            runs[-1][1] = cpu
-        else:
-            runs.append([cpu, cpu])
-    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
