@@ -53,6 +53,7 @@ def test_each_llc_has_its_own_queues():
     for tier in ("gpu", "normal", "batch"):
         for where in ("domain 0:", "domain 1:", "per-CPU:"):
             assert sum(line.startswith(f"tier {tier}: {where}") for line in lines) == 1, lines
+    assert sum(line.startswith("tier gpu: over budget:") for line in lines) == 1, lines
 
 
 # A gpu-tier thread that spins, first on CPU 0 among the gpu hogs of domain 0,
