@@ -131,6 +131,18 @@ def tunables(config: Config) -> intf.Tunables:
 DUMP_MARK = "scx_gpu: tier"  # the lines ops.dump writes: each tier's queue and oldest waiter
 
 
+def load_object(sched: BpfScheduler, config: Config) -> Placement:
+    """Load sched into the kernel (the verifier checks it) with config's options
+    and this machine's placement, not attached; the placement used."""
+    cpus = topology.read_cpus()
+    gpu_cpus(config, cpus)  # a bad --gpu-cpus fails before anything loads
+    place = placement.placement(cpus, config.gpu_smt)
+    sched.set_options(read_only_options(config, place))
+    sched.set_placement(place)
+    sched.load()
+    return place
+
+
 def exit_message(info: intf.ExitInfo) -> str:
     reason = info.reason.decode(errors="replace")
     msg = info.msg.decode(errors="replace")
@@ -210,12 +222,7 @@ class Loader:
             sched = BpfScheduler()
             undo.callback(sched.close)
             undo.callback(unpin)
-            cpus = topology.read_cpus()
-            gpu_cpus(self.config, cpus)  # a bad --gpu-cpus fails before anything loads
-            place = placement.placement(cpus, self.config.gpu_smt)
-            sched.set_options(read_only_options(self.config, place))
-            sched.set_placement(place)
-            sched.load()
+            place = load_object(sched, self.config)
             self.emit(f"scx-gpu: {place.describe()}")
             sched.write_tunables(tunables(self.config))
             tiers.populate(sched, self.config, tiers.own_cgroups())

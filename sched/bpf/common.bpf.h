@@ -29,6 +29,15 @@
 #define scx_gpu_error(fmt, args...)	SCX_GPU_BSTR(scx_bpf_error_bstr, fmt, ##args)
 #define scx_gpu_dump(fmt, args...)	SCX_GPU_BSTR(scx_bpf_dump_bstr, fmt, ##args)
 
+/*
+ * A global function: the verifier checks it once, on its own, rather than
+ * at each call in each caller's state, which for the dispatch path costs
+ * hundreds of times more (load time, and the margin to the verifier's
+ * limit). Its pointer arguments need tags (__arg_trusted, __arg_nonnull);
+ * not __hidden, which makes it static to the verifier again.
+ */
+#define __scx_gpu_global __noinline
+
 #define BPF_STRUCT_OPS(name, args...) \
 	SEC("struct_ops/" #name) BPF_PROG(name, ##args)
 #define BPF_STRUCT_OPS_SLEEPABLE(name, args...) \

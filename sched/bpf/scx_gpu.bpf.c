@@ -658,7 +658,8 @@ static u64 tier_generation(void)
  * launch tag's expiry, its name (exec), its policy, or its cgroup
  * (ops.cgroup_move).
  */
-static u32 task_tier(struct task_struct *p, struct task_ctx *tctx, u64 now)
+__scx_gpu_global u32 task_tier(struct task_struct *p __arg_trusted,
+			       struct task_ctx *tctx __arg_nonnull, u64 now)
 {
 	u64 gen = tier_generation(), until, comm[2];
 	u64 cgroup = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
@@ -1035,7 +1036,7 @@ static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 
 	}
 }
 
-static bool tier_waiting(u32 tier, s32 cpu);
+__scx_gpu_global bool tier_waiting(u32 tier, s32 cpu);
 static bool batch_may_run(s32 cpu);
 
 /*
@@ -1226,7 +1227,7 @@ static bool serve_floor(u32 tier, u64 dsq_id, u64 since, s32 cpu, u64 now)
  * Floor service for the tier whose head has waited longer first, in every
  * domain: a storm in one tier leaves the other's longest waiter its turn.
  */
-static bool serve_floors(s32 cpu, u64 now)
+__scx_gpu_global bool serve_floors(s32 cpu, u64 now)
 {
 	u64 batch_since, normal_since, batch_q, normal_q;
 
@@ -1240,7 +1241,7 @@ static bool serve_floors(s32 cpu, u64 now)
 }
 
 /* Tasks of @tier waiting in @cpu's own queue or any domain's. */
-static bool tier_waiting(u32 tier, s32 cpu)
+__scx_gpu_global bool tier_waiting(u32 tier, s32 cpu)
 {
 	u32 dom;
 
@@ -1390,7 +1391,7 @@ static void keep_running(struct task_struct *prev, struct task_ctx *tctx, struct
  * domain's, else the first another domain gives up (in domain order from its
  * own): stealing within a tier keeps the tier order across domains.
  */
-static bool take_tier(u32 tier, s32 cpu)
+__scx_gpu_global bool take_tier(u32 tier, s32 cpu)
 {
 	u32 home = dom_of(cpu), i;
 	u64 mine = pcpu_dsq(tier, cpu), local = dsq_of(tier, home);
@@ -1413,7 +1414,7 @@ static bool take_tier(u32 tier, s32 cpu)
  * order of those times, so its head is the first due; a head whose process
  * ran since it was queued may not be due after all, and then none is yet.
  */
-static bool take_over_budget(s32 cpu, u64 now, bool due)
+__scx_gpu_global bool take_over_budget(s32 cpu, u64 now, bool due)
 {
 	struct task_struct *p;
 	struct task_ctx *tctx;
@@ -1441,7 +1442,7 @@ static bool take_over_budget(s32 cpu, u64 now, bool due)
  * The gpu tier's next task for @cpu: its queues' or a budget queue task's
  * that is due, whichever became a gpu task first (own domain's head).
  */
-static bool take_gpu(s32 cpu, u64 now)
+__scx_gpu_global bool take_gpu(s32 cpu, u64 now)
 {
 	u64 due = queued(BUDGET_DSQ) ? head_key(BUDGET_DSQ, HEAD_VTIME) : FOREVER;
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from scx_gpu.bpf import libbpf, probesite
@@ -68,14 +68,17 @@ class BpfObject:
         libbpf.check(self._lib.bpf_map__set_max_entries(self._map(map_name), entries),
                      f"size of map {map_name}")
 
-    def load_only(self, programs: set[str], skip_maps: set[str]) -> None:
-        """Before load: load just these programs and create none of skip_maps."""
+    def _programs(self) -> Iterator[tuple[str, int]]:
         prog = self._lib.bpf_object__next_program(self.obj, None)
         while prog:
-            name = self._lib.bpf_program__name(prog).decode()
+            yield self._lib.bpf_program__name(prog).decode(), prog
+            prog = self._lib.bpf_object__next_program(self.obj, prog)
+
+    def load_only(self, programs: set[str], skip_maps: set[str]) -> None:
+        """Before load: load just these programs and create none of skip_maps."""
+        for name, prog in self._programs():
             libbpf.check(self._lib.bpf_program__set_autoload(prog, name in programs),
                          f"autoload of {name}")
-            prog = self._lib.bpf_object__next_program(self.obj, prog)
         for name in skip_maps:
             libbpf.check(self._lib.bpf_map__set_autocreate(self._map(name), False),
                          f"autocreate of map {name}")
@@ -87,6 +90,20 @@ class BpfObject:
 
     def load(self) -> None:
         libbpf.check(self._lib.bpf_object__load(self.obj), f"load {self.path.name}")
+
+    def verified_insns(self) -> dict[str, int]:
+        """After load: the instructions the verifier processed, per loaded program."""
+        counts = {}
+        for name, prog in self._programs():
+            fd = self._lib.bpf_program__fd(prog)
+            if fd < 0:  # not loaded
+                continue
+            info = libbpf.BpfProgInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            libbpf.check(self._lib.bpf_prog_get_info_by_fd(fd, ctypes.byref(info),
+                                                           ctypes.byref(size)), f"info of {name}")
+            counts[name] = info.verified_insns
+        return counts
 
     def attach(self, prog: str) -> int:
         """Attach a program where its section says (tracepoints); kept until close."""

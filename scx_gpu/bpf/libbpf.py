@@ -34,6 +34,7 @@ MIN_VERSION = (1, 2)
 BTF_KIND_VAR, BTF_KIND_DATASEC = 14, 15
 LOG_LINES = 200
 MESSAGE_MAX = 1 << 20
+LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN 0, INFO 1, DEBUG 2
 
 
 class BpfUprobeOpts(Structure):
@@ -87,6 +88,13 @@ class BtfVarSecinfo(Structure):
     _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
 
 
+class BpfProgInfo(Structure):
+    """struct bpf_prog_info (UAPI) up to verified_insns (5.16), at offset 216:
+    the kernel fills the prefix it is given."""
+
+    _fields_ = [("_before", ctypes.c_uint8 * 216), ("verified_insns", c_uint32)]
+
+
 PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 VP, CP, INT, U32, SZ = c_void_p, c_char_p, c_int, c_uint32, c_size_t
 
@@ -118,6 +126,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__attach_uprobe_multi": (VP, [VP, INT, CP, CP, POINTER(BpfUprobeMultiOpts)]),
     "bpf_program__set_autoload": (INT, [VP, c_bool]),
     "bpf_program__fd": (INT, [VP]),
+    "bpf_prog_get_info_by_fd": (INT, [INT, POINTER(BpfProgInfo), POINTER(U32)]),
     "bpf_prog_test_run_opts": (INT, [INT, POINTER(BpfTestRunOpts)]),
     "bpf_link__destroy": (INT, [VP]),
     "bpf_obj_get": (INT, [CP]),
@@ -160,12 +169,23 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
+@functools.cache
+def _message_buffer() -> ctypes.Array[ctypes.c_char]:
+    # One, used under _log_lock: a fresh MiB for each message cost seconds a
+    # load under emulation.
+    return ctypes.create_string_buffer(MESSAGE_MAX)
+
+
 def _print_messages(level: int, fmt: bytes, args: int) -> int:
-    # On x86-64 a va_list argument is a pointer; vsnprintf formats it for us.
-    # Verifier logs come as one message; the error is at its end.
-    buf = ctypes.create_string_buffer(MESSAGE_MAX)
-    _libc().vsnprintf(buf, len(buf), fmt, args)
+    # Debug messages (thousands a load) are left out, as libbpf's own printer
+    # does; warnings carry the errors. On x86-64 a va_list argument is a
+    # pointer; vsnprintf formats it for us. Verifier logs come as one
+    # message; the error is at its end.
+    if level >= LIBBPF_DEBUG:
+        return 0
     with _log_lock:
+        buf = _message_buffer()
+        _libc().vsnprintf(buf, MESSAGE_MAX, fmt, args)
         _log.extend(line for line in buf.value.decode(errors="replace").splitlines() if line)
     return 0
 
