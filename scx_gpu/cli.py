@@ -3,21 +3,18 @@
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from scx_gpu import __version__, doctor, install, status
-from scx_gpu.bench.cli import bench_group
+from scx_gpu import __version__
 from scx_gpu.colocation_options import as_settings, colocation_options
 from scx_gpu.controlplane import bounds, config, fallback, loader, runstate, stats_socket, tiers
 from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.errors import ScxGpuError, UsageError
-from scx_gpu.vm import image as vm_image
-from scx_gpu.vm import kernel as vm_kernel
-from scx_gpu.vm import runner as vm_runner
-from scx_gpu.vm import topology as vm_topology
+
+if TYPE_CHECKING:
+    from scx_gpu.vm.kernel import Kernel
 
 LIBBPF_LOG_TAIL = 40
 # Defaults shown in --help, as the configuration has them.
@@ -25,7 +22,23 @@ DEFAULT = config.Config()
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "missing": "red", "info": "cyan"}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Each command imports what it runs, the bench group included: `run` and
+    `load` start without rich, pandas and the VM tooling (seconds under
+    emulation)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "bench"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "bench":
+            from scx_gpu.bench.cli import bench_group
+
+            return bench_group
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scx-gpu")
 def cli() -> None:
     """GPU-aware sched_ext scheduling: GPU-launching threads first, batch on idle CPU."""
@@ -35,6 +48,11 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def doctor_cmd(as_json: bool) -> None:
     """Report kernel features, libraries and interference settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from scx_gpu import doctor
+
     findings = doctor.run_checks()
     if as_json:
         click.echo(json.dumps({"checks": [f.as_dict() for f in findings]}, indent=2))
@@ -54,7 +72,9 @@ def vm_group() -> None:
     """The sched_ext test VM: try scx-gpu on a kernel without sched_ext."""
 
 
-def _kernel(path: Path | None) -> vm_kernel.Kernel:
+def _kernel(path: Path | None) -> "Kernel":
+    from scx_gpu.vm import kernel as vm_kernel
+
     return vm_kernel.user_kernel(path) if path else vm_kernel.debian_kernel()
 
 
@@ -69,6 +89,8 @@ kernel_option = click.option(
               help="Also write the kernel's BTF as a C header (vmlinux.h) here.")
 def vm_kernel_cmd(kernel_path: Path | None, vmlinux_h: Path | None) -> None:
     """Resolve, download, verify and cache a kernel with sched_ext."""
+    from scx_gpu.vm import kernel as vm_kernel
+
     k = _kernel(kernel_path)
     click.echo(f"{k.vmlinuz}\t{k.version}\t{k.origin}")
     if vmlinux_h:
@@ -79,6 +101,9 @@ def vm_kernel_cmd(kernel_path: Path | None, vmlinux_h: Path | None) -> None:
 @vm_group.command("image")
 def vm_image_cmd() -> None:
     """Build (or reuse) the guest root filesystem with this project installed."""
+    from scx_gpu.vm import image as vm_image
+    from scx_gpu.vm import kernel as vm_kernel
+
     path = vm_image.ensure_image(vm_kernel.debian_kernel())
     click.echo(f"{path}\t{path.stat().st_size >> 20} MiB")
 
@@ -103,6 +128,10 @@ def vm_run_cmd(kernel_path: Path | None, cpus: int, topology: str | None, mem: s
                timeout: float, copies: tuple[str, ...], out_dir: Path | None,
                cmd: tuple[str, ...]) -> None:
     """Boot the VM and run CMD as root in it; exit with CMD's status."""
+    from scx_gpu.vm import image as vm_image
+    from scx_gpu.vm import runner as vm_runner
+    from scx_gpu.vm import topology as vm_topology
+
     parsed = [vm_runner.parse_copy(c) for c in copies]
     topo = vm_topology.parse(topology) if topology else None
     if topo:
@@ -239,6 +268,8 @@ def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status_cmd(as_json: bool) -> None:
     """sched_ext state, the running scx-gpu scheduler's tiers, statistics and quota."""
+    from scx_gpu import status
+
     report = status.collect()
     click.echo(json.dumps(report, indent=2) if as_json else status.render(report))
 
@@ -376,14 +407,13 @@ def export_perfetto_cmd(trace: Path, out: Path) -> None:
     click.echo(f"scx-gpu: wrote {out}", err=True)
 
 
-cli.add_command(bench_group)
-
-
 @cli.command("install-service")
 @click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"),
               show_default=True, help="Install under this root (a package build, a test).")
 def install_service_cmd(root: Path) -> None:
     """Install the systemd unit (scx-gpu.service) and /etc/default/scx-gpu."""
+    from scx_gpu import install
+
     for line in install.install(root):
         click.echo(f"scx-gpu: {line}")
 
