@@ -11,7 +11,9 @@ session goes on. `@pytest.mark.vm(host=True)` marks
 a test whose body runs on the host and boots VMs itself (still deselected by
 `-m "not vm"`). `@pytest.mark.vm(topology="sockets=2,cores=2,threads=2")`
 marks a test that needs that emulated topology: the tests of each topology
-share a boot of their own. `@pytest.mark.root` tests fail without root.
+share a boot of their own. `--vm-topology` boots the tests that name none in
+that topology too (the core tests on two sockets). `@pytest.mark.root` tests
+fail without root.
 """
 
 import json
@@ -61,9 +63,17 @@ def _guest_body(item: pytest.Item) -> bool:
 
 
 def _topology(item: pytest.Item) -> str:
-    """The emulated topology the test asks for; "" for the default flat vCPUs."""
+    """The emulated topology the test asks for, else --vm-topology's; "" for
+    the default flat vCPUs."""
     marker = item.get_closest_marker("vm")
-    return str(marker.kwargs.get("topology", "")) if marker else ""
+    asked = str(marker.kwargs.get("topology", "")) if marker else ""
+    return asked or str(item.config.getoption("vm_topology"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--vm-topology", default="", metavar="sockets=S,cores=C,threads=T",
+                     help="Boot the vm tests that ask for no topology in this emulated "
+                          "one (default: 2 flat vCPUs).")
 
 
 class GuestSession:
