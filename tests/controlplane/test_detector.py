@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
-from scx_gpu.controlplane.detector import BackgroundDetach, Detector
+from scx_gpu.controlplane.detector import SETTLE_S, BackgroundDetach, Detector
 
 
 class FakeProbes:
@@ -111,9 +111,9 @@ def test_windows_close_once_tagged_threads_launch_again_and_renew_before_expiry(
         # no tag may expire: each is younger than the ttl at every moment
         assert all(probes.now - s / 1e9 < 3.0 for s in tags.seen.values())
         probes.now += step
-    # The first window finds them (a full window: nothing was tagged); the
-    # later ones close within a few polls, once both launched again, and open
-    # when the tags are half way to expiry (1.5 s), not every period.
+    # The first window finds them and settles; the later ones close within a
+    # few polls, once both launched again, and open when the tags are half
+    # way to expiry (1.5 s), not every period.
     assert len(live) * step / 20.0 < 0.02, len(live)
     starts = [t for i, t in enumerate(live) if i == 0 or t - live[i - 1] > 0.5]
     assert all(1.4 < b - a < 1.6 for a, b in itertools.pairwise(starts[1:])), starts
@@ -171,3 +171,26 @@ def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_
     probes.now += 1.5
     det.tick()
     assert probes.live, "a renewal waited for the detach"
+
+
+def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
+    # Nothing tagged: the window looks for launchers, and closes SETTLE_S after
+    # the last thread it found (one 8 ms after the first keeps it open), not
+    # at its length (0.2 s): at 10,000 launches a second a full window cost a
+    # launcher 1,000 hits.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes, tags = FakeProbes(attach_s=0.0), {}
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(tags), clock=lambda: probes.now)
+    det.add_libraries([lib])
+    starts = {7: 0.050, 8: 0.058}  # each launches every millisecond from then on
+    live = []
+    while probes.now < 0.5:
+        det.tick()
+        if probes.live:
+            live.append(probes.now)
+            tags.update({k: int(probes.now * 1e9) for k, t in starts.items() if probes.now >= t})
+        probes.now += 0.001
+    assert set(tags) == set(starts)
+    assert 0.058 + SETTLE_S <= live[-1] <= 0.058 + SETTLE_S + 0.003, live[-1]
