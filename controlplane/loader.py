@@ -10,13 +10,10 @@ sched_ext, `--fallback mainline|auto` runs FallbackLoader instead.
 import contextlib
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from scx_gpu.bpf import libbpf, libcuda
@@ -54,6 +51,7 @@ from scx_gpu.controlplane.scheduler import (
     live_gpu_tags,
     unpin,
 )
+from scx_gpu.controlplane.stopsignal import StopSignal
 from scx_gpu.controlplane.topology import NPROC, Cpu
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
@@ -161,18 +159,11 @@ class Loader:
         self.emit = emit
         self.quiet = quiet
         self.as_json = as_json
-        self.stop = threading.Event()
+        self.stop = StopSignal()
         self.took_over: takeover.Running | None = None  # scx_loader's, started on exit
         self.last_quota_change: autoquota.Change | None = None
         self.refused: set[Path] = set()  # libcuda files reported untrusted, once each
         self.colocation: dict[str, Any] = {}  # what colocation.applied() set, for the metrics
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stop.set()
-
-    def _handle_signals(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
 
     def run(self) -> int:
         fallback = self.config.fallback
@@ -182,7 +173,7 @@ class Loader:
         _keep_up_under_load(CONTROL_NICE)
         # Handlers first: a signal while scx_loader's scheduler is stopped must
         # still lead to it being started again.
-        self._handle_signals()
+        self.stop.install()
         with ExitStack() as stack:
             self.took_over = stack.enter_context(
                 takeover.taken_over(self.config.takeover, self.emit))
@@ -433,7 +424,7 @@ class FallbackLoader(Loader):
                              "which this kernel lacks: the mainline fallback takes a fixed "
                              "--quota")
         libbpf.require_version()
-        self._handle_signals()
+        self.stop.install()
         with ExitStack() as stack:
             group = fallback.CpuGroup()
             stack.callback(group.remove)

@@ -180,7 +180,7 @@ def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
     # launcher 1,000 hits.
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
-    probes, tags = FakeProbes(attach_s=0.0), {}
+    probes, tags = FakeProbes(attach_s=0.0), dict[int, int]()
     det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
                    tags=lambda: dict(tags), clock=lambda: probes.now)
     det.add_libraries([lib])
