@@ -171,10 +171,10 @@ class Loader:
             return FallbackLoader(self.config, self.emit, self.quiet, self.as_json).run()
         _require_root()
         _keep_up_under_load(CONTROL_NICE)
-        # Handlers first: a signal while scx_loader's scheduler is stopped must
-        # still lead to it being started again.
-        self.stop.install()
         with ExitStack() as stack:
+            # Handlers first: a signal while scx_loader's scheduler is stopped must
+            # still lead to it being started again.
+            stack.enter_context(self.stop.installed())
             self.took_over = stack.enter_context(
                 takeover.taken_over(self.config.takeover, self.emit))
             if self.took_over is not None:
@@ -424,8 +424,8 @@ class FallbackLoader(Loader):
                              "which this kernel lacks: the mainline fallback takes a fixed "
                              "--quota")
         libbpf.require_version()
-        self.stop.install()
         with ExitStack() as stack:
+            stack.enter_context(self.stop.installed())
             group = fallback.CpuGroup()
             stack.callback(group.remove)
             self.colocation = stack.enter_context(colocation.applied(

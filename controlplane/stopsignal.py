@@ -12,6 +12,7 @@ import contextlib
 import select
 import signal
 import socket
+from collections.abc import Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -24,11 +25,18 @@ class StopSignal:
         for end in (self._wake, self._wakeup):
             end.setblocking(False)
 
-    def install(self) -> None:
-        """From the main thread: SIGINT and SIGTERM set the flag from now on."""
-        signal.set_wakeup_fd(self._wakeup.fileno(), warn_on_full_buffer=False)
-        for sig in SIGNALS:
-            signal.signal(sig, self._on_signal)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """From the main thread: SIGINT and SIGTERM set the flag for the body's
+        duration; the handlers and wakeup fd before are restored after."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+        wakeup = signal.set_wakeup_fd(self._wakeup.fileno(), warn_on_full_buffer=False)
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopped = True

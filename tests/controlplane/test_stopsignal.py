@@ -13,15 +13,17 @@ from scx_gpu.controlplane.stopsignal import SIGNALS, StopSignal
 
 @pytest.fixture
 def stop() -> Iterator[StopSignal]:
-    saved = {sig: signal.getsignal(sig) for sig in SIGNALS}
     stop = StopSignal()
-    stop.install()
-    try:
+    with stop.installed():
         yield stop
-    finally:
-        signal.set_wakeup_fd(-1)
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+
+
+def test_the_handlers_before_are_back_after():
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    with StopSignal().installed():
+        assert all(signal.getsignal(sig) != h for sig, h in before.items())
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before
+    assert signal.set_wakeup_fd(-1) == -1  # none left behind
 
 
 def test_sigterm_ends_a_long_wait_at_once(stop):
