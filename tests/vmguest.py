@@ -43,6 +43,8 @@ CLEANUP_TIMEOUT_S = 60
 RESULTS_ENV = "SCX_GPU_VM_RESULTS"
 GUEST_RESULTS = "/job/out/results.jsonl"
 SLOWEST_SHOWN = 15
+# Host settings the guest's tests read, passed on when set.
+FORWARDED_ENV = ("SCX_GPU_STORM_S",)
 
 
 def in_guest() -> bool:
@@ -104,6 +106,7 @@ class GuestSession:
             "--copy", f"{REPO / 'tests'}:/root/tests",
             "--copy", f"{REPO / 'pyproject.toml'}:/root/pyproject.toml",
             "--out", str(out), "--", "env", f"{IN_GUEST_ENV}=1", f"{RESULTS_ENV}={GUEST_RESULTS}",
+            *(f"{name}={os.environ[name]}" for name in FORWARDED_ENV if name in os.environ),
             "python3", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "vm", *nodeids,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
