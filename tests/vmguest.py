@@ -5,13 +5,17 @@ session with pytest inside the guest; each host-side test then reports its
 guest outcome (and fails with the guest's output). The guest records each
 outcome as it happens, so a VM that stops early (or cannot boot) fails only
 the tests it did not finish, naming the one it was running; nothing is
-skipped. In the guest, a test that runs past GUEST_TEST_TIMEOUT_S fails with
-its threads' stacks, the processes and the kernel's recent warnings, and the
-session goes on. `@pytest.mark.vm(host=True)` marks
-a test whose body runs on the host and boots VMs itself (still deselected by
-`-m "not vm"`). `@pytest.mark.vm(topology="sockets=2,cores=2,threads=2")`
-marks a test that needs that emulated topology: the tests of each topology
-share a boot of their own. `--vm-topology` boots the tests that name none in
+skipped. A few failed tests (RERUN_MAX at most; more is no accident of
+timing) run once more in a fresh boot: timing under emulation on a busy host
+is coarse. One that passes then passes, and the summary lists it with its
+first failure, so a flake stays visible. In the guest, a test that runs past
+GUEST_TEST_TIMEOUT_S fails with its threads' stacks, the processes and the
+kernel's recent warnings, and the session goes on.
+`@pytest.mark.vm(host=True)` marks a test whose body runs on the host and
+boots VMs itself (still deselected by `-m "not vm"`).
+`@pytest.mark.vm(topology="sockets=2,cores=2,threads=2")` marks a test that
+needs that emulated topology: the tests of each topology share a boot of
+their own. `--vm-topology` boots the tests that name none in
 that topology too (the core tests on two sockets). `@pytest.mark.root` tests
 fail without root.
 """
@@ -43,6 +47,7 @@ CLEANUP_TIMEOUT_S = 60
 RESULTS_ENV = "SCX_GPU_VM_RESULTS"
 GUEST_RESULTS = "/job/out/results.jsonl"
 SLOWEST_SHOWN = 15
+RERUN_MAX = 3
 # Host settings the guest's tests read, passed on when set.
 FORWARDED_ENV = ("SCX_GPU_STORM_S",)
 
@@ -87,18 +92,41 @@ class GuestSession:
         self.booted: set[str] = set()
         self.console = ""
         self.failure = ""
+        self.flaky: dict[str, str] = {}  # passed in a fresh boot: its first failure
 
     def outcome(self, item: pytest.Item) -> GuestOutcome | None:
         topology = _topology(item)
         if topology not in self.booted:
             self.booted.add(topology)
-            self.outcomes.update(self._run([i for i in self.items if _topology(i) == topology],
-                                           topology))
+            items = [i for i in self.items if _topology(i) == topology]
+            first = self._run(items, topology)
+            failed = [i for i in items if i.nodeid in first and not first[i.nodeid].passed]
+            if 0 < len(failed) <= RERUN_MAX:
+                first.update(self._rerun(failed, topology, first))
+            self.outcomes.update(first)
         return self.outcomes.get(item.nodeid)
 
-    def _run(self, items: list[pytest.Item], topology: str) -> dict[str, GuestOutcome]:
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / \
-            f"scx-gpu-vmtests-{os.getpid()}-{topology.replace(',', '-').replace('=', '')}"
+    def _rerun(self, failed: list[pytest.Item], topology: str,
+               first: dict[str, GuestOutcome]) -> dict[str, GuestOutcome]:
+        """The failed tests once more in a fresh boot; each keeps its first failure."""
+        again = self._run(failed, topology, "-rerun")
+        merged = {}
+        for item in failed:
+            before, after = first[item.nodeid], again.get(item.nodeid)
+            if after is None:
+                continue
+            if after.passed:
+                self.flaky[item.nodeid] = before.text
+            merged[item.nodeid] = GuestOutcome(
+                after.passed, f"{before.text}\n--- again in a fresh boot ---\n{after.text}",
+                f"{before.stdout}--- again in a fresh boot ---\n{after.stdout}",
+                before.duration_s + after.duration_s)
+        return merged
+
+    def _run(self, items: list[pytest.Item], topology: str,
+             suffix: str = "") -> dict[str, GuestOutcome]:
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / (
+            f"scx-gpu-vmtests-{os.getpid()}-{topology.replace(',', '-').replace('=', '')}{suffix}")
         nodeids = sorted({item.nodeid for item in items})
         shape = ["--topology", topology] if topology else []
         cmd = [
@@ -239,6 +267,12 @@ def pytest_terminal_summary(terminalreporter: "TerminalReporter") -> None:
     terminalreporter.write_sep("=", f"slowest vm tests (in the guest; {total:.0f} s in all)")
     for nodeid, outcome in timed[:SLOWEST_SHOWN]:
         terminalreporter.write_line(f"{outcome.duration_s:7.1f}s {nodeid}")
+    if session.flaky:
+        terminalreporter.write_sep("=", f"vm tests that failed, then passed in a fresh boot: "
+                                        f"{len(session.flaky)}")
+        for nodeid, text in session.flaky.items():
+            last = [line for line in text.splitlines() if line.startswith("E ")][-2:]
+            terminalreporter.write_line(f"{nodeid}\n  " + "\n  ".join(last))
 
 
 @pytest.hookimpl(tryfirst=True)
