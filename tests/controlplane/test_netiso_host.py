@@ -42,7 +42,6 @@ BOTTLENECK = "100mbit"
 LINK_RATE = "95mbit"
 LINK_BPS = 95 * 10**6
 MTU_MS = 1514 * 8 / 100e6 * 1e3  # one full frame on the bottleneck
-BURST_FRAMES = netshape.MIN_BURST_BYTES // 1514
 SECONDS = 5.0
 RR_FIFO_PRIO = 50
 RR_TRIES = 3
@@ -261,11 +260,10 @@ def test_batch_egress_yields_the_link_and_keeps_its_ceiling(net):
     # Without isolation the requests queue behind the bulk transfer (the setup works) ...
     assert plain["rr_p99_ms"] > 20 * MTU_MS, (alone, plain)
     # ... with it a request waits for its own frame and at most the batch class's burst
-    # (BURST_FRAMES) on the bottleneck, whose tokens batch traffic keeps spent. What it
-    # measures above alone is mostly the batch frames' CPU work, as beside the separate path.
+    # (netshape.MIN_BURST_BYTES) on the bottleneck, whose tokens batch traffic keeps spent: within
+    # 1.5x alone (0.67-0.91x in nine runs, alone 0.18-0.48 ms, the runs taking turns).
     assert side["side_mbit"] >= 0.85 * LINK_BPS / 1e6, side
-    assert iso["rr_p99_ms"] <= 1.5 * alone["rr_p99_ms"] + (1 + BURST_FRAMES) * MTU_MS, (
-        alone, side, plain, iso)
+    assert iso["rr_p99_ms"] <= 1.5 * alone["rr_p99_ms"], (alone, side, plain, iso)
     assert iso["normal_mbit"] >= 0.9 * (iso["normal_mbit"] + iso["batch_mbit"]), iso
     assert fill["batch_mbit"] >= 0.85 * LINK_BPS / 1e6, fill
     assert 0.7 * 20 <= ceiling["batch_mbit"] <= 1.05 * 20, ceiling
