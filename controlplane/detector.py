@@ -46,7 +46,7 @@ Attach = Callable[[Path, list[str]], tuple[list[int], list[str]]]
 Detach = Callable[[int], None]
 # Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
 Tags = Callable[[], dict[int, int]]
-FAST_POLL_S = 0.002  # while a window is open: a launch hits the probes until it closes
+FAST_POLL_S = 0.005  # while a window is open
 # After a thread's first tag in a window: its siblings' first launches (any
 # thread launching 100 times a second) before the window closes.
 SETTLE_S = 0.01
@@ -149,13 +149,9 @@ class Detector:
               and (self._live_tags() or not self.detaching())):
             self._open_window()
 
-    @property
-    def window_open(self) -> bool:
-        return self._window_start is not None
-
     def poll_s(self, idle_s: float) -> float:
         """How soon tick() should run again: often while a window is open."""
-        return min(idle_s, FAST_POLL_S) if self.window_open else idle_s
+        return min(idle_s, FAST_POLL_S) if self._window_start is not None else idle_s
 
     def _live_tags(self) -> dict[int, int]:
         now_ns = int(self.clock() * 1e9)

@@ -361,21 +361,17 @@ class Loader:
               step: Callable[[float], None] = lambda now: None) -> intf.ExitInfo | None:
         """The loop of both loaders: new libcuda files probed, detection windows,
         step(now) and a statistics line from sample every stats_interval_s,
-        until a signal (None) or ejected() returns the kernel's exit info.
-        While a window is open only the detector runs: its probes hit every
-        launch until it closes, and the rest can take tens of milliseconds
-        under emulation."""
+        until a signal (None) or ejected() returns the kernel's exit info."""
         report = self._statistics(sample)
         while not self.stop.is_set():
             info = ejected()
             if info is not None:
                 return info
+            now = time.monotonic()
+            self._probe_found(scanner, detector)
             detector.tick()
-            if not detector.window_open:
-                now = time.monotonic()
-                self._probe_found(scanner, detector)
-                step(now)
-                report(now)
+            step(now)
+            report(now)
             self.stop.wait(detector.poll_s(POLL_S))
         return None
 

@@ -8,10 +8,7 @@ from pathlib import Path
 
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
-from scx_gpu.controlplane import intf
-from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import SETTLE_S, BackgroundDetach, Detector
-from scx_gpu.controlplane.loader import Loader
 
 
 class FakeProbes:
@@ -197,24 +194,3 @@ def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
         probes.now += 0.001
     assert set(tags) == set(starts)
     assert 0.058 + SETTLE_S <= live[-1] <= 0.058 + SETTLE_S + 0.003, live[-1]
-
-
-def test_the_loader_runs_nothing_but_the_detector_while_a_window_is_open(tmp_path):
-    # The home scan, the rescan and the statistics take tens of milliseconds
-    # under emulation: run inside an open window, every launch of that time hit.
-    lib = tmp_path / "libcuda.so.1"
-    lib.write_bytes(b"")
-    probes = FakeProbes(attach_s=0.0)
-    det = detector(probes, lib)
-    steps: list[bool] = []
-    ticks = itertools.count()
-
-    def ejected() -> intf.ExitInfo | None:
-        probes.now += 0.05  # a window of 0.2 s stays open four iterations
-        return intf.ExitInfo() if next(ticks) == 12 else None
-
-    loader = Loader(Config(), emit=lambda line: None, quiet=True)
-    loader._loop(det, None, sample=lambda interval_s: None, ejected=ejected,  # type: ignore
-                 step=lambda now: steps.append(det.window_open))
-    assert steps and not any(steps), steps
-    assert len(steps) < 12  # skipped while open
