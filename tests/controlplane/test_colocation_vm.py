@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.root]
 REPO = Path(__file__).resolve().parents[2]
 LOAD = [sys.executable, "-m", "tests.controlplane.colocload"]
 IO_SECONDS = 8.0
-MEM_SECONDS = 20.0  # the hog reaching its size, and the kernel reclaiming for it
+MEM_SECONDS = 30.0  # the hog reaching its size: 576-640 of 628-638 MB in 20 s
 HOLD_BYTES = 160 << 20
 BATCH_MEM_HIGH = 64 << 20
 PAGE = 4096
@@ -337,7 +337,7 @@ def test_batch_memory_hog_is_held_while_the_gpu_tier_keeps_its_pages():
           f"peak {isolated['batch_peak_mb']:.0f}, {isolated['high_events']} memory.high events)")
     print(f"without: {plain}\nwith: {isolated}")
     # Without isolation the hog takes the gpu tier's pages (the setup makes pressure
-    # enough to take 22-54% of them) ...
+    # enough to take 16-39% of them in 20 s, the hog at 576-640 MB) ...
     assert plain["cached_min_mb"] < 0.85 * plain["cached_before_mb"], plain
     # ... with it the hog is throttled and reclaimed at memory.high, and they stay.
     assert isolated["high_events"] > 0, isolated
