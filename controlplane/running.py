@@ -58,7 +58,11 @@ class RunningScheduler:
         self.fds.clear()
 
     def stats(self) -> intf.Stats:
-        return sum_stats(maps.lookup_percpu(self.fds["stats"], ZERO, intf.Stats, self.ncpus))
+        return sum_stats(self.cpu_stats())
+
+    def cpu_stats(self) -> list[intf.Stats]:
+        """Each CPU's own counters, by CPU number: the work it ran, not who asked."""
+        return maps.lookup_percpu(self.fds["stats"], ZERO, intf.Stats, self.ncpus)
 
     def tunables(self) -> intf.Tunables:
         return maps.lookup(self.fds["tunables"], ZERO, intf.Tunables) or intf.Tunables()

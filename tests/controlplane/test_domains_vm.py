@@ -21,6 +21,8 @@ from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, processes
+from scx_gpu.controlplane.intf import Tier
+from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.runstate import run_state
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer.session import TraceSession
@@ -139,16 +141,23 @@ def test_exclusive_smt_keeps_batch_off_gpu_siblings():
     with sc.loaded("--gpu-smt", "exclusive", "--quota", "100"), \
             cpu_hogs(6, tier="batch"), cpu_hogs(2, tier="gpu", cpus="0,4"):
         time.sleep(1)  # the hogs' first moves settle
-        before, batch_before, start = _run_ns(), _batch_s(), time.monotonic()
+        before, batch_before, start = _run_ns(), _batch_ns_by_cpu(), time.monotonic()
         time.sleep(seconds)
-        after, batch_after, took = _run_ns(), _batch_s(), time.monotonic() - start
+        after, batch_after, took = _run_ns(), _batch_ns_by_cpu(), time.monotonic() - start
         assert enabled(), "the kernel ejected the scheduler"
-    batch_share = (batch_after - batch_before) / (took * NPROC)
     busy = {cpu: (after[cpu] - before[cpu]) / 1e9 / took for cpu in after}
-    print(json.dumps({"cpu_busy": busy, "batch_share": batch_share}))
-    least = min(busy[c] for c in others)
-    assert all(busy[cpu] <= 0.25 * least for cpu in siblings), busy
-    assert batch_share >= 0.35, busy  # 4 of 8 CPUs: batch ran, elsewhere
+    batch = {cpu: (batch_after[cpu] - batch_before[cpu]) / 1e9 / took for cpu in after}
+    print(json.dumps({"cpu_busy": busy, "batch_busy": batch}))
+    # Batch only: normal work (this test, the loader) may run beside a gpu
+    # thread, and took 0.14-0.38 of a sibling here under emulation.
+    assert all(batch[cpu] <= 0.05 for cpu in siblings), batch
+    assert all(batch[cpu] >= 0.5 for cpu in others), batch  # batch ran, elsewhere
+
+
+def _batch_ns_by_cpu() -> dict[int, int]:
+    """Each CPU's batch run time so far, ns, by the scheduler's books."""
+    with RunningScheduler() as sched:
+        return {cpu: s.tier[Tier.BATCH].runtime_ns for cpu, s in enumerate(sched.cpu_stats())}
 
 
 # A batch task that spins and records its longest gap between two looks at

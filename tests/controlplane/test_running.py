@@ -46,6 +46,7 @@ def test_reads_what_the_loader_wrote(sched):
         assert running.quota_line() == f"{CONFIG.auto_quota_min}% of all CPUs per 100 ms (auto)"
         assert running.tier_tasks() == {"gpu": 0, "normal": 0, "batch": 0}
         assert running.gpu_tags() == [] and running.stats().detector_hits == 0
+        assert len(running.cpu_stats()) == running.ncpus
 
 
 def test_quota_set_is_never_overwritten_by_the_auto_quota_loop(sched, monkeypatch):
