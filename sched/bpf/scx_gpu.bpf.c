@@ -78,10 +78,11 @@
  *  - a launch tag is a claim any local user can make, so detected gpu
  *    threads are metered: all the CPU time of a process's tagged threads,
  *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
- *    all of them against gpu_budget_pct % (95), as token buckets banking
- *    one slice. A process over either runs in the normal tier, in slices of
- *    s, until back within it, and its debt never exceeds a period: over-use costs the
- *    gpu tier at most P after it stops. The control plane and
+ *    all of them against gpu_budget_pct % (95), as token buckets whose
+ *    bank lets a process hold every CPU for a slice at a time (100%: not
+ *    metered). A process over either runs in the normal tier, in slices of
+ *    s, until back within it, and its debt never exceeds a period: over-use
+ *    costs the gpu tier at most P after it stops. The control plane and
  *    operator-pinned members are not metered. Its threads wait in the
  *    budget queue, ordered by when they are within budget again: from then
  *    on they are gpu tasks (first come, first served with the gpu queue of
@@ -100,6 +101,7 @@ char _license[] SEC("license") = "GPL";
 #define PCPU_DSQS	(1ULL << 24)	/* per-CPU queue id = PCPU_DSQS | cpu << DOMAIN_SHIFT | tier */
 #define BUDGET_DSQ	(1ULL << 32)	/* one queue: tagged tasks over a gpu budget */
 #define BUDGET_TRIES	8		/* budget queue tasks a dispatch looks at */
+#define BUDGET_BURST_SLICES 1		/* a metered process may hold all CPUs this long */
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define NSEC_PER_USEC	1000ULL
@@ -534,37 +536,58 @@ static u64 gpu_tag_expiry(struct task_struct *p, u64 now)
 	return t && seen && (s64)(now - *seen) < (s64)t->gpu_ttl_ns ? *seen + t->gpu_ttl_ns : 0;
 }
 
-/* Is the bucket that empties at @tat over budget at @now (beyond its bank)? */
-static bool bucket_over(u64 tat, u64 now)
+/*
+ * A bucket's bank: the debt it may run up within budget, in its own time.
+ * Running on every CPU at pct % adds (100 - pct) / pct of debt per ns, so
+ * this bank lets a metered process hold them all for BUDGET_BURST_SLICES
+ * slices at a time (a bank of one slice let a spinner hold 2 vCPUs for
+ * 45 ms at 90%).
+ */
+static u64 budget_bank_ns(u32 pct)
 {
-	return (s64)(tat - now) > (s64)slice_ns;
+	return pct ? BUDGET_BURST_SLICES * slice_ns * (100 - pct) / pct : 0;
+}
+
+/*
+ * Is the bucket at @pct that empties at @tat over budget at @now (beyond its
+ * bank)? Never at 100%: all CPUs all the time is within it, whatever the
+ * order in which their slices are charged.
+ */
+static bool bucket_over(u64 tat, u32 pct, u64 now)
+{
+	return pct < 100 && (s64)(tat - now) > (s64)budget_bank_ns(pct);
 }
 
 /* When @p's process and the gpu tier are both within budget again; 0: now. */
 static u64 over_budget(struct task_struct *p, u64 now)
 {
 	u32 tgid = p->tgid;
-	u64 *tat = bpf_map_lookup_elem(&proc_budgets, &tgid), until = 0;
+	u64 *tat = bpf_map_lookup_elem(&proc_budgets, &tgid), until = 0, tier_due;
 
-	if (tat && bucket_over(*tat, now))
-		until = *tat - slice_ns;
-	if (bucket_over(tier_budget_tat, now) && tier_budget_tat - slice_ns > until)
-		until = tier_budget_tat - slice_ns;
+	if (tat && bucket_over(*tat, gpu_proc_budget_pct, now))
+		until = *tat - budget_bank_ns(gpu_proc_budget_pct);
+	tier_due = tier_budget_tat - budget_bank_ns(gpu_budget_pct);
+	if (bucket_over(tier_budget_tat, gpu_budget_pct, now) && tier_due > until)
+		until = tier_due;
 	return until;
 }
 
-/* Take @used ns of CPU from a bucket filled at @pct % of all CPUs. */
+/*
+ * Take @used ns of CPU, run until @now, from a bucket filled at @pct % of all
+ * CPUs. A bucket that emptied before the run began starts from its start:
+ * no credit beyond its bank, and no debt for time not yet run (from @now, a
+ * process whose threads end their slices together looked a slice in debt).
+ */
 static void bucket_charge(u64 *tat, u64 used, u32 pct, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
-	u64 old = *tat, cap;
+	u64 old = *tat, start = now - used, cap;
 
-	/* A bucket that emptied in the past starts from now: no credit beyond its bank. */
-	if ((s64)(old - now) < 0)
-		__sync_val_compare_and_swap(tat, old, now);
+	if ((s64)(old - start) < 0)
+		__sync_val_compare_and_swap(tat, old, start);
 	__sync_fetch_and_add(tat, used * 100 / ((u64)pct * nr_cpus));
 	/* Debt of at most a period: over-use ends within one after it stops. */
-	cap = now + slice_ns + (t ? t->batch_period_ns : 0);
+	cap = now + budget_bank_ns(pct) + (t ? t->batch_period_ns : 0);
 	old = *tat;
 	if ((s64)(old - cap) > 0)
 		__sync_val_compare_and_swap(tat, old, cap);
@@ -578,7 +601,7 @@ static bool charge_budget(struct task_struct *p, u64 used, u64 now)
 
 	tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
 	if (!tat) {
-		bpf_map_update_elem(&proc_budgets, &tgid, &now, BPF_NOEXIST);
+		bpf_map_update_elem(&proc_budgets, &tgid, &(u64){0}, BPF_NOEXIST);
 		tat = bpf_map_lookup_elem(&proc_budgets, &tgid);
 	}
 	if (tat)
