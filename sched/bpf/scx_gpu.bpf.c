@@ -79,7 +79,7 @@
  *    threads are metered: all the CPU time of a process's tagged threads,
  *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
  *    all of them against gpu_budget_pct % (95), as token buckets whose
- *    bank lets a process hold every CPU for a slice at a time (100%: not
+ *    bank lets a process hold every CPU for one run at a time (100%: not
  *    metered). A process over either runs in the normal tier, in slices of
  *    s, until back within it, and its debt never exceeds a period: over-use
  *    costs the gpu tier at most P after it stops. The control plane and
@@ -101,7 +101,6 @@ char _license[] SEC("license") = "GPL";
 #define PCPU_DSQS	(1ULL << 24)	/* per-CPU queue id = PCPU_DSQS | cpu << DOMAIN_SHIFT | tier */
 #define BUDGET_DSQ	(1ULL << 32)	/* one queue: tagged tasks over a gpu budget */
 #define BUDGET_TRIES	8		/* budget queue tasks a dispatch looks at */
-#define BUDGET_BURST_SLICES 1		/* a metered process may hold all CPUs this long */
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define NSEC_PER_USEC	1000ULL
@@ -539,13 +538,14 @@ static u64 gpu_tag_expiry(struct task_struct *p, u64 now)
 /*
  * A bucket's bank: the debt it may run up within budget, in its own time.
  * Running on every CPU at pct % adds (100 - pct) / pct of debt per ns, so
- * this bank lets a metered process hold them all for BUDGET_BURST_SLICES
- * slices at a time (a bank of one slice let a spinner hold 2 vCPUs for
- * 45 ms at 90%).
+ * a metered process may hold them all for one run at a time: a run of one
+ * slice on every CPU adds exactly the bank, and a full slice, which ends
+ * at the next tick (8 ms at HZ=250), adds more. A bank of one slice let a
+ * spinner hold 2 vCPUs for 45 ms at 90%.
  */
 static u64 budget_bank_ns(u32 pct)
 {
-	return pct ? BUDGET_BURST_SLICES * slice_ns * (100 - pct) / pct : 0;
+	return pct ? slice_ns * (100 - pct) / pct : 0;
 }
 
 /*
