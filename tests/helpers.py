@@ -72,6 +72,13 @@ def enabled() -> bool:
     return sched_ext_state() == ("enabled", "scx_gpu")
 
 
+def ejection() -> str:
+    """Why the kernel ejected the scheduler, as its log says (sched_ext's lines)."""
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+    said = "\n".join(line for line in log if "sched_ext" in line or "scx_gpu" in line)
+    return f"the kernel ejected the scheduler:\n{said[-3000:]}"
+
+
 def disabled() -> bool:
     return sched_ext_state()[0] == "disabled"
 

@@ -32,6 +32,7 @@ from tests.helpers import (
     cpu_hogs,
     dump,
     dump_lines,
+    ejection,
     enabled,
     runnable_waits_s,
 )
@@ -92,7 +93,7 @@ def test_a_gpu_thread_is_not_kept_behind_batch_in_the_other_domain():
         out = subprocess.run([*sc.SCX_GPU, "run", "--tier", "gpu", "--", sys.executable, "-c",
                               SPIN, str(seconds)], capture_output=True, text=True, timeout=120)
         batch_share = (_batch_s() - before) / ((time.monotonic() - start) * NPROC)
-        assert enabled(), "the kernel ejected the scheduler"
+        assert enabled(), ejection()
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     report["batch_share"] = batch_share
@@ -144,7 +145,7 @@ def test_exclusive_smt_keeps_batch_off_gpu_siblings():
         before, batch_before, start = _run_ns(), _batch_ns_by_cpu(), time.monotonic()
         time.sleep(seconds)
         after, batch_after, took = _run_ns(), _batch_ns_by_cpu(), time.monotonic() - start
-        assert enabled(), "the kernel ejected the scheduler"
+        assert enabled(), ejection()
     busy = {cpu: (after[cpu] - before[cpu]) / 1e9 / took for cpu in after}
     batch = {cpu: (batch_after[cpu] - batch_before[cpu]) / 1e9 / took for cpu in after}
     print(json.dumps({"cpu_busy": busy, "batch_busy": batch}))
@@ -194,7 +195,7 @@ def test_floor_reaches_batch_in_every_domain_and_on_one_cpu(tmp_path):
             trace.attach_tracepoints()
             with cpu_hogs(16, tier="gpu"):
                 time.sleep(seconds)
-                assert enabled(), "the kernel ejected the scheduler"
+                assert enabled(), ejection()
             # Drained once the hogs are gone: this process is in the normal tier.
             events, drops = trace.drain(), trace.drops()
         finally:
@@ -275,7 +276,7 @@ def test_a_gpu_thread_runs_on_its_gpus_node():
     with sc.loaded("--gpu-cpus", "4-7", "--quota", "100"), \
             cpu_hogs(4, tier="batch", cpus="4-7"):
         seen = _bursts([*sc.SCX_GPU, "run", "--tier", "gpu", "--"], 4, start_cpu=0)
-        assert enabled(), "the kernel ejected the scheduler"
+        assert enabled(), ejection()
     share = _share(seen, HOME)
     print(json.dumps({"on_home": share, "cpus": seen}))
     assert share >= 0.95, seen
@@ -291,7 +292,7 @@ def test_batch_prefers_cpus_outside_the_homes():
             _pinned([run_state()["pid"], os.getpid()], HOME):
         seen = _bursts([*sc.SCX_GPU, "run", "--tier", "batch", "--"], 4, start_cpu=5,
                        procs=2)
-        assert enabled(), "the kernel ejected the scheduler"
+        assert enabled(), ejection()
     share = _share(seen, HOME)
     print(json.dumps({"on_home": share, "cpus": seen}))
     # Left to the kernel's choice batch spent 51-63% on node 1; preferring
@@ -335,7 +336,7 @@ def test_the_rest_of_a_gpu_processs_cgroup_follows_it(tmp_path):
             sc.wait_for(lambda: "(1 process, 1 cgroup)" in log.read_text(), 60,
                         "the launcher's cgroup to get its home")
             seen = _bursts(sc.in_cgroup(group, []), 4, start_cpu=0)
-            assert enabled(), "the kernel ejected the scheduler"
+            assert enabled(), ejection()
         finally:
             (group / "cgroup.kill").write_text("1")
             launcher.wait(timeout=30)

@@ -36,6 +36,7 @@ from tests.helpers import (
     disabled,
     dump,
     dump_lines,
+    ejection,
     enabled,
     json_lines,
     launcher,
@@ -407,7 +408,7 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
                 time.sleep(seconds)
             # This process is in the normal tier: among the hogs, draining
             # the ring would take it minutes of floor service.
-            assert enabled(), "the kernel ejected the scheduler"
+            assert enabled(), ejection()
             events, drops = trace.drain(), trace.drops()
         finally:
             trace.close()
@@ -617,7 +618,7 @@ def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
                 time.sleep(seconds)
                 dump()
             # Read once the hogs are gone: this process is in the normal tier.
-            assert enabled(), "the kernel ejected the scheduler"
+            assert enabled(), ejection()
             events, drops = trace.drain(), trace.drops()
         finally:
             trace.close()
