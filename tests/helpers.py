@@ -89,10 +89,13 @@ def json_lines(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def launcher(*args: str, tier: str | None = None, nice: int = 0,
+def launcher(*args: str, tier: str | None = None, nice: int = 0, cpus: str = "",
              timeout: float = 300) -> dict[str, Any]:
-    """Run the synthetic launcher to completion; its JSON report."""
+    """Run the synthetic launcher to completion, on the CPU list cpus
+    (default: any); its JSON report."""
     cmd = [str(program("launcher")), "--cuda-lib", str(program("libcuda.so.1")), *args]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     if tier:

@@ -23,6 +23,11 @@ bool scx_bpf_dsq_move_to_local___v2___compat(u64 dsq_id, u64 enq_flags) __ksym _
 bool scx_bpf_consume___compat(u64 dsq_id) __ksym __weak;
 bool scx_bpf_dispatch_from_dsq___compat(struct bpf_iter_scx_dsq *it__iter, struct task_struct *p,
 					u64 dsq_id, u64 enq_flags) __ksym __weak;
+void scx_bpf_dispatch_from_dsq_set_vtime___compat(struct bpf_iter_scx_dsq *it__iter,
+						  u64 vtime) __ksym __weak;
+bool scx_bpf_dispatch_vtime_from_dsq___compat(struct bpf_iter_scx_dsq *it__iter,
+					      struct task_struct *p, u64 dsq_id,
+					      u64 enq_flags) __ksym __weak;
 
 static __always_inline void dsq_insert(struct task_struct *p, u64 dsq_id, u64 slice,
 				       u64 enq_flags)
@@ -66,6 +71,18 @@ static __always_inline bool dsq_move(struct bpf_iter_scx_dsq *it, struct task_st
 	if (bpf_ksym_exists(scx_bpf_dsq_move))
 		return scx_bpf_dsq_move(it, p, dsq_id, enq_flags);
 	return scx_bpf_dispatch_from_dsq___compat(it, p, dsq_id, enq_flags);
+}
+
+/* Move it to a user queue at @vtime (6.12: scx_bpf_dispatch_vtime_from_dsq). */
+static __always_inline bool dsq_move_vtime(struct bpf_iter_scx_dsq *it, struct task_struct *p,
+					   u64 dsq_id, u64 vtime)
+{
+	if (bpf_ksym_exists(scx_bpf_dsq_move_vtime)) {
+		scx_bpf_dsq_move_set_vtime(it, vtime);
+		return scx_bpf_dsq_move_vtime(it, p, dsq_id, 0);
+	}
+	scx_bpf_dispatch_from_dsq_set_vtime___compat(it, vtime);
+	return scx_bpf_dispatch_vtime_from_dsq___compat(it, p, dsq_id, 0);
 }
 
 /* Re-enqueue the tasks in this CPU's local queue (7.x: the ___v2 variant). */

@@ -89,7 +89,9 @@
  *    the CPU's domain), before then they run only where no gpu or normal
  *    task waits. So an over-budget thread waits at most P + slice for its
  *    turn, however many normal tasks wait (in the normal queue it waited a
- *    round of all of them, and a launcher's tag expired meanwhile).
+ *    round of all of them, and a launcher's tag expired meanwhile), and
+ *    however many threads that its CPUs may not run, or that are not due,
+ *    wait ahead of it: each due head leaves the queue.
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -100,7 +102,7 @@ char _license[] SEC("license") = "GPL";
 #define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
 #define PCPU_DSQS	(1ULL << 24)	/* per-CPU queue id = PCPU_DSQS | cpu << DOMAIN_SHIFT | tier */
 #define BUDGET_DSQ	(1ULL << 32)	/* one queue: tagged tasks over a gpu budget */
-#define BUDGET_TRIES	8		/* budget queue tasks a dispatch looks at */
+#define BUDGET_TRIES	8		/* due budget queue heads a dispatch releases */
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define NSEC_PER_USEC	1000ULL
@@ -1432,31 +1434,41 @@ __scx_gpu_global bool take_tier(u32 tier, s32 cpu)
 }
 
 /*
- * A task of the budget queue for @cpu: with @due, only one within budget
- * again, which runs as the gpu task it is again; else any. The queue is in
- * order of those times, so its head is the first due; a head whose process
- * ran since it was queued may not be due after all, and then none is yet.
+ * A due task of the budget queue for @cpu. The queue is in order of when its
+ * tasks are within budget again, so the first due comes first. Each head
+ * that is due leaves the queue: it runs here as the gpu task it is again,
+ * or, when it may not run here, waits in its own queue of that tier; a head
+ * whose process ran since it was queued is not due after all and goes back
+ * in order of its new time. So no task waits behind one that this CPU may
+ * not take or that is not due, however many of them another user queues.
  */
-__scx_gpu_global bool take_over_budget(s32 cpu, u64 now, bool due)
+__scx_gpu_global bool take_due_budget(s32 cpu, u64 now)
 {
 	struct task_struct *p;
 	struct task_ctx *tctx;
-	u32 tries = 0;
+	u32 tries = 0, tier;
+	u64 due;
+	s32 idle;
 
-	if (!queued(BUDGET_DSQ))
-		return false;
 	bpf_for_each(scx_dsq, p, BUDGET_DSQ, 0) {
-		if (due && (p->scx.dsq_vtime > now || over_budget(p, now)))
-			break;
-		if (++tries > BUDGET_TRIES)
+		if (p->scx.dsq_vtime > now || ++tries > BUDGET_TRIES)
 			break;
 		tctx = task_ctx_of(p);
-		if (!tctx || !bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+		due = over_budget(p, now);
+		if (!tctx || due) {
+			dsq_move_vtime(BPF_FOR_EACH_ITER, p, BUDGET_DSQ, due ?: now + slice_ns);
 			continue;
-		if (due)
-			task_tier(p, tctx, now);
-		if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0))
-			return true;
+		}
+		tier = task_tier(p, tctx, now);
+		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
+			if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0))
+				return true;
+			continue;
+		}
+		idle = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+		due = tier == TIER_NORMAL ? normal_deadline(p, tctx, now) : p->scx.dsq_vtime;
+		if (dsq_move_vtime(BPF_FOR_EACH_ITER, p, queue_of(p, tier), due) && idle >= 0)
+			scx_bpf_kick_cpu(idle, SCX_KICK_IDLE);
 	}
 	return false;
 }
@@ -1470,9 +1482,9 @@ __scx_gpu_global bool take_gpu(s32 cpu, u64 now)
 	u64 due = queued(BUDGET_DSQ) ? head_key(BUDGET_DSQ, HEAD_VTIME) : FOREVER;
 
 	if (due <= now && due <= head_key(dsq_of(TIER_GPU, dom_of(cpu)), HEAD_VTIME) &&
-	    take_over_budget(cpu, now, true))
+	    take_due_budget(cpu, now))
 		return true;
-	return take_tier(TIER_GPU, cpu) || (due <= now && take_over_budget(cpu, now, true));
+	return take_tier(TIER_GPU, cpu) || (due <= now && take_due_budget(cpu, now));
 }
 
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
@@ -1489,8 +1501,8 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	/* A queue of the same tier as prev goes first: round robin within a tier. */
 	if (take_gpu(cpu, now))
 		return;
-	if (keep >= TIER_NORMAL && (take_tier(TIER_NORMAL, cpu) ||
-				    take_over_budget(cpu, now, false)))
+	/* The budget queue's first task this CPU may run: the kernel skips the rest. */
+	if (keep >= TIER_NORMAL && (take_tier(TIER_NORMAL, cpu) || dsq_move_to_local(BUDGET_DSQ)))
 		return;
 	if (keep >= TIER_BATCH && batch_may_run(cpu) && take_tier(TIER_BATCH, cpu))
 		return;
@@ -1694,11 +1706,16 @@ void BPF_STRUCT_OPS(gpu_cgroup_move, struct task_struct *p, struct cgroup *from,
 		tctx->classified = false;
 }
 
-/* A launch tag dies with its thread (or process): a reused id starts untagged. */
+/*
+ * A launch tag dies with its thread (or process), a budget with its process
+ * (its leader): a reused id starts untagged and without debt.
+ */
 void BPF_STRUCT_OPS(gpu_exit_task, struct task_struct *p, struct scx_exit_task_args *args)
 {
 	u32 key = p->pid;
 
+	if (p->pid == p->tgid)
+		bpf_map_delete_elem(&proc_budgets, &key);
 	if (detect_scope == SCOPE_PROCESS) {
 		if (p->pid != p->tgid)
 			return;

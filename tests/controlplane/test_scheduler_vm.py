@@ -547,6 +547,43 @@ def test_a_process_over_its_budget_still_gets_its_budget():
     assert during >= 0.7 * budget * alone, (during, alone)
 
 
+def test_a_crowd_over_budget_on_one_cpu_cannot_hold_up_a_launcher_on_another():
+    # Tagged threads over a gpu budget wait in one budget queue. A user pins
+    # 16 tagged spinners to CPU 0, and with the tier's budget at 45% of the
+    # 2 vCPUs (the crowd alone takes one) every tagged thread waits there,
+    # the launcher pinned to CPU 1 behind the crowd. CPU 1 has nothing else
+    # to run, so the launcher must keep most of it: 0.71-0.72 of its alone
+    # throughput (over budget, it runs in slices of 0.5 ms). While a CPU gave
+    # up on the budget queue after 8 tasks it may not run, it kept 0.12.
+    seconds = 10
+
+    def tokens_per_s() -> float:
+        return float(launcher("--warmup", "1.5", "--duration", str(seconds), "--threads", "1",
+                              *SYNTHETIC_SHAPE, cpus="1")["tokens_per_s"])
+
+    with sc.loaded("--gpu-budget", "45"):
+        alone = tokens_per_s()
+        crowd = subprocess.Popen(["taskset", "-c", "0", str(LAUNCHER), "--cuda-lib", str(STUB),
+                                  "--threads", "16", "--duration", str(seconds * 6),
+                                  "--launches", "1000", "--work-us", "100",
+                                  "--gpu-wait-us", "0"], stdout=subprocess.DEVNULL)
+        try:
+            def tagged() -> bool:
+                threads = {int(t.name) for t in Path(f"/proc/{crowd.pid}/task").iterdir()}
+                return bool(threads & set(sc.status()["scx_gpu"]["gpu_tagged_ids"]))
+            sc.wait_for(tagged, 60, "the crowd to be tagged")
+            beside = tokens_per_s()
+            assert enabled(), ejection()
+            demotions = sc.status()["scx_gpu"]["totals"]["budget_demotions"]
+        finally:
+            crowd.kill()
+            crowd.wait()
+    print(json.dumps({"alone": alone, "beside": beside, "ratio": beside / alone,
+                      "budget_demotions": demotions}))
+    assert demotions > 0, "nothing went over the tier's budget"
+    assert beside >= 0.5 * alone, (beside, alone)
+
+
 def test_task_storm_starves_nobody_and_spares_the_launcher():
     # 2,000 runnable normal tasks (20 processes forked at once, 100 threads
     # each) beside busy gpu launchers and batch hogs, for STORM_S: three of the
