@@ -17,8 +17,10 @@ while the rest attached and the last ones while the rest detached: at
 Detaching waits for the kernel's grace periods: 1.5 s for 8 per-entry-point
 links on an idle guest, 12-40 s behind a storm of 2,000 runnable tasks. In
 the control plane's loop that held back the next windows until busy
-launchers' tags expired, so the loader detaches on a thread of its own
-(BackgroundDetach): a probe stops firing as soon as its unregistering begins.
+launchers' tags expired, so the loader detaches each link on a thread of
+its own (BackgroundDetach): a probe stops firing as soon as its
+unregistering begins, and one queued behind another's grace periods went
+on firing meanwhile.
 
 The duty cycle adapts: a window closes as soon as every thread tagged when
 it opened has launched again (a busy launcher: within milliseconds) and no
@@ -31,7 +33,6 @@ a busy launcher's launches they hit: a full window to find a launcher at
 10,000 launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
 """
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,36 +58,38 @@ def no_tags() -> dict[int, int]:
 
 
 class BackgroundDetach:
-    """A Detach that returns at once: the links are destroyed in order on a
-    thread of its own; close() waits until every one given is gone."""
+    """A Detach that returns at once: each link is destroyed on a thread of
+    its own, so that none waits behind another's grace periods (a probe
+    fires until its unregistering begins); close() waits until every one
+    given is gone."""
 
     def __init__(self, detach: Detach) -> None:
         self._detach = detach
-        self._links: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._done = threading.Condition()
         self._pending = 0  # given, not yet destroyed
-        self._thread = threading.Thread(target=self._run, name="probe-detach", daemon=True)
-        self._thread.start()
 
     def __call__(self, link: int) -> None:
-        with self._lock:
+        with self._done:
             self._pending += 1
-        self._links.put(link)
+        threading.Thread(target=self._run, args=(link,), name="probe-detach",
+                         daemon=True).start()
 
-    def _run(self) -> None:
-        while (link := self._links.get()) is not None:
+    def _run(self, link: int) -> None:
+        try:
             self._detach(link)
-            with self._lock:
+        finally:
+            with self._done:
                 self._pending -= 1
+                self._done.notify_all()
 
     def pending(self) -> bool:
         """Links given that are not destroyed yet."""
-        with self._lock:
+        with self._done:
             return self._pending > 0
 
     def close(self) -> None:
-        self._links.put(None)
-        self._thread.join()
+        with self._done:
+            self._done.wait_for(lambda: self._pending == 0)
 
 
 @dataclass

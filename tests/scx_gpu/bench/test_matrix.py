@@ -82,6 +82,9 @@ def test_metric_from_json_line_or_wall_time():
                                               "token_ms_p99": 9.0, "metric": "tokens/s"}
     counted = '{"tokens_per_s": 1, "launches": 5000}'
     assert workloads.metric(counted, 3.0)["launches"] == 5000
+    # The probe hits count the warm-up's launches too: so must their denominator.
+    warmed = '{"tokens_per_s": 1, "launches": 5000, "thread_launches": [3000, 4000]}'
+    assert workloads.metric(warmed, 3.0)["launches"] == 7000
     assert workloads.metric("done\n", 4.0) == {"tokens_per_s": 0.25, "token_ms_p50": 4000.0,
                                                "token_ms_p99": 4000.0, "metric": "runs/s"}
 

@@ -18,7 +18,7 @@ FIGURES = {
     "hogs SCHED_IDLE": (180.0, 30.0), "launcher nice -20": (196.0, 32.0),
     "alone (scx-gpu fair)": (198.0, 0.0), "alone (scx-gpu)": (194.0, 0.0),
     "scx-gpu, hogs batch": (192.0, 28.0), "scx-gpu, undeclared": (170.0, 40.0),
-    sched.DETECTOR_CELL: (150.0, 0.0),
+    sched.DETECTOR_CELL: (150.0, 0.0), sched.FAST_HOGS_CELL: (135.0, 45.0),
 }
 LABELS = {key: label for label, key in sched.CELLS.items()}
 
@@ -64,6 +64,7 @@ def test_the_verdict_from_the_standard_summary():
         "scheduler_overhead_pct": 1.0,
         "probe_hits_per_launch_pct": 0.5,
         "gpu_tier_cpu_share": 0.99,
+        "fast_launcher_undeclared_relative": 0.9,
     })
 
 
@@ -93,7 +94,7 @@ def test_the_result_directory_round_trips(tmp_path):
     assert len(saved) == len(sched.CELLS)
     fast = next(c for c in saved if c["workload"] == sched.FAST)
     assert fast["traced"] is False and fast["probe_hits_per_launch"] == pytest.approx(0.005)
-    (fast_cell,) = (c for c in sched.plan(1, 5.0) if c.workload)
+    fast_cell = next(c for c in sched.plan(1, 5.0) if c.workload)
     assert fast_cell.workload is not None
     assert run.config["cell_workloads"] == {sched.FAST: list(fast_cell.workload.argv)}
 
