@@ -79,8 +79,8 @@
  *    threads are metered: all the CPU time of a process's tagged threads,
  *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
  *    all of them against gpu_budget_pct % (95), as token buckets whose
- *    bank lets a process hold every CPU for one run at a time (100%: not
- *    metered). A process over either runs in the normal tier, in slices of
+ *    bank lets a process hold every CPU for BANK_RUNS (2) runs at a time
+ *    (100%: not metered). A process over either runs in the normal tier, in slices of
  *    s, until back within it, and its debt never exceeds a period: over-use
  *    costs the gpu tier at most P after it stops. The control plane and
  *    operator-pinned members are not metered. Its threads wait in the
@@ -89,9 +89,10 @@
  *    the CPU's domain), before then they run only where no gpu or normal
  *    task waits. So an over-budget thread waits at most P + slice for its
  *    turn, however many normal tasks wait (in the normal queue it waited a
- *    round of all of them, and a launcher's tag expired meanwhile), and
- *    however many threads that its CPUs may not run, or that are not due,
- *    wait ahead of it: each due head leaves the queue.
+ *    round of all of them, and a launcher's tag expired meanwhile), plus a
+ *    dispatch per BUDGET_TRIES due threads ahead of it (each leaves the
+ *    queue), however many that its CPUs may not run wait there: a thread
+ *    pinned to one CPU waits in that CPU's budget queue.
  */
 #include "common.bpf.h"
 #include "intf.h"
@@ -101,8 +102,9 @@ char _license[] SEC("license") = "GPL";
 
 #define DOMAIN_SHIFT	8	/* queue id = domain << DOMAIN_SHIFT | tier */
 #define PCPU_DSQS	(1ULL << 24)	/* per-CPU queue id = PCPU_DSQS | cpu << DOMAIN_SHIFT | tier */
-#define BUDGET_DSQ	(1ULL << 32)	/* one queue: tagged tasks over a gpu budget */
-#define BUDGET_TRIES	8		/* due budget queue heads a dispatch releases */
+#define BUDGET_DSQ	(1ULL << 32)	/* tagged tasks over a gpu budget, unless pinned */
+#define PCPU_BUDGET	NR_TIERS	/* pcpu_dsq(PCPU_BUDGET, cpu): those pinned to cpu */
+#define BUDGET_TRIES	8		/* due heads a dispatch releases from a budget queue */
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define NSEC_PER_USEC	1000ULL
@@ -540,14 +542,17 @@ static u64 gpu_tag_expiry(struct task_struct *p, u64 now)
 /*
  * A bucket's bank: the debt it may run up within budget, in its own time.
  * Running on every CPU at pct % adds (100 - pct) / pct of debt per ns, so
- * a metered process may hold them all for one run at a time: a run of one
- * slice on every CPU adds exactly the bank, and a full slice, which ends
- * at the next tick (8 ms at HZ=250), adds more. A bank of one slice let a
- * spinner hold 2 vCPUs for 45 ms at 90%.
+ * a metered process may hold them all for BANK_RUNS runs at a time. A
+ * launcher whose threads start a token together on every CPU runs about
+ * one slice there, often a little more (a full slice ends at the next
+ * tick, 8 ms at HZ=250): with a bank of one run the synthetic launcher
+ * (70% busy on 2 vCPUs) was demoted 300 times in 13 s, with two 160-180.
+ * A bank of one slice let a spinner hold 2 vCPUs for 45 ms at 90%.
  */
+#define BANK_RUNS	2
 static u64 budget_bank_ns(u32 pct)
 {
-	return pct ? slice_ns * (100 - pct) / pct : 0;
+	return pct ? BANK_RUNS * slice_ns * (100 - pct) / pct : 0;
 }
 
 /*
@@ -1076,8 +1081,19 @@ static bool batch_starts_on(s32 cpu)
 }
 
 /*
+ * The budget queue @p waits in: its CPU's when it may run there only, so
+ * that no CPU scans a crowd pinned elsewhere; else the shared one.
+ */
+static u64 budget_queue_of(struct task_struct *p)
+{
+	s32 cpu = pinned_cpu(p);
+
+	return cpu >= 0 && cpu < MAX_CPUS ? pcpu_dsq(PCPU_BUDGET, cpu) : BUDGET_DSQ;
+}
+
+/*
  * A tagged task over a gpu budget (in the normal tier, its tag outliving its
- * debt) waits in the budget queue until it is within budget again; an idle
+ * debt) waits in a budget queue until it is within budget again; an idle
  * CPU takes it at once. False: it is not such a task.
  */
 static bool queue_over_budget(struct task_struct *p, struct task_ctx *tctx, u32 tier,
@@ -1091,7 +1107,7 @@ static bool queue_over_budget(struct task_struct *p, struct task_ctx *tctx, u32 
 	due = over_budget(p, now);
 	if (!due || due >= gpu_tag_expiry(p, now))
 		return false;
-	dsq_insert_vtime(p, BUDGET_DSQ, slice_ns, due, enq_flags & ~SCX_ENQ_HEAD);
+	dsq_insert_vtime(p, budget_queue_of(p), slice_ns, due, enq_flags & ~SCX_ENQ_HEAD);
 	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0)
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
@@ -1434,15 +1450,16 @@ __scx_gpu_global bool take_tier(u32 tier, s32 cpu)
 }
 
 /*
- * A due task of the budget queue for @cpu. The queue is in order of when its
- * tasks are within budget again, so the first due comes first. Each head
- * that is due leaves the queue: it runs here as the gpu task it is again,
- * or, when it may not run here, waits in its own queue of that tier; a head
- * whose process ran since it was queued is not due after all and goes back
- * in order of its new time. So no task waits behind one that this CPU may
- * not take or that is not due, however many of them another user queues.
+ * Release up to BUDGET_TRIES due heads of budget queue @dsq_id for @cpu;
+ * true: one runs here. The queue is in order of when its tasks are within
+ * budget again. A due head leaves it: it runs here as the gpu task it is
+ * again, or waits in its own queue of its tier when it may not run here or
+ * its tag expired (an idle CPU it may use is told). A head whose process
+ * ran since it was queued is not due after all: it goes back in order of
+ * its new time, unless its tag expires first. So no head that this CPU may
+ * not take, or that is not due, holds up those behind it.
  */
-__scx_gpu_global bool take_due_budget(s32 cpu, u64 now)
+__scx_gpu_global bool release_due(u64 dsq_id, s32 cpu, u64 now)
 {
 	struct task_struct *p;
 	struct task_ctx *tctx;
@@ -1450,27 +1467,51 @@ __scx_gpu_global bool take_due_budget(s32 cpu, u64 now)
 	u64 due;
 	s32 idle;
 
-	bpf_for_each(scx_dsq, p, BUDGET_DSQ, 0) {
+	bpf_for_each(scx_dsq, p, dsq_id, 0) {
 		if (p->scx.dsq_vtime > now || ++tries > BUDGET_TRIES)
 			break;
 		tctx = task_ctx_of(p);
+		if (!tctx) {
+			dsq_move_vtime(BPF_FOR_EACH_ITER, p, queue_of(p, TIER_NORMAL), now);
+			continue;
+		}
 		due = over_budget(p, now);
-		if (!tctx || due) {
-			dsq_move_vtime(BPF_FOR_EACH_ITER, p, BUDGET_DSQ, due ?: now + slice_ns);
+		if (due && due < gpu_tag_expiry(p, now)) {
+			dsq_move_vtime(BPF_FOR_EACH_ITER, p, dsq_id, due);
 			continue;
 		}
 		tier = task_tier(p, tctx, now);
-		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
+		if (tier == TIER_GPU && bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
 			if (dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0))
 				return true;
 			continue;
 		}
-		idle = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 		due = tier == TIER_NORMAL ? normal_deadline(p, tctx, now) : p->scx.dsq_vtime;
-		if (dsq_move_vtime(BPF_FOR_EACH_ITER, p, queue_of(p, tier), due) && idle >= 0)
+		if (!dsq_move_vtime(BPF_FOR_EACH_ITER, p, queue_of(p, tier), due))
+			continue;
+		idle = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+		if (idle >= 0)
 			scx_bpf_kick_cpu(idle, SCX_KICK_IDLE);
 	}
 	return false;
+}
+
+/* When the first task of @cpu's budget queues is due; FOREVER: none waits. */
+static u64 budget_due(s32 cpu)
+{
+	u64 mine = pcpu_dsq(PCPU_BUDGET, cpu), due = FOREVER, shared = FOREVER;
+
+	if (queued(mine))
+		due = head_key(mine, HEAD_VTIME);
+	if (queued(BUDGET_DSQ))
+		shared = head_key(BUDGET_DSQ, HEAD_VTIME);
+	return due < shared ? due : shared;
+}
+
+static bool take_due_budget(s32 cpu, u64 now)
+{
+	return release_due(pcpu_dsq(PCPU_BUDGET, cpu), cpu, now) ||
+	       release_due(BUDGET_DSQ, cpu, now);
 }
 
 /*
@@ -1479,12 +1520,18 @@ __scx_gpu_global bool take_due_budget(s32 cpu, u64 now)
  */
 __scx_gpu_global bool take_gpu(s32 cpu, u64 now)
 {
-	u64 due = queued(BUDGET_DSQ) ? head_key(BUDGET_DSQ, HEAD_VTIME) : FOREVER;
+	u64 due = budget_due(cpu);
 
 	if (due <= now && due <= head_key(dsq_of(TIER_GPU, dom_of(cpu)), HEAD_VTIME) &&
 	    take_due_budget(cpu, now))
 		return true;
 	return take_tier(TIER_GPU, cpu) || (due <= now && take_due_budget(cpu, now));
+}
+
+/* Any task of @cpu's budget queues: the kernel skips those that may not run here. */
+static bool take_any_budget(s32 cpu)
+{
+	return dsq_move_to_local(pcpu_dsq(PCPU_BUDGET, cpu)) || dsq_move_to_local(BUDGET_DSQ);
 }
 
 void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
@@ -1501,8 +1548,7 @@ void BPF_STRUCT_OPS(gpu_dispatch, s32 cpu, struct task_struct *prev)
 	/* A queue of the same tier as prev goes first: round robin within a tier. */
 	if (take_gpu(cpu, now))
 		return;
-	/* The budget queue's first task this CPU may run: the kernel skips the rest. */
-	if (keep >= TIER_NORMAL && (take_tier(TIER_NORMAL, cpu) || dsq_move_to_local(BUDGET_DSQ)))
+	if (keep >= TIER_NORMAL && (take_tier(TIER_NORMAL, cpu) || take_any_budget(cpu)))
 		return;
 	if (keep >= TIER_BATCH && batch_may_run(cpu) && take_tier(TIER_BATCH, cpu))
 		return;
@@ -1708,14 +1754,14 @@ void BPF_STRUCT_OPS(gpu_cgroup_move, struct task_struct *p, struct cgroup *from,
 
 /*
  * A launch tag dies with its thread (or process), a budget with its process
- * (its leader): a reused id starts untagged and without debt.
+ * (its last thread): a reused id starts untagged and without debt.
  */
 void BPF_STRUCT_OPS(gpu_exit_task, struct task_struct *p, struct scx_exit_task_args *args)
 {
-	u32 key = p->pid;
+	u32 key = p->pid, tgid = p->tgid;
 
-	if (p->pid == p->tgid)
-		bpf_map_delete_elem(&proc_budgets, &key);
+	if (!BPF_CORE_READ(p, signal, live.counter))
+		bpf_map_delete_elem(&proc_budgets, &tgid);
 	if (detect_scope == SCOPE_PROCESS) {
 		if (p->pid != p->tgid)
 			return;
@@ -1817,6 +1863,7 @@ void BPF_STRUCT_OPS(gpu_dump, struct scx_dump_ctx *dctx)
 {
 	u64 now = bpf_ktime_get_ns();
 	u32 tier;
+	s32 cpu;
 
 	struct waiters w = { .pid = -1 };
 
@@ -1825,6 +1872,11 @@ void BPF_STRUCT_OPS(gpu_dump, struct scx_dump_ctx *dctx)
 		if (tier != TIER_GPU)
 			continue;
 		count_waiters(BUDGET_DSQ, &w);
+		bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
+			if (cpu >= MAX_CPUS)
+				break;
+			count_waiters(pcpu_dsq(PCPU_BUDGET, cpu), &w);
+		}
 		scx_gpu_dump("scx_gpu: tier gpu: over budget: %u queued, oldest waiter pid %d, runnable for %llu ms\n",
 			     w.queued, w.pid,
 			     w.oldest && now > w.oldest ? (now - w.oldest) / NSEC_PER_MSEC : 0);
@@ -1883,7 +1935,8 @@ static s32 create_queues(void)
 	bpf_for(cpu, 0, scx_bpf_nr_cpu_ids()) {
 		if (cpu >= MAX_CPUS)
 			break;
-		bpf_for(tier, 0, NR_TIERS) {
+		/* Each tier's, and its budget queue. */
+		bpf_for(tier, 0, PCPU_BUDGET + 1) {
 			ret = scx_bpf_create_dsq(pcpu_dsq(tier, cpu), -1);
 			if (ret)
 				return ret;
