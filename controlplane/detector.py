@@ -17,10 +17,12 @@ while the rest attached and the last ones while the rest detached: at
 Detaching waits for the kernel's grace periods: 1.5 s for 8 per-entry-point
 links on an idle guest, 12-40 s behind a storm of 2,000 runnable tasks. In
 the control plane's loop that held back the next windows until busy
-launchers' tags expired, so the loader detaches each link on a thread of
-its own (BackgroundDetach): a probe stops firing as soon as its
-unregistering begins, and one queued behind another's grace periods went
-on firing meanwhile.
+launchers' tags expired, so the loader detaches on a thread of its own
+(BackgroundDetach): a probe stops firing as soon as its unregistering begins.
+One link at a time: with a thread per link (detaches overlapping one
+another and the next window's attach), a spinner on both vCPUs was not
+tagged within 60 s in one of four runs and lost its tag in the other
+three.
 
 The duty cycle adapts: a window closes as soon as every thread tagged when
 it opened has launched again (a busy launcher: within milliseconds) and no
@@ -33,6 +35,7 @@ a busy launcher's launches they hit: a full window to find a launcher at
 10,000 launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
 """
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,7 +50,9 @@ Attach = Callable[[Path, list[str]], tuple[list[int], list[str]]]
 Detach = Callable[[int], None]
 # Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
 Tags = Callable[[], dict[int, int]]
-FAST_POLL_S = 0.005  # while a window is open
+# While a window is open: a renewal closes at the first poll after its
+# threads launched again, so each poll period costs a busy launcher hits.
+FAST_POLL_S = 0.001
 # After a thread's first tag in a window: its siblings' first launches (any
 # thread launching 100 times a second) before the window closes.
 SETTLE_S = 0.01
@@ -58,38 +63,36 @@ def no_tags() -> dict[int, int]:
 
 
 class BackgroundDetach:
-    """A Detach that returns at once: each link is destroyed on a thread of
-    its own, so that none waits behind another's grace periods (a probe
-    fires until its unregistering begins); close() waits until every one
-    given is gone."""
+    """A Detach that returns at once: the links are destroyed in order on a
+    thread of its own; close() waits until every one given is gone."""
 
     def __init__(self, detach: Detach) -> None:
         self._detach = detach
-        self._done = threading.Condition()
+        self._links: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._pending = 0  # given, not yet destroyed
+        self._thread = threading.Thread(target=self._run, name="probe-detach", daemon=True)
+        self._thread.start()
 
     def __call__(self, link: int) -> None:
-        with self._done:
+        with self._lock:
             self._pending += 1
-        threading.Thread(target=self._run, args=(link,), name="probe-detach",
-                         daemon=True).start()
+        self._links.put(link)
 
-    def _run(self, link: int) -> None:
-        try:
+    def _run(self) -> None:
+        while (link := self._links.get()) is not None:
             self._detach(link)
-        finally:
-            with self._done:
+            with self._lock:
                 self._pending -= 1
-                self._done.notify_all()
 
     def pending(self) -> bool:
         """Links given that are not destroyed yet."""
-        with self._done:
+        with self._lock:
             return self._pending > 0
 
     def close(self) -> None:
-        with self._done:
-            self._done.wait_for(lambda: self._pending == 0)
+        self._links.put(None)
+        self._thread.join()
 
 
 @dataclass

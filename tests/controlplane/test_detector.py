@@ -152,29 +152,6 @@ def test_background_detach_holds_back_neither_tick_nor_the_next_window(tmp_path)
     assert not probes.live and first
 
 
-def test_each_detach_begins_at_once_whatever_another_waits_for():
-    # A probe fires until its unregistering begins: queued behind a detach
-    # that waited for grace periods, the next window's probes fired on.
-    started: list[int] = []
-    release = threading.Event()
-
-    def slow_detach(link: int) -> None:
-        started.append(link)
-        release.wait(5)
-
-    detach = BackgroundDetach(slow_detach)
-    detach(1)
-    detach(2)
-    deadline = time.monotonic() + 2
-    while len(started) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sorted(started) == [1, 2], "the second detach waited for the first"
-    assert detach.pending()
-    release.set()
-    detach.close()
-    assert not detach.pending()
-
-
 def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_does_not(
         tmp_path):
     # Each detach costs the whole machine grace periods: with nothing tagged,
