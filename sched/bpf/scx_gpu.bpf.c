@@ -80,19 +80,19 @@
  *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of
  *    all of them against gpu_budget_pct % (95), as token buckets whose
  *    bank lets a process hold every CPU for BANK_RUNS (2) runs at a time
- *    (100%: not metered). A process over either runs in the normal tier, in slices of
- *    s, until back within it, and its debt never exceeds a period: over-use
- *    costs the gpu tier at most P after it stops. The control plane and
- *    operator-pinned members are not metered. Its threads wait in the
- *    budget queue, ordered by when they are within budget again: from then
- *    on they are gpu tasks (first come, first served with the gpu queue of
- *    the CPU's domain), before then they run only where no gpu or normal
- *    task waits. So an over-budget thread waits at most P + slice for its
- *    turn, however many normal tasks wait (in the normal queue it waited a
- *    round of all of them, and a launcher's tag expired meanwhile), plus a
+ *    (100%: not metered). A process over either runs in the normal tier,
+ *    in slices of s, until back within it, and its debt never exceeds a
+ *    period: over-use costs the gpu tier at most P after it stops. The
+ *    control plane and operator-pinned members are not metered. Its
+ *    threads wait in a budget queue (their CPU's when pinned to one),
+ *    ordered by when they are within budget again: from then on they are
+ *    gpu tasks (first come, first served with the gpu queue of the CPU's
+ *    domain), before then they run only where no gpu or normal task waits.
+ *    So an over-budget thread waits at most P + slice for its turn,
+ *    however many normal tasks wait (in the normal queue it waited a round
+ *    of all of them, and a launcher's tag expired meanwhile), plus a
  *    dispatch per BUDGET_TRIES due threads ahead of it (each leaves the
- *    queue), however many that its CPUs may not run wait there: a thread
- *    pinned to one CPU waits in that CPU's budget queue.
+ *    queue), however many threads that its CPUs may not run wait too.
  */
 #include "common.bpf.h"
 #include "intf.h"
