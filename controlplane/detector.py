@@ -22,11 +22,7 @@ launchers' tags expired, so the loader detaches on a thread of its own
 One link at a time: with a thread per link (detaches overlapping one
 another and the next window's attach), a spinner on both vCPUs was not
 tagged within 60 s in one of four runs and lost its tag in the other
-three. But a link waiting behind another's detach still fires: so no
-window opens while one is pending, unless a live tag would otherwise
-expire (within a period). Renewals that opened regardless could pile
-links up behind slow detaches: the likely cause of the 61% probe hits a
-10k launches/s launcher beside CPU hogs once had.
+three.
 
 The duty cycle adapts: a window closes as soon as every thread tagged when
 it opened has launched again (a busy launcher: within milliseconds) and no
@@ -112,9 +108,9 @@ class Detector:
     _links: list[int] = field(default_factory=list)
     _inodes: set[tuple[int, int]] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
-    # Probes of a closed window still being detached: the next window waits
-    # for them (each costs the whole machine grace periods, and a link
-    # queued behind them fires meanwhile), unless a live tag would expire.
+    # Probes of a closed window still being detached: a window that looks for
+    # new launchers waits for them (each costs the whole machine grace
+    # periods); one that renews live tags does not.
     detaching: Callable[[], bool] = lambda: False
     _window_start: float | None = None
     _next_window: float = 0.0
@@ -156,7 +152,7 @@ class Detector:
                 self._close_window()
                 self._schedule_next()
         elif (now >= self._next_window and self.libraries
-              and (not self.detaching() or self._expiring(now))):
+              and (self._live_tags() or not self.detaching())):
             self._open_window()
 
     def poll_s(self, idle_s: float) -> float:
@@ -167,11 +163,6 @@ class Detector:
         now_ns = int(self.clock() * 1e9)
         return {k: seen for k, seen in self.tags().items()
                 if now_ns - seen < self.ttl_s * 1e9}
-
-    def _expiring(self, now: float) -> bool:
-        """A live tag expires within a period: its renewal cannot wait."""
-        live = self._live_tags()
-        return bool(live) and min(live.values()) / 1e9 + self.ttl_s - now < self.period_s
 
     def _settled(self, now: float) -> bool:
         """Every thread tagged at the window's opening launched since (or is
