@@ -68,6 +68,7 @@ class Stats(Structure):
         ("cpu_mismatches", c_uint64),
         ("classifications", c_uint64),
         ("budget_demotions", c_uint64),
+        ("rcu_readers", c_uint64),
     ]
 
 

@@ -5,6 +5,9 @@ from typing import Any, Protocol
 
 from scx_gpu.controlplane.intf import NR_TIERS, WAIT_BUCKETS, Stats, Tier
 
+# The scalar counters, after the per-tier ones.
+COUNTERS = [field[0] for field in Stats._fields_ if field[0] != "tier"]
+
 
 def diff(now: Stats, before: Stats) -> Stats:
     """Counters accumulated between two snapshots."""
@@ -15,13 +18,8 @@ def diff(now: Stats, before: Stats) -> Stats:
         o.preemptions = a.preemptions - b.preemptions
         for i in range(WAIT_BUCKETS):
             o.wait_hist[i] = a.wait_hist[i] - b.wait_hist[i]
-    out.batch_throttled_ns = now.batch_throttled_ns - before.batch_throttled_ns
-    out.floor_dispatches = now.floor_dispatches - before.floor_dispatches
-    out.slice_kicks = now.slice_kicks - before.slice_kicks
-    out.detector_hits = now.detector_hits - before.detector_hits
-    out.cpu_mismatches = now.cpu_mismatches - before.cpu_mismatches
-    out.classifications = now.classifications - before.classifications
-    out.budget_demotions = now.budget_demotions - before.budget_demotions
+    for name in COUNTERS:
+        setattr(out, name, getattr(now, name) - getattr(before, name))
     return out
 
 
@@ -95,6 +93,7 @@ class Summary:
             "cpu_mismatches": self.stats.cpu_mismatches,
             "classifications": self.stats.classifications,
             "budget_demotions": self.stats.budget_demotions,
+            "rcu_readers": self.stats.rcu_readers,
             "detector_duty_pct": 100.0 * self.duty_cycle,
         }
 

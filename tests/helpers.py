@@ -72,10 +72,14 @@ def enabled() -> bool:
     return sched_ext_state() == ("enabled", "scx_gpu")
 
 
+EJECTION_WORDS = ("sched_ext", "scx_gpu", "rcu:", "task:")
+
+
 def ejection() -> str:
-    """Why the kernel ejected the scheduler, as its log says (sched_ext's lines)."""
+    """Why the kernel ejected the scheduler, as its log says: sched_ext's lines,
+    and RCU's stall reports with the tasks they name."""
     log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
-    said = "\n".join(line for line in log if "sched_ext" in line or "scx_gpu" in line)
+    said = "\n".join(line for line in log if any(word in line for word in EJECTION_WORDS))
     return f"the kernel ejected the scheduler:\n{said[-3000:]}"
 
 

@@ -40,6 +40,12 @@
  *    on). A gpu thread whose slice ended waits at most s,
  *    and floor slices alternate with queued gpu work. The gpu tier keeps at
  *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
+ *  - RCU readers: a normal or batch task preempted inside an RCU read-side
+ *    critical section holds up every grace period, so it counts as having
+ *    waited F: floor service runs it at the next dispatch that finds floor
+ *    share left, slice after slice until it leaves the section (a slice per
+ *    F would let a section of 21 slices reach the kernel's RCU stall
+ *    timeout, whose handler ejects the scheduler).
  *  - across domains: a gpu task waiting in any domain runs before any CPU
  *    it may use starts a normal or batch slice (dispatch takes it first,
  *    from any domain); a waking one claims batch (then normal) on its
@@ -223,6 +229,7 @@ struct task_ctx {
 	u64 waited_from;	/* runnable_at of the wait that its current run ended */
 	u64 run_at;
 	u64 floor_at;		/* when the floor dispatched it: switching in counts too */
+	u64 head_start;		/* runnable_at is this much earlier than the wait began */
 	u64 gen;		/* tier_generation() when classified */
 	u64 tier_until;		/* the tier holds until then (a launch tag's expiry) */
 	u64 comm[2];		/* the name it was classified under */
@@ -1567,8 +1574,10 @@ void BPF_STRUCT_OPS(gpu_runnable, struct task_struct *p, u64 enq_flags)
 	struct task_ctx *tctx = task_ctx_of(p);
 
 	/* Kept when a queued task is dequeued and enqueued again (affinity, nice, cgroup). */
-	if (tctx && !tctx->runnable_at)
+	if (tctx && !tctx->runnable_at) {
 		tctx->runnable_at = bpf_ktime_get_ns();
+		tctx->head_start = 0;
+	}
 }
 
 /* The normal slice: slice * C / queued (in all domains), at least MIN_SLICE_NS. */
@@ -1672,7 +1681,7 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 			c->throttled_since = 0;
 		}
 	}
-	waited = tctx->runnable_at ? now - tctx->runnable_at : 0;
+	waited = tctx->runnable_at ? now - tctx->runnable_at - tctx->head_start : 0;
 	tctx->runnable_at = 0;
 	/* The tiers' statistics describe the work: the quota loop reads them. */
 	if (!s || tctx->tier >= NR_TIERS || p->tgid == control_tgid)
@@ -1682,6 +1691,43 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 	/* The mask proves the index in bounds to the verifier. */
 	if (waited)
 		ts->wait_hist[log2_bucket(waited) & (WAIT_BUCKETS - 1)]++;
+}
+
+/*
+ * A task preempted inside an RCU read-side critical section holds up every
+ * grace period until it runs again (preemptible RCU without priority
+ * boosting, as in Debian's kernels), and the kernel ejects the scheduler
+ * once a grace period has taken RCU_CPU_STALL_TIMEOUT (21 s). The context
+ * switch queued it on an RCU node's blocked list before ops.stopping; its
+ * nesting count would not do, as this program's own trampoline holds
+ * rcu_read_lock() on the task it runs on.
+ */
+static bool rcu_reader(struct task_struct *p)
+{
+	return bpf_core_field_exists(p->rcu_blocked_node) && p->rcu_blocked_node;
+}
+
+/*
+ * When the wait of @p, stopping and still runnable, counts from: a floor
+ * slice that a waking gpu task cut short is still the same wait; an RCU
+ * reader has waited floor_ns already, so floor service runs it next (within
+ * the floor share), slice after slice until it leaves the critical section.
+ */
+static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	struct scx_gpu_tunables *t = tun();
+	struct scx_gpu_stats *s;
+
+	if (tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS)
+		return tctx->waited_from;
+	tctx->head_start = 0;
+	if (tctx->tier == TIER_GPU || !t || now < t->floor_ns || !rcu_reader(p))
+		return now;
+	tctx->head_start = t->floor_ns;
+	s = stat();
+	if (s)
+		s->rcu_readers++;
+	return now - t->floor_ns;
 }
 
 void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
@@ -1707,10 +1753,8 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 	}
 	if (!tctx || !tctx->run_at)
 		return;
-	/* Floor service cut short by a waking gpu task: still the same wait. */
 	if (runnable)
-		tctx->runnable_at = tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS ?
-				    tctx->waited_from : now;
+		tctx->runnable_at = wait_start(p, tctx, now);
 	account_run(p, tctx, now);
 	tctx->run_at = 0;
 	tctx->floor_served = false;
