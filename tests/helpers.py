@@ -73,13 +73,16 @@ def enabled() -> bool:
 
 
 EJECTION_WORDS = ("sched_ext", "scx_gpu", "rcu:", "task:")
+LOADED_LINE = 'BPF scheduler "scx_gpu" enabled'
 
 
 def ejection() -> str:
-    """Why the kernel ejected the scheduler, as its log says: sched_ext's lines,
-    and RCU's stall reports with the tasks they name."""
+    """Why the kernel ejected the scheduler, as its log says since the last load:
+    sched_ext's lines, and RCU's stall reports with the tasks they name."""
     log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
-    said = "\n".join(line for line in log if any(word in line for word in EJECTION_WORDS))
+    loads = [i for i, line in enumerate(log) if LOADED_LINE in line]
+    said = "\n".join(line for line in log[loads[-1] if loads else 0:]
+                     if any(word in line for word in EJECTION_WORDS))
     return f"the kernel ejected the scheduler:\n{said[-3000:]}"
 
 

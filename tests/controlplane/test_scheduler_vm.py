@@ -430,6 +430,57 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
     assert max(gaps) < 3 * floor_ms / 1000, gaps
 
 
+# Collapses 2 MB of its own memory into a huge page, again and again: the
+# kernel copies the small pages with their page table mapped, inside an RCU
+# read-side critical section (MADV_COLLAPSE: any user may ask). Writes its
+# collapses, failures and the longest collapse in seconds.
+COLLAPSER = """
+import ctypes, mmap, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE, HUGE = 14, 15, 25, 2 << 20
+end, done, failed, longest = time.monotonic() + float(sys.argv[1]), 0, 0, 0.0
+while time.monotonic() < end:
+    m = mmap.mmap(-1, 2 * HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    start = (base + HUGE - 1) & ~(HUGE - 1)
+    libc.madvise(start, HUGE, MADV_NOHUGEPAGE)  # small pages first: something to copy
+    for offset in range(start - base, start - base + HUGE, 4096):
+        m[offset] = 1
+    libc.madvise(start, HUGE, MADV_HUGEPAGE)
+    began = time.monotonic()
+    if libc.madvise(start, HUGE, MADV_COLLAPSE) == 0:
+        done += 1
+    else:
+        failed += 1
+    longest = max(longest, time.monotonic() - began)
+    m.close()
+open(sys.argv[2], "w").write(f"{done} {failed} {longest}")
+"""
+
+
+def test_an_rcu_reader_in_the_normal_tier_survives_gpu_saturation(tmp_path):
+    # Preempted inside its critical section, a reader holds up every RCU grace
+    # period; at a floor slice per floor_ms the copy of one collapse took 23 s
+    # under emulation, and the kernel ejects a scheduler when a grace period
+    # takes 21 s (khugepaged did it in the saturation test above).
+    seconds, result = 40, tmp_path / "collapser"
+    with sc.loaded():
+        collapser = subprocess.Popen([sys.executable, "-c", COLLAPSER, str(seconds), str(result)])
+        with cpu_hogs(2 * NPROC, tier="gpu"):
+            time.sleep(seconds)
+        assert enabled(), ejection()
+        collapser.wait(timeout=120)
+        readers = sc.status()["scx_gpu"]["totals"]["rcu_readers"]
+    done, failed, longest = result.read_text().split()
+    print(json.dumps({"collapses": int(done), "failed": int(failed), "longest_s": float(longest),
+                      "rcu_readers": readers}))
+    assert int(done) > 0 and readers > 0
+    # A collapse waits for floor service outside its critical section too
+    # (allocating, taking the mmap lock): a few floor periods, never 21 s.
+    assert float(longest) < 5.0, longest
+
+
 # Pinned away from the control plane (the test pins itself, and so the loader,
 # to CPU 0): what is measured is the scheduler's handling of the lone thread,
 # not the loader's own CPU time. Prints its wall time and its run delay (time
