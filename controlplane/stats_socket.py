@@ -50,8 +50,8 @@ META: dict[str, Any] = {
                                         "(a task's cached tier serves until it may change)"),
               "budget_demotions": _field("u64", "tagged threads moved to the normal tier by "
                                          "the gpu budgets"),
-              "rcu_readers": _field("u64", "tasks preempted inside an RCU read-side section, "
-                                    "served by the floor at once"),
+              "rcu_readers": _field("u64", "preemptions inside an RCU read-side section "
+                                    "(each served as if it had waited the floor)"),
               "detector_duty_pct": _field("float", "share of time the probes are attached, %"),
           }},
     "tier": {"name": "tier", "desc": "one tier's counters",

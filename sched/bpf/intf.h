@@ -93,7 +93,7 @@ struct scx_gpu_stats {
 	__u64 cpu_mismatches;		/* ops.stopping saw another task on its CPU's record */
 	__u64 classifications;		/* tiers looked up in the maps (not the cached one) */
 	__u64 budget_demotions;		/* tagged threads moved out of the gpu tier by a budget */
-	__u64 rcu_readers;		/* preempted inside an RCU read-side section: floor-served */
+	__u64 rcu_readers;		/* preemptions inside an RCU read-side section */
 };
 
 /* Who sets the batch quota: `scx-gpu quota set N`, or the loader's loop. */

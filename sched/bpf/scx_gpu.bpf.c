@@ -42,10 +42,13 @@
  *    least 100 - 2f = 80% of the CPUs when all tiers are saturated.
  *  - RCU readers: a normal or batch task preempted inside an RCU read-side
  *    critical section holds up every grace period, so it counts as having
- *    waited F: floor service runs it at the next dispatch that finds floor
- *    share left, slice after slice until it leaves the section (a slice per
- *    F would let a section of 21 slices reach the kernel's RCU stall
- *    timeout, whose handler ejects the scheduler).
+ *    waited F, queued as of then whatever its weight: floor service runs it
+ *    after the tasks of its tier that have waited F already (the N term of
+ *    the bound below, none on a node that keeps up), slice after slice
+ *    until it leaves the section. A slice per F would let a section of 21
+ *    slices reach the kernel's RCU stall timeout, whose handler ejects the
+ *    scheduler. Any user can make long sections (MADV_COLLAPSE); they run
+ *    within the floor share like any floor service.
  *  - across domains: a gpu task waiting in any domain runs before any CPU
  *    it may use starts a normal or batch slice (dispatch takes it first,
  *    from any domain); a waking one claims batch (then normal) on its
@@ -1047,12 +1050,19 @@ static void queue_gpu_task(struct task_struct *p, struct task_ctx *tctx, u64 enq
 	queue_task(p, TIER_GPU, slice_ns, runnable_since(tctx, now), enq_flags);
 }
 
-/* Deadline: when it became runnable plus its weighted slice, at most floor_ns. */
+/*
+ * Deadline: when it became runnable plus its weighted slice, at most
+ * floor_ns. An RCU reader's is when it became runnable: its head start puts
+ * it behind only tasks that have waited floor_ns (whatever its weight:
+ * khugepaged runs at nice 19), so the head is due floor service.
+ */
 static u64 normal_deadline(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
 	u64 lag = slice_ns * 100 / (p->scx.weight ?: 1);
 
+	if (tctx && tctx->head_start)
+		lag = 0;
 	if (t && lag > t->floor_ns)
 		lag = t->floor_ns;
 	return runnable_since(tctx, now) + lag;
@@ -1721,7 +1731,7 @@ static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	if (tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS)
 		return tctx->waited_from;
 	tctx->head_start = 0;
-	if (tctx->tier == TIER_GPU || !t || now < t->floor_ns || !rcu_reader(p))
+	if (tctx->tier == TIER_GPU || !t || now <= t->floor_ns || !rcu_reader(p))
 		return now;
 	tctx->head_start = t->floor_ns;
 	s = stat();

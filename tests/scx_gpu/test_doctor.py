@@ -22,6 +22,7 @@ def test_doctor_lists_every_check():
     assert set(checks) == {
         "kernel", "sched_ext", "btf", "uprobes", "libbpf", "bpf", "tracefs", "root",
         "libcuda", "cgroup_v2_cpu", "psi", "numa_balancing", "irqbalance", "cpu_governor",
+        "rcu_kthread_prio",
     }
     assert checks["kernel"]["value"] == os.uname().release
     assert checks["root"]["value"] is (os.geteuid() == 0)
@@ -35,6 +36,9 @@ def test_doctor_on_the_host_kernel():
     assert checks["btf"]["value"] is True
     assert checks["uprobes"]["value"] is True
     assert checks["libbpf"]["value"] == "{}.{}".format(*libbpf.version())
+    prio = int(Path("/sys/module/rcutree/parameters/kthread_prio").read_text())
+    assert checks["rcu_kthread_prio"]["value"] == prio
+    assert checks["rcu_kthread_prio"]["status"] == ("warn" if prio == 0 else "ok")
 
 
 def test_doctor_table_names_the_checks():
