@@ -1720,8 +1720,7 @@ static bool rcu_reader(struct task_struct *p)
 /*
  * When the wait of @p, stopping and still runnable, counts from: a floor
  * slice that a waking gpu task cut short is still the same wait; an RCU
- * reader has waited floor_ns already, so floor service runs it next (within
- * the floor share), slice after slice until it leaves the critical section.
+ * reader has waited floor_ns already (normal_deadline() queues it so).
  */
 static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {

@@ -45,7 +45,8 @@ MTU_MS = 1514 * 8 / 100e6 * 1e3  # one full frame on the bottleneck
 SECONDS = 5.0
 RR_FIFO_PRIO = 50
 # Apart where the machine has two CPUs or more.
-RR_CPU, BULK_CPU = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+CPUS = os.sched_getaffinity(0)
+RR_CPU, BULK_CPU = min(CPUS), max(CPUS)
 RR_TRIES = 3
 A_IP, B_IP = "10.77.1.1", "10.77.2.2"
 SIDE_A, SIDE_B = "10.77.3.1", "10.77.4.2"  # the separate path's ends

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from scx_gpu import doctor
 from scx_gpu.bpf import libbpf
 from tests.helpers import scx_gpu
 
@@ -36,7 +37,7 @@ def test_doctor_on_the_host_kernel():
     assert checks["btf"]["value"] is True
     assert checks["uprobes"]["value"] is True
     assert checks["libbpf"]["value"] == "{}.{}".format(*libbpf.version())
-    prio = int(Path("/sys/module/rcutree/parameters/kthread_prio").read_text())
+    prio = int(doctor.RCU_KTHREAD_PRIO.read_text())
     assert checks["rcu_kthread_prio"]["value"] == prio
     assert checks["rcu_kthread_prio"]["status"] == ("warn" if prio == 0 else "ok")
 
