@@ -5,7 +5,12 @@ session with pytest inside the guest; each host-side test then reports its
 guest outcome (and fails with the guest's output). The guest records each
 outcome as it happens, so a VM that stops early (or cannot boot) fails only
 the tests it did not finish, naming the one it was running; nothing is
-skipped. A few failed tests (RERUN_MAX at most; more is no accident of
+skipped. When the guest kernel panics, the test it was running fails with
+the panic and the tests it never reached go on in a fresh boot (RESUME_MAX
+times): QEMU's multi-threaded TCG now and then runs a stale translation of
+code the kernel has just patched (an int3 oops at a static key, as sched_ext
+flips its keys on every load and unload), and one such crash should not
+fail every later test. A few failed tests (RERUN_MAX at most; more is no accident of
 timing) run once more in a fresh boot: timing under emulation on a busy host
 is coarse. One that passes then passes, and the summary lists it with its
 first failure, so a flake stays visible. In the guest, a test that runs past
@@ -35,6 +40,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from scx_gpu.vm.runner import EXIT_PANIC
+
 if TYPE_CHECKING:  # not in pytest's namespace before 7.4 (Debian 12's is 7.2)
     from _pytest.terminal import TerminalReporter
 
@@ -48,6 +55,9 @@ RESULTS_ENV = "SCX_GPU_VM_RESULTS"
 GUEST_RESULTS = "/job/out/results.jsonl"
 SLOWEST_SHOWN = 15
 RERUN_MAX = 3
+RESUME_MAX = 2
+# What names a guest kernel's crash in its console.
+CRASH_WORDS = ("Oops:", "BUG:", "Kernel panic")
 # Host settings the guest's tests read, passed on when set.
 FORWARDED_ENV = ("SCX_GPU_STORM_S",)
 
@@ -92,6 +102,8 @@ class GuestSession:
         self.booted: set[str] = set()
         self.console = ""
         self.failure = ""
+        self.exit_code = 0
+        self.running: str | None = None  # the test the last boot left unfinished
         self.flaky: dict[str, str] = {}  # passed in a fresh boot: its first failure
 
     def outcome(self, item: pytest.Item) -> GuestOutcome | None:
@@ -99,12 +111,29 @@ class GuestSession:
         if topology not in self.booted:
             self.booted.add(topology)
             items = [i for i in self.items if _topology(i) == topology]
-            first = self._run(items, topology)
+            first = self._boots(items, topology)
             failed = [i for i in items if i.nodeid in first and not first[i.nodeid].passed]
             if 0 < len(failed) <= RERUN_MAX:
                 first.update(self._rerun(failed, topology, first))
             self.outcomes.update(first)
         return self.outcomes.get(item.nodeid)
+
+    def _boots(self, items: list[pytest.Item], topology: str) -> dict[str, GuestOutcome]:
+        """The items' outcomes; after a guest panic, the rest in a fresh boot."""
+        outcomes: dict[str, GuestOutcome] = {}
+        for resume in range(RESUME_MAX + 1):
+            got = self._run(items, topology, f"-resume{resume}" if resume else "")
+            outcomes.update(got)
+            if self.exit_code != EXIT_PANIC or not (got or self.running):
+                break  # done, or stopped for another reason, or crashed before any test
+            if self.running is not None:
+                outcomes[self.running] = GuestOutcome(
+                    False, f"the guest kernel panicked while this test ran: {_crash(self.console)}"
+                           f"\n--- VM console ---\n{self.console[-6000:]}", "", 0.0)
+            items = [i for i in items if i.nodeid not in outcomes]
+            if not items:
+                break
+        return outcomes
 
     def _rerun(self, failed: list[pytest.Item], topology: str,
                first: dict[str, GuestOutcome]) -> dict[str, GuestOutcome]:
@@ -139,11 +168,19 @@ class GuestSession:
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         self.console = proc.stdout + proc.stderr
+        self.exit_code = proc.returncode
         outcomes, running = _read_results(out / Path(GUEST_RESULTS).name)
+        self.running = running
         self.failure = f"the VM stopped before this test finished (exit {proc.returncode})"
         if running:
             self.failure += f"; it was running {running}"
         return outcomes
+
+
+def _crash(console: str) -> str:
+    """The console's first line that names the kernel's crash."""
+    return next((line.strip() for line in console.splitlines()
+                 if any(word in line for word in CRASH_WORDS)), "no oops line in the console")
 
 
 def _read_results(path: Path) -> tuple[dict[str, GuestOutcome], str | None]:
@@ -271,7 +308,8 @@ def pytest_terminal_summary(terminalreporter: "TerminalReporter") -> None:
         terminalreporter.write_sep("=", f"vm tests that failed, then passed in a fresh boot: "
                                         f"{len(session.flaky)}")
         for nodeid, text in session.flaky.items():
-            last = [line for line in text.splitlines() if line.startswith("E ")][-2:]
+            last = [line for line in text.splitlines() if line.startswith("E ")][-2:] or \
+                text.splitlines()[:1]
             terminalreporter.write_line(f"{nodeid}\n  " + "\n  ".join(last))
 
 

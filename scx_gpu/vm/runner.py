@@ -28,6 +28,7 @@ from scx_gpu.vm.topology import Topology, qemu_args
 BOOTED, EXIT_PREFIX = "SCXGPU-BOOTED", "SCXGPU-EXIT:"
 JOB_LABEL = "scxgpu-job"
 EXIT_TIMEOUT = 124
+EXIT_PANIC = 125
 # tsc=unstable: otherwise the kernel live-patches sched_clock's static keys
 # while other vCPUs run (at late init, and again when the clocksource
 # watchdog finds the emulated TSC unstable); QEMU 7.2's multi-threaded TCG
@@ -271,7 +272,7 @@ def run(cmd: Sequence[str], spec: VmSpec, out: TextIO = sys.stdout) -> VmResult:
             _collect_out(job_disk, spec.out_dir, clean=console.exit_code is not None)
         if console.exit_code is None:
             raise VmFailure(_failure_message(console, spec, accel, total),
-                            EXIT_TIMEOUT if total >= spec.timeout else 1)
+                            _failure_status(console, spec, total))
         boot_s = (console.booted_at or start) - start
         return VmResult(console.exit_code, accel, boot_s, total, "\n".join(console.lines))
 
@@ -289,6 +290,12 @@ def _give_up_kvm(console: _Console, elapsed: float) -> None:
     marker.write_text(why + "\n")
     say(f"KVM cannot run the guest here ({why}); using software emulation (TCG), "
         f"remembered in {marker}")
+
+
+def _failure_status(console: _Console, spec: VmSpec, elapsed: float) -> int:
+    if console.panicked:
+        return EXIT_PANIC
+    return EXIT_TIMEOUT if elapsed >= spec.timeout else 1
 
 
 def _failure_message(console: _Console, spec: VmSpec, accel: str, elapsed: float) -> str:
