@@ -3,8 +3,8 @@
 reader FILE SECONDS          random 4 KB direct reads; prints latency percentiles
 writer FILE SECONDS THREADS  random 256 KB direct writes; prints MB/s
 holder FILE                  maps FILE and touches every page once a second
-hog BYTES SECONDS            allocates BYTES in chunks (touched, each printed), holds them
-                             for SECONDS
+hog BYTES SECONDS HOLD       allocates BYTES in chunks (touched, each printed) and holds
+                             them HOLD seconds, or stops at SECONDS
 """
 
 import json
@@ -78,7 +78,7 @@ def holder(path: str) -> None:
         time.sleep(HOLD_PERIOD_S)
 
 
-def hog(nbytes: int, seconds: float) -> None:
+def hog(nbytes: int, seconds: float, hold_s: float) -> None:
     chunks: list[mmap.mmap] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end and len(chunks) * CHUNK < nbytes:
@@ -86,6 +86,7 @@ def hog(nbytes: int, seconds: float) -> None:
         chunk.madvise(MADV_POPULATE_WRITE)
         chunks.append(chunk)
         print(json.dumps({"allocated": len(chunks) * CHUNK}), flush=True)  # if OOM-killed
+    end = min(end, time.monotonic() + hold_s)
     while time.monotonic() < end:
         time.sleep(0.1)
 
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> None:
     elif mode == "holder":
         holder(args[0])
     elif mode == "hog":
-        hog(int(args[0]), float(args[1]))
+        hog(int(args[0]), float(args[1]), float(args[2]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 
