@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scx_gpu.cache import cache_dir
+from scx_gpu.vm.runner import EXIT_PANIC
 from tests.helpers import leftovers, scx_gpu
 
 pytestmark = [pytest.mark.vm(host=True), pytest.mark.root]
@@ -63,7 +64,7 @@ def test_copy_and_out(tmp_path: Path):
 def test_guest_panic_is_reported():
     proc = scx_gpu("vm", "run", "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 30",
                    timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == EXIT_PANIC
     assert "panicked" in proc.stderr, proc.stderr
 
 
