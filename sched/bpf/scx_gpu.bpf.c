@@ -1864,12 +1864,16 @@ static void count_waiters(u64 dsq_id, struct waiters *w)
 {
 	struct task_struct *p;
 	struct task_ctx *tctx;
+	u64 since;
 
 	w->queued += queued(dsq_id);
 	bpf_for_each(scx_dsq, p, dsq_id, 0) {
 		tctx = task_ctx_of(p);
-		if (tctx && tctx->runnable_at && (!w->oldest || tctx->runnable_at < w->oldest)) {
-			w->oldest = tctx->runnable_at;
+		if (!tctx || !tctx->runnable_at)
+			continue;
+		since = tctx->runnable_at + tctx->head_start;	/* an RCU reader's real wait */
+		if (!w->oldest || since < w->oldest) {
+			w->oldest = since;
 			w->pid = p->pid;
 		}
 	}
