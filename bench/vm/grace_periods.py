@@ -43,12 +43,17 @@ LINE = re.compile(r"^\s*(\S+)-(\d+)\s+\[\d+\].*?\s(\d+\.\d+): (\w+)(?::|\(| ->)\
 SLOW_GP_S, SLOW_WAIT_S = 0.3, 0.2
 
 
+def _arm_trace() -> None:
+    """Before the saturation: resizing the buffer and enabling events wait for
+    grace periods and per-CPU kworkers, which then take seconds each."""
+    (TRACING / "tracing_on").write_text("0")
+    (TRACING / "trace").write_text("")
+    (TRACING / "buffer_size_kb").write_text("16384")
+    for event in EVENTS:
+        (TRACING / "events" / event / "enable").write_text("1")
+
+
 def _trace(on: bool) -> None:
-    if on:
-        (TRACING / "trace").write_text("")
-        (TRACING / "buffer_size_kb").write_text("16384")
-        for event in EVENTS:
-            (TRACING / "events" / event / "enable").write_text("1")
     (TRACING / "tracing_on").write_text("1" if on else "0")
 
 
@@ -79,6 +84,7 @@ def main(seconds: float) -> None:
     if not (TRACING / "trace").exists():
         subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACING)], check=True)
     gpu = OWN_ROOT / "gpu"
+    _arm_trace()
     with sc.loaded():
         hogs = subprocess.Popen(sc.in_cgroup(gpu, noise.stress_cpu(2 * NPROC)))
         try:
