@@ -31,6 +31,7 @@ class FakeBoots(GuestSession):
         for i in items:
             if plan[i.nodeid] == PANIC:
                 self.exit_code, self.running, self.console = EXIT_PANIC, i.nodeid, f"[ 9.1] {OOPS}"
+                self.unfinished[i.nodeid] = "the VM stopped before this test finished"
                 break
             outcomes[i.nodeid] = GuestOutcome(bool(plan[i.nodeid]), "" if plan[i.nodeid] else
                                               f"E   assert boot {len(self.boots)}", "", 1.0)

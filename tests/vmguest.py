@@ -60,6 +60,7 @@ RERUN_MAX = 3
 RESUME_MAX = 2
 # What names a guest kernel's crash in its console.
 CRASH_WORDS = ("Oops:", "BUG:", "Kernel panic")
+CONSOLE_TAIL = 6000  # characters of the VM console a failure shows
 # Host settings the guest's tests read, passed on when set.
 FORWARDED_ENV = ("SCX_GPU_STORM_S",)
 
@@ -131,7 +132,7 @@ class GuestSession:
             if self.running is not None:
                 outcomes[self.running] = GuestOutcome(
                     False, f"the guest kernel panicked while this test ran: {_crash(self.console)}"
-                           f"\n--- VM console ---\n{self.console[-6000:]}", "", 0.0)
+                           f"\n{self.unfinished[self.running]}", "", 0.0)
             items = [i for i in items if i.nodeid not in outcomes]
             if not items:
                 break
@@ -178,7 +179,8 @@ class GuestSession:
             failure += f"; it was running {running}"
         for nodeid in nodeids:
             if nodeid not in outcomes:
-                self.unfinished[nodeid] = f"{failure}\n--- VM console ---\n{self.console[-6000:]}"
+                self.unfinished[nodeid] = (f"{failure}\n--- VM console ---\n"
+                                           f"{self.console[-CONSOLE_TAIL:]}")
         return outcomes
 
 

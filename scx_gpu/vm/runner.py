@@ -33,7 +33,8 @@ EXIT_PANIC = 125
 # while other vCPUs run (at late init, and again when the clocksource
 # watchdog finds the emulated TSC unstable); QEMU 7.2's multi-threaded TCG
 # could run a stale translation of the patched code (an int3 oops). QEMU 10
-# (make setup) fixes that for sched_ext's own static keys too.
+# (make setup) does so rarely, also at sched_ext's own keys: the vm tests go
+# on in a fresh boot after a panic (tests/vmguest.py).
 KERNEL_ARGS = (
     f"console=ttyS0 root=PARTUUID={ROOT_PARTUUID} rootwait rw quiet loglevel=1 panic=-1 "
     "tsc=unstable "
