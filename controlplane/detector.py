@@ -30,9 +30,14 @@ thread has been tagged for the first time in it for SETTLE_S; a window
 that opened with nothing tagged looks for launchers until it finds one
 (then settles) or its length passes. While threads are tagged the next
 window opens only when their tags are half way to expiry (never sooner
-than a period). The share of time the probes are attached is the share of
-a busy launcher's launches they hit: a full window to find a launcher at
-10,000 launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
+than a period). A window also stays open until each active untagged thread
+of the tagged threads' processes (runnable, or that ran since the last
+window) has run again (siblings.py): a second launch thread waiting behind
+normal-tier work would miss renewal after renewal; idle helper threads do
+not hold windows open. The share of time the probes are attached is the
+share of a busy launcher's launches they hit: a full window to find a
+launcher at 10,000 launches a second cost it 1,000 hits, 1.5% of a 6.5 s
+bench run.
 """
 
 import queue
@@ -44,12 +49,17 @@ from pathlib import Path
 
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
+from scx_gpu.controlplane.siblings import Sibling
 
 # Probes on those of the entry points a library has: (the links, the entry points probed).
 Attach = Callable[[Path, list[str]], tuple[list[int], list[str]]]
 Detach = Callable[[int], None]
 # Tagged thread (or process) id -> its last launch, in ns of the detector's clock.
 Tags = Callable[[], dict[int, int]]
+# The untagged threads of the given tagged threads' processes.
+Siblings = Callable[[Iterable[int]], dict[int, Sibling]]
+# Thread ids -> their time on a CPU so far (ns); threads gone are left out.
+CpuTimes = Callable[[Iterable[int]], dict[int, int]]
 # While a window is open: a renewal closes at the first poll after its
 # threads launched again, so each poll period costs a busy launcher hits.
 FAST_POLL_S = 0.001
@@ -59,6 +69,14 @@ SETTLE_S = 0.01
 
 
 def no_tags() -> dict[int, int]:
+    return {}
+
+
+def no_siblings(tagged: Iterable[int]) -> dict[int, Sibling]:
+    return {}
+
+
+def no_times(tids: Iterable[int]) -> dict[int, int]:
     return {}
 
 
@@ -112,13 +130,18 @@ class Detector:
     # new launchers waits for them (each costs the whole machine grace
     # periods); one that renews live tags does not.
     detaching: Callable[[], bool] = lambda: False
+    siblings: Siblings = no_siblings
+    cpu_ns: CpuTimes = no_times
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
     _started: float = 0.0
     _awaited: set[int] = field(default_factory=set)  # tagged when the window opened
-    _found: set[int] = field(default_factory=set)  # first tagged in this window ...
-    _found_at: float = 0.0  # ... the last of them at this time
+    _found: set[int] = field(default_factory=set)  # first tagged in this window
+    _last_news: float | None = None  # a thread found or a sibling seen running
+    _waiting: dict[int, int] = field(default_factory=dict)  # siblings not run since: ns run
+    _baseline: dict[int, int] = field(default_factory=dict)  # siblings' ns run, last window
+    _sampled: dict[int, int] = field(default_factory=dict)  # ... and in this one
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -166,8 +189,9 @@ class Detector:
 
     def _settled(self, now: float) -> bool:
         """Every thread tagged at the window's opening launched since (or is
-        gone), and it found a thread or awaited one, the last found at least
-        SETTLE_S ago."""
+        gone), every active sibling of a tagged thread has run since it was
+        watched, and it found a thread or awaited one; SETTLE_S after the
+        last thread found or sibling seen running (it may launch next)."""
         if self._window_start is None:
             return False
         opened_ns = int(self._window_start * 1e9)
@@ -175,12 +199,34 @@ class Detector:
         new = {k for k, seen in tags.items() if seen >= opened_ns} - self._awaited - self._found
         if new:
             self._found |= new
-            self._found_at = now
+            self._last_news = now
+            self._watch(self._awaited | self._found)
         if any(tags.get(k, opened_ns) < opened_ns for k in self._awaited):
             return False
-        if self._found:
-            return now - self._found_at >= SETTLE_S
+        if not self._siblings_ran(now):
+            return False
+        if self._last_news is not None:
+            return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
+
+    def _watch(self, tagged: set[int]) -> None:
+        """Wait for the active untagged threads of these threads' processes."""
+        sample = self.siblings(tagged)
+        self._sampled.update({t: ns for t, (ns, _) in sample.items()})
+        active = {t: ns for t, (ns, runnable) in sample.items()
+                  if runnable or self._baseline.get(t, ns) != ns}
+        self._waiting = {t: ns for t, ns in {**active, **self._waiting}.items()
+                         if t not in tagged}
+
+    def _siblings_ran(self, now: float) -> bool:
+        """Every sibling waited for has run since it was watched, or is gone."""
+        if self._waiting:
+            ran = self.cpu_ns(self._waiting)
+            waiting = {t: ns for t, ns in self._waiting.items() if ran.get(t, ns + 1) <= ns}
+            if len(waiting) < len(self._waiting):
+                self._last_news = now
+            self._waiting = waiting
+        return not self._waiting
 
     def _schedule_next(self) -> None:
         """Tags live: when the oldest is half way to expiry; else a period on."""
@@ -201,6 +247,8 @@ class Detector:
         self._window_start = self.clock()
         self._next_window = begun + self.period_s
         self._awaited = set(self._live_tags())
+        if self._awaited:
+            self._watch(self._awaited)
 
     def _close_window(self) -> None:
         for link in self._links:
@@ -209,7 +257,10 @@ class Detector:
         if self._window_start is not None:
             self._attached_s += self.clock() - self._window_start
         self._window_start = None
-        self._awaited, self._found = set(), set()
+        self._awaited, self._found, self._waiting = set(), set(), {}
+        self._last_news = None
+        if self._sampled:
+            self._baseline, self._sampled = self._sampled, {}
 
     def duty_cycle(self) -> float:
         """Share of wall time the probes were attached (a full window) since start."""

@@ -25,6 +25,7 @@ from scx_gpu.controlplane import (
     intf,
     metrics,
     placement,
+    siblings,
     stats,
     stats_socket,
     takeover,
@@ -34,7 +35,7 @@ from scx_gpu.controlplane import (
 )
 from scx_gpu.controlplane.cgroups import cgroup_path
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.detector import BackgroundDetach, Detector
+from scx_gpu.controlplane.detector import BackgroundDetach, Detector, no_siblings
 from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.placement import Placement
 from scx_gpu.controlplane.runstate import (
@@ -262,10 +263,13 @@ class Loader:
 
     def _detector(self, sched: BpfScheduler, detach: BackgroundDetach) -> Detector:
         tags_fd = sched.map_fd("gpu_tags")
+        threads = self.config.scope == "thread"  # else a tag covers every thread
         return Detector(sched.attach_detector, detach,
                         self.config.detect_window_ms / 1000, self.config.detect_period_ms / 1000,
                         ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
-                        detaching=detach.pending)
+                        detaching=detach.pending,
+                        siblings=siblings.siblings if threads else no_siblings,
+                        cpu_ns=siblings.cpu_ns)
 
     def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:
         """A step giving GPU processes and their cgroups their homes, every

@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
 from scx_gpu.controlplane.detector import SETTLE_S, BackgroundDetach, Detector
@@ -194,3 +196,69 @@ def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
         probes.now += 0.001
     assert set(tags) == set(starts)
     assert 0.058 + SETTLE_S <= live[-1] <= 0.058 + SETTLE_S + 0.003, live[-1]
+
+
+class StarvedSibling:
+    """Thread 9 of thread 7's process: on a CPU for 5 ms of every 50 ms (behind
+    normal-tier hogs), launching while it runs, runnable the rest of the time
+    but for 1 ms of every 2 (a GPU wait); 7 launches every 1 ms; thread 8, the
+    process's idle main thread, never runs."""
+
+    def __init__(self, probes: FakeProbes, runnable_when_found: bool) -> None:
+        self.probes, self.tags, self.first = probes, dict[int, int](), dict[int, float]()
+        self.phase = 0.001 if runnable_when_found else 0.0
+
+    def running(self) -> bool:
+        return 0.030 <= self.probes.now % 0.050 < 0.035
+
+    def step(self) -> None:
+        if self.probes.live:
+            now_ns = int(self.probes.now * 1e9)
+            self.tags.update({7: now_ns, **({9: now_ns} if self.running() else {})})
+            for tid in self.tags:
+                self.first.setdefault(tid, self.probes.now)
+
+    def cpu_ns(self, tids) -> dict[int, int]:
+        now = self.probes.now
+        ran = (now // 0.050) * 0.005 + min(max(now % 0.050 - 0.030, 0.0), 0.005)
+        return {t: ns for t, ns in ((8, 1000), (9, int(ran * 1e9))) if t in tids}
+
+    def siblings(self, tagged) -> dict[int, tuple[int, bool]]:
+        if 7 not in tagged:
+            return {}
+        runnable = {8: False, 9: (self.probes.now + self.phase) % 0.002 < 0.001}
+        return {t: (ns, runnable[t]) for t, ns in self.cpu_ns({8, 9} - set(tagged)).items()}
+
+
+def windows(live: list[float], step: float) -> list[tuple[float, float]]:
+    """The (first, last) times of each run of live steps."""
+    starts = [i for i, t in enumerate(live) if i == 0 or t - live[i - 1] > 1.5 * step]
+    return [(live[i], live[j - 1]) for i, j in zip(starts, [*starts[1:], len(live)], strict=True)]
+
+
+@pytest.mark.parametrize("runnable_when_found", [True, False])
+def test_a_window_stays_open_until_a_tagged_threads_active_siblings_have_run(
+        tmp_path, runnable_when_found):
+    # The sibling runs 30-35 ms into every 50 ms; the windows would open at 0
+    # and every 1.5 s and close within a few ms of 7's launches, missing it.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.0)
+    threads = StarvedSibling(probes, runnable_when_found)
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(threads.tags), clock=lambda: probes.now,
+                   siblings=threads.siblings, cpu_ns=threads.cpu_ns)
+    det.add_libraries([lib])
+    live = []
+    while probes.now < 4.0:
+        det.tick()
+        threads.step()
+        if probes.live:
+            live.append(probes.now)
+        probes.now += 0.001
+    # Found in the first window if runnable then, else at the first renewal
+    # (1.5 s later), as it ran since ...
+    assert threads.first.get(9, 4.0) < (0.035 if runnable_when_found else 1.6), threads.first
+    # ... and the idle main thread never held a window open to its length.
+    opened = windows(live, 0.001)
+    assert len(opened) == 3 and all(b - a < 0.035 + SETTLE_S + 0.003 for a, b in opened), opened

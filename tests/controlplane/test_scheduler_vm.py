@@ -3,6 +3,7 @@
 Timing under emulation is coarse, so these assert large effects only.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -23,8 +24,8 @@ from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds, config, intf, loader, runstate, stats, stats_socket
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
-from scx_gpu.controlplane.running import RunningScheduler
-from scx_gpu.controlplane.scheduler import BpfScheduler
+from scx_gpu.controlplane.running import RunningScheduler, open_pinned
+from scx_gpu.controlplane.scheduler import BpfScheduler, gpu_tag_times
 from scx_gpu.controlplane.tiers import OWN_ROOT
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.tracer.session import TraceSession
@@ -138,6 +139,41 @@ def test_detection_tags_the_launching_thread_only_then_expires():
         proc.wait(timeout=30)
         hits = sc.status()["scx_gpu"]["totals"]["detector_hits"]
         assert hits > 0
+
+
+def _first_tags(proc: subprocess.Popen[bytes], tags_fd: int) -> dict[int, float]:
+    """Each of proc's threads -> when it was first seen tagged, in s from now."""
+    started, first = time.monotonic_ns(), dict[int, float]()
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):  # the process is exiting
+            tids = [int(t.name) for t in Path(f"/proc/{proc.pid}/task").iterdir()]
+            seen = gpu_tag_times(tags_fd)
+            first.update({t: (time.monotonic_ns() - started) / 1e9 for t in tids
+                          if t not in first and seen.get(t, 0) >= started})
+        time.sleep(0.005)
+    return first
+
+
+def test_every_launch_thread_joins_the_gpu_tier_beside_normal_hogs():
+    # Found first is not found all: the other launch threads wait in the
+    # normal tier beside the hogs, and windows that closed as soon as the
+    # first launched again missed the second for 1.7-3.4 s in 5 of 9 trials
+    # (2026-12-01); with windows that wait for active siblings, 0.0001-0.04 s
+    # in 9 of 9.
+    spreads = []
+    with sc.loaded():
+        tags_fd = open_pinned()("gpu_tags")
+        with cpu_hogs(2 * NPROC):
+            for _ in range(3):
+                proc = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--api", "graph",
+                                         "--threads", str(NPROC), "--duration", "4",
+                                         *SYNTHETIC_SHAPE], stdout=subprocess.DEVNULL)
+                first = _first_tags(proc, tags_fd)
+                assert proc.returncode == 0 and proc.pid not in first, first
+                assert len(first) == NPROC, first  # every worker, not the main thread
+                spreads.append(max(first.values()) - min(first.values()))
+    print(f"last launch thread tagged after the first by {spreads} s")
+    assert max(spreads) < 1.0, spreads
 
 
 def test_a_launch_tag_dies_with_its_thread():
@@ -380,13 +416,16 @@ def test_batch_quota_holds_and_changes_at_run_time():
     assert abs(share_70 - 0.70) <= 0.15, share_70
 
 
-OBSERVER = """
-import sys, time
-end, last, worst = time.monotonic() + float(sys.argv[1]), time.monotonic(), 0.0
+# Its longest gap between clock reads, and how often it read its clock again
+# after a pause of over PAUSE_S: the floor visits in which it made progress.
+PAUSE_S = 0.1
+OBSERVER = f"""
+import json, sys, time
+end, last, worst, resumed = time.monotonic() + float(sys.argv[1]), time.monotonic(), 0.0, 0
 open(sys.argv[2] + ".ready", "w").close()
 while (now := time.monotonic()) < end:
-    worst, last = max(worst, now - last), now
-open(sys.argv[2], "w").write(str(worst))
+    worst, resumed, last = max(worst, now - last), resumed + (now - last > {PAUSE_S}), now
+open(sys.argv[2], "w").write(json.dumps({{"worst": worst, "resumed": resumed}}))
 """
 
 
@@ -416,18 +455,21 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
             o.wait(timeout=120)
         floor = sc.status()["scx_gpu"]["totals"]["floor_dispatches"]
     waits = [runnable_waits_s(events, o.pid) for o in observers]
-    gaps = [float(r.read_text()) for r in results]
+    seen = [json.loads(r.read_text()) for r in results]
     print(json.dumps({"max_runnable_wait_s": [float(w.max()) for w in waits],
-                      "waits": [len(w) for w in waits], "max_gap_s": gaps,
+                      "waits": [len(w) for w in waits], "observed": seen,
                       "floor_dispatches": floor, "drops": drops}))
     assert floor > 0 and drops == 0
     assert all(len(w) >= seconds * 1000 // floor_ms // 2 for w in waits), waits
     # Every wait while runnable ends within the floor (plus one slice of jitter).
     assert all(w.max() < floor_ms / 1000 + 0.1 for w in waits), waits
-    # Progress can stall longer: a batch task blocked on a lock that a starved
-    # normal task holds (khugepaged and the mmap lock, for one) waits for that
-    # task's floor service, then its own: two floor periods.
-    assert max(gaps) < 3 * floor_ms / 1000, gaps
+    # And the task gets work done in its floor visits, though not in every one
+    # under emulation: a switch takes about as long as the 0.5 ms floor slice,
+    # and some visits (0.9-1.7 ms on the CPU by the trace, 7 of 30 in one run)
+    # end before the task is back in user space; two in a row made the 3.0 s
+    # gaps of the CI runs of 180d3f7 and c95ab75 (bench/vm/floor_visits.py).
+    assert all(o["resumed"] >= seconds * 1000 // floor_ms // 2 for o in seen), seen
+    assert max(o["worst"] for o in seen) < bounds.watchdog_margin_s(), seen
 
 
 # Collapses 2 MB of its own memory into a huge page, again and again: the
