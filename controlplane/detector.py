@@ -30,14 +30,16 @@ thread has been tagged for the first time in it for SETTLE_S; a window
 that opened with nothing tagged looks for launchers until it finds one
 (then settles) or its length passes. While threads are tagged the next
 window opens only when their tags are half way to expiry (never sooner
-than a period). A window also stays open until each active untagged thread
-of the tagged threads' processes (runnable, or that ran since the last
-window) has run again (siblings.py): a second launch thread waiting behind
-normal-tier work would miss renewal after renewal; idle helper threads do
-not hold windows open. The share of time the probes are attached is the
-share of a busy launcher's launches they hit: a full window to find a
-launcher at 10,000 launches a second cost it 1,000 hits, 1.5% of a 6.5 s
-bench run.
+than a period). A second launch thread of a tagged process, waiting behind
+normal-tier work, would miss renewal after renewal: so a window also waits
+for each starving untagged sibling of a tagged thread (runnable, or that
+waited STARVED_NS for a CPU since the last window, or in its life if new;
+siblings.py) until it has run, then SETTLE_S; or until it was found asleep
+at ASLEEP_POLLS polls in a row (a GPU wait is shorter; an idle thread's
+sleep is not). Threads that are not short of CPU hold no window open. The share of
+time the probes are attached is the share of a busy launcher's launches
+they hit: a full window to find a launcher at 10,000 launches a second cost
+it 1,000 hits, 1.5% of a 6.5 s bench run.
 """
 
 import queue
@@ -45,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from scx_gpu.bpf.libbpf import LibbpfError
@@ -58,14 +61,22 @@ Detach = Callable[[int], None]
 Tags = Callable[[], dict[int, int]]
 # The untagged threads of the given tagged threads' processes.
 Siblings = Callable[[Iterable[int]], dict[int, Sibling]]
-# Thread ids -> their time on a CPU so far (ns); threads gone are left out.
-CpuTimes = Callable[[Iterable[int]], dict[int, int]]
+# These threads as they are now; threads gone are left out.
+ThreadsNow = Callable[[Iterable[int]], dict[int, Sibling]]
 # While a window is open: a renewal closes at the first poll after its
 # threads launched again, so each poll period costs a busy launcher hits.
 FAST_POLL_S = 0.001
 # After a thread's first tag in a window: its siblings' first launches (any
 # thread launching 100 times a second) before the window closes.
 SETTLE_S = 0.01
+# A sibling that waited this long for a CPU since the last window (or in its
+# life, if the last window did not see it) starves; a window waits for at
+# most MAX_WAITING of them (each is read at every poll) ...
+STARVED_NS = 10_000_000
+MAX_WAITING = 16
+# ... each until it runs, or is found asleep at this many polls in a row (a
+# poll takes tens of ms under emulation beside hogs: not a time).
+ASLEEP_POLLS = 3
 
 
 def no_tags() -> dict[int, int]:
@@ -76,7 +87,7 @@ def no_siblings(tagged: Iterable[int]) -> dict[int, Sibling]:
     return {}
 
 
-def no_times(tids: Iterable[int]) -> dict[int, int]:
+def no_threads(tids: Iterable[int]) -> dict[int, Sibling]:
     return {}
 
 
@@ -131,7 +142,7 @@ class Detector:
     # periods); one that renews live tags does not.
     detaching: Callable[[], bool] = lambda: False
     siblings: Siblings = no_siblings
-    cpu_ns: CpuTimes = no_times
+    threads_now: ThreadsNow = no_threads
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
@@ -139,9 +150,10 @@ class Detector:
     _awaited: set[int] = field(default_factory=set)  # tagged when the window opened
     _found: set[int] = field(default_factory=set)  # first tagged in this window
     _last_news: float | None = None  # a thread found or a sibling seen running
-    _waiting: dict[int, int] = field(default_factory=dict)  # siblings not run since: ns run
-    _baseline: dict[int, int] = field(default_factory=dict)  # siblings' ns run, last window
-    _sampled: dict[int, int] = field(default_factory=dict)  # ... and in this one
+    # Starving sibling -> its ns run when watched, the polls since it was runnable.
+    _waiting: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _baseline: dict[int, int] = field(default_factory=dict)  # sibling -> ns waited, last window
+    _sampled: set[int] = field(default_factory=set)  # siblings seen in this window
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -189,9 +201,10 @@ class Detector:
 
     def _settled(self, now: float) -> bool:
         """Every thread tagged at the window's opening launched since (or is
-        gone), every active sibling of a tagged thread has run since it was
-        watched, and it found a thread or awaited one; SETTLE_S after the
-        last thread found or sibling seen running (it may launch next)."""
+        gone), every starving sibling of a tagged thread has run (or is
+        asleep), and it found a thread or awaited one;
+        SETTLE_S after the last thread found or sibling seen running (it may
+        launch next)."""
         if self._window_start is None:
             return False
         opened_ns = int(self._window_start * 1e9)
@@ -200,7 +213,7 @@ class Detector:
         if new:
             self._found |= new
             self._last_news = now
-            self._watch(self._awaited | self._found)
+            self._watch(self._awaited | self._found, now)
         if any(tags.get(k, opened_ns) < opened_ns for k in self._awaited):
             return False
         if not self._siblings_ran(now):
@@ -209,24 +222,33 @@ class Detector:
             return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
 
-    def _watch(self, tagged: set[int]) -> None:
-        """Wait for the active untagged threads of these threads' processes."""
+    def _watch(self, tagged: set[int], now: float) -> None:
+        """Wait for the starving untagged threads of these threads' processes."""
         sample = self.siblings(tagged)
-        self._sampled.update({t: ns for t, (ns, _) in sample.items()})
-        active = {t: ns for t, (ns, runnable) in sample.items()
-                  if runnable or self._baseline.get(t, ns) != ns}
-        self._waiting = {t: ns for t, ns in {**active, **self._waiting}.items()
-                         if t not in tagged}
+        self._sampled |= sample.keys()
+        starving = {t: (s.ran_ns, 0) for t, s in sample.items() if t not in tagged and (
+            s.runnable or s.waited_ns - self._baseline.get(t, 0) >= STARVED_NS)}
+        new = {t: v for t, v in starving.items() if t not in self._waiting}
+        self._waiting = dict(islice({**self._waiting, **new}.items(), MAX_WAITING))
 
     def _siblings_ran(self, now: float) -> bool:
-        """Every sibling waited for has run since it was watched, or is gone."""
-        if self._waiting:
-            ran = self.cpu_ns(self._waiting)
-            waiting = {t: ns for t, ns in self._waiting.items() if ran.get(t, ns + 1) <= ns}
-            if len(waiting) < len(self._waiting):
-                self._last_news = now
-            self._waiting = waiting
-        return not self._waiting
+        """Every starving sibling has run since it was watched, or is gone, or
+        was found asleep ASLEEP_POLLS times in a row."""
+        if not self._waiting:
+            return True
+        seen = self.threads_now(self._waiting)
+        waiting = {}
+        for tid, (ran_ns, asleep) in self._waiting.items():
+            if tid not in seen:
+                continue
+            if seen[tid].ran_ns > ran_ns:
+                self._last_news = now  # it may launch next
+            elif seen[tid].runnable:
+                waiting[tid] = (ran_ns, 0)
+            elif asleep + 1 < ASLEEP_POLLS:
+                waiting[tid] = (ran_ns, asleep + 1)
+        self._waiting = waiting
+        return not waiting
 
     def _schedule_next(self) -> None:
         """Tags live: when the oldest is half way to expiry; else a period on."""
@@ -248,7 +270,7 @@ class Detector:
         self._next_window = begun + self.period_s
         self._awaited = set(self._live_tags())
         if self._awaited:
-            self._watch(self._awaited)
+            self._watch(self._awaited, self._window_start)
 
     def _close_window(self) -> None:
         for link in self._links:
@@ -259,8 +281,10 @@ class Detector:
         self._window_start = None
         self._awaited, self._found, self._waiting = set(), set(), {}
         self._last_news = None
-        if self._sampled:
-            self._baseline, self._sampled = self._sampled, {}
+        if self._sampled:  # how long each had waited for a CPU as this window ended
+            ended = self.threads_now(self._sampled)
+            self._baseline = {t: s.waited_ns for t, s in ended.items()}
+            self._sampled = set()
 
     def duty_cycle(self) -> float:
         """Share of wall time the probes were attached (a full window) since start."""

@@ -10,7 +10,8 @@ import pytest
 
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
-from scx_gpu.controlplane.detector import SETTLE_S, BackgroundDetach, Detector
+from scx_gpu.controlplane.detector import ASLEEP_POLLS, SETTLE_S, BackgroundDetach, Detector
+from scx_gpu.controlplane.siblings import Sibling
 
 
 class FakeProbes:
@@ -199,35 +200,63 @@ def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
 
 
 class StarvedSibling:
-    """Thread 9 of thread 7's process: on a CPU for 5 ms of every 50 ms (behind
-    normal-tier hogs), launching while it runs, runnable the rest of the time
-    but for 1 ms of every 2 (a GPU wait); 7 launches every 1 ms; thread 8, the
-    process's idle main thread, never runs."""
+    """Thread 7 launches every 1 ms. Thread 9 of its process, behind normal-tier
+    hogs, runs 20-25 ms into every 50 ms, launching then, and waits for a CPU
+    the rest of the time but for 1 ms of every 2 (a GPU wait). Thread 8, the
+    main thread, never runs (it waited 20 ms for a CPU at its start); thread
+    10, a helper, runs 0.1 ms every 200 ms and never waits for a CPU."""
 
-    def __init__(self, probes: FakeProbes, runnable_when_found: bool) -> None:
+    def __init__(self, probes: FakeProbes, when_found: str,
+                 siblings: tuple[int, ...] = (8, 9, 10)) -> None:
+        """when_found: 9 is "runnable" when 7 is found, or "starved" (waited
+        20 ms before), or "neither"."""
         self.probes, self.tags, self.first = probes, dict[int, int](), dict[int, float]()
-        self.phase = 0.001 if runnable_when_found else 0.0
+        self.phase = 0.001 if when_found == "runnable" else 0.0
+        self.waited_before_ns = 20_000_000 if when_found == "starved" else 0
+        self.present = set(siblings)
 
     def running(self) -> bool:
-        return 0.030 <= self.probes.now % 0.050 < 0.035
+        return 0.020 <= self.probes.now % 0.050 < 0.025
 
     def step(self) -> None:
         if self.probes.live:
             now_ns = int(self.probes.now * 1e9)
-            self.tags.update({7: now_ns, **({9: now_ns} if self.running() else {})})
+            launched = {9} & self.present if self.running() else set()
+            self.tags.update({7: now_ns, **dict.fromkeys(launched, now_ns)})
             for tid in self.tags:
                 self.first.setdefault(tid, self.probes.now)
 
-    def cpu_ns(self, tids) -> dict[int, int]:
+    def threads_now(self, tids) -> dict[int, Sibling]:
         now = self.probes.now
-        ran = (now // 0.050) * 0.005 + min(max(now % 0.050 - 0.030, 0.0), 0.005)
-        return {t: ns for t, ns in ((8, 1000), (9, int(ran * 1e9))) if t in tids}
+        ran9 = (now // 0.050) * 0.005 + min(max(now % 0.050 - 0.020, 0.0), 0.005)
+        waited9 = self.waited_before_ns + int((now - ran9) / 2 * 1e9)
+        runnable9 = self.running() or (now + self.phase) % 0.002 < 0.001
+        threads = {8: Sibling(1000, 20_000_000, False),
+                   9: Sibling(int(ran9 * 1e9), waited9, runnable9),
+                   10: Sibling(int(now // 0.2 * 1e5), 0, False)}
+        return {t: threads[t] for t in tids if t in threads and t in self.present}
 
-    def siblings(self, tagged) -> dict[int, tuple[int, bool]]:
-        if 7 not in tagged:
-            return {}
-        runnable = {8: False, 9: (self.probes.now + self.phase) % 0.002 < 0.001}
-        return {t: (ns, runnable[t]) for t, ns in self.cpu_ns({8, 9} - set(tagged)).items()}
+    def siblings(self, tagged) -> dict[int, Sibling]:
+        return self.threads_now({8, 9, 10} - set(tagged)) if 7 in tagged else {}
+
+
+def run_starved(tmp_path: Path, threads: StarvedSibling, until: float) -> list[float]:
+    """The detector beside these threads; the fake times at which probes were live."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = threads.probes
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(threads.tags), clock=lambda: probes.now,
+                   siblings=threads.siblings, threads_now=threads.threads_now)
+    det.add_libraries([lib])
+    live = []
+    while probes.now < until:
+        det.tick()
+        threads.step()
+        if probes.live:
+            live.append(probes.now)
+        probes.now += 0.001
+    return live
 
 
 def windows(live: list[float], step: float) -> list[tuple[float, float]]:
@@ -236,29 +265,30 @@ def windows(live: list[float], step: float) -> list[tuple[float, float]]:
     return [(live[i], live[j - 1]) for i, j in zip(starts, [*starts[1:], len(live)], strict=True)]
 
 
-@pytest.mark.parametrize("runnable_when_found", [True, False])
-def test_a_window_stays_open_until_a_tagged_threads_active_siblings_have_run(
-        tmp_path, runnable_when_found):
-    # The sibling runs 30-35 ms into every 50 ms; the windows would open at 0
-    # and every 1.5 s and close within a few ms of 7's launches, missing it.
-    lib = tmp_path / "libcuda.so.1"
-    lib.write_bytes(b"")
-    probes = FakeProbes(attach_s=0.0)
-    threads = StarvedSibling(probes, runnable_when_found)
-    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
-                   tags=lambda: dict(threads.tags), clock=lambda: probes.now,
-                   siblings=threads.siblings, cpu_ns=threads.cpu_ns)
-    det.add_libraries([lib])
-    live = []
-    while probes.now < 4.0:
-        det.tick()
-        threads.step()
-        if probes.live:
-            live.append(probes.now)
-        probes.now += 0.001
-    # Found in the first window if runnable then, else at the first renewal
-    # (1.5 s later), as it ran since ...
-    assert threads.first.get(9, 4.0) < (0.035 if runnable_when_found else 1.6), threads.first
-    # ... and the idle main thread never held a window open to its length.
+@pytest.mark.parametrize("when_found", ["runnable", "starved", "neither"])
+def test_a_window_waits_for_a_tagged_threads_starving_sibling_to_run(tmp_path, when_found):
+    # The windows open at 0 and every 1.5 s; closing within a few ms of 7's
+    # launches, they would miss 9 every time.
+    threads = StarvedSibling(FakeProbes(attach_s=0.0), when_found)
+    live = run_starved(tmp_path, threads, until=4.0)
+    # Found in the first window if runnable or starved then, else at the first
+    # renewal (1.5 s later), having waited for a CPU since ...
+    found_by = 1.6 if when_found == "neither" else 0.025
+    assert threads.first.get(9, 4.0) < found_by, threads.first
+    # ... and each window closed SETTLE_S after it ran (the first, if it found
+    # 9, then, else once the idle main thread was found asleep).
     opened = windows(live, 0.001)
-    assert len(opened) == 3 and all(b - a < 0.035 + SETTLE_S + 0.003 for a, b in opened), opened
+    assert len(opened) == 3 and all(b - a < 0.050 + SETTLE_S for a, b in opened), opened
+
+
+def test_siblings_that_do_not_starve_hold_no_window_open(tmp_path):
+    # The helper runs every 200 ms, so between windows, but never waits for a
+    # CPU, and the main thread sleeps: the first window waits ASLEEP_POLLS
+    # polls for the main thread (it starved once), each renewal closes at
+    # 7's next launch, as without siblings.
+    threads = StarvedSibling(FakeProbes(attach_s=0.0), "neither", siblings=(8, 10))
+    live = run_starved(tmp_path, threads, until=4.0)
+    opened = windows(live, 0.001)
+    assert len(opened) == 3, opened
+    assert opened[0][1] - opened[0][0] <= SETTLE_S + (ASLEEP_POLLS + 2) * 0.001, opened
+    assert all(b - a <= 0.002 for a, b in opened[1:]), opened

@@ -157,9 +157,9 @@ def _first_tags(proc: subprocess.Popen[bytes], tags_fd: int) -> dict[int, float]
 def test_every_launch_thread_joins_the_gpu_tier_beside_normal_hogs():
     # Found first is not found all: the other launch threads wait in the
     # normal tier beside the hogs, and windows that closed as soon as the
-    # first launched again missed the second for 1.7-3.4 s in 5 of 9 trials
-    # (2026-12-01); with windows that wait for active siblings, 0.0001-0.04 s
-    # in 9 of 9.
+    # first launched again missed the second for 1.7-3.4 s, or the whole run,
+    # in 7 of 18 trials (2026-12-01); waiting for starving siblings, the spread
+    # was at most 0.023 s in 12 of 12.
     spreads = []
     with sc.loaded():
         tags_fd = open_pinned()("gpu_tags")
@@ -467,7 +467,7 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
     # under emulation: a switch takes about as long as the 0.5 ms floor slice,
     # and some visits (0.9-1.7 ms on the CPU by the trace, 7 of 30 in one run)
     # end before the task is back in user space; two in a row made the 3.0 s
-    # gaps of the CI runs of 180d3f7 and c95ab75 (bench/vm/floor_visits.py).
+    # gaps of the CI runs of 180d3f7 and c95ab75 (docs/reference.md).
     assert all(o["resumed"] >= seconds * 1000 // floor_ms // 2 for o in seen), seen
     assert max(o["worst"] for o in seen) < bounds.watchdog_margin_s(), seen
 

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from scx_gpu.controlplane import siblings
+from scx_gpu.controlplane.siblings import Sibling
 
 
 def fake_thread(proc: Path, tgid: int, tid: int, comm: str, state: str, ran_ns: int) -> None:
@@ -12,7 +13,7 @@ def fake_thread(proc: Path, tgid: int, tid: int, comm: str, state: str, ran_ns: 
         base.mkdir(parents=True, exist_ok=True)
         (base / "status").write_text(f"Name:\t{comm}\nTgid:\t{tgid}\nPid:\t{tid}\n")
         (base / "stat").write_text(f"{tid} ({comm}) {state} 1 {tgid} 0 0 -1\n")
-        (base / "schedstat").write_text(f"{ran_ns} 5 7\n")
+        (base / "schedstat").write_text(f"{ran_ns} {ran_ns * 2} 7\n")
 
 
 def test_the_untagged_threads_of_tagged_processes_only(tmp_path):
@@ -21,16 +22,29 @@ def test_the_untagged_threads_of_tagged_processes_only(tmp_path):
     fake_thread(tmp_path, 100, 102, "launcher", "R", 30)  # tagged
     fake_thread(tmp_path, 100, 103, "loader", "D", 40)
     fake_thread(tmp_path, 200, 201, "other", "R", 50)  # another process
-    assert siblings.siblings([102, 999], tmp_path) == {100: (10, False), 101: (20, True),
-                                                        103: (40, False)}
-    assert siblings.cpu_ns([101, 103, 555], tmp_path) == {101: 20, 103: 40}
+    assert siblings.siblings([102, 999], tmp_path) == {
+        100: Sibling(10, 20, False), 101: Sibling(20, 40, True), 103: Sibling(40, 80, False)}
+    assert siblings.threads_now([101, 103, 555], tmp_path) == {
+        101: Sibling(20, 40, True), 103: Sibling(40, 80, False)}
 
 
-def test_at_most_max_siblings_are_followed(tmp_path, monkeypatch):
-    monkeypatch.setattr(siblings, "MAX_SIBLINGS", 3)
-    for tid in range(300, 310):
-        fake_thread(tmp_path, 300, tid, "t", "R", tid)
-    assert len(siblings.siblings([300], tmp_path)) == 3
+def test_reads_are_bounded_and_shared_among_processes(tmp_path, monkeypatch):
+    for tgid in (1000, 2000):
+        for tid in range(tgid, tgid + 200):  # all tagged in 1000, none in 2000 but one
+            fake_thread(tmp_path, tgid, tid, "t", "R", tid)
+    reads: list[Path] = []
+    real_read = siblings._read
+
+    def counted(path: Path) -> str | None:
+        reads.append(path)
+        return real_read(path)
+    monkeypatch.setattr(siblings, "_read", counted)
+    found = siblings.siblings([*range(1100, 1200), 2000], tmp_path)
+    assert len(found) == siblings.MAX_THREADS
+    assert {t // 1000 for t in found} == {1, 2}  # each process its share
+    # One status a process, whatever its tagged threads; two files a thread.
+    assert len([p for p in reads if p.name == "status"]) == 2
+    assert len(reads) == 2 + 2 * siblings.MAX_THREADS
 
 
 def spin(stop: threading.Event) -> None:
@@ -46,10 +60,10 @@ def test_a_busy_thread_of_this_process_is_seen_running():
         tid = spinner.native_id
         assert tid is not None
         deadline = time.monotonic() + 10
-        while not (found := siblings.siblings([threading.get_native_id()]))[tid][1]:
+        while not (found := siblings.siblings([threading.get_native_id()]))[tid].runnable:
             assert time.monotonic() < deadline, "the spinner never showed as runnable"
         time.sleep(0.05)
-        assert siblings.cpu_ns([tid])[tid] > found[tid][0]
+        assert siblings.threads_now([tid])[tid].ran_ns > found[tid].ran_ns
     finally:
         stop.set()
         spinner.join()
