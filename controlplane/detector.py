@@ -202,9 +202,8 @@ class Detector:
     def _settled(self, now: float) -> bool:
         """Every thread tagged at the window's opening launched since (or is
         gone), every starving sibling of a tagged thread has run (or is
-        asleep), and it found a thread or awaited one;
-        SETTLE_S after the last thread found or sibling seen running (it may
-        launch next)."""
+        asleep), and it found a thread or awaited one; SETTLE_S after the
+        last thread found or sibling seen running (it may launch next)."""
         if self._window_start is None:
             return False
         opened_ns = int(self._window_start * 1e9)
@@ -213,7 +212,7 @@ class Detector:
         if new:
             self._found |= new
             self._last_news = now
-            self._watch(self._awaited | self._found, now)
+            self._watch(self._awaited | self._found)
         if any(tags.get(k, opened_ns) < opened_ns for k in self._awaited):
             return False
         if not self._siblings_ran(now):
@@ -222,7 +221,7 @@ class Detector:
             return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
 
-    def _watch(self, tagged: set[int], now: float) -> None:
+    def _watch(self, tagged: set[int]) -> None:
         """Wait for the starving untagged threads of these threads' processes."""
         sample = self.siblings(tagged)
         self._sampled |= sample.keys()
@@ -270,7 +269,7 @@ class Detector:
         self._next_window = begun + self.period_s
         self._awaited = set(self._live_tags())
         if self._awaited:
-            self._watch(self._awaited, self._window_start)
+            self._watch(self._awaited)
 
     def _close_window(self) -> None:
         for link in self._links:
