@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-PROC = Path("/proc")
+from scx_gpu.controlplane.topology import tgid as tgid_of
+
 MAX_TAGGED = 32
 MAX_PROCESSES = 8
 MAX_THREADS = 64
@@ -42,14 +43,6 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _tgid(tid: int, proc: Path) -> int | None:
-    status = _read(proc / str(tid) / "status")
-    for line in (status or "").splitlines():
-        if line.startswith("Tgid:"):
-            return int(line.split()[1])
-    return None
-
-
 def _threads(tgid: int, proc: Path) -> Iterator[int]:
     """tgid's threads, read lazily: a process may have tens of thousands."""
     try:
@@ -65,9 +58,9 @@ def _runnable(tid: int, proc: Path) -> bool:
     return stat[stat.rfind(")") + 2:].split(" ", 1)[0] == RUNNABLE
 
 
-def threads_now(tids: Iterable[int], proc: Path = PROC) -> dict[int, Sibling]:
+def threads_now(tids: Iterable[int], root: Path = Path("/")) -> dict[int, Sibling]:
     """These threads as they are now; threads gone are left out."""
-    now = {}
+    proc, now = root / "proc", {}
     for tid in tids:
         fields = (_read(proc / str(tid) / "schedstat") or "").split()
         if len(fields) >= 2:
@@ -75,7 +68,7 @@ def threads_now(tids: Iterable[int], proc: Path = PROC) -> dict[int, Sibling]:
     return now
 
 
-def _processes(tagged: set[int], proc: Path) -> dict[int, list[int]]:
+def _processes(tagged: set[int], root: Path) -> dict[int, list[int]]:
     """The tagged threads' processes -> their threads (MAX_LISTED at most): a
     thread of a process already listed costs no read of its own."""
     found: dict[int, list[int]] = {}
@@ -87,17 +80,17 @@ def _processes(tagged: set[int], proc: Path) -> dict[int, list[int]]:
         if tid in listed:
             continue
         reads += 1
-        tgid = _tgid(tid, proc)
+        tgid = tgid_of(tid, root)
         if tgid is not None and tgid not in found:
-            found[tgid] = list(islice(_threads(tgid, proc), MAX_LISTED))
+            found[tgid] = list(islice(_threads(tgid, root / "proc"), MAX_LISTED))
             listed.update(found[tgid])
     return found
 
 
-def siblings(tagged: Iterable[int], proc: Path = PROC) -> dict[int, Sibling]:
+def siblings(tagged: Iterable[int], root: Path = Path("/")) -> dict[int, Sibling]:
     """The untagged threads of the tagged threads' processes."""
     tagged = set(tagged)
-    processes = _processes(tagged, proc)
+    processes = _processes(tagged, root)
     share = MAX_THREADS // max(len(processes), 1)
     return threads_now([tid for tids in processes.values()
-                        for tid in islice((t for t in tids if t not in tagged), share)], proc)
+                        for tid in islice((t for t in tids if t not in tagged), share)], root)

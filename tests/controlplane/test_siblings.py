@@ -4,11 +4,12 @@ import threading
 import time
 from pathlib import Path
 
-from scx_gpu.controlplane import siblings
+from scx_gpu.controlplane import siblings, topology
 from scx_gpu.controlplane.siblings import Sibling
 
 
-def fake_thread(proc: Path, tgid: int, tid: int, comm: str, state: str, ran_ns: int) -> None:
+def fake_thread(root: Path, tgid: int, tid: int, comm: str, state: str, ran_ns: int) -> None:
+    proc = root / "proc"
     for base in (proc / str(tgid) / "task" / str(tid), proc / str(tid)):
         base.mkdir(parents=True, exist_ok=True)
         (base / "status").write_text(f"Name:\t{comm}\nTgid:\t{tgid}\nPid:\t{tid}\n")
@@ -39,6 +40,7 @@ def test_reads_are_bounded_and_shared_among_processes(tmp_path, monkeypatch):
         reads.append(path)
         return real_read(path)
     monkeypatch.setattr(siblings, "_read", counted)
+    monkeypatch.setattr(topology, "_read", counted)
     found = siblings.siblings([*range(1100, 1200), 2000], tmp_path)
     assert len(found) == siblings.MAX_THREADS
     assert {t // 1000 for t in found} == {1, 2}  # each process its share
