@@ -1,9 +1,14 @@
 """Traffic for the network isolation tests: `python -m tests.controlplane.netflows MODE ...`.
 
-echo PORT              serve 1 KB request/response exchanges
-sink PORT SECONDS      receive, then print the rate over the window after WARMUP_S
-bulk HOST PORT SECONDS send as fast as the path takes it
-rr HOST PORT SECONDS   1 KB requests every RR_INTERVAL_S, print round-trip percentiles
+echo PORT                serve 1 KB request/response exchanges
+sink PORT START END      receive until END, then print the rate from START to END
+bulk HOST PORT END       send as fast as the path takes it, until END
+rr HOST PORT START END   1 KB requests every RR_INTERVAL_S until END, then print the
+                         percentiles of the round trips begun from START
+
+START and END are CLOCK_MONOTONIC seconds (window()), one clock for every
+process on the host, whatever its namespaces: flows started one after the
+other measure the same seconds.
 """
 
 import json
@@ -14,8 +19,14 @@ import time
 
 MSG = 1024
 CHUNK = 1 << 16
-WARMUP_S = 1.0
 RR_INTERVAL_S = 0.003
+
+
+def window(seconds: float, lead_s: float) -> tuple[str, str]:
+    """START and END arguments: seconds from lead_s from now (for the flows to start and
+    a bulk transfer to leave slow start)."""
+    start = time.monotonic() + lead_s
+    return f"{start:.6f}", f"{start + seconds:.6f}"
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -52,29 +63,27 @@ def echo(port: int) -> None:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def sink(port: int, seconds: float) -> None:
+def sink(port: int, start: float, end: float) -> None:
     srv = _listen(port)
     print("ready", flush=True)
     conn, _ = srv.accept()
-    start = time.monotonic()
     counted = 0
     conn.settimeout(0.5)
-    while (now := time.monotonic()) < start + seconds:
+    while (now := time.monotonic()) < end:
         try:
             got = len(conn.recv(CHUNK))
         except TimeoutError:
             continue
         if not got:
             break
-        if now >= start + WARMUP_S:
+        if now >= start:
             counted += got
-    print(json.dumps({"bps": counted * 8 / (seconds - WARMUP_S)}), flush=True)
+    print(json.dumps({"bps": counted * 8 / (end - start)}), flush=True)
 
 
-def bulk(host: str, port: int, seconds: float) -> None:
+def bulk(host: str, port: int, end: float) -> None:
     conn = socket.create_connection((host, port))
     data = b"x" * CHUNK
-    end = time.monotonic() + seconds
     conn.settimeout(0.5)
     while time.monotonic() < end:
         try:
@@ -85,16 +94,16 @@ def bulk(host: str, port: int, seconds: float) -> None:
             break
 
 
-def rr(host: str, port: int, seconds: float) -> None:
+def rr(host: str, port: int, start: float, end: float) -> None:
     conn = socket.create_connection((host, port))
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     msg = b"r" * MSG
     rtts: list[float] = []
-    end = time.monotonic() + seconds
     while (t0 := time.monotonic()) < end:
         conn.sendall(msg)
         _recv_exact(conn, MSG)
-        rtts.append(time.monotonic() - t0)
+        if t0 >= start:
+            rtts.append(time.monotonic() - t0)
         time.sleep(max(0.0, RR_INTERVAL_S - (time.monotonic() - t0)))
     rtts.sort()
     print(json.dumps({"n": len(rtts), "p50_ms": rtts[len(rtts) // 2] * 1e3,
@@ -106,11 +115,11 @@ def main(argv: list[str]) -> None:
     if mode == "echo":
         echo(int(args[0]))
     elif mode == "sink":
-        sink(int(args[0]), float(args[1]))
+        sink(int(args[0]), float(args[1]), float(args[2]))
     elif mode == "bulk":
         bulk(args[0], int(args[1]), float(args[2]))
     elif mode == "rr":
-        rr(args[0], int(args[1]), float(args[2]))
+        rr(args[0], int(args[1]), float(args[2]), float(args[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 
