@@ -32,6 +32,8 @@ pytestmark = pytest.mark.root
 BOTH = pytest.mark.parametrize("hierarchy", [
     pytest.param("v1-host"), pytest.param("v2-vm", marks=pytest.mark.vm)])
 LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
+FALLBACK = runstate.FALLBACK_MODE
+START_TIMEOUT_S = 30  # beside 2 * NPROC hogs under emulation
 
 
 # The nice the programs a test launches start at: its own, which they inherit.
@@ -53,13 +55,22 @@ def fallback_loaded(*args: str, quiet: bool = True) -> Iterator[dict[str, Any]]:
     assert OWN_NICE > fallback.GPU_NICE, OWN_NICE
     with tempfile.NamedTemporaryFile("w") as log:
         out = Path(log.name)
+        # faulthandler: SIGABRT prints where every thread of a loader that is slow to start is.
         proc = subprocess.Popen([*sc.SCX_GPU, "load", "--fallback", "mainline",
                                  *(["--quiet"] if quiet else []), "--cuda-lib", STUB, *args],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+                                stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         try:
-            sc.wait_for(lambda: runstate.run_state().get("mode") == runstate.FALLBACK_MODE
-                        or proc.poll() is not None, 30, "the fallback to start")
+            try:
+                took = sc.wait_for(lambda: runstate.run_state().get("mode") == FALLBACK
+                                   or proc.poll() is not None, START_TIMEOUT_S,
+                                   "the fallback to start")
+            except AssertionError as exc:
+                proc.send_signal(signal.SIGABRT)
+                proc.wait(timeout=30)
+                raise AssertionError(f"{exc}; the loader's output:\n{out.read_text()}") from None
             assert proc.poll() is None, out.read_text()
+            print(f"the fallback started in {took:.1f} s")
             assert os.getpriority(os.PRIO_PROCESS, proc.pid) == fallback.GPU_NICE  # level
             yield {**runstate.run_state(), "log": out}
         finally:
