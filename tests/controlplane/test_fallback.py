@@ -33,7 +33,7 @@ BOTH = pytest.mark.parametrize("hierarchy", [
     pytest.param("v1-host"), pytest.param("v2-vm", marks=pytest.mark.vm)])
 LAUNCHER, STUB = str(program("launcher")), str(program("libcuda.so.1"))
 FALLBACK = runstate.FALLBACK_MODE
-START_TIMEOUT_S = 30  # beside 2 * NPROC hogs under emulation
+START_TIMEOUT_S = 60  # beside 2 * NPROC hogs under emulation, as scenario.loaded waits
 
 
 # The nice the programs a test launches start at: its own, which they inherit.
