@@ -141,24 +141,9 @@ def cpu_governor() -> Finding:
                    "non-performance governors add wake-up latency" if slow else "")
 
 
-# 0 (the default without CONFIG_RCU_BOOST): RCU's kthreads are SCHED_NORMAL.
-RCU_KTHREAD_PRIO = Path("/sys/module/rcutree/parameters/kthread_prio")
-
-
-def rcu_kthread_prio() -> Finding:
-    value = _read(RCU_KTHREAD_PRIO)
-    if value is None:
-        return Finding("rcu_kthread_prio", "RCU kthread priority", None, INFO, "not reported")
-    fifo = value != "0"
-    return Finding("rcu_kthread_prio", "RCU kthread priority", int(value), OK if fifo else WARN,
-                   "" if fifo else "RCU's grace-period kthread runs in the normal tier: with the "
-                   "gpu tier saturated, each grace period waits for floor service; boot with "
-                   "rcutree.kthread_prio=1")
-
-
 CHECKS: list[Callable[[], Finding | list[Finding]]] = [
     kernel, sched_ext, btf, uprobes, libbpf_version, filesystems, root, cuda,
-    cgroup_cpu, psi, numa_balancing, irqbalance, cpu_governor, rcu_kthread_prio,
+    cgroup_cpu, psi, numa_balancing, irqbalance, cpu_governor,
 ]
 
 

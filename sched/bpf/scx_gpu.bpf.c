@@ -49,6 +49,15 @@
  *    slices reach the kernel's RCU stall timeout, whose handler ejects the
  *    scheduler. Any user can make long sections (MADV_COLLAPSE); they run
  *    within the floor share like any floor service.
+ *  - kthreads (kworkers, ksoftirqd, rcu_preempt, jbd2) of the normal tier
+ *    wait in the local queue of the CPU they are enqueued on, which it takes
+ *    before any tier when its running task's slice ends, and run in slices
+ *    of s: a kthread waits at most that slice (5 ms), plus those of gpu
+ *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
+ *    it; the kernel work that waits for kthreads (RCU grace periods, work
+ *    flushed on every CPU, journal commits) waits as long. Each runnable
+ *    kthread takes at most s per slice of the others: 9% of a CPU beside one
+ *    busy gpu thread.
  *  - across domains: a gpu task waiting in any domain runs before any CPU
  *    it may use starts a normal or batch slice (dispatch takes it first,
  *    from any domain); a waking one claims batch (then normal) on its
@@ -116,6 +125,7 @@ char _license[] SEC("license") = "GPL";
 #define BUDGET_TRIES	8		/* due heads a dispatch releases from a budget queue */
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
+#define PF_KTHREAD	0x00200000	/* include/linux/sched.h */
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
@@ -983,6 +993,19 @@ static void count_preemption(u32 tier)
 }
 
 /* When @p became runnable: each tier's queue is in this order (normal's plus its lag). */
+/*
+ * The kernel waits for its threads: a grace period for rcu_preempt, work
+ * flushed on every CPU (lru_add_drain_all(), schedule_on_each_cpu()) for a
+ * kworker bound to each. Queued in the normal tier behind gpu threads that
+ * keep the CPUs busy, each waited for floor service (F), and so did every
+ * task waiting on them: a launch probe's detach took 1-2.4 s while the
+ * launcher ran, its probes firing all along; a grace period 1-4 s.
+ */
+static bool kthread(const struct task_struct *p)
+{
+	return p->flags & PF_KTHREAD;
+}
+
 static u64 runnable_since(struct task_ctx *tctx, u64 now)
 {
 	return tctx && tctx->runnable_at ? tctx->runnable_at : now;
@@ -1176,7 +1199,10 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	bool metered;
 	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
-	if (tier == TIER_GPU)
+	/* This CPU's local queue: it takes the kthread when the running slice ends. */
+	if (tier == TIER_NORMAL && kthread(p))
+		dsq_insert(p, SCX_DSQ_LOCAL, MIN_SLICE_NS, enq_flags);
+	else if (tier == TIER_GPU)
 		queue_gpu_task(p, tctx, enq_flags, now);
 	else if (tier == TIER_BATCH)
 		queue_task(p, TIER_BATCH, batch_slice_ns, runnable_since(tctx, now), enq_flags);

@@ -771,6 +771,55 @@ def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
     assert all(w.max() <= bound for w in waits), (waits, bound)
 
 
+KERNEL_WAITS = 20  # of each kind
+KTHREAD_WAIT_S = 0.25  # a quarter of the floor wait (F = 1 s) the kthreads had
+# Seconds of kernel operations that wait for kthreads: a write to vm/stat_refresh
+# (schedule_on_each_cpu(): a kworker bound to each CPU) and membarrier(GLOBAL) (an RCU
+# grace period: rcu_preempt, unbound).
+WAITER = """
+import ctypes, json, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
+
+def refresh():
+    with open("/proc/sys/vm/stat_refresh", "w") as f:
+        f.write("1")
+
+def grace_period():
+    if libc.syscall(SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "membarrier")
+
+took = {}
+for op in (refresh, grace_period):
+    took[op.__name__] = []
+    for _ in range(int(sys.argv[1])):
+        start = time.monotonic()
+        op()
+        took[op.__name__].append(time.monotonic() - start)
+print(json.dumps(took))
+"""
+
+
+def _kernel_waits(tier: str | None = None) -> dict[str, list[float]]:
+    """WAITER's times, run in tier (else here): in the normal tier beside gpu hogs, each
+    of its own wake-ups would wait for floor service."""
+    cmd = [sys.executable, "-c", WAITER, str(KERNEL_WAITS)]
+    out = subprocess.run(sc.in_cgroup(OWN_ROOT / tier, cmd) if tier else cmd,
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    took: dict[str, list[float]] = json.loads(out)
+    return took
+
+
+def test_kthreads_run_beside_busy_gpu_threads():
+    alone = _kernel_waits()
+    with sc.loaded():
+        with cpu_hogs(2 * NPROC, tier="gpu"):
+            beside = _kernel_waits("gpu")
+        assert enabled(), ejection()
+    print(json.dumps({"alone_s": alone, "beside_gpu_hogs_s": beside}))
+    assert all(max(took) < KTHREAD_WAIT_S for took in beside.values()), beside
+
+
 CHURN = """
 import os, random, sys, time
 groups, pids = sys.argv[1:3], [int(p) for p in sys.argv[3].split(",")]

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from scx_gpu import doctor
 from scx_gpu.bpf import libbpf
 from tests.helpers import scx_gpu
 
@@ -23,7 +22,6 @@ def test_doctor_lists_every_check():
     assert set(checks) == {
         "kernel", "sched_ext", "btf", "uprobes", "libbpf", "bpf", "tracefs", "root",
         "libcuda", "cgroup_v2_cpu", "psi", "numa_balancing", "irqbalance", "cpu_governor",
-        "rcu_kthread_prio",
     }
     assert checks["kernel"]["value"] == os.uname().release
     assert checks["root"]["value"] is (os.geteuid() == 0)
@@ -37,9 +35,6 @@ def test_doctor_on_the_host_kernel():
     assert checks["btf"]["value"] is True
     assert checks["uprobes"]["value"] is True
     assert checks["libbpf"]["value"] == "{}.{}".format(*libbpf.version())
-    prio = int(doctor.RCU_KTHREAD_PRIO.read_text())
-    assert checks["rcu_kthread_prio"]["value"] == prio
-    assert checks["rcu_kthread_prio"]["status"] == ("warn" if prio == 0 else "ok")
 
 
 def test_doctor_table_names_the_checks():
