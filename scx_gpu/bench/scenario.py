@@ -26,12 +26,14 @@ EXIT_TIMEOUT_S = 30  # a loader's clean exit after SIGTERM takes about 1 s in th
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-             poll: float = 0.05) -> float:
-    """Seconds until predicate() held; AssertionError after timeout."""
+             poll: float = 0.05, seen: Callable[[], object] | None = None) -> float:
+    """Seconds until predicate() held; AssertionError after timeout, with what
+    seen() returns then (the state that did not come)."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            state = f"; seen: {seen()}" if seen else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{state}")
         time.sleep(poll)
     return time.monotonic() - start
 

@@ -95,7 +95,8 @@ def test_load_prints_each_intervals_statistics():
             def launching() -> list[dict[str, Any]]:
                 return [line for line in json_lines(log)
                         if line["tiers"]["gpu"]["runs"] > 0 and line["detector_hits"] > 0]
-            sc.wait_for(lambda: len(launching()) >= 2, 60, "two lines with the launcher's runs")
+            sc.wait_for(lambda: len(launching()) >= 2, 60, "two lines with the launcher's runs",
+                        seen=lambda: (json_lines(log)[-2:], sc.status()))
             lines = json_lines(log)
         finally:
             launcher.kill()
