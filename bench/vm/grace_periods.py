@@ -11,7 +11,7 @@ of the 1 s floor wait, and per-CPU kworkers, jbd2 and rcu_exp_gp_kthread
 waited 1.00 s each during it; with rcu_preempt's wake-ups served first
 (296 of them within 8.5 ms, a patch not kept) it still took 1-2 s. Since
 kthreads wait in their CPU's local queue (2026-12-01) a grace period takes
-8-41 ms, rcu_preempt's wake-ups waiting p50 0.5 ms, at most 32 ms.
+7-48 ms, rcu_preempt's wake-ups waiting p50 0.3 ms, at most 23 ms.
 
     scx-gpu vm run --copy bench/vm/grace_periods.py:/root/g.py -- python3 /root/g.py 12
 """

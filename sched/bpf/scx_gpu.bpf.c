@@ -49,15 +49,17 @@
  *    slices reach the kernel's RCU stall timeout, whose handler ejects the
  *    scheduler. Any user can make long sections (MADV_COLLAPSE); they run
  *    within the floor share like any floor service.
- *  - kthreads (kworkers, ksoftirqd, rcu_preempt, jbd2) of the normal tier
- *    wait in the local queue of the CPU they are enqueued on, which it takes
- *    before any tier when its running task's slice ends, and run in slices
- *    of s: a kthread waits at most that slice (5 ms), plus those of gpu
+ *  - a kthread (kworker, ksoftirqd, rcu_preempt, jbd2) of the normal tier
+ *    waits in the local queue of the CPU it is queued on, which the CPU
+ *    takes before any tier when its running task's slice ends, in slices of
+ *    s, until it has run KTHREAD_BURST_NS (5 ms) since it woke; after that it
+ *    queues in the normal tier like any task. So a waking kthread waits at
+ *    most the running slice (a 5 ms slice ends at the next tick: 8 ms at
+ *    HZ=250), plus s per kthread queued ahead of it and the slices of gpu
  *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
- *    it; the kernel work that waits for kthreads (RCU grace periods, work
- *    flushed on every CPU, journal commits) waits as long. Each runnable
- *    kthread takes at most s per slice of the others: 9% of a CPU beside one
- *    busy gpu thread.
+ *    the CPU; the kernel work that waits for kthreads (RCU grace periods,
+ *    work flushed on every CPU, journal commits) waits as long. A kthread
+ *    takes at most 5 ms per wake-up ahead of the tiers.
  *  - across domains: a gpu task waiting in any domain runs before any CPU
  *    it may use starts a normal or batch slice (dispatch takes it first,
  *    from any domain); a waking one claims batch (then normal) on its
@@ -126,6 +128,7 @@ char _license[] SEC("license") = "GPL";
 #define CLAIM_TRIES	2	/* picks per domain mask: a raced claim leaves its bit a moment */
 #define SCHED_IDLE	5
 #define PF_KTHREAD	0x00200000	/* include/linux/sched.h */
+#define KTHREAD_BURST_NS (5 * NSEC_PER_MSEC)	/* a kthread's CPU time per wake-up ahead of the tiers */
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
@@ -253,6 +256,7 @@ struct task_ctx {
 	bool classified;
 	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
+	u64 kthread_woke_ns;	/* a kthread's CPU time when it last woke */
 };
 
 struct {
@@ -992,20 +996,33 @@ static void count_preemption(u32 tier)
 		s->tier[tier].preemptions++;
 }
 
-/* When @p became runnable: each tier's queue is in this order (normal's plus its lag). */
 /*
  * The kernel waits for its threads: a grace period for rcu_preempt, work
  * flushed on every CPU (lru_add_drain_all(), schedule_on_each_cpu()) for a
  * kworker bound to each. Queued in the normal tier behind gpu threads that
  * keep the CPUs busy, each waited for floor service (F), and so did every
  * task waiting on them: a launch probe's detach took 1-2.4 s while the
- * launcher ran, its probes firing all along; a grace period 1-4 s.
+ * launcher ran, its probes firing all along; a grace period 1-4 s. So a
+ * kthread goes to its CPU's local queue, in slices of s, until it has run
+ * KTHREAD_BURST_NS since it woke; then it queues in the normal tier like any
+ * task. Without that bound two busy kthreads on a CPU would take turns there
+ * for good, dispatch never running (a user can keep ksoftirqd and a kworker
+ * busy). Re-queued after losing its CPU to a higher class, it goes through
+ * the normal tier: another CPU may take it.
  */
-static bool kthread(const struct task_struct *p)
+static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier, u64 enq_flags)
 {
-	return p->flags & PF_KTHREAD;
+	u64 ran = p->se.sum_exec_runtime;
+
+	if (!(p->flags & PF_KTHREAD) || !tctx || tier != TIER_NORMAL || fair_only ||
+	    (enq_flags & SCX_ENQ_REENQ))
+		return false;
+	if (enq_flags & SCX_ENQ_WAKEUP)
+		tctx->kthread_woke_ns = ran;
+	return ran - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
 }
 
+/* When @p became runnable: each tier's queue is in this order (normal's plus its lag). */
 static u64 runnable_since(struct task_ctx *tctx, u64 now)
 {
 	return tctx && tctx->runnable_at ? tctx->runnable_at : now;
@@ -1199,8 +1216,8 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	bool metered;
 	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
-	/* This CPU's local queue: it takes the kthread when the running slice ends. */
-	if (tier == TIER_NORMAL && kthread(p))
+	/* The CPU takes its local queue when the running slice ends. */
+	if (kthread_burst(p, tctx, tier, enq_flags))
 		dsq_insert(p, SCX_DSQ_LOCAL, MIN_SLICE_NS, enq_flags);
 	else if (tier == TIER_GPU)
 		queue_gpu_task(p, tctx, enq_flags, now);
