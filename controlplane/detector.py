@@ -40,12 +40,19 @@ sleep is not). Threads that are not short of CPU hold no window open. The share 
 time the probes are attached is the share of a busy launcher's launches
 they hit: a full window to find a launcher at 10,000 launches a second cost
 it 1,000 hits, 1.5% of a 6.5 s bench run.
+
+What is left of a renewal is attaching and detaching: 10-40 ms each for a
+library's eight entry points under emulation, while the launcher hits the
+one it uses from the moment that one is in until it is out again. So the
+entry points hit in the last window go in last and come out first, in a
+link of their own; and tick awaits a renewal that waits for no starving
+sibling itself, instead of a turn of the loader's loop later.
 """
 
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -63,6 +70,8 @@ Tags = Callable[[], dict[int, int]]
 Siblings = Callable[[Iterable[int]], dict[int, Sibling]]
 # These threads as they are now; threads gone are left out.
 ThreadsNow = Callable[[Iterable[int]], dict[int, Sibling]]
+# The probes' hits since load, by entry point (LAUNCH_SYMBOLS' order).
+SiteHits = Callable[[], Sequence[int]]
 # While a window is open: a renewal closes at the first poll after its
 # threads launched again, so each poll period costs a busy launcher hits.
 FAST_POLL_S = 0.001
@@ -77,6 +86,17 @@ MAX_WAITING = 16
 # ... each until it runs, or is found asleep at this many polls in a row (a
 # poll takes tens of ms under emulation beside hogs: not a time).
 ASLEEP_POLLS = 3
+# A renewal is awaited in tick itself, so that it closes within a poll of
+# its threads' next launch (at 10,000 launches a second, each ms open costs
+# a launcher 10 hits; a turn of the loader's loop takes 10-40 ms under
+# emulation): RENEWAL_POLLS polls RENEWAL_POLL_S apart cover a launcher
+# that launches 1,000 times a second, or one whose CPU is taken for a few ms.
+RENEWAL_POLLS = 10
+RENEWAL_POLL_S = 0.0005
+# A probe fires until its detach begins: the loader's thread waits for the
+# detaching thread to take a link over rather than keep the CPU it needs
+# (both are gpu-tier threads; on two CPUs a launcher holds the other).
+HANDOFF_S = 0.01
 
 
 def no_tags() -> dict[int, int]:
@@ -91,33 +111,46 @@ def no_threads(tids: Iterable[int]) -> dict[int, Sibling]:
     return {}
 
 
+def no_site_hits() -> Sequence[int]:
+    return ()
+
+
 class BackgroundDetach:
-    """A Detach that returns at once: the links are destroyed in order on a
-    thread of its own; close() waits until every one given is gone."""
+    """A Detach that returns as soon as the thread of its own that destroys
+    the links, in order, has begun on this one (if it was idle: HANDOFF_S at
+    most); close() waits until every one given is gone."""
 
     def __init__(self, detach: Detach) -> None:
         self._detach = detach
-        self._links: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._pending = 0  # given, not yet destroyed
+        self._links: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._given = self._begun = self._done = 0  # links, counted
         self._thread = threading.Thread(target=self._run, name="probe-detach", daemon=True)
         self._thread.start()
 
     def __call__(self, link: int) -> None:
-        with self._lock:
-            self._pending += 1
-        self._links.put(link)
+        with self._changed:
+            idle = self._done == self._given
+            self._given += 1
+            number = self._given
+            self._links.put((number, link))
+            if idle:
+                self._changed.wait_for(lambda: self._begun >= number, HANDOFF_S)
 
     def _run(self) -> None:
-        while (link := self._links.get()) is not None:
+        while (item := self._links.get()) is not None:
+            number, link = item
+            with self._changed:
+                self._begun = number
+                self._changed.notify_all()
             self._detach(link)
-            with self._lock:
-                self._pending -= 1
+            with self._changed:
+                self._done = number
 
     def pending(self) -> bool:
         """Links given that are not destroyed yet."""
-        with self._lock:
-            return self._pending > 0
+        with self._changed:
+            return self._done < self._given
 
     def close(self) -> None:
         self._links.put(None)
@@ -143,6 +176,10 @@ class Detector:
     detaching: Callable[[], bool] = lambda: False
     siblings: Siblings = no_siblings
     threads_now: ThreadsNow = no_threads
+    site_hits: SiteHits = no_site_hits
+    sleep: Callable[[float], None] = time.sleep
+    _hot: list[str] = field(default_factory=list)  # entry points the last window saw hit
+    _hits_at_open: Sequence[int] = ()
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
@@ -189,6 +226,18 @@ class Detector:
         elif (now >= self._next_window and self.libraries
               and (self._live_tags() or not self.detaching())):
             self._open_window()
+            self._await_renewal()
+
+    def _await_renewal(self) -> None:
+        """Close a window that renews live tags as soon as it has settled; not
+        one that waits for starving siblings (their polls must span a GPU
+        wait: ASLEEP_POLLS)."""
+        for _ in range(RENEWAL_POLLS if self._awaited and not self._waiting else 0):
+            if self._settled(self.clock()):
+                self._close_window()
+                self._schedule_next()
+                return
+            self.sleep(RENEWAL_POLL_S)
 
     def poll_s(self, idle_s: float) -> float:
         """How soon tick() should run again: often while a window is open."""
@@ -257,24 +306,44 @@ class Detector:
             self._next_window = max(self._next_window, renew)
 
     def _open_window(self) -> None:
+        """Attach the entry points the last window saw hit last (a launcher
+        hits its entry point from the moment that probe is in): as a link of
+        their own, which _close_window destroys first. What the window
+        awaits is read before (reading a process's threads takes ms), and
+        the starving siblings' run time again after."""
         begun = self.clock()
-        for lib in self.libraries:
-            try:
-                links, self.symbols[lib] = self.attach(lib, list(LAUNCH_SYMBOLS))
-            except LibbpfError:
-                self.symbols[lib] = []  # none of the entry points, or gone since
-                continue
-            self._links.extend(links)
-        self._window_start = self.clock()
-        self._next_window = begun + self.period_s
+        self._hits_at_open = self.site_hits()
         self._awaited = set(self._live_tags())
         if self._awaited:
             self._watch(self._awaited)
+        cold = [s for s in LAUNCH_SYMBOLS if s not in self._hot]
+        probed: dict[Path, set[str]] = {lib: set() for lib in self.libraries}
+        for symbols in (cold, self._hot) if self._hot else (cold,):
+            for lib in self.libraries:
+                probed[lib] |= self._attach(lib, symbols)
+        self.symbols = {lib: [s for s in LAUNCH_SYMBOLS if s in got]
+                        for lib, got in probed.items()}
+        self._window_start = self.clock()
+        self._next_window = begun + self.period_s
+        # A sibling that ran while the probes went in could not be tagged then.
+        self._waiting = {t: (s.ran_ns, 0) for t, s in self.threads_now(self._waiting).items()}
+
+    def _attach(self, lib: Path, symbols: list[str]) -> set[str]:
+        """The entry points of symbols probed in lib."""
+        if not symbols:
+            return set()
+        try:
+            links, probed = self.attach(lib, symbols)
+        except LibbpfError:
+            return set()  # none of the entry points, or gone since
+        self._links.extend(links)
+        return set(probed)
 
     def _close_window(self) -> None:
-        for link in self._links:
+        for link in reversed(self._links):
             self.detach(link)
         self._links.clear()
+        self._note_hot()
         if self._window_start is not None:
             self._attached_s += self.clock() - self._window_start
         self._window_start = None
@@ -284,6 +353,14 @@ class Detector:
             ended = self.threads_now(self._sampled)
             self._baseline = {t: s.waited_ns for t, s in ended.items()}
             self._sampled = set()
+
+    def _note_hot(self) -> None:
+        """The entry points hit in the window that just closed, if any were."""
+        hits, then = self.site_hits(), self._hits_at_open
+        if self._window_start is None or not len(hits) == len(then) == len(LAUNCH_SYMBOLS):
+            return  # no counts (tests, the fallback's detector)
+        hot = [s for s, a, b in zip(LAUNCH_SYMBOLS, hits, then, strict=True) if a > b]
+        self._hot = hot or self._hot
 
     def duty_cycle(self) -> float:
         """Share of wall time the probes were attached (a full window) since start."""

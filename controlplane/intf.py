@@ -3,6 +3,8 @@
 from ctypes import Structure, c_char, c_int32, c_int64, c_uint32, c_uint64
 from enum import IntEnum
 
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
+
 
 class Tier(IntEnum):
     GPU = 0
@@ -47,6 +49,7 @@ COMM_LEN = 16
 EXIT_REASON_LEN = 128
 EXIT_MSG_LEN = 1024
 EXIT_DUMP_LEN = 4096
+LAUNCH_SITES = len(LAUNCH_SYMBOLS)  # a probe's cookie: its entry point's index
 
 
 class TierStats(Structure):
@@ -65,6 +68,7 @@ class Stats(Structure):
         ("floor_dispatches", c_uint64),
         ("slice_kicks", c_uint64),
         ("detector_hits", c_uint64),
+        ("site_hits", c_uint64 * LAUNCH_SITES),
         ("cpu_mismatches", c_uint64),
         ("classifications", c_uint64),
         ("budget_demotions", c_uint64),

@@ -269,7 +269,8 @@ class Loader:
                         ttl_s=self.config.gpu_ttl_ms / 1000, tags=lambda: gpu_tag_times(tags_fd),
                         detaching=detach.pending,
                         siblings=siblings.siblings if threads else no_siblings,
-                        threads_now=siblings.threads_now)
+                        threads_now=siblings.threads_now,
+                        site_hits=lambda: list(sched.read_stats().site_hits))
 
     def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:
         """A step giving GPU processes and their cgroups their homes, every

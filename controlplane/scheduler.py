@@ -13,6 +13,7 @@ from pathlib import Path
 
 from scx_gpu.bpf import libbpf, maps, object_path
 from scx_gpu.bpf.bpfobject import BpfObject
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
 from scx_gpu.controlplane import intf
 from scx_gpu.controlplane.placement import Placement
 from scx_gpu.controlplane.runstate import RUN_DIR
@@ -86,12 +87,14 @@ class BpfScheduler(BpfObject):
         """Attach the launch detector to those of symbols that binary has;
         (the links, the symbols probed)."""
         if self.multi:
-            link, probed = self.attach_uprobe_multi(DETECT_MULTI_PROG, binary, symbols)
+            link, probed = self.attach_uprobe_multi(DETECT_MULTI_PROG, binary, symbols,
+                                                    LAUNCH_SYMBOLS.index)
             return [link], probed
         links, probed = [], []
         for symbol in symbols:
             try:
-                links.append(self.attach_uprobe(DETECT_PROG, binary, symbol))
+                links.append(self.attach_uprobe(DETECT_PROG, binary, symbol,
+                                                LAUNCH_SYMBOLS.index(symbol)))
             except libbpf.LibbpfError:
                 continue  # this driver version lacks that entry point
             probed.append(symbol)

@@ -1,12 +1,14 @@
 """Turn the scheduler's counters into the numbers users read."""
 
+from ctypes import c_uint64
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
 from scx_gpu.controlplane.intf import NR_TIERS, WAIT_BUCKETS, Stats, Tier
 
 # The scalar counters, after the per-tier ones.
-COUNTERS = [field[0] for field in Stats._fields_ if field[0] != "tier"]
+COUNTERS = [field[0] for field in Stats._fields_ if field[1] is c_uint64]
 
 
 def diff(now: Stats, before: Stats) -> Stats:
@@ -20,7 +22,13 @@ def diff(now: Stats, before: Stats) -> Stats:
             o.wait_hist[i] = a.wait_hist[i] - b.wait_hist[i]
     for name in COUNTERS:
         setattr(out, name, getattr(now, name) - getattr(before, name))
+    out.site_hits[:] = [a - b for a, b in zip(now.site_hits, before.site_hits, strict=True)]
     return out
+
+
+def hits_by_entry_point(stats: Stats) -> dict[str, int]:
+    """The launch probes' hits by entry point, those hit only."""
+    return {s: n for s, n in zip(LAUNCH_SYMBOLS, stats.site_hits, strict=True) if n}
 
 
 def _quantile_bucket(hist: list[int], q: float) -> tuple[int, float] | None:
@@ -90,6 +98,7 @@ class Summary:
             "floor_dispatches": self.stats.floor_dispatches,
             "slice_kicks": self.stats.slice_kicks,
             "detector_hits": self.stats.detector_hits,
+            "detector_hits_by_entry": hits_by_entry_point(self.stats),
             "cpu_mismatches": self.stats.cpu_mismatches,
             "classifications": self.stats.classifications,
             "budget_demotions": self.stats.budget_demotions,

@@ -44,6 +44,8 @@ META: dict[str, Any] = {
               "floor_dispatches": _field("u64", "starving tasks the floor served"),
               "slice_kicks": _field("u64", "slices shorter than the tick ended by the timer"),
               "detector_hits": _field("u64", "launch-probe hits"),
+              "detector_hits_by_entry": {"dict": {"key": "string", "datum": "u64"},
+                                         "desc": "launch-probe hits by CUDA entry point"},
               "cpu_mismatches": _field("u64", "per-CPU records found holding another task "
                                        "(a scheduler bug; stays 0)"),
               "classifications": _field("u64", "tiers looked up in the membership maps "

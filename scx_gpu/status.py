@@ -123,6 +123,8 @@ def render(report: dict[str, Any]) -> str:
                      f"preemptions {t['preemptions']:6d}  "
                      f"wait p50 {t['wait_p50_us']:8.0f}us p99 {t['wait_p99_us']:8.0f}us")
     tot = ours["totals"]
+    by_entry = ", ".join(f"{s} {n}" for s, n in tot["detector_hits_by_entry"].items())
     lines.append(f"  batch throttled {tot['batch_throttled_ms']:.0f} ms, floor dispatches "
-                 f"{tot['floor_dispatches']}, detector hits {tot['detector_hits']}")
+                 f"{tot['floor_dispatches']}, detector hits {tot['detector_hits']}"
+                 + (f" ({by_entry})" if by_entry else ""))
     return "\n".join(lines + extra)

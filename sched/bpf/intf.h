@@ -74,6 +74,7 @@ enum {
 	EXIT_REASON_LEN	= 128,
 	EXIT_MSG_LEN	= 1024,
 	EXIT_DUMP_LEN	= 4096,	/* the head of the kernel's dump: ours comes first */
+	LAUNCH_SITES	= 8,	/* the launch entry points probed (libcuda.py) */
 };
 
 struct tier_stats {
@@ -90,6 +91,7 @@ struct scx_gpu_stats {
 	__u64 floor_dispatches;		/* starving normal/batch tasks served first */
 	__u64 slice_kicks;		/* short slices the slice timer ended */
 	__u64 detector_hits;		/* launch-probe hits */
+	__u64 site_hits[LAUNCH_SITES];	/* ... by entry point: the cookie */
 	__u64 cpu_mismatches;		/* ops.stopping saw another task on its CPU's record */
 	__u64 classifications;		/* tiers looked up in the maps (not the cached one) */
 	__u64 budget_demotions;		/* tagged threads moved out of the gpu tier by a budget */

@@ -2080,7 +2080,7 @@ static bool may_tag(void)
 }
 
 /* GPU detection: attached by the control plane to the CUDA launch family. */
-static int tag_launcher(void)
+static int tag_launcher(u64 site)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 key = detect_scope == SCOPE_PROCESS ? id >> 32 : (u32)id;
@@ -2094,8 +2094,11 @@ static int tag_launcher(void)
 	if (!seen || !t || now - *seen >= t->gpu_ttl_ns)
 		__sync_fetch_and_add(&new_tags, 1);
 	bpf_map_update_elem(&gpu_tags, &key, &now, BPF_ANY);
-	if (s)
+	if (s) {
 		s->detector_hits++;
+		if (site < LAUNCH_SITES)
+			s->site_hits[site]++;
+	}
 	return 0;
 }
 
@@ -2103,7 +2106,7 @@ static int tag_launcher(void)
 SEC("uprobe")
 int BPF_UPROBE(detect_launch)
 {
-	return tag_launcher();
+	return tag_launcher(bpf_get_attach_cookie(ctx));
 }
 
 /*
@@ -2113,7 +2116,7 @@ int BPF_UPROBE(detect_launch)
 SEC("uprobe.multi")
 int BPF_UPROBE(detect_launch_multi)
 {
-	return tag_launcher();
+	return tag_launcher(bpf_get_attach_cookie(ctx));
 }
 
 /*

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from scx_gpu.bpf import libbpf, probesite
@@ -129,18 +129,20 @@ class BpfObject:
                                                       ctypes.byref(opts)),
             f"uprobe {binary}:{symbol}")
 
-    def attach_uprobe_multi(self, prog: str, binary: Path,
-                            symbols: Iterable[str]) -> tuple[int, list[str]]:
+    def attach_uprobe_multi(self, prog: str, binary: Path, symbols: Iterable[str],
+                            cookie: Callable[[str], int] = lambda symbol: 0,
+                            ) -> tuple[int, list[str]]:
         """Attach prog to every symbol binary has, in one link (at the sites
-        attach_uprobe would choose); (the link, the symbols probed). The caller
-        owns the link."""
+        attach_uprobe would choose, each with its cookie), registered in the
+        order given; (the link, the symbols probed). The caller owns the link."""
         sites = probesite.probe_sites(binary, symbols)
         if not sites:
             raise libbpf.LibbpfError(f"uprobe_multi {binary}: none of its symbols found",
                                      errno.ENOENT)
         offsets = (ctypes.c_ulong * len(sites))(*sites.values())
+        cookies = (ctypes.c_uint64 * len(sites))(*map(cookie, sites))
         opts = libbpf.BpfUprobeMultiOpts(sz=ctypes.sizeof(libbpf.BpfUprobeMultiOpts),
-                                         offsets=offsets, cnt=len(sites))
+                                         offsets=offsets, cookies=cookies, cnt=len(sites))
         link = libbpf.check_ptr(
             self._lib.bpf_program__attach_uprobe_multi(self._prog(prog), -1,
                                                        str(binary).encode(), None,

@@ -244,19 +244,28 @@ def run_starved(tmp_path: Path, threads: StarvedSibling, until: float) -> list[f
     """The detector beside these threads; the fake times at which probes were live."""
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
-    probes = threads.probes
-    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+    probes, live = threads.probes, list[float]()
+
+    def attach(lib: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        live.append(probes.now)  # a renewal may end within the tick that opened it
+        return probes.attach(lib, symbols)
+
+    def sleep(seconds: float) -> None:  # the threads go on meanwhile
+        live.append(probes.now)
+        probes.now += seconds
+        threads.step()
+
+    det = Detector(attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
                    tags=lambda: dict(threads.tags), clock=lambda: probes.now,
-                   siblings=threads.siblings, threads_now=threads.threads_now)
+                   siblings=threads.siblings, threads_now=threads.threads_now, sleep=sleep)
     det.add_libraries([lib])
-    live = []
     while probes.now < until:
         det.tick()
         threads.step()
         if probes.live:
             live.append(probes.now)
         probes.now += 0.001
-    return live
+    return sorted(set(live))
 
 
 def windows(live: list[float], step: float) -> list[tuple[float, float]]:
@@ -292,3 +301,63 @@ def test_siblings_that_do_not_starve_hold_no_window_open(tmp_path):
     assert len(opened) == 3, opened
     assert opened[0][1] - opened[0][0] <= SETTLE_S + (ASLEEP_POLLS + 2) * 0.001, opened
     assert all(b - a <= 0.002 for a, b in opened[1:]), opened
+
+
+def test_the_entry_point_a_launcher_hits_goes_in_last_and_out_first(tmp_path):
+    # A launcher hits its entry point from the moment that probe is in until
+    # it is out: 10-40 ms each way for eight entry points under emulation.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes, tags, hits = FakeProbes(attach_s=0.0), dict[int, int](), [0] * len(LAUNCH_SYMBOLS)
+    used = "cuLaunchKernelEx"
+    calls: list[list[str]] = []
+    detached: list[int] = []
+
+    def attach(lib: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        calls.append(symbols)
+        links = probes.attach(lib, symbols)
+        if used in symbols:  # thread 7 launches as soon as the probe is in
+            tags[7] = int(probes.now * 1e9)
+            hits[LAUNCH_SYMBOLS.index(used)] += 1
+        return links
+
+    def detach(link: int) -> None:
+        detached.append(link)
+        probes.detach(link)
+
+    det = Detector(attach, detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(tags), clock=lambda: probes.now,
+                   site_hits=lambda: list(hits), sleep=lambda s: None)
+    det.add_libraries([lib])
+    run(det, probes, until=1.0, step=0.001)  # the first window finds thread 7
+    assert calls == [list(LAUNCH_SYMBOLS)]
+    calls.clear()
+    probes.now = 1.6  # its tag half way to expiry: the renewal
+    det.tick()
+    assert calls == [[s for s in LAUNCH_SYMBOLS if s != used], [used]]
+    assert not probes.live, "the renewal outlived the tick in which its thread launched"
+    assert detached[-len(LAUNCH_SYMBOLS)] == max(detached), "the hot probe was not out first"
+    assert det.symbols[lib] == list(LAUNCH_SYMBOLS)
+
+
+def test_a_detach_returns_once_the_detaching_thread_has_begun_on_its_link():
+    # The probe fires until its destruction begins: an idle detaching thread
+    # takes the link over before the loader goes on (and keeps the CPU).
+    began, release, gone = threading.Event(), threading.Event(), []
+
+    def slow_detach(link: int) -> None:
+        began.set()
+        release.wait(5)
+        gone.append(link)
+
+    detach = BackgroundDetach(slow_detach)
+    for _ in range(20):
+        began.clear()
+        release.clear()
+        detach(7)
+        assert began.is_set(), "the detach returned before its link was taken over"
+        release.set()
+        while detach.pending():
+            time.sleep(0.001)
+    detach.close()
+    assert gone == [7] * 20
