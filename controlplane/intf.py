@@ -67,13 +67,17 @@ class Stats(Structure):
         ("batch_throttled_ns", c_uint64),
         ("floor_dispatches", c_uint64),
         ("slice_kicks", c_uint64),
-        ("detector_hits", c_uint64),
-        ("site_hits", c_uint64 * LAUNCH_SITES),
+        ("site_hits", c_uint64 * LAUNCH_SITES),  # launch-probe hits by entry point
         ("cpu_mismatches", c_uint64),
         ("classifications", c_uint64),
         ("budget_demotions", c_uint64),
         ("rcu_readers", c_uint64),
     ]
+
+    @property
+    def detector_hits(self) -> int:
+        """Launch-probe hits, every entry point's."""
+        return sum(self.site_hits)
 
 
 class Tunables(Structure):

@@ -90,8 +90,7 @@ struct scx_gpu_stats {
 	__u64 batch_throttled_ns;	/* CPU idle while batch waited on the quota */
 	__u64 floor_dispatches;		/* starving normal/batch tasks served first */
 	__u64 slice_kicks;		/* short slices the slice timer ended */
-	__u64 detector_hits;		/* launch-probe hits */
-	__u64 site_hits[LAUNCH_SITES];	/* ... by entry point: the cookie */
+	__u64 site_hits[LAUNCH_SITES];	/* launch-probe hits by entry point (the cookie) */
 	__u64 cpu_mismatches;		/* ops.stopping saw another task on its CPU's record */
 	__u64 classifications;		/* tiers looked up in the maps (not the cached one) */
 	__u64 budget_demotions;		/* tagged threads moved out of the gpu tier by a budget */

@@ -2094,11 +2094,8 @@ static int tag_launcher(u64 site)
 	if (!seen || !t || now - *seen >= t->gpu_ttl_ns)
 		__sync_fetch_and_add(&new_tags, 1);
 	bpf_map_update_elem(&gpu_tags, &key, &now, BPF_ANY);
-	if (s) {
-		s->detector_hits++;
-		if (site < LAUNCH_SITES)
-			s->site_hits[site]++;
-	}
+	if (s && site < LAUNCH_SITES)
+		s->site_hits[site]++;
 	return 0;
 }
 

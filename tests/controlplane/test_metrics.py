@@ -12,7 +12,7 @@ def snapshot() -> metrics.Snapshot:
     gpu = stats.tier[Tier.GPU]
     gpu.runtime_ns, gpu.runs, gpu.preemptions = 2_500_000_000, 40, 7
     gpu.wait_hist[9], gpu.wait_hist[12] = 30, 10   # < 1.024 us and < 8.192 us
-    stats.batch_throttled_ns, stats.floor_dispatches, stats.detector_hits = 5 * 10**8, 3, 99
+    stats.batch_throttled_ns, stats.floor_dispatches, stats.site_hits[2] = 5 * 10**8, 3, 99
     return metrics.Snapshot(stats, quota_pct=30, duty_cycle=0.1, enabled=True)
 
 

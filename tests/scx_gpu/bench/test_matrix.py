@@ -37,7 +37,7 @@ def test_cells_of_their_own_workload_or_untraced_are_named_so():
 
 def _totals(hits: int, gpu_ns: int) -> dict[str, object]:
     counters = intf.Stats()
-    counters.detector_hits = hits
+    counters.site_hits[0] = hits
     counters.tier[intf.Tier.GPU].runtime_ns = gpu_ns
     return stats.Summary(0, counters, 50, 0).as_dict()
 
