@@ -154,6 +154,7 @@ class Renicer:
         self.tags_fd, self.ttl_ns, self.whole_process = tags_fd, ttl_ns, whole_process
         self.budget = budget
         self.raised: dict[int, int] = {}  # tid -> its nice before
+        self.demotions = 0  # reniced threads given their nice back while still tagged
 
     def _threads(self, key: int) -> list[int]:
         if not self.whole_process:
@@ -170,7 +171,9 @@ class Renicer:
         return alive
 
     def tick(self) -> None:
-        alive = self.budget.within(self.live())
+        tagged = self.live()
+        alive = self.budget.within(tagged)
+        self.demotions += len((set(self.raised) & tagged) - alive)
         for tid in alive - set(self.raised):
             try:
                 before = os.getpriority(os.PRIO_PROCESS, tid)

@@ -482,18 +482,18 @@ class FallbackLoader(Loader):
                          renicer: fallback.Renicer,
                          members: fallback.BatchMembers) -> Callable[[float], stats.Report]:
         """What the renice and the batch group did since the last sample."""
-        hits, usage = sched.read_stats().detector_hits, members.usage()
+        hits, usage, demotions = sched.read_stats().detector_hits, members.usage(), 0
 
         def sample(interval_s: float) -> stats.Report:
-            nonlocal hits, usage
+            nonlocal hits, usage, demotions
             hits_now, usage_now = sched.read_stats().detector_hits, members.usage()
             cpu_ns = (None if usage_now.cpu_ns is None or usage.cpu_ns is None
                       else usage_now.cpu_ns - usage.cpu_ns)
             summary = stats.FallbackSummary(
-                interval_s, len(renicer.raised), usage_now.processes, cpu_ns,
-                usage_now.throttled_ns - usage.throttled_ns, self.config.start_quota(),
-                hits_now - hits, detector.duty_cycle())
-            hits, usage = hits_now, usage_now
+                interval_s, len(renicer.raised), renicer.demotions - demotions,
+                usage_now.processes, cpu_ns, usage_now.throttled_ns - usage.throttled_ns,
+                self.config.start_quota(), hits_now - hits, detector.duty_cycle())
+            hits, usage, demotions = hits_now, usage_now, renicer.demotions
             return summary
         return sample
 

@@ -126,6 +126,7 @@ class FallbackSummary:
 
     interval_s: float
     reniced: int  # gpu threads at the fallback's nice now
+    demotions: int  # of them given their own nice back by the gpu budgets
     batch_processes: int
     batch_cpu_ns: int | None  # None where the cgroup does not count it (v1)
     batch_throttled_ns: int
@@ -138,6 +139,7 @@ class FallbackSummary:
         return {
             "interval_s": self.interval_s,
             "gpu_threads_reniced": self.reniced,
+            "budget_demotions": self.demotions,
             "batch_processes": self.batch_processes,
             "batch_cpu_pct": None if cpu is None or not self.interval_s else
             100.0 * cpu / 1e9 / self.interval_s,
@@ -150,7 +152,8 @@ class FallbackSummary:
     def line(self) -> str:
         d = self.as_dict()
         cpu = "n/a" if d["batch_cpu_pct"] is None else f"{d['batch_cpu_pct']:5.1f}%"
-        return (f"gpu: reniced {d['gpu_threads_reniced']:4d} threads | batch: cpu {cpu} "
+        return (f"gpu: reniced {d['gpu_threads_reniced']:4d} threads, over budget "
+                f"{d['budget_demotions']} | batch: cpu {cpu} "
                 f"processes {d['batch_processes']:4d} | quota {d['batch_quota_pct']}% throttled "
                 f"{d['batch_throttled_ms']:.0f}ms hits {d['detector_hits']} "
                 f"duty {d['detector_duty_pct']:.0f}%")

@@ -206,9 +206,13 @@ def test_gpu_allow_limits_whom_the_fallback_renices(hierarchy):
 def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
     # A process launching on every CPU without pause goes over a 40% budget
     # (on a loaded host it gets at least one of the CPUs); a launcher that
-    # waits for its GPU 10 ms a token (10% of a CPU) stays within it.
-    with fallback_loaded("--gpu-proc-budget", "40"):
-        runs = {name: subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "40",
+    # waits for its GPU 10 ms a token (10% of a CPU) stays within it. The tier
+    # is left unmetered, so that only the process budget acts. The spinner's
+    # time at GPU_NICE lasts as long as the 0.5 s bank: too short for this
+    # process, starved meanwhile, to see, so the statistics count it.
+    with fallback_loaded("--gpu-proc-budget", "40", "--gpu-budget", "100", "--json",
+                         "--stats-interval", "0.5", quiet=False) as state:
+        runs = {name: subprocess.Popen([LAUNCHER, "--cuda-lib", STUB, "--duration", "600",
                                         "--threads", str(threads), "--launches", launches,
                                         "--work-us", "100", "--gpu-wait-us", wait],
                                        stdout=subprocess.DEVNULL)
@@ -221,13 +225,14 @@ def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
             spinning = launching_threads(runs["spinner"].pid)
             (launching,) = launching_threads(runs["launcher"].pid)
 
-            def nices(name: str, tids: list[int]) -> set[int]:
-                return {nice_of(runs[name].pid, tid) for tid in tids}
-            sc.wait_for(lambda: nices("spinner", spinning) == {fallback.GPU_NICE}, 20,
-                        "the spinner to be tagged and reniced (within the bank)")
-            sc.wait_for(lambda: nices("spinner", spinning) == {OWN_NICE}
-                        and nices("launcher", [launching]) == {fallback.GPU_NICE}, 20,
-                        "the spinner over its budget at its own nice, the launcher reniced")
+            def held_back() -> bool:
+                demoted = sum(line["budget_demotions"] for line in json_lines(state["log"]))
+                return (demoted >= NPROC and {nice_of(runs["spinner"].pid, tid)
+                                              for tid in spinning} == {OWN_NICE}
+                        and nice_of(runs["launcher"].pid, launching) == fallback.GPU_NICE)
+            sc.wait_for(held_back, 30, "the spinner's threads reniced then held back by the "
+                        "budget, the launcher reniced")
+            assert all(proc.poll() is None for proc in runs.values())
         finally:
             for proc in runs.values():
                 proc.kill()

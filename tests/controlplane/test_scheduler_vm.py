@@ -273,10 +273,12 @@ def _sleeper_beside_a_spinner(tmp_path: Path, *args: str) -> dict[str, Any]:
         sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER, str(seconds), str(ready)],
                                    stdout=subprocess.PIPE, text=True)
         sc.wait_for(ready.exists, 30, "the sleeper to start")
+        # Starved by it, this process may take tens of seconds to see the tag:
+        # the spinner runs until killed, and must still run when the sleeper reports.
         spinner = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB), "--threads",
-                                    str(NPROC), "--duration", str(seconds * 4), "--launches",
-                                    "1000", "--work-us", "100", "--gpu-wait-us", "0"],
-                                   stdout=subprocess.DEVNULL)
+                                    str(NPROC), "--duration", "3600", "--launches", "1000",
+                                    "--work-us", "100", "--gpu-wait-us", "0"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             def tagged() -> bool:  # in this process, for the same reason
                 threads = {int(t.name) for t in Path(f"/proc/{spinner.pid}/task").iterdir()}
@@ -284,9 +286,11 @@ def _sleeper_beside_a_spinner(tmp_path: Path, *args: str) -> dict[str, Any]:
             sc.wait_for(tagged, 60, "the spinner to be tagged")
             sleeper.send_signal(signal.SIGUSR1)
             report: dict[str, Any] = json.loads(sleeper.communicate(timeout=240)[0])
+            spun = spinner.poll() is None
         finally:
             spinner.kill()
-            spinner.wait()
+            output = spinner.communicate()[0]
+    assert spun, f"the spinner ended (status {spinner.returncode}) before the sleeper: {output}"
     return report
 
 
