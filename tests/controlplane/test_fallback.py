@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from scx_gpu.controlplane.cgroups import cpu_seconds
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.detector import Detector
 from scx_gpu.controlplane.fallback import SUBTREE_CONTROL
+from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.topology import NPROC
 from scx_gpu.workloads import SYNTHETIC_SHAPE, program
@@ -237,6 +239,40 @@ def test_the_gpu_budget_holds_a_spinner_back_and_not_a_launcher(hierarchy):
             for proc in runs.values():
                 proc.kill()
                 proc.wait()
+
+
+def test_the_renicer_counts_budget_demotions_and_not_expired_tags(monkeypatch):
+    # Two threads of this process, tagged and reniced; one runs past a 40%
+    # budget (demoted, counted), the other's tag expires (restored, not counted).
+    done = threading.Event()
+    threads = [threading.Thread(target=done.wait) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    over, expired = (t.native_id for t in threads)
+    assert over is not None and expired is not None
+    ran = {over: 0.0, expired: 0.0}
+    now = [0.0]
+    budget = GpuBudget(40, 100, 2, 0.1, 0.5, runtime=ran.get, tgid=lambda tid: tid,
+                       clock=lambda: now[0])
+    renicer = fallback.Renicer(-1, 0, False, budget)
+    tagged = {over, expired}
+    monkeypatch.setattr(renicer, "live", lambda: tagged)
+    try:
+        renicer.tick()
+        assert set(renicer.raised) == tagged and renicer.demotions == 0
+        now[0], ran[over] = 0.1, 1.0
+        tagged = {over, expired}
+        renicer.tick()
+        assert set(renicer.raised) == {expired} and renicer.demotions == 1
+        tagged = set()
+        renicer.tick()
+        assert not renicer.raised and renicer.demotions == 1
+        assert {nice_of(os.getpid(), tid) for tid in (over, expired)} == {OWN_NICE}
+    finally:
+        renicer.restore_all()
+        done.set()
+        for thread in threads:
+            thread.join()
 
 
 def test_fallback_bad_input():
