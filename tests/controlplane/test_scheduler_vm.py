@@ -206,13 +206,18 @@ def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
                                    "--trusted-lib-dir", str(STUB.resolve().parent)],
                                   stdout=out, stderr=subprocess.STDOUT)
         try:
-            sc.wait_for(enabled, 60, "the scheduler to load")
+            # Its run state is written once the rescan runs, after sched_ext is on.
+            sc.wait_for(lambda: runstate.run_state().get("pid") == loader.pid, 60,
+                        "the scheduler to load", seen=log.read_text)
             launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
-                                         "--duration", "6", "--work-us", "100"],
+                                         "--duration", "60", "--work-us", "100"],
                                         stdout=subprocess.PIPE, text=True)
-            sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 10,
-                        "the launcher to be found and tagged")
-            launcher.wait(timeout=60)
+            try:
+                sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 30,
+                            "the launcher to be found and tagged", seen=log.read_text)
+            finally:
+                launcher.terminate()
+                launcher.wait(timeout=60)
         finally:
             loader.send_signal(signal.SIGTERM)
             loader.wait(timeout=30)
