@@ -198,30 +198,21 @@ def test_a_launch_tag_dies_with_its_thread():
                     5, f"the tags of exited threads {tagged} to go")
 
 
-def test_discovers_libcuda_in_process_maps_and_tags_its_launcher(tmp_path):
-    log = tmp_path / "load.log"
-    with log.open("w") as out:
-        # The stub's folder stands for a container root the operator trusts.
-        loader = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet", "--rescan-s", "1",
-                                   "--trusted-lib-dir", str(STUB.resolve().parent)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+def test_discovers_libcuda_in_process_maps_and_tags_its_launcher():
+    # The stub's folder stands for a container root the operator trusts; loaded()
+    # returns once the loader's run state is written, after its rescan started.
+    with sc.loaded("--rescan-s", "1", "--trusted-lib-dir", str(STUB.resolve().parent),
+                   cuda_lib=False) as log:
+        launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
+                                     "--duration", "60", "--work-us", "100"],
+                                    stdout=subprocess.DEVNULL)
         try:
-            # Its run state is written once the rescan runs, after sched_ext is on.
-            sc.wait_for(lambda: runstate.run_state().get("pid") == loader.pid, 60,
-                        "the scheduler to load", seen=log.read_text)
-            launcher = subprocess.Popen([str(LAUNCHER), "--cuda-lib", str(STUB),
-                                         "--duration", "60", "--work-us", "100"],
-                                        stdout=subprocess.PIPE, text=True)
-            try:
-                sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 30,
-                            "the launcher to be found and tagged", seen=log.read_text)
-            finally:
-                launcher.terminate()
-                launcher.wait(timeout=60)
+            sc.wait_for(lambda: bool(sc.status()["scx_gpu"]["gpu_tagged_ids"]), 30,
+                        "the launcher to be found and tagged", seen=log.read_text)
         finally:
-            loader.send_signal(signal.SIGTERM)
-            loader.wait(timeout=30)
-    text = log.read_text()
+            launcher.terminate()
+            launcher.wait(timeout=60)
+        text = log.read_text()
     assert f"probing {STUB.resolve()} (pid {launcher.pid})" in text, text
 
 
