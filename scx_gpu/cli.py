@@ -9,8 +9,7 @@ import click
 
 from scx_gpu import __version__
 from scx_gpu.colocation_options import as_settings, colocation_options
-from scx_gpu.controlplane import bounds, config, fallback, loader, runstate, stats_socket, tiers
-from scx_gpu.controlplane.running import RunningScheduler
+from scx_gpu.controlplane import bounds, config, runstate, tiers
 from scx_gpu.errors import ScxGpuError, UsageError
 
 if TYPE_CHECKING:
@@ -246,6 +245,8 @@ def load_cmd(config_path: Path | None, cuda_libs: tuple[str, ...],
              gpu_pid: tuple[int, ...], quiet: bool, as_json: bool, print_config: bool,
              monitor: float | None, **flags: object) -> None:
     """Load the scheduler and run it in the foreground (Ctrl-C detaches)."""
+    from scx_gpu.controlplane import loader, stats_socket
+
     if monitor:
         stats_socket.monitor(monitor, click.echo, as_json)
         return
@@ -282,6 +283,8 @@ def quota_group() -> None:
 @quota_group.command("get")
 def quota_get_cmd() -> None:
     """Print the batch quota (percent of all CPUs), its period and its mode."""
+    from scx_gpu.controlplane.running import RunningScheduler
+
     with RunningScheduler() as sched:
         click.echo(sched.quota_line())
 
@@ -294,6 +297,8 @@ def quota_set_cmd(quota: str) -> None:
     value = _quota(quota)
     if isinstance(value, int):
         config.check_quota_pct(value)
+    from scx_gpu.controlplane.running import RunningScheduler
+
     with RunningScheduler() as sched:
         sched.set_quota(value if isinstance(value, int) else "auto")
     click.echo(f"batch quota set to {value}%" if isinstance(value, int)
@@ -308,6 +313,8 @@ def run_cmd(tier: str, cmd: tuple[str, ...]) -> None:
     """Run CMD in a tier of the running scheduler; exit with CMD's status."""
     state = runstate.run_state()
     if state.get("mode") == runstate.FALLBACK_MODE:
+        from scx_gpu.controlplane import fallback
+
         fallback.exec_in_fallback(tier, list(cmd), Path(state["batch_group"]))
     tiers.exec_in_tier(tier, list(cmd))
 
