@@ -16,11 +16,11 @@ from tests.helpers import leftovers, scx_gpu
 pytestmark = [pytest.mark.vm(host=True), pytest.mark.root]
 
 
-def test_exit_status_true_false_and_code():
-    for cmd, code in ((["true"], 0), (["false"], 1), (["sh", "-c", "exit 7"], 7)):
-        proc = scx_gpu("vm", "run", "--", *cmd)
-        assert proc.returncode == code, proc.stderr
-        assert not leftovers(proc)
+def test_exit_status_is_the_commands():
+    # One boot: status 0 is every other test's.
+    proc = scx_gpu("vm", "run", "--", "sh", "-c", "exit 7")
+    assert proc.returncode == 7, proc.stderr
+    assert not leftovers(proc)
 
 
 def test_sees_sched_ext_and_streams_output_and_says_how_it_ran():
