@@ -27,6 +27,7 @@ from scx_gpu.workloads import program
 TOKEN_VAR = "SCX_GPU_TEST_TOKEN"
 TRACING = Path("/sys/kernel/tracing")
 DUMP_EVENT = TRACING / "events/sched_ext/sched_ext_dump/enable"
+HOGS = "hogs"  # a tier's CPU hogs' group, below the tier's cgroup
 
 
 def scx_gpu(*args: str, timeout: float = 900, env: dict[str, str] | None = None,
@@ -113,6 +114,23 @@ def launcher(*args: str, tier: str | None = None, nice: int = 0, cpus: str = "",
 
 
 @contextmanager
+def in_tier(tier: str) -> Iterator[None]:
+    """This test process in tier for the body, then back in its own cgroup.
+
+    Beside gpu hogs on every CPU, a normal-tier process runs by floor
+    service alone, a short slice per floor wait: the test's own steps
+    (starting the hogs, waiting for them, reading a report) took minutes
+    that way. In the gpu tier they take turns with the hogs.
+    """
+    home = noise.own_cgroup()
+    (OWN_ROOT / tier / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        (home / "cgroup.procs").write_text(str(os.getpid()))
+
+
+@contextmanager
 def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
              idle: bool = False, cpus: str = "") -> Iterator[Path]:
     """count CPU hogs (stress-ng) for the body's duration, on the CPU list
@@ -120,12 +138,13 @@ def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
 
     The hogs stay in the caller's session: a new session would be a new
     autogroup, which EEVDF weighs as a whole, hiding their nice and policy.
-    They are stopped by killing their cgroup. A tier's hogs join its cgroup
-    as `scx-gpu run --tier` would, without its Python start-up (seconds
-    beside busy threads under emulation).
+    They are stopped by killing their cgroup. A tier's hogs join a group of
+    their own below its cgroup (the tier's subtree) as `scx-gpu run --tier`
+    would, without its Python start-up (seconds beside busy threads under
+    emulation); the kill spares the rest of the tier (in_tier).
     """
-    cgroup = OWN_ROOT / tier if tier else noise.NOISE_CGROUP
-    assert not tier or cgroup.is_dir(), f"{cgroup} is missing: is scx-gpu loaded?"
+    cgroup = OWN_ROOT / tier / HOGS if tier else noise.NOISE_CGROUP
+    assert not tier or cgroup.parent.is_dir(), f"{cgroup.parent} is missing: is scx-gpu loaded?"
     cmd = noise.stress_cpu(count)
     if cpus:  # born there: moved later, they would crowd every CPU meanwhile
         cmd = ["taskset", "-c", cpus, *cmd]
@@ -140,6 +159,10 @@ def cpu_hogs(count: int, tier: str | None = None, nice: int = 0,
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError(f"the hogs outlived cgroup.kill of {cgroup}") from None
+        if tier:
+            sc.wait_for(lambda: "populated 0" in (cgroup / "cgroup.events").read_text(), 30,
+                        f"the hogs of {cgroup} to be gone")
+            cgroup.rmdir()
 
 
 def arm_dump() -> None:

@@ -33,6 +33,7 @@ from tests.helpers import (
     dump_lines,
     ejection,
     enabled,
+    in_tier,
     runnable_waits_s,
 )
 
@@ -191,7 +192,7 @@ def test_floor_reaches_batch_in_every_domain_and_on_one_cpu(tmp_path):
             for o in observers.values():
                 trace.add_process(o.pid)
             trace.attach_tracepoints()
-            with cpu_hogs(16, tier="gpu"):
+            with in_tier("gpu"), cpu_hogs(16, tier="gpu"):
                 time.sleep(seconds)
                 assert enabled(), ejection()
             # Drained once the hogs are gone: this process is in the normal tier.

@@ -39,6 +39,7 @@ from tests.helpers import (
     dump_lines,
     ejection,
     enabled,
+    in_tier,
     json_lines,
     launcher,
     runnable_waits_s,
@@ -446,7 +447,7 @@ def test_floor_serves_batch_under_gpu_saturation(tmp_path):
             for o in observers:
                 trace.add_process(o.pid)
             trace.attach_tracepoints()
-            with cpu_hogs(2 * NPROC, tier="gpu"):
+            with in_tier("gpu"), cpu_hogs(2 * NPROC, tier="gpu"):
                 time.sleep(seconds)
             # This process is in the normal tier: among the hogs, draining
             # the ring would take it minutes of floor service.
@@ -748,7 +749,7 @@ def test_gpu_saturation_leaves_normal_tasks_within_their_bound():
         try:
             trace.add_process(worker)
             trace.attach_tracepoints()
-            with cpu_hogs(2 * NPROC, tier="gpu"):
+            with in_tier("gpu"), cpu_hogs(2 * NPROC, tier="gpu"):
                 time.sleep(seconds)
                 dump()
             # Read once the hogs are gone: this process is in the normal tier.
@@ -817,7 +818,7 @@ def _kernel_waits(tier: str | None = None) -> dict[str, list[float]]:
 def test_kthreads_run_beside_busy_gpu_threads():
     alone = _kernel_waits()
     with sc.loaded():
-        with cpu_hogs(2 * NPROC, tier="gpu"):
+        with in_tier("gpu"), cpu_hogs(2 * NPROC, tier="gpu"):
             beside = _kernel_waits("gpu")
         assert enabled(), ejection()
     print(json.dumps({"alone_s": alone, "beside_gpu_hogs_s": beside}))
