@@ -34,7 +34,8 @@ than a period). A second launch thread of a tagged process, waiting behind
 normal-tier work, would miss renewal after renewal: so a window also waits
 for each starving untagged sibling of a tagged thread (runnable, or that
 waited STARVED_NS for a CPU since the last window, or in its life if new;
-siblings.py) until it has run, then SETTLE_S; or until it was found asleep
+siblings.py) until it has run, then SETTLE_S (and for the threads new once
+one ran: a main thread starting its workers); or until it was found asleep
 at ASLEEP_POLLS polls in a row (a GPU wait is shorter; an idle thread's
 sleep is not). Threads that are not short of CPU hold no window open. The share of
 time the probes are attached is the share of a busy launcher's launches
@@ -270,9 +271,12 @@ class Detector:
             return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
 
-    def _watch(self, tagged: set[int]) -> None:
-        """Wait for the starving untagged threads of these threads' processes."""
+    def _watch(self, tagged: set[int], unseen_only: bool = False) -> None:
+        """Wait for the starving untagged threads of these threads' processes
+        (unseen_only: those this window has not read yet)."""
         sample = self.siblings(tagged)
+        if unseen_only:
+            sample = {t: s for t, s in sample.items() if t not in self._sampled}
         self._sampled |= sample.keys()
         starving = {t: (s.ran_ns, 0) for t, s in sample.items() if t not in tagged and (
             s.runnable or s.waited_ns - self._baseline.get(t, 0) >= STARVED_NS)}
@@ -281,22 +285,26 @@ class Detector:
 
     def _siblings_ran(self, now: float) -> bool:
         """Every starving sibling has run since it was watched, or is gone, or
-        was found asleep ASLEEP_POLLS times in a row."""
+        was found asleep ASLEEP_POLLS times in a row; one that ran may have
+        started the next launch thread (a main thread starting its workers
+        behind normal-tier work), so the threads new since are watched too."""
         if not self._waiting:
             return True
         seen = self.threads_now(self._waiting)
-        waiting = {}
+        waiting, ran = {}, False
         for tid, (ran_ns, asleep) in self._waiting.items():
             if tid not in seen:
                 continue
             if seen[tid].ran_ns > ran_ns:
-                self._last_news = now  # it may launch next
+                self._last_news, ran = now, True  # it may launch next
             elif seen[tid].runnable:
                 waiting[tid] = (ran_ns, 0)
             elif asleep + 1 < ASLEEP_POLLS:
                 waiting[tid] = (ran_ns, asleep + 1)
         self._waiting = waiting
-        return not waiting
+        if ran:
+            self._watch(self._awaited | self._found, unseen_only=True)
+        return not self._waiting
 
     def _schedule_next(self) -> None:
         """Tags live: when the oldest is half way to expiry; else a period on."""

@@ -303,6 +303,41 @@ def test_siblings_that_do_not_starve_hold_no_window_open(tmp_path):
     assert all(b - a <= 0.002 for a, b in opened[1:]), opened
 
 
+class LateWorker(StarvedSibling):
+    """Thread 7 launches every 1 ms. Its process's main thread 8, behind
+    normal-tier hogs, first runs at 20 ms and starts worker 11 then, which
+    first gets a CPU at 35 ms and launches from then on."""
+
+    def __init__(self, probes: FakeProbes) -> None:
+        super().__init__(probes, "runnable")
+
+    def step(self) -> None:
+        if self.probes.live:
+            launched = (7, 11) if self.probes.now >= 0.035 else (7,)
+            self.tags.update(dict.fromkeys(launched, int(self.probes.now * 1e9)))
+            for tid in self.tags:
+                self.first.setdefault(tid, self.probes.now)
+
+    def threads_now(self, tids) -> dict[int, Sibling]:
+        now = self.probes.now
+        threads = {8: Sibling(1_000_000 if now >= 0.020 else 0, 20_000_000, now < 0.020)}
+        if now >= 0.020:
+            waited_ns = int((min(now, 0.035) - 0.020) * 1e9)
+            threads[11] = Sibling(1_000_000 if now >= 0.035 else 0, waited_ns, True)
+        return {t: threads[t] for t in tids if t in threads}
+
+    def siblings(self, tagged) -> dict[int, Sibling]:
+        return self.threads_now({8, 11} - set(tagged)) if 7 in tagged else {}
+
+
+def test_a_window_waits_for_the_workers_a_starving_sibling_starts(tmp_path):
+    # Closing SETTLE_S after the main thread ran, the first window would miss
+    # worker 11 until the first renewal, 1.5 s later.
+    threads = LateWorker(FakeProbes(attach_s=0.0))
+    run_starved(tmp_path, threads, until=0.5)
+    assert threads.first.get(11, 0.5) < 0.040, threads.first
+
+
 def test_the_entry_point_a_launcher_hits_goes_in_last_and_out_first(tmp_path):
     # A launcher hits its entry point from the moment that probe is in until
     # it is out: 10-40 ms each way for eight entry points under emulation.
