@@ -34,8 +34,9 @@ BASE_PACKAGES = (
     "dbus-daemon",  # a private bus for the scx_loader takeover test
     "systemd",      # the service test runs systemd (in a PID namespace)
     # bcc, the tests' independent referee (never a runtime dependency): it
-    # compiles against the kernel's headers, added per kernel by ensure_image.
-    "bpfcc-tools", "python3-bpfcc",
+    # compiles against the kernel's headers, added per kernel by ensure_image;
+    # its libbpf-tools builds (CO-RE) compile nothing in the guest.
+    "bpfcc-tools", "python3-bpfcc", "libbpf-tools",
 )
 # libbpf >= 1.2 is needed for .struct_ops.link; bookworm has 1.1.2.
 BACKPORTS_PACKAGES = ("libbpf1",)

@@ -1,6 +1,6 @@
 """bcc referees scx-gpu's own numbers over the same run (bodies run in the VM).
 
-runqlat -L against the gpu tier's wait histogram. They time slightly
+runqlat -L (bcc's libbpf-tools build) against the gpu tier's wait histogram. They time slightly
 different intervals of each wait: runqlat from the sched_wakeup tracepoint
 (fired in try_to_wake_up after the task was enqueued) or from a preemption's
 sched_switch, scx-gpu from ops.runnable (or, for a task still runnable, the
@@ -89,8 +89,8 @@ def _thread_ids(proc: subprocess.Popen[bytes]) -> set[int]:
 
 def test_runqlat_agrees_with_the_gpu_tier_wait_histogram():
     # The launcher joins the gpu tier, then stops itself until runqlat is
-    # watching its process: runqlat -L keeps at most 64 (thread, bucket)
-    # pairs, so it must watch that process alone (-p), known only once started.
+    # watching its process: runqlat must watch that process alone (-p, the
+    # others' waits are no part of the gpu tier's), known only once started.
     launcher = [*sc.SCX_GPU, "run", "--tier", "gpu", "--", "sh", "-c",
                 'kill -STOP $$ && exec "$@"', "sh", str(LAUNCHER), "--cuda-lib", str(STUB),
                 "--threads", "2", "--duration", "6", *SYNTHETIC_SHAPE]
@@ -98,8 +98,6 @@ def test_runqlat_agrees_with_the_gpu_tier_wait_histogram():
         proc = subprocess.Popen(launcher, stdout=subprocess.DEVNULL)
         sc.wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split()[2] == "T", 60,
                     "the launcher to stop itself in the gpu tier")
-        # The hogs start once runqlat is compiled: beside them, its compile
-        # would take a third of the CPUs for minutes.
         with bcc.tracing("runqlat", "-L", "-p", str(proc.pid)) as out, cpu_hogs(2 * NPROC):
             before = _gpu_wait_hist()
             os.kill(proc.pid, signal.SIGCONT)
