@@ -34,10 +34,12 @@ than a period). A second launch thread of a tagged process, waiting behind
 normal-tier work, would miss renewal after renewal: so a window also waits
 for each starving untagged sibling of a tagged thread (runnable, or that
 waited STARVED_NS for a CPU since the last window, or in its life if new;
-siblings.py) until it has run, then SETTLE_S (and for the threads new once
-one ran: a main thread starting its workers); or until it was found asleep
-at ASLEEP_POLLS polls in a row (a GPU wait is shorter; an idle thread's
-sleep is not). Threads that are not short of CPU hold no window open. The share of
+siblings.py) until it has run RAN_NS, then SETTLE_S; or until it was found
+asleep at ASLEEP_POLLS polls in a row (a GPU wait is shorter; an idle
+thread's sleep is not). So too for the threads new once one has run (a main
+thread starting its workers) and, in a window that found a launcher, for
+each of its siblings, starving or not (one may be in a GPU wait between two
+launches). Other threads that are not short of CPU hold no window open. The share of
 time the probes are attached is the share of a busy launcher's launches
 they hit: a full window to find a launcher at 10,000 launches a second cost
 it 1,000 hits, 1.5% of a 6.5 s bench run.
@@ -84,8 +86,13 @@ SETTLE_S = 0.01
 # most MAX_WAITING of them (each is read at every poll) ...
 STARVED_NS = 10_000_000
 MAX_WAITING = 16
-# ... each until it runs, or is found asleep at this many polls in a row (a
-# poll takes tens of ms under emulation beside hogs: not a time).
+# ... each until it has run this long (a launch thread's launches are that
+# close in its CPU time: the synthetic token's 0.5 ms, a PyTorch loop's tens
+# of us; a gpu thread waking preempts it, so a run may end before its first
+# launch), ...
+RAN_NS = 2_000_000
+# ... or is found asleep at this many polls in a row (a poll takes tens of ms
+# under emulation beside hogs: not a time).
 ASLEEP_POLLS = 3
 # A renewal is awaited in tick itself, so that it closes within a poll of
 # its threads' next launch (at 10,000 launches a second, each ms open costs
@@ -272,14 +279,18 @@ class Detector:
         return bool(self._awaited)
 
     def _watch(self, tagged: set[int], unseen_only: bool = False) -> None:
-        """Wait for the starving untagged threads of these threads' processes
-        (unseen_only: those this window has not read yet)."""
+        """Wait for the starving untagged threads of these threads' processes;
+        in a window that found a launcher, for all those it has not read yet
+        (the launcher's sibling may be between two launches, in a GPU wait:
+        not runnable, not starved yet). unseen_only: only those."""
         sample = self.siblings(tagged)
+        unseen = {t: s for t, s in sample.items() if t not in self._sampled}
         if unseen_only:
-            sample = {t: s for t, s in sample.items() if t not in self._sampled}
+            sample = unseen
         self._sampled |= sample.keys()
         starving = {t: (s.ran_ns, 0) for t, s in sample.items() if t not in tagged and (
-            s.runnable or s.waited_ns - self._baseline.get(t, 0) >= STARVED_NS)}
+            s.runnable or s.waited_ns - self._baseline.get(t, 0) >= STARVED_NS
+            or (self._found and t in unseen))}
         new = {t: v for t, v in starving.items() if t not in self._waiting}
         self._waiting = dict(islice({**self._waiting, **new}.items(), MAX_WAITING))
 
@@ -295,9 +306,9 @@ class Detector:
         for tid, (ran_ns, asleep) in self._waiting.items():
             if tid not in seen:
                 continue
-            if seen[tid].ran_ns > ran_ns:
+            if seen[tid].ran_ns >= ran_ns + RAN_NS:
                 self._last_news, ran = now, True  # it may launch next
-            elif seen[tid].runnable:
+            elif seen[tid].runnable or seen[tid].ran_ns > ran_ns:
                 waiting[tid] = (ran_ns, 0)
             elif asleep + 1 < ASLEEP_POLLS:
                 waiting[tid] = (ran_ns, asleep + 1)

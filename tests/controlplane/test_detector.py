@@ -280,12 +280,11 @@ def test_a_window_waits_for_a_tagged_threads_starving_sibling_to_run(tmp_path, w
     # launches, they would miss 9 every time.
     threads = StarvedSibling(FakeProbes(attach_s=0.0), when_found)
     live = run_starved(tmp_path, threads, until=4.0)
-    # Found in the first window if runnable or starved then, else at the first
-    # renewal (1.5 s later), having waited for a CPU since ...
-    found_by = 1.6 if when_found == "neither" else 0.025
-    assert threads.first.get(9, 4.0) < found_by, threads.first
-    # ... and each window closed SETTLE_S after it ran (the first, if it found
-    # 9, then, else once the idle main thread was found asleep).
+    # Found in the first window, whether runnable, starved or in a GPU wait
+    # when 7 was found (a window that finds a launcher watches each of its
+    # siblings once: "neither" was found a renewal later, 1.5 s) ...
+    assert threads.first.get(9, 4.0) < 0.025, threads.first
+    # ... and each window closed SETTLE_S after it ran.
     opened = windows(live, 0.001)
     assert len(opened) == 3 and all(b - a < 0.050 + SETTLE_S for a, b in opened), opened
 
@@ -336,6 +335,45 @@ def test_a_window_waits_for_the_workers_a_starving_sibling_starts(tmp_path):
     threads = LateWorker(FakeProbes(attach_s=0.0))
     run_starved(tmp_path, threads, until=0.5)
     assert threads.first.get(11, 0.5) < 0.040, threads.first
+
+
+class PreemptedSibling(StarvedSibling):
+    """Thread 7 launches every 1 ms. Thread 9 of its process, runnable
+    throughout, runs 0.3 ms every 10 ms (a gpu thread's wake-up preempts it)
+    and launches once per 1 ms of its CPU time: at its 4th, 7th, 10th run."""
+
+    def __init__(self, probes: FakeProbes) -> None:
+        super().__init__(probes, "runnable")
+        self.runs = 0
+
+    def _runs_now(self) -> int:
+        return round(self.probes.now * 1000) // 10
+
+    def step(self) -> None:
+        now_ns, runs = int(self.probes.now * 1e9), self._runs_now()
+        launched = any(3 * run // 10 > 3 * (run - 1) // 10  # a whole ms of CPU more
+                       for run in range(self.runs + 1, runs + 1))
+        self.runs = runs
+        if self.probes.live:
+            self.tags.update({7: now_ns, **({9: now_ns} if launched else {})})
+            for tid in self.tags:
+                self.first.setdefault(tid, self.probes.now)
+
+    def threads_now(self, tids) -> dict[int, Sibling]:
+        threads = {9: Sibling(self._runs_now() * 300_000, 10**9, True)}
+        return {t: threads[t] for t in tids if t in threads}
+
+    def siblings(self, tagged) -> dict[int, Sibling]:
+        return self.threads_now({9} - set(tagged)) if 7 in tagged else {}
+
+
+def test_a_window_waits_until_a_preempted_sibling_could_have_launched(tmp_path):
+    # Its first run (0.3 ms, at 10 ms) launches nothing: taken for a run that
+    # would have launched, it closed the window at 20 ms, and 9 was found a
+    # renewal later, 1.5 s.
+    threads = PreemptedSibling(FakeProbes(attach_s=0.0))
+    run_starved(tmp_path, threads, until=0.5)
+    assert threads.first.get(9, 0.5) < 0.050, threads.first
 
 
 def test_the_entry_point_a_launcher_hits_goes_in_last_and_out_first(tmp_path):
