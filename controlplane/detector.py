@@ -295,10 +295,11 @@ class Detector:
         self._waiting = dict(islice({**self._waiting, **new}.items(), MAX_WAITING))
 
     def _siblings_ran(self, now: float) -> bool:
-        """Every starving sibling has run since it was watched, or is gone, or
-        was found asleep ASLEEP_POLLS times in a row; one that ran may have
-        started the next launch thread (a main thread starting its workers
-        behind normal-tier work), so the threads new since are watched too."""
+        """Every starving sibling has run RAN_NS since it was watched, or is
+        gone, or was found asleep ASLEEP_POLLS times in a row; one that ran at
+        all may have started the next launch thread (a main thread starting
+        its workers behind normal-tier work), so the threads new since are
+        watched too."""
         if not self._waiting:
             return True
         seen = self.threads_now(self._waiting)
@@ -307,11 +308,11 @@ class Detector:
             if tid not in seen:
                 continue
             if seen[tid].ran_ns >= ran_ns + RAN_NS:
-                self._last_news, ran = now, True  # it may launch next
-            elif seen[tid].runnable or seen[tid].ran_ns > ran_ns:
-                waiting[tid] = (ran_ns, 0)
-            elif asleep + 1 < ASLEEP_POLLS:
-                waiting[tid] = (ran_ns, asleep + 1)
+                self._last_news = now  # it may launch next
+            elif seen[tid].runnable or asleep + 1 < ASLEEP_POLLS:
+                waiting[tid] = (ran_ns, 0 if seen[tid].runnable else asleep + 1)
+                continue
+            ran = ran or seen[tid].ran_ns > ran_ns
         self._waiting = waiting
         if ran:
             self._watch(self._awaited | self._found, unseen_only=True)
