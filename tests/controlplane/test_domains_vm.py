@@ -336,11 +336,15 @@ def test_the_rest_of_a_gpu_processs_cgroup_follows_it(tmp_path):
                         "the launcher's cgroup to get its home")
             seen = _bursts(sc.in_cgroup(group, []), 4, start_cpu=0)
             assert enabled(), ejection()
+            # The homes as the loader wrote them: one lost mid-run lets the helper go.
+            homes = [line for line in log.read_text().splitlines() if "process" in line]
         finally:
             (group / "cgroup.kill").write_text("1")
             launcher.wait(timeout=30)
             sc.wait_for(lambda: not processes(group), 10, "the test cgroup to empty")
             group.rmdir()
     share = _share(seen, HOME)
-    print(json.dumps({"on_home": share, "cpus": seen}))
-    assert share >= 0.9, seen
+    print(json.dumps({"on_home": share, "cpus": seen, "homes": homes}))
+    # In the clean-clone run of 7108a51 the helper ran half its time on CPU 1
+    # (0.52), then passed in a fresh boot: cause not found, hence the homes.
+    assert share >= 0.9, (seen, homes)
