@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scx_gpu import status
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds, config, intf, loader, runstate, stats, stats_socket
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT
@@ -189,13 +188,12 @@ def test_a_launch_tag_dies_with_its_thread():
                                  "--work-us", "100"], stdout=subprocess.DEVNULL)
         tagged: list[int] = []
 
-        # In this process: starting `scx-gpu status` takes seconds under emulation.
         def seen() -> bool:
-            tagged[:] = status.collect()["scx_gpu"]["gpu_tagged_ids"]
+            tagged[:] = sc.status()["scx_gpu"]["gpu_tagged_ids"]
             return bool(tagged)
         sc.wait_for(seen, 10, "the launcher's thread to be tagged")
         proc.wait(timeout=60)
-        sc.wait_for(lambda: not set(tagged) & set(status.collect()["scx_gpu"]["gpu_tagged_ids"]),
+        sc.wait_for(lambda: not set(tagged) & set(sc.status()["scx_gpu"]["gpu_tagged_ids"]),
                     5, f"the tags of exited threads {tagged} to go")
 
 
@@ -277,9 +275,9 @@ def _sleeper_beside_a_spinner(tmp_path: Path, *args: str) -> dict[str, Any]:
                                     "--work-us", "100", "--gpu-wait-us", "0"],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            def tagged() -> bool:  # in this process, for the same reason
+            def tagged() -> bool:
                 threads = {int(t.name) for t in Path(f"/proc/{spinner.pid}/task").iterdir()}
-                return bool(threads & set(status.collect()["scx_gpu"]["gpu_tagged_ids"]))
+                return bool(threads & set(sc.status()["scx_gpu"]["gpu_tagged_ids"]))
             sc.wait_for(tagged, 60, "the spinner to be tagged")
             sleeper.send_signal(signal.SIGUSR1)
             report: dict[str, Any] = json.loads(sleeper.communicate(timeout=240)[0])

@@ -1,11 +1,12 @@
 """bcc referees scx-gpu's own numbers over the same run (bodies run in the VM).
 
-runqlat -L (bcc's libbpf-tools build) against the gpu tier's wait histogram. They time slightly
-different intervals of each wait: runqlat from the sched_wakeup tracepoint
-(fired in try_to_wake_up after the task was enqueued) or from a preemption's
-sched_switch, scx-gpu from ops.runnable (or, for a task still runnable, the
-end of its run in ops.stopping) to ops.running. The two differ by parts of
-the wake-up and switch paths: microseconds, tens under emulation, so up to
+runqlat -L (bcc's libbpf-tools build) against the gpu tier's wait
+histogram. They time slightly different intervals of each wait: runqlat
+from the sched_wakeup tracepoint (fired in try_to_wake_up after the task
+was enqueued) or from a preemption's sched_switch, scx-gpu from
+ops.runnable (or, for a task still runnable, the end of its run in
+ops.stopping) to ops.running. The two differ by parts of the wake-up and
+switch paths: microseconds, tens under emulation, so up to
 about 20% of the launcher's typical 30-60 us wait there. Both are log2 histograms, runqlat's of
 microseconds and scx-gpu's of nanoseconds (edges 2.4% apart), so a quantile
 is known from each only as its bucket's upper edge, and the same quantile
