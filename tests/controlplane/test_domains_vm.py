@@ -20,6 +20,7 @@ import pytest
 from scx_gpu.bench import scenario as sc
 from scx_gpu.controlplane import bounds
 from scx_gpu.controlplane.cgroups import CGROUP_ROOT, processes
+from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.intf import Tier
 from scx_gpu.controlplane.running import RunningScheduler
 from scx_gpu.controlplane.runstate import run_state
@@ -42,6 +43,10 @@ pytestmark = pytest.mark.vm(topology=TOPOLOGY)
 DOMAINS = ({0, 1, 2, 3}, {4, 5, 6, 7})
 LAUNCHER, STUB = program("launcher"), program("libcuda.so.1")
 PERIOD_MS = 100  # the default quota period
+# The smallest run delay of a spinner that waits wrongly: a batch slice after each of its
+# slices (kept behind the gpu hogs at home it would be about 0.7). Half of it is the bound:
+# emulated vCPUs on 2 host cores gave a right one 0.06-0.08 (kthreads, host scheduling).
+BEHIND_BATCH = Config().batch_slice_us / (Config().slice_us + Config().batch_slice_us)
 
 
 def test_each_llc_has_its_own_queues():
@@ -101,7 +106,7 @@ def test_a_gpu_thread_is_not_kept_behind_batch_in_the_other_domain():
     ran = {int(c): n for c, n in report["cpus"].items()}
     on_domain_1 = sum(n for c, n in ran.items() if c in DOMAINS[1]) / sum(ran.values())
     assert on_domain_1 >= 0.9, report
-    assert report["run_delay"] <= 0.05, report
+    assert report["run_delay"] <= BEHIND_BATCH / 2, report
     # Batch keeps the rest of domain 1 (3 of 8 CPUs while the spinner runs, all
     # 4 while its Python starts): the test had batch to preempt.
     # 0.239 twice on the slower build machine of 2026-11-30: under emulation only
