@@ -39,7 +39,13 @@ asleep at ASLEEP_POLLS polls in a row (a GPU wait is shorter; an idle
 thread's sleep is not). So too for the threads new once one has run (a main
 thread starting its workers) and, in a window that found a launcher, for
 each of its siblings, starving or not (one may be in a GPU wait between two
-launches). Other threads that are not short of CPU hold no window open. The share of
+launches). Other threads that are not short of CPU hold no window open. A renewal
+does not close at its length while a thread it awaits waits for a CPU (a
+thread over its process's gpu budget waits up to a quota period, longer
+than a window): it holds until that thread launches, is found asleep at
+ASLEEP_POLLS polls in a row, or its tag expires. Closed at its length, a
+storm of 2,000 normal tasks took a busy launcher's tags away for seconds
+at a time. The share of
 time the probes are attached is the share of a busy launcher's launches
 they hit: a full window to find a launcher at 10,000 launches a second cost
 it 1,000 hits, 1.5% of a 6.5 s bench run.
@@ -199,6 +205,7 @@ class Detector:
     _waiting: dict[int, tuple[int, int]] = field(default_factory=dict)
     _baseline: dict[int, int] = field(default_factory=dict)  # sibling -> ns waited, last window
     _sampled: set[int] = field(default_factory=set)  # siblings seen in this window
+    _late: dict[int, int] = field(default_factory=dict)  # awaited thread -> polls asleep
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -228,7 +235,11 @@ class Detector:
         """Open or close the attach window as the duty cycle says."""
         now = self.clock()
         if self._window_start is not None:
-            if now - self._window_start >= self.window_s or self._settled(now):
+            if now - self._window_start >= self.window_s:
+                done = not self._holding(now)
+            else:
+                done = self._settled(now)
+            if done:
                 self._close_window()
                 self._schedule_next()
         elif (now >= self._next_window and self.libraries
@@ -277,6 +288,18 @@ class Detector:
         if self._last_news is not None:
             return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
+
+    def _holding(self, now: float) -> bool:
+        """A thread awaited since the window opened, its tag still live, has not
+        launched since and was runnable at one of the last ASLEEP_POLLS polls."""
+        assert self._window_start is not None
+        opened_ns, now_ns = int(self._window_start * 1e9), int(now * 1e9)
+        tags = self.tags()
+        late = {k for k in self._awaited
+                if now_ns - self.ttl_s * 1e9 < tags.get(k, opened_ns) < opened_ns}
+        seen = self.threads_now(late)
+        self._late = {k: 0 if seen[k].runnable else self._late.get(k, 0) + 1 for k in seen}
+        return any(polls < ASLEEP_POLLS for polls in self._late.values())
 
     def _watch(self, tagged: set[int], unseen_only: bool = False) -> None:
         """Wait for the starving untagged threads of these threads' processes;
@@ -367,7 +390,7 @@ class Detector:
         if self._window_start is not None:
             self._attached_s += self.clock() - self._window_start
         self._window_start = None
-        self._awaited, self._found, self._waiting = set(), set(), {}
+        self._awaited, self._found, self._waiting, self._late = set(), set(), {}, {}
         self._last_news = None
         if self._sampled:  # how long each had waited for a CPU as this window ended
             ended = self.threads_now(self._sampled)

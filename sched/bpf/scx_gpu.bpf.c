@@ -93,8 +93,10 @@
  *    CPU, against ops.timeout_ms = TIMEOUT_MS (20 s); the control plane
  *    refuses settings whose bound exceeds half of it. Waits count from when
  *    a task became runnable (ops.runnable, or the end of its last run).
- *  - batch gets at least f% of all CPUs per period while it starves and at
- *    most its quota (the control plane refuses a quota below f).
+ *  - while batch starves, floor service gives each of its N runnable tasks a
+ *    slice of s per F: N * s / F of CPU time, up to f% of all CPUs per
+ *    period; batch never gets more than its quota (the control plane
+ *    refuses a quota below f).
  *  - a launch tag is a claim any local user can make, so detected gpu
  *    threads are metered: all the CPU time of a process's tagged threads,
  *    in any tier, against gpu_proc_budget_pct % of all CPUs (90), and of

@@ -376,6 +376,52 @@ def test_a_window_waits_until_a_preempted_sibling_could_have_launched(tmp_path):
     assert threads.first.get(9, 0.5) < 0.050, threads.first
 
 
+class DemotedThread(StarvedSibling):
+    """Threads 7 and 8 of a launcher, both tagged in the first window. 7 launches
+    every 1 ms; 8 launches every 1 ms while it runs: until 0.1 s and from 1.8 s.
+    Between, it is runnable but waits for a CPU (over its process's gpu budget,
+    behind a storm), or asleep."""
+
+    def __init__(self, probes: FakeProbes, runnable: bool) -> None:
+        super().__init__(probes, "runnable")
+        self.runnable, self.renewed = runnable, list[float]()
+
+    def running(self) -> bool:
+        return not 0.1 <= self.probes.now < 1.8
+
+    def step(self) -> None:
+        if self.probes.live:
+            now_ns = int(self.probes.now * 1e9)
+            self.tags[7] = now_ns
+            if self.running():
+                self.tags[8] = now_ns
+                self.renewed.append(self.probes.now)
+
+    def threads_now(self, tids) -> dict[int, Sibling]:
+        threads = {7: Sibling(0, 0, True), 8: Sibling(0, 0, self.running() or self.runnable)}
+        return {t: threads[t] for t in tids if t in threads}
+
+    def siblings(self, tagged) -> dict[int, Sibling]:
+        return {}
+
+
+@pytest.mark.parametrize("runnable", [True, False], ids=["waiting", "asleep"])
+def test_a_renewal_waits_for_a_tagged_thread_that_waits_for_a_cpu(tmp_path, runnable):
+    # The renewal opens at 1.5 s (the tags half way to expiry). Closed at its
+    # length (1.7 s), it left 8 to the next window, a period later (2.5 s):
+    # under a storm that one missed it too, and the tag expired.
+    threads = DemotedThread(FakeProbes(attach_s=0.0), runnable)
+    live = run_starved(tmp_path, threads, until=2.2)
+    renewal, renewed = windows(live, 0.001)[1], [t for t in threads.renewed if t > 1]
+    assert 1.5 <= renewal[0] < 1.52, renewal
+    if runnable:
+        assert renewed and 1.8 <= renewed[0] < 1.81, renewed
+        assert renewal[1] < 1.8 + SETTLE_S, renewal
+    else:  # asleep: closed at its length (ASLEEP_POLLS polls later), as before
+        assert not renewed, renewed
+        assert renewal[1] - renewal[0] < 0.2 + (ASLEEP_POLLS + 1) * 0.001, renewal
+
+
 def test_the_entry_point_a_launcher_hits_goes_in_last_and_out_first(tmp_path):
     # A launcher hits its entry point from the moment that probe is in until
     # it is out: 10-40 ms each way for eight entry points under emulation.
