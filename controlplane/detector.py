@@ -26,29 +26,30 @@ three.
 
 The duty cycle adapts: a window closes as soon as every thread tagged when
 it opened has launched again (a busy launcher: within milliseconds) and no
-thread has been tagged for the first time in it for SETTLE_S; a window
-that opened with nothing tagged looks for launchers until it finds one
-(then settles) or its length passes. While threads are tagged the next
-window opens only when their tags are half way to expiry (never sooner
-than a period). A second launch thread of a tagged process, waiting behind
-normal-tier work, would miss renewal after renewal: so a window also waits
-for each starving untagged sibling of a tagged thread (runnable, or that
-waited STARVED_NS for a CPU since the last window, or in its life if new;
-siblings.py) until it has run RAN_NS, then SETTLE_S; or until it was found
-asleep at ASLEEP_POLLS polls in a row (a GPU wait is shorter; an idle
-thread's sleep is not). So too for the threads new once one has run (a main
-thread starting its workers) and, in a window that found a launcher, for
-each of its siblings, starving or not (one may be in a GPU wait between two
-launches). Other threads that are not short of CPU hold no window open. A renewal
-does not close at its length while a thread it awaits waits for a CPU (a
-thread over its process's gpu budget waits up to a quota period, longer
-than a window): it holds until that thread launches, is found asleep at
-ASLEEP_POLLS polls in a row, or its tag expires. Closed at its length, a
-storm of 2,000 normal tasks took a busy launcher's tags away for seconds
-at a time. The share of
-time the probes are attached is the share of a busy launcher's launches
-they hit: a full window to find a launcher at 10,000 launches a second cost
-it 1,000 hits, 1.5% of a 6.5 s bench run.
+thread has been tagged for the first time in it for SETTLE_S; a window that
+opened with nothing tagged looks for launchers until it finds one (then
+settles) or its length passes. While threads are tagged the next window
+opens when their tags are half way to expiry, or sooner by twice the
+longest time the last windows took to attach (ATTACH_LEAD), never sooner
+than a period after the last. A second launch thread of a tagged process,
+waiting behind normal-tier work, would miss renewal after renewal: so a
+window also waits for each starving untagged sibling of a tagged thread
+(runnable, or that waited STARVED_NS for a CPU since the last window, or in
+its life if new; siblings.py) until it has run RAN_NS, then SETTLE_S; or
+until it was found asleep at ASLEEP_POLLS polls in a row (a GPU wait is
+shorter; an idle thread's sleep is not). So too for the threads new once
+one has run (a main thread starting its workers) and, in a window that
+found a launcher, for each of its siblings, starving or not (one may be in
+a GPU wait between two launches). Other threads that are not short of CPU
+hold no window open. A renewal does not close at its length while a thread
+it awaits waits for a CPU (a thread over its process's gpu budget waits up
+to a quota period, longer than a window): it holds until that thread
+launches, is found asleep at ASLEEP_POLLS polls in a row, or its tag
+expires. Closed at its length, a storm of 2,000 normal tasks took a busy
+launcher's tags away for seconds at a time. The share of time the probes
+are attached is the share of a busy launcher's launches they hit: a full
+window to find a launcher at 10,000 launches a second cost it 1,000 hits,
+1.5% of a 6.5 s bench run.
 
 What is left of a renewal is attaching and detaching: 10-40 ms each for a
 library's eight entry points under emulation, while the launcher hits the
@@ -61,6 +62,7 @@ sibling itself, instead of a turn of the loader's loop later.
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -107,6 +109,12 @@ ASLEEP_POLLS = 3
 # that launches 1,000 times a second, or one whose CPU is taken for a few ms.
 RENEWAL_POLLS = 10
 RENEWAL_POLL_S = 0.0005
+# A renewal opens this many times the longest of the last ATTACHES_KEPT attaches
+# before the oldest tag expires, if that is sooner than half way: behind a storm
+# of 2,000 runnable tasks an attach waited in the kernel for 0.1-2 s, and tags
+# expired while it did.
+ATTACH_LEAD = 2
+ATTACHES_KEPT = 8
 # A probe fires until its detach begins: the loader's thread waits for the
 # detaching thread to take a link over rather than keep the CPU it needs
 # (both are gpu-tier threads; on two CPUs a launcher holds the other).
@@ -197,6 +205,8 @@ class Detector:
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
+    # How long the last windows' probes took to go in.
+    _attach_s: deque[float] = field(default_factory=lambda: deque(maxlen=ATTACHES_KEPT))
     _started: float = 0.0
     _awaited: set[int] = field(default_factory=set)  # tagged when the window opened
     _found: set[int] = field(default_factory=set)  # first tagged in this window
@@ -342,10 +352,12 @@ class Detector:
         return not self._waiting
 
     def _schedule_next(self) -> None:
-        """Tags live: when the oldest is half way to expiry; else a period on."""
+        """Tags live: when the oldest is half way to expiry, or sooner by twice
+        the longest time the last windows' probes took to go in; else a period on."""
         live = self._live_tags()
         if live:
-            renew = min(live.values()) / 1e9 + self.ttl_s / 2
+            lead = max(self.ttl_s / 2, ATTACH_LEAD * max(self._attach_s, default=0.0))
+            renew = min(live.values()) / 1e9 + self.ttl_s - lead
             self._next_window = max(self._next_window, renew)
 
     def _open_window(self) -> None:
@@ -367,6 +379,7 @@ class Detector:
         self.symbols = {lib: [s for s in LAUNCH_SYMBOLS if s in got]
                         for lib, got in probed.items()}
         self._window_start = self.clock()
+        self._attach_s.append(self._window_start - begun)
         self._next_window = begun + self.period_s
         # A sibling that ran while the probes went in could not be tagged then.
         self._waiting = {t: (s.ran_ns, 0) for t, s in self.threads_now(self._waiting).items()}

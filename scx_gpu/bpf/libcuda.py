@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sysconfig
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ LAUNCH_SYMBOLS = (
     "cuGraphLaunch", "cuGraphLaunch_ptsz",
 )
 LIBCUDA_RE = re.compile(r"libcuda\.so(\.\d+)*$")
+LD_SO_CACHE = Path("/etc/ld.so.cache")  # what `ldconfig -p` lists
 COMMON_DIRS = (
     "/usr/local/nvidia/lib64",
     "/usr/local/nvidia/lib",
@@ -73,6 +74,29 @@ def from_ldconfig() -> Iterator[CudaLib]:
             yield CudaLib(Path(target.strip()), "ldconfig")
 
 
+class LinkerCache:
+    """read()'s entries (`ldconfig -p`'s), read again only once the linker
+    cache file has changed: each read forks the control plane, and beside a
+    storm of runnable tasks the fork held the loader's loop for 1.5-3 s (its
+    child waits for a CPU before it can exec) and launchers' tags expired."""
+
+    def __init__(self, path: Path = LD_SO_CACHE,
+                 read: Callable[[], Iterable[CudaLib]] = from_ldconfig) -> None:
+        self.path, self.read = path, read
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._libs: list[CudaLib] = []
+
+    def __call__(self) -> list[CudaLib]:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # no cache file to compare: read each time
+        if stamp is None or stamp != self._stamp:
+            self._libs, self._stamp = list(self.read()), stamp
+        return self._libs
+
+
 def _same_root(pid_dir: Path) -> bool:
     try:
         theirs, ours = (pid_dir / "root").stat(), Path("/").stat()
@@ -112,9 +136,10 @@ def from_common_dirs() -> Iterator[CudaLib]:
                 yield CudaLib(Path(candidate), "path")
 
 
-def discover(paths: Iterable[str | Path] = (), scan_processes: bool = True) -> list[CudaLib]:
+def discover(paths: Iterable[str | Path] = (), scan_processes: bool = True,
+             linker: Callable[[], Iterable[CudaLib]] = from_ldconfig) -> list[CudaLib]:
     """Every distinct libcuda file (by inode), explicit paths first."""
-    sources: list[Iterable[CudaLib]] = [explicit(paths), from_ldconfig(), from_common_dirs()]
+    sources: list[Iterable[CudaLib]] = [explicit(paths), linker(), from_common_dirs()]
     if scan_processes:
         sources.append(from_process_maps())
     seen: set[tuple[int, int]] = set()
@@ -142,12 +167,13 @@ class Rescanner:
     def __init__(self, paths: Iterable[str | Path], interval_s: float) -> None:
         self.paths = list(paths)
         self.interval_s = interval_s
+        self._linker = LinkerCache()
         self._found: queue.SimpleQueue[list[CudaLib]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan, name="libcuda-rescan", daemon=True)
 
     def start(self) -> "Rescanner":
-        self._found.put(discover(self.paths))
+        self._found.put(discover(self.paths, linker=self._linker))
         self._thread.start()
         return self
 
@@ -156,7 +182,7 @@ class Rescanner:
 
     def _scan(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._found.put(discover(self.paths))
+            self._found.put(discover(self.paths, linker=self._linker))
 
     def found(self) -> list[CudaLib]:
         """Everything the scans since the last call found (repeats included)."""

@@ -480,3 +480,23 @@ def test_a_detach_returns_once_the_detaching_thread_has_begun_on_its_link():
             time.sleep(0.001)
     detach.close()
     assert gone == [7] * 20
+
+
+def test_renewals_open_early_enough_for_a_slow_attach(tmp_path):
+    # Behind a storm an attach took 1.2-1.5 s in the kernel. Opened half way to
+    # expiry (1.5 s), a renewal whose probes take 1.6 s to go in comes too late.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.2)  # 8 entry points: 1.6 s
+    tags = FakeTags(probes, interval_s=0.001, ids=(7,))
+    det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now)
+    det.add_libraries([lib])
+    oldest = 0.0
+    while probes.now < 20.0:
+        det.tick()  # its attach takes the fake time the probes take to go in
+        if tags.seen:  # the tag's age when the probes are in: it must still be live
+            oldest = max(oldest, probes.now - tags.seen[7] / 1e9)
+        tags.launch()
+        probes.now += 0.001
+    assert 0 < oldest < 3.0, oldest

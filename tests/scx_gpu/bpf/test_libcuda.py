@@ -36,3 +36,20 @@ def test_rescans_find_a_library_mapped_later_until_stopped():
     scanner.found()
     time.sleep(5 * interval)
     assert scanner.found() == []  # no scans after close()
+
+
+def test_the_linker_cache_is_read_again_only_once_its_file_changed(tmp_path):
+    cache, reads = tmp_path / "ld.so.cache", list[int]()
+    cache.write_bytes(b"one")
+    lib = libcuda.CudaLib(STUB, "ldconfig")
+
+    def read() -> list[libcuda.CudaLib]:  # `ldconfig -p`: a fork each time
+        reads.append(1)
+        return [lib]
+    linker = libcuda.LinkerCache(cache, read)
+    assert linker() == linker() == [lib] and len(reads) == 1
+    cache.write_bytes(b"two, longer")  # ldconfig rewrote it: a driver was installed
+    assert linker() == [lib] and len(reads) == 2
+    cache.unlink()  # nothing to compare with: read each time
+    linker(), linker()
+    assert len(reads) == 4
