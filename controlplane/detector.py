@@ -29,27 +29,27 @@ it opened has launched again (a busy launcher: within milliseconds) and no
 thread has been tagged for the first time in it for SETTLE_S; a window that
 opened with nothing tagged looks for launchers until it finds one (then
 settles) or its length passes. While threads are tagged the next window
-opens when their tags are half way to expiry, or sooner by twice the
-longest time the last windows took to attach (ATTACH_LEAD), never sooner
-than a period after the last. A second launch thread of a tagged process,
-waiting behind normal-tier work, would miss renewal after renewal: so a
-window also waits for each starving untagged sibling of a tagged thread
-(runnable, or that waited STARVED_NS for a CPU since the last window, or in
-its life if new; siblings.py) until it has run RAN_NS, then SETTLE_S; or
-until it was found asleep at ASLEEP_POLLS polls in a row (a GPU wait is
-shorter; an idle thread's sleep is not). So too for the threads new once
-one has run (a main thread starting its workers) and, in a window that
-found a launcher, for each of its siblings, starving or not (one may be in
-a GPU wait between two launches). Other threads that are not short of CPU
-hold no window open. A renewal does not close at its length while a thread
-it awaits waits for a CPU (a thread over its process's gpu budget waits up
-to a quota period, longer than a window): it holds until that thread
-launches, is found asleep at ASLEEP_POLLS polls in a row, or its tag
-expires. Closed at its length, a storm of 2,000 normal tasks took a busy
-launcher's tags away for seconds at a time. The share of time the probes
-are attached is the share of a busy launcher's launches they hit: a full
-window to find a launcher at 10,000 launches a second cost it 1,000 hits,
-1.5% of a 6.5 s bench run.
+opens when their tags are half way to expiry or, if sooner, ATTACH_LEAD
+times the longest attach of the last windows before the oldest expires;
+never sooner than a period after the last. A second launch thread of a
+tagged process, waiting behind normal-tier work, would miss renewal after
+renewal: so a window also waits for each starving untagged sibling of a
+tagged thread (runnable, or that waited STARVED_NS for a CPU since the last
+window, or in its life if new; siblings.py) until it has run RAN_NS, then
+SETTLE_S; or until it was found asleep at ASLEEP_POLLS polls in a row (a
+GPU wait is shorter; an idle thread's sleep is not). So too for the threads
+new once one has run (a main thread starting its workers) and, in a window
+that found a launcher, for each of its siblings, starving or not (one may
+be in a GPU wait between two launches). Other threads that are not short of
+CPU hold no window open. A renewal does not close at its length while a
+thread it awaits waits for a CPU (a thread over its process's gpu budget
+waits up to a quota period, longer than a window): it holds until that
+thread launches, runs RAN_NS without launching, is found asleep at
+ASLEEP_POLLS polls in a row, or its tag expires. Closed at its length, a
+storm of 2,000 normal tasks took a busy launcher's tags away for seconds at
+a time. The share of time the probes are attached is the share of a busy
+launcher's launches they hit: a full window to find a launcher at 10,000
+launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
 
 What is left of a renewal is attaching and detaching: 10-40 ms each for a
 library's eight entry points under emulation, while the launcher hits the
@@ -110,9 +110,9 @@ ASLEEP_POLLS = 3
 RENEWAL_POLLS = 10
 RENEWAL_POLL_S = 0.0005
 # A renewal opens this many times the longest of the last ATTACHES_KEPT attaches
-# before the oldest tag expires, if that is sooner than half way: behind a storm
-# of 2,000 runnable tasks an attach waited in the kernel for 0.1-2 s, and tags
-# expired while it did.
+# before the oldest tag expires, if that is sooner than half way (then only a
+# period after the last window): behind a storm of 2,000 runnable tasks an
+# attach waited in the kernel for up to 2 s, and tags expired while it did.
 ATTACH_LEAD = 2
 ATTACHES_KEPT = 8
 # A probe fires until its detach begins: the loader's thread waits for the
@@ -198,6 +198,8 @@ class Detector:
     detaching: Callable[[], bool] = lambda: False
     siblings: Siblings = no_siblings
     threads_now: ThreadsNow = no_threads
+    # The awaited tags' threads as they are now (none when tags are processes').
+    awaited_now: ThreadsNow = no_threads
     site_hits: SiteHits = no_site_hits
     sleep: Callable[[float], None] = time.sleep
     _hot: list[str] = field(default_factory=list)  # entry points the last window saw hit
@@ -206,7 +208,7 @@ class Detector:
     _next_window: float = 0.0
     _attached_s: float = 0.0
     # How long the last windows' probes took to go in.
-    _attach_s: deque[float] = field(default_factory=lambda: deque(maxlen=ATTACHES_KEPT))
+    _attach_times: deque[float] = field(default_factory=lambda: deque(maxlen=ATTACHES_KEPT))
     _started: float = 0.0
     _awaited: set[int] = field(default_factory=set)  # tagged when the window opened
     _found: set[int] = field(default_factory=set)  # first tagged in this window
@@ -215,7 +217,8 @@ class Detector:
     _waiting: dict[int, tuple[int, int]] = field(default_factory=dict)
     _baseline: dict[int, int] = field(default_factory=dict)  # sibling -> ns waited, last window
     _sampled: set[int] = field(default_factory=set)  # siblings seen in this window
-    _late: dict[int, int] = field(default_factory=dict)  # awaited thread -> polls asleep
+    # Awaited thread late to launch -> its ns run when first found so, polls asleep.
+    _late: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -246,7 +249,7 @@ class Detector:
         now = self.clock()
         if self._window_start is not None:
             if now - self._window_start >= self.window_s:
-                done = not self._holding(now)
+                done = not self._holding()
             else:
                 done = self._settled(now)
             if done:
@@ -299,17 +302,22 @@ class Detector:
             return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
 
-    def _holding(self, now: float) -> bool:
+    def _holding(self) -> bool:
         """A thread awaited since the window opened, its tag still live, has not
-        launched since and was runnable at one of the last ASLEEP_POLLS polls."""
+        launched since, has run less than RAN_NS since it was first found so
+        (more, and it is not short of CPU: a thread busy between launches), and
+        was not found asleep at the last ASLEEP_POLLS polls."""
         assert self._window_start is not None
-        opened_ns, now_ns = int(self._window_start * 1e9), int(now * 1e9)
-        tags = self.tags()
-        late = {k for k in self._awaited
-                if now_ns - self.ttl_s * 1e9 < tags.get(k, opened_ns) < opened_ns}
-        seen = self.threads_now(late)
-        self._late = {k: 0 if seen[k].runnable else self._late.get(k, 0) + 1 for k in seen}
-        return any(polls < ASLEEP_POLLS for polls in self._late.values())
+        opened_ns, live = int(self._window_start * 1e9), self._live_tags()
+        late = (k for k in self._awaited if live.get(k, opened_ns) < opened_ns)
+        seen = self.awaited_now(islice(late, MAX_WAITING))
+        held = {}
+        for tid, state in seen.items():
+            ran_ns, asleep = self._late.get(tid, (state.ran_ns, 0))
+            held[tid] = (ran_ns, 0 if state.runnable else asleep + 1)
+        self._late = held
+        return any(seen[t].ran_ns < ran_ns + RAN_NS and asleep < ASLEEP_POLLS
+                   for t, (ran_ns, asleep) in held.items())
 
     def _watch(self, tagged: set[int], unseen_only: bool = False) -> None:
         """Wait for the starving untagged threads of these threads' processes;
@@ -352,11 +360,12 @@ class Detector:
         return not self._waiting
 
     def _schedule_next(self) -> None:
-        """Tags live: when the oldest is half way to expiry, or sooner by twice
-        the longest time the last windows' probes took to go in; else a period on."""
+        """Tags live: when the oldest is half way to expiry, or ATTACH_LEAD times
+        the longest time the last windows' probes took to go in before it
+        expires if that is sooner; else a period on."""
         live = self._live_tags()
         if live:
-            lead = max(self.ttl_s / 2, ATTACH_LEAD * max(self._attach_s, default=0.0))
+            lead = max(self.ttl_s / 2, ATTACH_LEAD * max(self._attach_times, default=0.0))
             renew = min(live.values()) / 1e9 + self.ttl_s - lead
             self._next_window = max(self._next_window, renew)
 
@@ -379,7 +388,7 @@ class Detector:
         self.symbols = {lib: [s for s in LAUNCH_SYMBOLS if s in got]
                         for lib, got in probed.items()}
         self._window_start = self.clock()
-        self._attach_s.append(self._window_start - begun)
+        self._attach_times.append(self._window_start - begun)
         self._next_window = begun + self.period_s
         # A sibling that ran while the probes went in could not be tagged then.
         self._waiting = {t: (s.ran_ns, 0) for t, s in self.threads_now(self._waiting).items()}

@@ -35,7 +35,12 @@ from scx_gpu.controlplane import (
 )
 from scx_gpu.controlplane.cgroups import cgroup_path
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.detector import BackgroundDetach, Detector, no_siblings
+from scx_gpu.controlplane.detector import (
+    BackgroundDetach,
+    Detector,
+    no_siblings,
+    no_threads,
+)
 from scx_gpu.controlplane.gpubudget import GpuBudget
 from scx_gpu.controlplane.placement import Placement
 from scx_gpu.controlplane.runstate import (
@@ -270,6 +275,7 @@ class Loader:
                         detaching=detach.pending,
                         siblings=siblings.siblings if threads else no_siblings,
                         threads_now=siblings.threads_now,
+                        awaited_now=siblings.threads_now if threads else no_threads,
                         site_hits=lambda: list(sched.read_stats().site_hits))
 
     def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:

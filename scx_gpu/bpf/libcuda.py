@@ -59,29 +59,37 @@ def explicit(paths: Iterable[str | Path]) -> Iterator[CudaLib]:
         yield CudaLib(path, "option")
 
 
-def from_ldconfig() -> Iterator[CudaLib]:
-    """libcuda entries in the dynamic linker cache."""
+def ldconfig_libs() -> list[CudaLib] | None:
+    """libcuda entries in the dynamic linker cache; None when `ldconfig -p` failed."""
     ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
     try:
         out = subprocess.run(
             [ldconfig, "-p"], capture_output=True, text=True, check=False, timeout=10
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return
+        return None
+    libs = []
     for line in out.splitlines():
         _, arrow, target = line.partition(" => ")
         if arrow and LIBCUDA_RE.search(target.strip()):
-            yield CudaLib(Path(target.strip()), "ldconfig")
+            libs.append(CudaLib(Path(target.strip()), "ldconfig"))
+    return libs
+
+
+def from_ldconfig() -> list[CudaLib]:
+    """ldconfig_libs(), none when it failed."""
+    return ldconfig_libs() or []
 
 
 class LinkerCache:
     """read()'s entries (`ldconfig -p`'s), read again only once the linker
-    cache file has changed: each read forks the control plane, and beside a
-    storm of runnable tasks the fork held the loader's loop for 1.5-3 s (its
-    child waits for a CPU before it can exec) and launchers' tags expired."""
+    cache file has changed or the last read failed: each read forks the
+    control plane, and beside a storm of runnable tasks the fork held the
+    loader's loop for 1.5-3 s (its child waits for a CPU before it can exec)
+    and launchers' tags expired."""
 
     def __init__(self, path: Path = LD_SO_CACHE,
-                 read: Callable[[], Iterable[CudaLib]] = from_ldconfig) -> None:
+                 read: Callable[[], list[CudaLib] | None] = ldconfig_libs) -> None:
         self.path, self.read = path, read
         self._stamp: tuple[int, int, int, int] | None = None
         self._libs: list[CudaLib] = []
@@ -89,11 +97,14 @@ class LinkerCache:
     def __call__(self) -> list[CudaLib]:
         try:
             st = self.path.stat()
-            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            stamp: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
+                                                       st.st_mtime_ns)
         except OSError:
             stamp = None  # no cache file to compare: read each time
         if stamp is None or stamp != self._stamp:
-            self._libs, self._stamp = list(self.read()), stamp
+            libs = self.read()
+            self._stamp = stamp if libs is not None else None
+            self._libs = libs if libs is not None else self._libs
         return self._libs
 
 

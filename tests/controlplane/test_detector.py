@@ -240,7 +240,8 @@ class StarvedSibling:
         return self.threads_now({8, 9, 10} - set(tagged)) if 7 in tagged else {}
 
 
-def run_starved(tmp_path: Path, threads: StarvedSibling, until: float) -> list[float]:
+def run_starved(tmp_path: Path, threads: "StarvedSibling | DemotedThread",
+                until: float) -> list[float]:
     """The detector beside these threads; the fake times at which probes were live."""
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
@@ -257,7 +258,8 @@ def run_starved(tmp_path: Path, threads: StarvedSibling, until: float) -> list[f
 
     det = Detector(attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
                    tags=lambda: dict(threads.tags), clock=lambda: probes.now,
-                   siblings=threads.siblings, threads_now=threads.threads_now, sleep=sleep)
+                   siblings=threads.siblings, threads_now=threads.threads_now,
+                   awaited_now=threads.threads_now, sleep=sleep)
     det.add_libraries([lib])
     while probes.now < until:
         det.tick()
@@ -376,48 +378,51 @@ def test_a_window_waits_until_a_preempted_sibling_could_have_launched(tmp_path):
     assert threads.first.get(9, 0.5) < 0.050, threads.first
 
 
-class DemotedThread(StarvedSibling):
+class DemotedThread:
     """Threads 7 and 8 of a launcher, both tagged in the first window. 7 launches
-    every 1 ms; 8 launches every 1 ms while it runs: until 0.1 s and from 1.8 s.
-    Between, it is runnable but waits for a CPU (over its process's gpu budget,
-    behind a storm), or asleep."""
+    every 1 ms; 8 launches every 1 ms until 0.1 s and from 1.8 s. Between, it
+    is "waiting" (runnable, not running: over its process's gpu budget, behind
+    a storm), "busy" (running, but not launching) or "asleep"."""
 
-    def __init__(self, probes: FakeProbes, runnable: bool) -> None:
-        super().__init__(probes, "runnable")
-        self.runnable, self.renewed = runnable, list[float]()
+    def __init__(self, probes: FakeProbes, between: str) -> None:
+        self.probes, self.between = probes, between
+        self.tags, self.renewed = dict[int, int](), list[float]()
 
-    def running(self) -> bool:
+    def launching(self) -> bool:
         return not 0.1 <= self.probes.now < 1.8
 
     def step(self) -> None:
         if self.probes.live:
             now_ns = int(self.probes.now * 1e9)
             self.tags[7] = now_ns
-            if self.running():
+            if self.launching():
                 self.tags[8] = now_ns
                 self.renewed.append(self.probes.now)
 
     def threads_now(self, tids) -> dict[int, Sibling]:
-        threads = {7: Sibling(0, 0, True), 8: Sibling(0, 0, self.running() or self.runnable)}
+        now = self.probes.now
+        ran8 = now if self.between == "busy" else min(now, 0.1) + max(now - 1.8, 0.0)
+        runnable8 = self.launching() or self.between != "asleep"
+        threads = {7: Sibling(int(now * 1e9), 0, True), 8: Sibling(int(ran8 * 1e9), 0, runnable8)}
         return {t: threads[t] for t in tids if t in threads}
 
     def siblings(self, tagged) -> dict[int, Sibling]:
         return {}
 
 
-@pytest.mark.parametrize("runnable", [True, False], ids=["waiting", "asleep"])
-def test_a_renewal_waits_for_a_tagged_thread_that_waits_for_a_cpu(tmp_path, runnable):
+@pytest.mark.parametrize("between", ["waiting", "busy", "asleep"])
+def test_a_renewal_waits_for_a_tagged_thread_that_waits_for_a_cpu(tmp_path, between):
     # The renewal opens at 1.5 s (the tags half way to expiry). Closed at its
-    # length (1.7 s), it left 8 to the next window, a period later (2.5 s):
-    # under a storm that one missed it too, and the tag expired.
-    threads = DemotedThread(FakeProbes(attach_s=0.0), runnable)
+    # length (1.7 s), it left a waiting 8 to the next window, a period later
+    # (2.5 s): under a storm that one missed it too, and the tag expired.
+    threads = DemotedThread(FakeProbes(attach_s=0.0), between)
     live = run_starved(tmp_path, threads, until=2.2)
     renewal, renewed = windows(live, 0.001)[1], [t for t in threads.renewed if t > 1]
     assert 1.5 <= renewal[0] < 1.52, renewal
-    if runnable:
+    if between == "waiting":
         assert renewed and 1.8 <= renewed[0] < 1.81, renewed
         assert renewal[1] < 1.8 + SETTLE_S, renewal
-    else:  # asleep: closed at its length (ASLEEP_POLLS polls later), as before
+    else:  # not short of CPU: closed at its length (a few polls later), as before
         assert not renewed, renewed
         assert renewal[1] - renewal[0] < 0.2 + (ASLEEP_POLLS + 1) * 0.001, renewal
 
@@ -483,7 +488,7 @@ def test_a_detach_returns_once_the_detaching_thread_has_begun_on_its_link():
 
 
 def test_renewals_open_early_enough_for_a_slow_attach(tmp_path):
-    # Behind a storm an attach took 1.2-1.5 s in the kernel. Opened half way to
+    # Behind a storm an attach took up to 2 s in the kernel. Opened half way to
     # expiry (1.5 s), a renewal whose probes take 1.6 s to go in comes too late.
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")

@@ -46,7 +46,8 @@ PERIOD_MS = 100  # the default quota period
 # The smallest run delay of a spinner that waits wrongly: a batch slice after each of its
 # slices (kept behind the gpu hogs at home it would be about 0.7). Half of it is the bound:
 # emulated vCPUs on 2 host cores gave a right one 0.06-0.08 (kthreads, host scheduling).
-BEHIND_BATCH = Config().batch_slice_us / (Config().slice_us + Config().batch_slice_us)
+DEFAULTS = Config()
+BEHIND_BATCH = DEFAULTS.batch_slice_us / (DEFAULTS.slice_us + DEFAULTS.batch_slice_us)
 
 
 def test_each_llc_has_its_own_queues():

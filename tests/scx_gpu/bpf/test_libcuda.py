@@ -42,14 +42,23 @@ def test_the_linker_cache_is_read_again_only_once_its_file_changed(tmp_path):
     cache, reads = tmp_path / "ld.so.cache", list[int]()
     cache.write_bytes(b"one")
     lib = libcuda.CudaLib(STUB, "ldconfig")
+    failing = [True]
 
-    def read() -> list[libcuda.CudaLib]:  # `ldconfig -p`: a fork each time
+    def read() -> list[libcuda.CudaLib] | None:  # `ldconfig -p`: a fork each time
         reads.append(1)
-        return [lib]
+        return None if failing[0] else [lib]
     linker = libcuda.LinkerCache(cache, read)
-    assert linker() == linker() == [lib] and len(reads) == 1
+    assert linker() == [] and linker() == [] and len(reads) == 2  # failed: read again
+    failing[0] = False
+    assert linker() == linker() == [lib] and len(reads) == 3
     cache.write_bytes(b"two, longer")  # ldconfig rewrote it: a driver was installed
-    assert linker() == [lib] and len(reads) == 2
+    assert linker() == [lib] and len(reads) == 4
     cache.unlink()  # nothing to compare with: read each time
-    linker(), linker()
-    assert len(reads) == 4
+    linker()
+    linker()
+    assert len(reads) == 6
+
+
+def test_rescans_list_the_linker_cache_through_its_memo():
+    scanner = libcuda.Rescanner([], 60)
+    assert isinstance(scanner._linker, libcuda.LinkerCache)
