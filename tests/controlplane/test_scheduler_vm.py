@@ -740,7 +740,7 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
     # control plane, or a detector whose detach blocks its loop, lets the
     # launcher's tags expire: it keeps 0.05-0.17. Renewals that closed at their
     # length without a demoted thread, or opened half way to expiry behind 1-2 s
-    # attaches, and a fork per rescan: 0.25-0.75 (2026-12-02); without: 0.77-0.89.
+    # attaches, and a fork per rescan: 0.25-0.75 (2026-12-02); without: 0.75-0.89.
     assert during >= 0.6 * alone, (during, alone)
 
 
