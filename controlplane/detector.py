@@ -86,6 +86,10 @@ SiteHits = Callable[[], Sequence[int]]
 # While a window is open: a renewal closes at the first poll after its
 # threads launched again, so each poll period costs a busy launcher hits.
 FAST_POLL_S = 0.001
+# While a window looks for launchers and has found none, it has no one to
+# cost hits yet: a poll each LOOK_POLL_S (under emulation each poll took the
+# control plane about 1-3 ms of a vCPU, a window's length of them a period).
+LOOK_POLL_S = 0.01
 # After a thread's first tag in a window: its siblings' first launches (any
 # thread launching 100 times a second) before the window closes.
 SETTLE_S = 0.01
@@ -272,8 +276,11 @@ class Detector:
             self.sleep(RENEWAL_POLL_S)
 
     def poll_s(self, idle_s: float) -> float:
-        """How soon tick() should run again: often while a window is open."""
-        return min(idle_s, FAST_POLL_S) if self._window_start is not None else idle_s
+        """How soon tick() should run again: often while a window is open,
+        most often once it awaits or has found launchers."""
+        if self._window_start is None:
+            return idle_s
+        return min(idle_s, FAST_POLL_S if self._awaited or self._found else LOOK_POLL_S)
 
     def _live_tags(self) -> dict[int, int]:
         now_ns = int(self.clock() * 1e9)

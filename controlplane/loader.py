@@ -370,19 +370,22 @@ class Loader:
               sample: Callable[[float], stats.Report],
               ejected: Callable[[], intf.ExitInfo | None] = lambda: None,
               step: Callable[[float], None] = lambda now: None) -> intf.ExitInfo | None:
-        """The loop of both loaders: new libcuda files probed, detection windows,
-        step(now) and a statistics line from sample every stats_interval_s,
-        until a signal (None) or ejected() returns the kernel's exit info."""
-        report = self._statistics(sample)
+        """The loop of both loaders: detection windows at the detector's pace;
+        every POLL_S new libcuda files probed and step(now); a statistics line
+        from sample every stats_interval_s; until a signal (None) or ejected()
+        returns the kernel's exit info."""
+        report, turn = self._statistics(sample), float("-inf")
         while not self.stop.is_set():
-            info = ejected()
-            if info is not None:
-                return info
             now = time.monotonic()
-            self._probe_found(scanner, detector)
+            if now - turn >= POLL_S:  # not at each of an open window's fast polls
+                turn = now
+                info = ejected()
+                if info is not None:
+                    return info
+                self._probe_found(scanner, detector)
+                step(now)
+                report(now)
             detector.tick()
-            step(now)
-            report(now)
             self.stop.wait(detector.poll_s(POLL_S))
         return None
 

@@ -10,7 +10,14 @@ import pytest
 
 from scx_gpu.bpf.libbpf import LibbpfError
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
-from scx_gpu.controlplane.detector import ASLEEP_POLLS, SETTLE_S, BackgroundDetach, Detector
+from scx_gpu.controlplane.detector import (
+    ASLEEP_POLLS,
+    FAST_POLL_S,
+    LOOK_POLL_S,
+    SETTLE_S,
+    BackgroundDetach,
+    Detector,
+)
 from scx_gpu.controlplane.siblings import Sibling
 
 
@@ -197,6 +204,30 @@ def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
         probes.now += 0.001
     assert set(tags) == set(starts)
     assert 0.058 + SETTLE_S <= live[-1] <= 0.058 + SETTLE_S + 0.003, live[-1]
+
+
+def test_a_window_polls_slowly_until_it_finds_a_launcher_then_fast(tmp_path):
+    # Each poll costs the control plane ms of a vCPU under emulation; a window
+    # looking for launchers has no one to cost hits until it finds one.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes, tags = FakeProbes(attach_s=0.0), dict[int, int]()
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(tags), clock=lambda: probes.now)
+    det.add_libraries([lib])
+    polls: list[tuple[float, float]] = []  # (when, the next poll's delay) while open
+    while probes.now < 0.5:
+        det.tick()
+        if probes.live:
+            if probes.now >= 0.05:  # thread 7 launches every ms from then on
+                tags[7] = int(probes.now * 1e9)
+            polls.append((probes.now, det.poll_s(0.1)))
+        probes.now += det.poll_s(0.1) if probes.live else 0.001
+    looking = [d for t, d in polls if t < 0.05]
+    assert looking and set(looking) == {LOOK_POLL_S}, polls
+    assert polls[-1][1] == FAST_POLL_S, polls
+    assert polls[-1][0] <= 0.05 + LOOK_POLL_S + SETTLE_S + 2 * FAST_POLL_S, polls
+    assert det.poll_s(0.1) == 0.1
 
 
 class StarvedSibling:
