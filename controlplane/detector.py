@@ -86,10 +86,14 @@ SiteHits = Callable[[], Sequence[int]]
 # While a window is open: a renewal closes at the first poll after its
 # threads launched again, so each poll period costs a busy launcher hits.
 FAST_POLL_S = 0.001
-# While a window looks for launchers and has found none, it has no one to
-# cost hits yet: a poll each LOOK_POLL_S (under emulation each poll took the
-# control plane about 1-3 ms of a vCPU, a window's length of them a period).
-LOOK_POLL_S = 0.01
+# Under emulation each poll took the control plane 1-3 ms of a vCPU, in the
+# gpu tier: a poll each SLOW_POLL_S while a window looks for launchers and
+# has found none (no one to cost hits yet), and while a renewal holds past
+# its length for a thread that waits for a CPU (at 1 ms polls the control
+# plane took that CPU itself: the storm's launcher kept 0.22 of its alone
+# throughput in 5 of 12 runs, its loader running or runnable at 25% of
+# samples against 13% in the others).
+SLOW_POLL_S = 0.01
 # After a thread's first tag in a window: its siblings' first launches (any
 # thread launching 100 times a second) before the window closes.
 SETTLE_S = 0.01
@@ -277,10 +281,12 @@ class Detector:
 
     def poll_s(self, idle_s: float) -> float:
         """How soon tick() should run again: often while a window is open,
-        most often once it awaits or has found launchers."""
+        most often while it awaits or has found launchers within its length."""
         if self._window_start is None:
             return idle_s
-        return min(idle_s, FAST_POLL_S if self._awaited or self._found else LOOK_POLL_S)
+        fast = ((self._awaited or self._found)
+                and self.clock() - self._window_start < self.window_s)
+        return min(idle_s, FAST_POLL_S if fast else SLOW_POLL_S)
 
     def _live_tags(self) -> dict[int, int]:
         now_ns = int(self.clock() * 1e9)

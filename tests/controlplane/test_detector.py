@@ -13,8 +13,8 @@ from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
 from scx_gpu.controlplane.detector import (
     ASLEEP_POLLS,
     FAST_POLL_S,
-    LOOK_POLL_S,
     SETTLE_S,
+    SLOW_POLL_S,
     BackgroundDetach,
     Detector,
 )
@@ -224,9 +224,9 @@ def test_a_window_polls_slowly_until_it_finds_a_launcher_then_fast(tmp_path):
             polls.append((probes.now, det.poll_s(0.1)))
         probes.now += det.poll_s(0.1) if probes.live else 0.001
     looking = [d for t, d in polls if t < 0.05]
-    assert looking and set(looking) == {LOOK_POLL_S}, polls
+    assert looking and set(looking) == {SLOW_POLL_S}, polls
     assert polls[-1][1] == FAST_POLL_S, polls
-    assert polls[-1][0] <= 0.05 + LOOK_POLL_S + SETTLE_S + 2 * FAST_POLL_S, polls
+    assert polls[-1][0] <= 0.05 + SLOW_POLL_S + SETTLE_S + 2 * FAST_POLL_S, polls
     assert det.poll_s(0.1) == 0.1
 
 
@@ -272,8 +272,9 @@ class StarvedSibling:
 
 
 def run_starved(tmp_path: Path, threads: "StarvedSibling | DemotedThread",
-                until: float) -> list[float]:
-    """The detector beside these threads; the fake times at which probes were live."""
+                until: float, polls: list[tuple[float, float]] | None = None) -> list[float]:
+    """The detector beside these threads; the fake times at which probes were
+    live (and in polls, the poll delay it asked for then)."""
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
     probes, live = threads.probes, list[float]()
@@ -297,6 +298,8 @@ def run_starved(tmp_path: Path, threads: "StarvedSibling | DemotedThread",
         threads.step()
         if probes.live:
             live.append(probes.now)
+            if polls is not None:
+                polls.append((probes.now, det.poll_s(0.1)))
         probes.now += 0.001
     return sorted(set(live))
 
@@ -446,13 +449,17 @@ def test_a_renewal_waits_for_a_tagged_thread_that_waits_for_a_cpu(tmp_path, betw
     # The renewal opens at 1.5 s (the tags half way to expiry). Closed at its
     # length (1.7 s), it left a waiting 8 to the next window, a period later
     # (2.5 s): under a storm that one missed it too, and the tag expired.
-    threads = DemotedThread(FakeProbes(attach_s=0.0), between)
-    live = run_starved(tmp_path, threads, until=2.2)
+    # Past its length it polls slowly: at 1 ms polls the control plane (in the
+    # gpu tier) took the CPU the thread waits for.
+    threads, polls = DemotedThread(FakeProbes(attach_s=0.0), between), list[tuple[float, float]]()
+    live = run_starved(tmp_path, threads, until=2.2, polls=polls)
     renewal, renewed = windows(live, 0.001)[1], [t for t in threads.renewed if t > 1]
     assert 1.5 <= renewal[0] < 1.52, renewal
     if between == "waiting":
         assert renewed and 1.8 <= renewed[0] < 1.81, renewed
         assert renewal[1] < 1.8 + SETTLE_S, renewal
+        held = {d for t, d in polls if renewal[0] + 0.2 < t < 1.8}
+        assert held == {SLOW_POLL_S}, held
     else:  # not short of CPU: closed at its length (a few polls later), as before
         assert not renewed, renewed
         assert renewal[1] - renewal[0] < 0.2 + (ASLEEP_POLLS + 1) * 0.001, renewal
