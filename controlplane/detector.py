@@ -30,7 +30,7 @@ thread has been tagged for the first time in it for SETTLE_S; a window that
 opened with nothing tagged looks for launchers until it finds one (then
 settles) or its length passes. While threads are tagged the next window
 opens when their tags are half way to expiry or, if sooner, ATTACH_LEAD
-times the longest attach of the last windows before the oldest expires;
+times the longest attach of the last minute before the oldest expires;
 never sooner than a period after the last. A second launch thread of a
 tagged process, waiting behind normal-tier work, would miss renewal after
 renewal: so a window also waits for each starving untagged sibling of a
@@ -51,6 +51,13 @@ a time. The share of time the probes are attached is the share of a busy
 launcher's launches they hit: a full window to find a launcher at 10,000
 launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
 
+Renewals come at best a period plus an attach apart: behind a storm of
+2,000 runnable tasks (attaches of 1-2 s) that is longer than a 3 s ttl, and
+a busy launcher's tags lapsed for seconds at a time. So a tag lives a
+period plus ATTACH_LEAD times the longest attach of the last minute when
+that is longer than the ttl, up to MAX_LIFE_STRETCH ttls; publish_life
+tells the scheduler each time it changes.
+
 What is left of a renewal is attaching and detaching: 10-40 ms each for a
 library's eight entry points under emulation, while the launcher hits the
 one it uses from the moment that one is in until it is out again. So the
@@ -59,6 +66,7 @@ link of their own; and tick awaits a renewal that waits for no starving
 sibling itself, instead of a turn of the loader's loop later.
 """
 
+import math
 import queue
 import threading
 import time
@@ -117,12 +125,20 @@ ASLEEP_POLLS = 3
 # that launches 1,000 times a second, or one whose CPU is taken for a few ms.
 RENEWAL_POLLS = 10
 RENEWAL_POLL_S = 0.0005
-# A renewal opens this many times the longest of the last ATTACHES_KEPT attaches
-# before the oldest tag expires, if that is sooner than half way (then only a
-# period after the last window): behind a storm of 2,000 runnable tasks an
-# attach waited in the kernel for up to 2 s, and tags expired while it did.
+# A renewal opens this many times the longest attach of the last
+# ATTACH_MEMORY_S before the oldest tag expires, if that is sooner than half
+# way (then only a period after the last window): behind a storm of 2,000
+# runnable tasks an attach waited in the kernel for up to 2 s, and tags
+# expired while it did. The storm's attaches vary from ms to 2 s: a memory
+# of 8 attaches forgot the slow ones within seconds.
 ATTACH_LEAD = 2
-ATTACHES_KEPT = 8
+ATTACH_MEMORY_S = 60.0
+# A tag outlives gpu_ttl by at most this factor while attaches are slow: a
+# launcher that stops leaves the gpu tier within this many ttls. The life
+# is published in LIFE_STEP_S steps (each change makes every task's tier
+# be looked up again).
+MAX_LIFE_STRETCH = 3
+LIFE_STEP_S = 0.1
 # A probe fires until its detach begins: the loader's thread waits for the
 # detaching thread to take a link over rather than keep the CPU it needs
 # (both are gpu-tier threads; on two CPUs a launcher holds the other).
@@ -210,13 +226,16 @@ class Detector:
     awaited_now: ThreadsNow = no_threads
     site_hits: SiteHits = no_site_hits
     sleep: Callable[[float], None] = time.sleep
+    # Told the life of a tag, in s, when it changes (tag_life_s).
+    publish_life: Callable[[float], None] = lambda life_s: None
+    _life_s: float = 0.0  # the life in force, last published
     _hot: list[str] = field(default_factory=list)  # entry points the last window saw hit
     _hits_at_open: Sequence[int] = ()
     _window_start: float | None = None
     _next_window: float = 0.0
     _attached_s: float = 0.0
-    # How long the last windows' probes took to go in.
-    _attach_times: deque[float] = field(default_factory=lambda: deque(maxlen=ATTACHES_KEPT))
+    # When the last ATTACH_MEMORY_S's windows opened, how long their probes took to go in.
+    _attaches: deque[tuple[float, float]] = field(default_factory=deque)
     _started: float = 0.0
     _awaited: set[int] = field(default_factory=set)  # tagged when the window opened
     _found: set[int] = field(default_factory=set)  # first tagged in this window
@@ -230,6 +249,7 @@ class Detector:
 
     def __post_init__(self) -> None:
         self._started = self.clock()
+        self._life_s = self.ttl_s
 
     def add_libraries(self, paths: Iterable[Path]) -> list[Path]:
         """Start probing new libraries at once; returns the ones that were new.
@@ -288,10 +308,24 @@ class Detector:
                 and self.clock() - self._window_start < self.window_s)
         return min(idle_s, FAST_POLL_S if fast else SLOW_POLL_S)
 
+    def tag_life_s(self) -> float:
+        """How long a launch keeps its thread tagged now."""
+        return self._life_s
+
+    def _life_needed(self) -> float:
+        """The ttl, or a period plus ATTACH_LEAD longest recent attaches, up
+        in LIFE_STEP_S, if longer; at most MAX_LIFE_STRETCH ttls."""
+        apart = self.period_s + ATTACH_LEAD * self._longest_attach()
+        stretched = math.ceil(apart / LIFE_STEP_S - 1e-9) * LIFE_STEP_S
+        return min(max(self.ttl_s, stretched), MAX_LIFE_STRETCH * self.ttl_s)
+
+    def _longest_attach(self) -> float:
+        return max((took for _, took in self._attaches), default=0.0)
+
     def _live_tags(self) -> dict[int, int]:
         now_ns = int(self.clock() * 1e9)
         return {k: seen for k, seen in self.tags().items()
-                if now_ns - seen < self.ttl_s * 1e9}
+                if now_ns - seen < self._life_s * 1e9}
 
     def _settled(self, now: float) -> bool:
         """Every thread tagged at the window's opening launched since (or is
@@ -374,12 +408,12 @@ class Detector:
 
     def _schedule_next(self) -> None:
         """Tags live: when the oldest is half way to expiry, or ATTACH_LEAD times
-        the longest time the last windows' probes took to go in before it
+        the longest time the last minute's probes took to go in before it
         expires if that is sooner; else a period on."""
         live = self._live_tags()
         if live:
-            lead = max(self.ttl_s / 2, ATTACH_LEAD * max(self._attach_times, default=0.0))
-            renew = min(live.values()) / 1e9 + self.ttl_s - lead
+            lead = max(self._life_s / 2, ATTACH_LEAD * self._longest_attach())
+            renew = min(live.values()) / 1e9 + self._life_s - lead
             self._next_window = max(self._next_window, renew)
 
     def _open_window(self) -> None:
@@ -401,10 +435,19 @@ class Detector:
         self.symbols = {lib: [s for s in LAUNCH_SYMBOLS if s in got]
                         for lib, got in probed.items()}
         self._window_start = self.clock()
-        self._attach_times.append(self._window_start - begun)
+        self._attaches.append((begun, self._window_start - begun))
+        while begun - self._attaches[0][0] > ATTACH_MEMORY_S:
+            self._attaches.popleft()
+        self._publish_life()
         self._next_window = begun + self.period_s
         # A sibling that ran while the probes went in could not be tagged then.
         self._waiting = {t: (s.ran_ns, 0) for t, s in self.threads_now(self._waiting).items()}
+
+    def _publish_life(self) -> None:
+        life = self._life_needed()
+        if life != self._life_s:
+            self._life_s = life
+            self.publish_life(life)
 
     def _attach(self, lib: Path, symbols: list[str]) -> set[str]:
         """The entry points of symbols probed in lib."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +149,7 @@ class Renicer:
     """Gives tagged threads GPU_NICE while their tag lives and their process
     is within the gpu budgets, then their own nice back."""
 
-    def __init__(self, tags_fd: int, ttl_ns: int, whole_process: bool,
+    def __init__(self, tags_fd: int, ttl_ns: Callable[[], int], whole_process: bool,
                  budget: GpuBudget) -> None:
         self.tags_fd, self.ttl_ns, self.whole_process = tags_fd, ttl_ns, whole_process
         self.budget = budget
@@ -166,7 +166,7 @@ class Renicer:
 
     def live(self) -> set[int]:
         alive: set[int] = set()
-        for key in live_gpu_tags(self.tags_fd, self.ttl_ns):
+        for key in live_gpu_tags(self.tags_fd, self.ttl_ns()):
             alive.update(self._threads(key))
         return alive
 

@@ -276,7 +276,8 @@ class Loader:
                         siblings=siblings.siblings if threads else no_siblings,
                         threads_now=siblings.threads_now,
                         awaited_now=siblings.threads_now if threads else no_threads,
-                        site_hits=lambda: list(sched.read_stats().site_hits))
+                        site_hits=lambda: list(sched.read_stats().site_hits),
+                        publish_life=lambda life_s: sched.set_tag_life(int(life_s * 1e9)))
 
     def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:
         """A step giving GPU processes and their cgroups their homes, every
@@ -286,7 +287,7 @@ class Loader:
         cpus, gpus = topology.read_cpus(), topology.read_gpus()
         override, numbers = gpu_cpus(self.config, cpus), homes.HomeNumbers()
         writer = homes.HomeMaps(sched, tuple(c.cpu for c in cpus if c.online))
-        tags_fd, ttl_ns = sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6
+        tags_fd = sched.map_fd("gpu_tags")
         cgroups = [tiers.OWN_ROOT / "gpu", *map(cgroup_path, self.config.gpu.cgroups)]
         last = float("-inf")
 
@@ -295,8 +296,8 @@ class Loader:
             if now - last < HOME_SCAN_S:
                 return
             last = now
-            pids = homes.candidates(live_gpu_tags(tags_fd, ttl_ns), self.config.gpu.pids,
-                                    cgroups)
+            live = live_gpu_tags(tags_fd, sched.read_tunables().gpu_ttl_ns)
+            pids = homes.candidates(live, self.config.gpu.pids, cgroups)
             found = homes.assign(pids, gpus, cpus, override, numbers)
             if found.describe() != writer.written.describe():
                 self.emit(f"scx-gpu: {found.describe()}")
@@ -475,7 +476,8 @@ class FallbackLoader(Loader):
                                              detector.duty_cycle(), False, self.colocation,
                                              tiers=False))))
             stack.callback(members.undo)
-            renicer = fallback.Renicer(sched.map_fd("gpu_tags"), self.config.gpu_ttl_ms * 10**6,
+            renicer = fallback.Renicer(sched.map_fd("gpu_tags"),
+                                       lambda: int(detector.tag_life_s() * 1e9),
                                        self.config.scope == "process", self._gpu_budget())
             stack.callback(renicer.restore_all)
             scanner = self._rescanner(stack)

@@ -133,6 +133,17 @@ class BpfScheduler(BpfObject):
             return True
         self.update_tunables(bump)
 
+    def set_tag_life(self, life_ns: int) -> None:
+        """How long a launch tag lives. A new generation in the same update: a
+        task's cached tier holds until its tag's expiry under the life it
+        was classified with, and a tag that lapsed under a shorter life and
+        lives under a longer one is no new tag to the probe."""
+        def change(tunables: intf.Tunables) -> bool:
+            tunables.gpu_ttl_ns = life_ns
+            tunables.tier_gen += 1
+            return True
+        self.update_tunables(change)
+
     def set_home(self, home: int, cpus: tuple[int, ...]) -> None:
         """The CPUs of home (or intf.AWAY_HOME); () leaves it unused."""
         arg = intf.HomeCpus(home=home)

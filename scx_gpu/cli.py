@@ -185,7 +185,8 @@ def _quota(value: str | None) -> int | str | None:
 @click.option("--floor-ms", type=int,
               help=f"Longest wait of a normal or batch task [{DEFAULT.floor_ms}].")
 @click.option("--gpu-ttl-ms", type=int,
-              help=f"How long a launch keeps a thread in the gpu tier [{DEFAULT.gpu_ttl_ms}].")
+              help="How long a launch keeps a thread in the gpu tier (up to 3 times"
+              f" that while probes are slow to attach) [{DEFAULT.gpu_ttl_ms}].")
 @click.option("--scope", type=str,
               help=f"Tag the launching 'thread' or 'process' [{DEFAULT.scope}].")
 @click.option("--detect-window-ms", type=int,

@@ -4,8 +4,9 @@
  *
  * Three tiers:
  *  - gpu: threads that called a CUDA launch entry point within gpu_ttl (the
- *    detect_launch uprobe tags them), or pinned there by the operator. FIFO
- *    by the time it became runnable.
+ *    detect_launch uprobe tags them; the control plane stretches gpu_ttl up
+ *    to 3 times while its probes are slow to attach), or pinned there by
+ *    the operator. FIFO by the time it became runnable.
  *    A waking gpu task takes an idle CPU, else preempts a CPU running a lower
  *    tier at once.
  *  - normal: everything else, in deadline order: deadline = the time it

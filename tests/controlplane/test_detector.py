@@ -183,17 +183,23 @@ def test_a_window_looking_for_launchers_waits_for_the_last_detach_and_a_renewal_
     assert probes.live, "a renewal waited for the detach"
 
 
-def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
-    # Nothing tagged: the window looks for launchers, and closes SETTLE_S after
-    # the last thread it found (one 8 ms after the first keeps it open), not
-    # at its length (0.2 s): at 10,000 launches a second a full window cost a
-    # launcher 1,000 hits.
+def nothing_tagged(tmp_path: Path) -> tuple[FakeProbes, dict[int, int], Detector]:
+    """Instant probes, the tags (empty: each test launches), their detector."""
     lib = tmp_path / "libcuda.so.1"
     lib.write_bytes(b"")
     probes, tags = FakeProbes(attach_s=0.0), dict[int, int]()
     det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
                    tags=lambda: dict(tags), clock=lambda: probes.now)
     det.add_libraries([lib])
+    return probes, tags, det
+
+
+def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
+    # Nothing tagged: the window looks for launchers, and closes SETTLE_S after
+    # the last thread it found (one 8 ms after the first keeps it open), not
+    # at its length (0.2 s): at 10,000 launches a second a full window cost a
+    # launcher 1,000 hits.
+    probes, tags, det = nothing_tagged(tmp_path)
     starts = {7: 0.050, 8: 0.058}  # each launches every millisecond from then on
     live = []
     while probes.now < 0.5:
@@ -209,12 +215,7 @@ def test_a_window_that_finds_launchers_closes_soon_after_the_last_one(tmp_path):
 def test_a_window_polls_slowly_until_it_finds_a_launcher_then_fast(tmp_path):
     # Each poll costs the control plane ms of a vCPU under emulation; a window
     # looking for launchers has no one to cost hits until it finds one.
-    lib = tmp_path / "libcuda.so.1"
-    lib.write_bytes(b"")
-    probes, tags = FakeProbes(attach_s=0.0), dict[int, int]()
-    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
-                   tags=lambda: dict(tags), clock=lambda: probes.now)
-    det.add_libraries([lib])
+    probes, tags, det = nothing_tagged(tmp_path)
     polls: list[tuple[float, float]] = []  # (when, the next poll's delay) while open
     while probes.now < 0.5:
         det.tick()
@@ -543,3 +544,39 @@ def test_renewals_open_early_enough_for_a_slow_attach(tmp_path):
         tags.launch()
         probes.now += 0.001
     assert 0 < oldest < 3.0, oldest
+
+
+def test_tags_outlive_renewals_that_slow_attaches_space_out_then_return_to_the_ttl(tmp_path):
+    # A period and a 2.4 s attach apart, renewals come later than a 3 s ttl
+    # allows: tags live a period plus twice the attach (5.8 s) meanwhile, at
+    # most three ttls, and the ttl again once attaches were fast for a minute.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.3)  # 8 entry points: 2.4 s
+    tags = FakeTags(probes, interval_s=0.001, ids=(7,))
+    published: list[float] = []
+    det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
+                   tags=tags, clock=lambda: probes.now, publish_life=published.append)
+    det.add_libraries([lib])
+
+    def oldest_until(until: float) -> float:
+        oldest = 0.0
+        while probes.now < until:
+            det.tick()
+            if tags.seen:
+                oldest = max(oldest, probes.now - tags.seen[7] / 1e9)
+            tags.launch()
+            probes.now += 0.001
+        return oldest
+
+    slow = oldest_until(30.0)
+    assert published == [pytest.approx(5.8)] and det.tag_life_s() == pytest.approx(5.8)
+    assert 3.0 < slow < 5.8, slow  # past the ttl, within the life published
+    probes.attach_s = 0.0
+    oldest_until(80.0)
+    assert det.tag_life_s() == pytest.approx(5.8), "forgot a slow attach within a minute"
+    oldest_until(100.0)
+    assert published[1:] == [det.tag_life_s()] == [3.0], published
+    probes.attach_s = 1.0  # 8 s attaches: capped at three ttls
+    oldest_until(130.0)
+    assert published[2:] == [det.tag_life_s()] == [9.0], published

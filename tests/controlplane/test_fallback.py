@@ -254,7 +254,7 @@ def test_the_renicer_counts_budget_demotions_and_not_expired_tags(monkeypatch):
     now = [0.0]
     budget = GpuBudget(40, 100, 2, 0.1, 0.5, runtime=ran.get, tgid=lambda tid: tid,
                        clock=lambda: now[0])
-    renicer = fallback.Renicer(-1, 0, False, budget)
+    renicer = fallback.Renicer(-1, lambda: 0, False, budget)
     tagged = {over, expired}
     monkeypatch.setattr(renicer, "live", lambda: tagged)
     try:

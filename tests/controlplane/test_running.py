@@ -80,3 +80,15 @@ def test_quota_set_is_never_overwritten_by_the_auto_quota_loop(sched, monkeypatc
         loop.close()
     assert changes, "the loop changed nothing"
     assert lost == []
+
+
+def test_a_new_tag_life_comes_with_a_new_tier_generation(sched):
+    # A task classified normal once its tag lapsed under a short life keeps
+    # that tier until the generation changes: a launch under a longer life,
+    # where the same tag is still live, is no new tag to the probe.
+    with _handle(sched) as running:
+        before = running.tunables()
+        sched.set_tag_life(5_800_000_000)
+        after = running.tunables()
+    assert after.gpu_ttl_ns == 5_800_000_000 and after.tier_gen == before.tier_gen + 1
+    assert after.batch_quota_pct == before.batch_quota_pct  # the rest as it was

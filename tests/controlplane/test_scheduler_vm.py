@@ -709,6 +709,7 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
             during = json.loads(launcher.communicate(timeout=seconds + 120)[0])["tokens_per_s"]
             normal, hogs = _spun(storm), _spun(batch)
             assert enabled(), f"the kernel ejected the scheduler:\n{log.read_text()}"
+            tag_life_ms = sc.status()["scx_gpu"]["gpu_ttl_ms"]
             switches, floors, took = (b - a for a, b in zip(before, _switches_and_floor(),
                                                              strict=True))
             events, drops = trace.drain(), trace.drops()
@@ -718,7 +719,8 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
              "batch": bounds.wait_bound_s(floor_ms, period_ms, hogs["tasks"], NPROC)}
     waits = [runnable_waits_s(events, tid) for tid in hog_threads]
     print(json.dumps({"launcher_ratio": during / alone, "normal": normal, "batch": hogs,
-                      "bound_s": bound, "switches_per_s": switches / took,
+                      "bound_s": bound, "tag_life_ms": tag_life_ms,
+                      "switches_per_s": switches / took,
                       "floor_dispatches_per_s": floors / took, "drops": drops,
                       "batch_max_runnable_wait_s": [float(w.max()) for w in waits]}))
     assert normal["ran"] == normal["tasks"] == 2000 and hogs["ran"] == hogs["tasks"]
