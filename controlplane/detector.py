@@ -96,7 +96,8 @@ SiteHits = Callable[[], Sequence[int]]
 FAST_POLL_S = 0.001
 # Under emulation each poll took the control plane 1-3 ms of a vCPU, in the
 # gpu tier: a poll each SLOW_POLL_S while a window looks for launchers and
-# has found none (no one to cost hits yet), and while a renewal holds past
+# has found none (a launcher starting then is hit for up to SLOW_POLL_S
+# before it is seen, then polled fast), and while a renewal holds past
 # its length for a thread that waits for a CPU (at 1 ms polls the control
 # plane took that CPU itself: the storm's launcher kept 0.22 of its alone
 # throughput in 5 of 12 runs, its loader running or runnable at 25% of
@@ -438,16 +439,20 @@ class Detector:
         self._attaches.append((begun, self._window_start - begun))
         while begun - self._attaches[0][0] > ATTACH_MEMORY_S:
             self._attaches.popleft()
-        self._publish_life()
+        if self._publish_life():  # tags that lapsed under the shorter one live again
+            self._awaited = set(self._live_tags())
+            self._watch(self._awaited)
         self._next_window = begun + self.period_s
         # A sibling that ran while the probes went in could not be tagged then.
         self._waiting = {t: (s.ran_ns, 0) for t, s in self.threads_now(self._waiting).items()}
 
-    def _publish_life(self) -> None:
-        life = self._life_needed()
-        if life != self._life_s:
+    def _publish_life(self) -> bool:
+        """Publish the life needed if it changed; whether it grew."""
+        life, before = self._life_needed(), self._life_s
+        if life != before:
             self._life_s = life
             self.publish_life(life)
+        return life > before
 
     def _attach(self, lib: Path, symbols: list[str]) -> set[str]:
         """The entry points of symbols probed in lib."""

@@ -277,7 +277,7 @@ class Loader:
                         threads_now=siblings.threads_now,
                         awaited_now=siblings.threads_now if threads else no_threads,
                         site_hits=lambda: list(sched.read_stats().site_hits),
-                        publish_life=lambda life_s: sched.set_tag_life(int(life_s * 1e9)))
+                        publish_life=lambda life_s: sched.set_tag_life(round(life_s * 1e9)))
 
     def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:
         """A step giving GPU processes and their cgroups their homes, every
@@ -477,7 +477,7 @@ class FallbackLoader(Loader):
                                              tiers=False))))
             stack.callback(members.undo)
             renicer = fallback.Renicer(sched.map_fd("gpu_tags"),
-                                       lambda: int(detector.tag_life_s() * 1e9),
+                                       lambda: round(detector.tag_life_s() * 1e9),
                                        self.config.scope == "process", self._gpu_budget())
             stack.callback(renicer.restore_all)
             scanner = self._rescanner(stack)

@@ -580,3 +580,19 @@ def test_tags_outlive_renewals_that_slow_attaches_space_out_then_return_to_the_t
     probes.attach_s = 1.0  # 8 s attaches: capped at three ttls
     oldest_until(130.0)
     assert published[2:] == [det.tag_life_s()] == [9.0], published
+
+
+def test_a_tag_that_a_longer_life_brings_back_is_awaited(tmp_path):
+    # Thread 7 last launched 3.2 s ago: lapsed under the 3 s ttl when the
+    # window opens, live again once its 2.4 s attach stretches the life to
+    # 5.8 s. The renewal awaits it (fast polls), not a search for launchers.
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes = FakeProbes(attach_s=0.3)
+    det = Detector(probes.attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: {7: int(-3.2e9)}, clock=lambda: probes.now,
+                   sleep=lambda s: None)
+    det.add_libraries([lib])
+    det.tick()
+    assert probes.live and det.tag_life_s() == pytest.approx(5.8)
+    assert det.poll_s(0.1) == FAST_POLL_S
