@@ -113,7 +113,7 @@ struct scx_gpu_tunables {
 	__u64 batch_period_ns;
 	__u64 floor_ns;			/* longest wait of a normal/batch task */
 	__u64 gpu_ttl_ns;		/* a launch keeps its thread in the gpu tier this long */
-	__u64 tier_gen;			/* bumped when membership maps change */
+	__u64 tier_gen;			/* bumped when membership or home maps or gpu_ttl_ns change */
 	__u32 quota_mode;		/* enum scx_gpu_quota_mode; the control plane's */
 	__u32 pad;
 };

@@ -249,8 +249,9 @@ struct task_ctx {
 	u64 run_at;
 	u64 floor_at;		/* when the floor dispatched it: switching in counts too */
 	u64 head_start;		/* runnable_at is this much earlier than the wait began */
-	u64 gen;		/* tier_generation() when classified */
+	u64 gen;		/* tier_generation(t) when classified */
 	u64 tier_until;		/* the tier holds until then (a launch tag's expiry) */
+	u64 ttl;		/* gpu_ttl_ns read before it was classified */
 	u64 comm[2];		/* the name it was classified under */
 	u64 cgroup;		/* ... and the id of its cgroup (v2) */
 	u32 policy;
@@ -702,39 +703,43 @@ static u32 task_home(struct task_struct *p, u32 tier, u64 cgroup)
 }
 
 /* What invalidates every cached tier: the control plane's and new launch tags. */
-static u64 tier_generation(void)
+static u64 tier_generation(struct scx_gpu_tunables *t)
 {
-	struct scx_gpu_tunables *t = tun();
-
 	return (t ? t->tier_gen : 0) + new_tags;
 }
 
 /*
  * @p's tier and home, classified again only when something they depend on
- * changed: the generation (membership and home maps, a new launch tag), its
- * launch tag's expiry, its name (exec), its policy, or its cgroup
- * (ops.cgroup_move).
+ * changed: the generation (membership and home maps, gpu_ttl_ns, a new
+ * launch tag), its launch tag's expiry, its name (exec), its policy, or its
+ * cgroup (ops.cgroup_move).
  */
 __scx_gpu_global u32 task_tier(struct task_struct *p __arg_trusted,
 			       struct task_ctx *tctx __arg_nonnull, u64 now)
 {
-	u64 gen = tier_generation(), until, comm[2];
+	struct scx_gpu_tunables *t = tun();
+	u64 gen = tier_generation(t), ttl = t ? t->gpu_ttl_ns : 0, until, comm[2];
 	u64 cgroup = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
 	struct scx_gpu_stats *s;
 	bool metered;
 	u32 tier;
 
-	/* ops.cgroup_move misses moves that the cpu controller does not see. */
+	/*
+	 * ops.cgroup_move misses moves that the cpu controller does not see. The
+	 * ttl too: the control plane writes it and the generation in one update,
+	 * which this CPU may see half done.
+	 */
 	__builtin_memcpy(comm, p->comm, sizeof(comm));
 	if (tctx->classified && tctx->gen == gen && (s64)(now - tctx->tier_until) < 0 &&
 	    tctx->comm[0] == comm[0] && tctx->comm[1] == comm[1] && tctx->policy == p->policy &&
-	    tctx->cgroup == cgroup)
+	    tctx->cgroup == cgroup && tctx->ttl == ttl)
 		return tctx->tier;
 	tier = classify(p, now, &until, &metered);
 	set_task_tier(tctx, tier);
 	tctx->home = task_home(p, tier, cgroup);
 	tctx->metered = metered;
 	tctx->gen = gen;
+	tctx->ttl = ttl;
 	tctx->tier_until = until;
 	tctx->comm[0] = comm[0];
 	tctx->comm[1] = comm[1];
@@ -2090,13 +2095,18 @@ static int tag_launcher(u64 site)
 	u64 now = bpf_ktime_get_ns(), *seen = bpf_map_lookup_elem(&gpu_tags, &key);
 	struct scx_gpu_tunables *t = tun();
 	struct scx_gpu_stats *s = stat();
+	bool fresh;
 
 	if (!may_tag())
 		return 0;
-	/* A new tag changes a tier: every cached tier is looked at again. */
-	if (!seen || !t || now - *seen >= t->gpu_ttl_ns)
-		__sync_fetch_and_add(&new_tags, 1);
+	/*
+	 * A new tag changes a tier: every cached tier is looked at again, after
+	 * the tag is in (a task classified between the two would keep the old).
+	 */
+	fresh = !seen || !t || now - *seen >= t->gpu_ttl_ns;
 	bpf_map_update_elem(&gpu_tags, &key, &now, BPF_ANY);
+	if (fresh)
+		__sync_fetch_and_add(&new_tags, 1);
 	if (s && site < LAUNCH_SITES)
 		s->site_hits[site]++;
 	return 0;
