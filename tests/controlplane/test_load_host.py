@@ -1,11 +1,14 @@
 """`scx-gpu load` and friends on the host kernel (no sched_ext there)."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from scx_gpu.controlplane import cgroups, intf, loader, tiers
+from scx_gpu.controlplane import cgroups, intf, loader, stats, tiers
+from scx_gpu.controlplane.config import Config
+from scx_gpu.controlplane.detector import Detector
 from tests.helpers import assert_one_line_error, scx_gpu
 
 HAS_SCX = Path("/sys/kernel/sched_ext/state").exists()
@@ -97,3 +100,34 @@ def test_gpu_allow_parses_users_ids_and_cgroups(tmp_path):
                           2, ["no such user", "needs a '/'"])
     assert_one_line_error(scx_gpu("load", "--fallback", "mainline", "--gpu-allow", "/no/such"),
                           2, ["does not exist"])
+
+
+class FastPolls(Detector):
+    """A detector whose window is always open: it asks for a tick every ms."""
+
+    ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+    def poll_s(self, idle_s: float) -> float:
+        return 0.001
+
+
+def test_the_loop_does_its_other_work_every_poll_not_at_each_fast_tick():
+    # Under emulation each turn of the other work (ejection, libcuda files,
+    # homes, statistics) cost the gpu-tier control plane 1-3 ms of a vCPU.
+    detector = FastPolls(lambda lib, symbols: ([], []), lambda link: None, 0.1, 1.0)
+    turns: list[float] = []
+    started = time.monotonic()
+
+    def ejected() -> intf.ExitInfo | None:
+        turns.append(time.monotonic())
+        return intf.ExitInfo(kind=intf.EXIT_ERROR) if turns[-1] - started > 0.35 else None
+
+    load = loader.Loader(Config(), lambda line: None, quiet=True)
+    info = load._loop(detector, None, lambda interval_s: stats.FallbackSummary(
+        0, 0, 0, 0, None, 0, 0, 0, 0), ejected=ejected)
+    assert info is not None and info.kind == intf.EXIT_ERROR
+    assert 2 <= len(turns) <= 6, turns  # every POLL_S (0.1 s) over 0.35 s
+    assert detector.ticks >= 3 * len(turns), (detector.ticks, len(turns))
