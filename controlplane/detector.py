@@ -227,8 +227,8 @@ class Detector:
     awaited_now: ThreadsNow = no_threads
     site_hits: SiteHits = no_site_hits
     sleep: Callable[[float], None] = time.sleep
-    # Told the life of a tag, in s, when it changes (tag_life_s).
-    publish_life: Callable[[float], None] = lambda life_s: None
+    # Told the life of a tag, in ns, when it changes (tag_life_ns).
+    publish_life: Callable[[int], None] = lambda life_ns: None
     _life_s: float = 0.0  # the life in force, last published
     _hot: list[str] = field(default_factory=list)  # entry points the last window saw hit
     _hits_at_open: Sequence[int] = ()
@@ -309,9 +309,9 @@ class Detector:
                 and self.clock() - self._window_start < self.window_s)
         return min(idle_s, FAST_POLL_S if fast else SLOW_POLL_S)
 
-    def tag_life_s(self) -> float:
+    def tag_life_ns(self) -> int:
         """How long a launch keeps its thread tagged now."""
-        return self._life_s
+        return round(self._life_s * 1e9)
 
     def _life_needed(self) -> float:
         """The ttl, or a period plus ATTACH_LEAD longest recent attaches, up
@@ -451,7 +451,7 @@ class Detector:
         life, before = self._life_needed(), self._life_s
         if life != before:
             self._life_s = life
-            self.publish_life(life)
+            self.publish_life(self.tag_life_ns())
         return life > before
 
     def _attach(self, lib: Path, symbols: list[str]) -> set[str]:

@@ -250,7 +250,7 @@ class Loader:
             scanner = self._rescanner(stack)
             self._announce(sched)
             info = self._loop(detector, scanner, self._tier_sample(sched, detector),
-                              ejected=self._ejected(sched), step=self._home_step(sched))
+                              ejected=self._ejected(sched), step=self._home_step(sched, detector))
         if info is None:
             self.emit("scx-gpu: detached")
             return 0
@@ -277,9 +277,9 @@ class Loader:
                         threads_now=siblings.threads_now,
                         awaited_now=siblings.threads_now if threads else no_threads,
                         site_hits=lambda: list(sched.read_stats().site_hits),
-                        publish_life=lambda life_s: sched.set_tag_life(round(life_s * 1e9)))
+                        publish_life=sched.set_tag_life)
 
-    def _home_step(self, sched: BpfScheduler) -> Callable[[float], None]:
+    def _home_step(self, sched: BpfScheduler, detector: Detector) -> Callable[[float], None]:
         """A step giving GPU processes and their cgroups their homes, every
         HOME_SCAN_S (none for the fair policy: it has no gpu tier)."""
         if self.config.policy == "fair":
@@ -296,7 +296,7 @@ class Loader:
             if now - last < HOME_SCAN_S:
                 return
             last = now
-            live = live_gpu_tags(tags_fd, sched.read_tunables().gpu_ttl_ns)
+            live = live_gpu_tags(tags_fd, detector.tag_life_ns())
             pids = homes.candidates(live, self.config.gpu.pids, cgroups)
             found = homes.assign(pids, gpus, cpus, override, numbers)
             if found.describe() != writer.written.describe():
@@ -477,7 +477,7 @@ class FallbackLoader(Loader):
                                              tiers=False))))
             stack.callback(members.undo)
             renicer = fallback.Renicer(sched.map_fd("gpu_tags"),
-                                       lambda: round(detector.tag_life_s() * 1e9),
+                                       detector.tag_life_ns,
                                        self.config.scope == "process", self._gpu_budget())
             stack.callback(renicer.restore_all)
             scanner = self._rescanner(stack)

@@ -554,7 +554,7 @@ def test_tags_outlive_renewals_that_slow_attaches_space_out_then_return_to_the_t
     lib.write_bytes(b"")
     probes = FakeProbes(attach_s=0.3)  # 8 entry points: 2.4 s
     tags = FakeTags(probes, interval_s=0.001, ids=(7,))
-    published: list[float] = []
+    published: list[int] = []
     det = Detector(probes.attach, probes.detach, window_s=0.1, period_s=1.0, ttl_s=3.0,
                    tags=tags, clock=lambda: probes.now, publish_life=published.append)
     det.add_libraries([lib])
@@ -570,16 +570,16 @@ def test_tags_outlive_renewals_that_slow_attaches_space_out_then_return_to_the_t
         return oldest
 
     slow = oldest_until(30.0)
-    assert published == [pytest.approx(5.8)] and det.tag_life_s() == pytest.approx(5.8)
+    assert published == [5_800_000_000] and det.tag_life_ns() == 5_800_000_000
     assert 3.0 < slow < 5.8, slow  # past the ttl, within the life published
     probes.attach_s = 0.0
     oldest_until(80.0)
-    assert det.tag_life_s() == pytest.approx(5.8), "forgot a slow attach within a minute"
+    assert det.tag_life_ns() == 5_800_000_000, "forgot a slow attach within a minute"
     oldest_until(100.0)
-    assert published[1:] == [det.tag_life_s()] == [3.0], published
+    assert published[1:] == [det.tag_life_ns()] == [3_000_000_000], published
     probes.attach_s = 1.0  # 8 s attaches: capped at three ttls
     oldest_until(130.0)
-    assert published[2:] == [det.tag_life_s()] == [9.0], published
+    assert published[2:] == [det.tag_life_ns()] == [9_000_000_000], published
 
 
 def test_a_tag_that_a_longer_life_brings_back_is_awaited(tmp_path):
@@ -594,5 +594,5 @@ def test_a_tag_that_a_longer_life_brings_back_is_awaited(tmp_path):
                    sleep=lambda s: None)
     det.add_libraries([lib])
     det.tick()
-    assert probes.live and det.tag_life_s() == pytest.approx(5.8)
+    assert probes.live and det.tag_life_ns() == 5_800_000_000
     assert det.poll_s(0.1) == FAST_POLL_S
