@@ -79,6 +79,7 @@ def _kernel(path: Path | None) -> "Kernel":
 
 kernel_option = click.option(
     "--kernel", "kernel_path", type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SCX_GPU_VM_KERNEL",
     help="Boot this bzImage (must have sched_ext) instead of Debian's cloud kernel.")
 
 
@@ -115,6 +116,10 @@ def vm_image_cmd() -> None:
               help="Emulate this CPU topology (S x C x T vCPUs, replacing --cpus), "
                    "with one NUMA node per socket sharing --mem equally.")
 @click.option("--mem", default="1G", show_default=True, help="Guest memory (QEMU syntax).")
+@click.option("--image", "image_path", envvar="SCX_GPU_VM_IMAGE",
+              type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Boot this guest image (from `scx-gpu vm image`) instead of building "
+                   "one: on a machine that cannot build it (no apt, no network).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds before the VM is stopped.")
 @click.option("--copy", "copies", multiple=True, metavar="SRC:DST",
@@ -124,8 +129,8 @@ def vm_image_cmd() -> None:
                    "what the guest wrote and synced).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def vm_run_cmd(kernel_path: Path | None, cpus: int, topology: str | None, mem: str,
-               timeout: float, copies: tuple[str, ...], out_dir: Path | None,
-               cmd: tuple[str, ...]) -> None:
+               image_path: Path | None, timeout: float, copies: tuple[str, ...],
+               out_dir: Path | None, cmd: tuple[str, ...]) -> None:
     """Boot the VM and run CMD as root in it; exit with CMD's status."""
     from scx_gpu.vm import image as vm_image
     from scx_gpu.vm import runner as vm_runner
@@ -141,7 +146,8 @@ def vm_run_cmd(kernel_path: Path | None, cpus: int, topology: str | None, mem: s
         vm_topology.qemu_args(topo, mem)  # bad --mem for the nodes: say so before booting
         cpus = topo.cpus
     k = _kernel(kernel_path)
-    spec = vm_runner.VmSpec(k.vmlinuz, vm_image.ensure_image(k), cpus=cpus, mem=mem,
+    image = image_path or vm_image.ensure_image(k)
+    spec = vm_runner.VmSpec(k.vmlinuz, image, cpus=cpus, mem=mem,
                             timeout=timeout, copies=parsed, out_dir=out_dir, topology=topo)
     result = vm_runner.run(cmd, spec)
     click.echo(f"scx-gpu vm: {k.version}, {result.accel}, boot {result.boot_s:.1f}s, "

@@ -181,6 +181,11 @@ def _make_disk(path: Path, tree: Path, fs_mb: int) -> None:
              "-d", str(tree), str(path), f"{fs_mb}M"], "mkfs.ext4 (guest image)")
 
 
+def write_disk(tree: Path, path: Path) -> None:
+    """A bootable guest disk at path from a root tree, with FREE_SPACE_MB to spare."""
+    _make_disk(path, tree, _tree_mb(tree) * 5 // 4 + FREE_SPACE_MB)
+
+
 def _install_headers(root: Path, debs: list[Path]) -> None:
     """The kernel's headers where bcc looks (/lib/modules/RELEASE/build), and no others."""
     for old in [*root.glob("usr/src/linux-headers-*"), *root.glob("usr/lib/modules/*")]:
@@ -278,7 +283,7 @@ def _ensure_image(images: Path, kernel: Kernel) -> Path:
         _install_project(base, files)
         partial = image.with_suffix(".partial")
         try:
-            _make_disk(partial, base, _tree_mb(base) * 5 // 4 + FREE_SPACE_MB)
+            write_disk(base, partial)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

@@ -16,10 +16,21 @@ from tests.helpers import leftovers, scx_gpu
 pytestmark = [pytest.mark.vm(host=True), pytest.mark.root]
 
 
-def test_exit_status_is_the_commands():
-    # One boot: status 0 is every other test's.
-    proc = scx_gpu("vm", "run", "--", "sh", "-c", "exit 7")
+def test_exit_status_is_the_commands_and_a_given_image_boots_without_the_cache(
+        tmp_path: Path):
+    # One boot: status 0 is every other test's. The image and kernel given by
+    # the environment (as on a machine that cannot build them) boot from an
+    # empty cache, which then holds no image; KVM's verdict is carried over.
+    image = scx_gpu("vm", "image").stdout.split("\t")[0]
+    kernel = scx_gpu("vm", "kernel").stdout.split("\t")[0]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for verdict in cache_dir().glob("kvm-broken-*"):
+        shutil.copy(verdict, cache)
+    proc = scx_gpu("vm", "run", "--", "sh", "-c", "exit 7", timeout=300, env={
+        "SCX_GPU_CACHE": str(cache), "SCX_GPU_VM_IMAGE": image, "SCX_GPU_VM_KERNEL": kernel})
     assert proc.returncode == 7, proc.stderr
+    assert not (cache / "image").exists()
     assert not leftovers(proc)
 
 
