@@ -7,8 +7,9 @@
 # in pieces that calls made back to back leave in $STASH:
 #   sh bench/vm/device.sh pack      here: .devvm/tools (QEMU and the e2fsprogs
 #                                   and zstd it runs with, their libraries,
-#                                   the firmware, the kernel, jeepney and
-#                                   pyroute2 for the host side of the tests)
+#                                   the firmware, the kernel; for the host
+#                                   side of the tests jeepney, pyroute2 and
+#                                   the workload programs)
 #                                   and .devvm/part1, part2, ... (a slim guest
 #                                   image: the CI image less bcc, clang and
 #                                   headers, xz-compressed, split); one call
@@ -20,6 +21,7 @@
 #     domains                       the topology and domain vm tests
 #     scaling                       bench wakeup at 2, 4 and 8 vCPUs
 #     core                          the core vm tests on 2 sockets
+#                                   (STEPS="domains core" picks some)
 #   sh bench/vm/device.sh wait SECS there: until the chain ends or SECS passed,
 #                                   then what it has so far into $OUT/devvm.tar.gz
 # Results for docs/results/vm/device/.
@@ -55,6 +57,7 @@ pack() {
 		cp -r "$(.venv/bin/python -c "import $mod, os; print(os.path.dirname($mod.__file__))")" \
 			"$tools/py/"
 	done
+	cp -r scx_gpu/workloads/bin "$tools/programs"
 	mkdir "$PACK/tools"
 	tar -C "$PACK/stage" -cf - tools | xz -T0 -6 >"$PACK/tools/tools.tar.xz"
 	rm -rf "$PACK/stage"
@@ -126,6 +129,8 @@ env_there() {
 	export SCX_GPU_CACHE="$STASH/cache" PYTHONUNBUFFERED=1 TMPDIR=$STASH/tmp
 	mkdir -p "$RESULTS" "$SCX_GPU_CACHE" "$TMPDIR"
 	cd "$ROOT"
+	# The tests name the programs when they are collected (built here, not tracked).
+	[ -e scx_gpu/workloads/bin ] || cp -r "$STASH/tools/programs" scx_gpu/workloads/bin
 }
 
 vm_tests() {  # NAME, then pytest's arguments
@@ -152,7 +157,7 @@ scaling() {
 }
 
 chain() {
-	for step in domains scaling core; do
+	for step in ${STEPS:-domains scaling core}; do
 		echo "$(date +%T) $step" >>"$STASH/chain.log"
 		sh "$ROOT/bench/vm/device.sh" "$step" || echo "$(date +%T) $step: exit $?" >>"$STASH/chain.log"
 	done

@@ -744,10 +744,10 @@ def test_task_storm_starves_nobody_and_spares_the_launcher():
     # length without a demoted thread, or opened half way to expiry behind 1-2 s
     # attaches, and a fork per rescan: 0.25-0.75 (2026-12-02); without: 0.75-0.89,
     # and 0.47-0.98 in 6 runs (2026-12-03: a tag lapsed behind a 3 s attach).
-    # Tags that outlive slow attaches, held renewals polled every 10 ms: 0.91-0.99
-    # in 6 runs over 2 boots
-    # (with 1 ms polls the control plane took the held thread's CPU: 0.17-0.23).
-    assert during >= 0.6 * alone, (during, alone)
+    # Tags that outlive slow attaches, held renewals polled every 10 ms: 0.90-0.99
+    # in 7 runs over 3 boots, 0.955 on 8 vCPUs of 16 real cores (with 1 ms polls
+    # the control plane took the held thread's CPU: 0.17-0.23).
+    assert during >= 0.8 * alone, (during, alone)
 
 
 def _spinning_threads(proc: subprocess.Popen[str]) -> int:
