@@ -51,6 +51,15 @@ a time. The share of time the probes are attached is the share of a busy
 launcher's launches they hit: a full window to find a launcher at 10,000
 launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
 
+A window that looked for launchers and whose probes nothing called in its
+length stands: its probes stay in (a probe that nothing calls costs
+nothing) until something calls one, and then it is a window that looks for
+launchers from that moment. Attaching and detaching a library's probes
+every period cost an idle gpu-first control plane 7% of a vCPU under
+emulation, in the gpu tier. A call that tags nothing (a process that
+--gpu-allow leaves out) counts as one too (the probes count every trap): so
+a process that may not be tagged is trapped in windows only, as before.
+
 Renewals come at best a period plus an attach apart: behind a storm of
 2,000 runnable tasks (attaches of 1-2 s) that is longer than a 3 s ttl, and
 a busy launcher's tags lapsed for seconds at a time. So a tag lives a
@@ -230,6 +239,7 @@ class Detector:
     # Told the life of a tag, in ns, when it changes (tag_life_ns).
     publish_life: Callable[[int], None] = lambda life_ns: None
     _life_s: float = 0.0  # the life in force, last published
+    _standing: bool = False  # a quiet window's probes left in, no window open
     _hot: list[str] = field(default_factory=list)  # entry points the last window saw hit
     _hits_at_open: Sequence[int] = ()
     _window_start: float | None = None
@@ -276,8 +286,15 @@ class Detector:
     def tick(self) -> None:
         """Open or close the attach window as the duty cycle says."""
         now = self.clock()
+        if self._standing:
+            if self._called():
+                self._standing, self._window_start = False, now
+            return
         if self._window_start is not None:
             if now - self._window_start >= self.window_s:
+                if self._quiet():
+                    self._stand(now)
+                    return
                 done = not self._holding()
             else:
                 done = self._settled(now)
@@ -349,6 +366,23 @@ class Detector:
         if self._last_news is not None:
             return now - self._last_news >= SETTLE_S
         return bool(self._awaited)
+
+    def _called(self) -> bool:
+        """The probes counted a call since the window opened (False without counts)."""
+        hits = self.site_hits()
+        return len(hits) == len(self._hits_at_open) == len(LAUNCH_SYMBOLS) and \
+            list(hits) != list(self._hits_at_open)
+
+    def _quiet(self) -> bool:
+        """A window that looks for launchers, and nothing called its probes."""
+        counted = len(self._hits_at_open) == len(LAUNCH_SYMBOLS)
+        return counted and not (self._awaited or self._found or self._called())
+
+    def _stand(self, now: float) -> None:
+        """Leave the probes in with no window open (not counted as attached time)."""
+        assert self._window_start is not None
+        self._attached_s += now - self._window_start
+        self._window_start, self._standing = None, True
 
     def _holding(self) -> bool:
         """A thread awaited since the window opened, its tag still live, has not
@@ -469,6 +503,7 @@ class Detector:
         for link in reversed(self._links):
             self.detach(link)
         self._links.clear()
+        self._standing = False
         self._note_hot()
         if self._window_start is not None:
             self._attached_s += self.clock() - self._window_start
@@ -489,7 +524,8 @@ class Detector:
         self._hot = hot or self._hot
 
     def duty_cycle(self) -> float:
-        """Share of wall time the probes were attached (a full window) since start."""
+        """Share of wall time a window was open (a full window) since start;
+        probes standing with nothing calling them do not count."""
         now = self.clock()
         open_s = now - self._window_start if self._window_start is not None else 0.0
         elapsed = now - self._started

@@ -2097,6 +2097,10 @@ static int tag_launcher(u64 site)
 	struct scx_gpu_stats *s = stat();
 	bool fresh;
 
+	/* Every trap counts, tagged or not: the control plane keeps probes in
+	 * while no one calls them, and must see the calls it would not tag. */
+	if (s && site < LAUNCH_SITES)
+		s->site_hits[site]++;
 	if (!may_tag())
 		return 0;
 	/*
@@ -2107,8 +2111,6 @@ static int tag_launcher(u64 site)
 	bpf_map_update_elem(&gpu_tags, &key, &now, BPF_ANY);
 	if (fresh)
 		__sync_fetch_and_add(&new_tags, 1);
-	if (s && site < LAUNCH_SITES)
-		s->site_hits[site]++;
 	return 0;
 }
 

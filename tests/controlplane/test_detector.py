@@ -231,6 +231,63 @@ def test_a_window_polls_slowly_until_it_finds_a_launcher_then_fast(tmp_path):
     assert det.poll_s(0.1) == 0.1
 
 
+def counted(tmp_path: Path) -> tuple[FakeProbes, dict[int, int], list[int], list[float], Detector]:
+    """Instant probes, the tags, the probes' counts of calls, when each window's
+    probes went in, and their detector."""
+    lib = tmp_path / "libcuda.so.1"
+    lib.write_bytes(b"")
+    probes, tags, hits, attached = FakeProbes(attach_s=0.0), dict[int, int](), [0] * 8, []
+
+    def attach(lib: Path, symbols: list[str]) -> tuple[list[int], list[str]]:
+        attached.append(probes.now)
+        return probes.attach(lib, symbols)
+
+    det = Detector(attach, probes.detach, window_s=0.2, period_s=1.0, ttl_s=3.0,
+                   tags=lambda: dict(tags), clock=lambda: probes.now,
+                   site_hits=lambda: list(hits), sleep=lambda s: None)
+    det.add_libraries([lib])
+    return probes, tags, hits, attached, det
+
+
+def test_probes_that_nothing_calls_stay_in_until_a_launcher_calls_them(tmp_path):
+    # Attaching and detaching every period cost an idle control plane 7% of a
+    # vCPU under emulation; a probe that nothing calls costs nothing.
+    probes, tags, hits, attached, det = counted(tmp_path)
+    run(det, probes, until=5.0)
+    assert attached == [0.0] and probes.live, "a quiet window's probes went out"
+    assert det.duty_cycle() == pytest.approx(0.2 / 5.0, abs=0.01)
+    assert det.poll_s(0.1) == 0.1
+    while probes.now < 5.5:  # thread 7 launches every 1 ms from 5.05 s
+        if probes.now >= 5.05:
+            tags[7], hits[1] = int(probes.now * 1e9), hits[1] + 1
+        det.tick()
+        if not probes.live:
+            break
+        probes.now += det.poll_s(0.1)
+    # Seen at the next idle poll, found at the next slow one, then settled.
+    assert 7 in tags and not probes.live, "the window did not close once it found thread 7"
+    assert probes.now <= 5.05 + 0.1 + SLOW_POLL_S + SETTLE_S + 0.003, probes.now
+    run(det, probes, until=7.0)
+    renewal = tags[7] / 1e9 + 1.5  # half way to expiry (ttl 3 s)
+    assert {round(t, 2) for t in attached[1:]} == {round(renewal, 2)}, (attached, renewal)
+
+
+def test_calls_that_tag_nothing_keep_the_probes_to_windows(tmp_path):
+    # A process that --gpu-allow leaves out calls the probes and is not tagged:
+    # standing probes would trap its every launch.
+    probes, tags, hits, attached, det = counted(tmp_path)
+    run(det, probes, until=0.5)  # quiet: the probes stand
+    while probes.now < 4.0:
+        hits[0] += 1  # it launches every 10 ms, never tagged
+        det.tick()
+        probes.now += 0.01
+    # Called at 0.5 s: a window from then to its length; then one a period.
+    assert not tags
+    assert sorted({round(t, 1) for t in attached}) == [0.0, 1.0, 2.0, 3.0], attached
+    assert not probes.live
+    assert det.duty_cycle() == pytest.approx(5 * 0.2 / 4.0, abs=0.02)
+
+
 class StarvedSibling:
     """Thread 7 launches every 1 ms. Thread 9 of its process, behind normal-tier
     hogs, runs 20-25 ms into every 50 ms, launching then, and waits for a CPU

@@ -336,6 +336,21 @@ def test_gpu_allow_limits_who_may_be_tagged():
                 proc.wait()
 
 
+def test_a_launcher_that_may_not_be_tagged_is_trapped_in_windows_only():
+    # The probes stand while nothing calls them (an idle node pays nothing);
+    # a launcher that --gpu-allow leaves out calls them without being tagged:
+    # windows come back, and it is trapped for their share of the time only.
+    with sc.loaded("--gpu-allow", "65534"):
+        before = sc.status()["scx_gpu"]["totals"]["detector_hits"]
+        run = subprocess.run([str(LAUNCHER), "--cuda-lib", str(STUB), "--duration", "10",
+                              "--work-us", "100"], capture_output=True, text=True, check=True)
+        hits = sc.status()["scx_gpu"]["totals"]["detector_hits"] - before
+        assert not sc.status()["scx_gpu"]["gpu_tagged_ids"]
+    launches = json.loads(run.stdout)["launches"]
+    print(json.dumps({"launches": launches, "hits": hits}))
+    assert 0 < hits < 0.5 * launches, (hits, launches)
+
+
 def _start_loader(log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=out,
