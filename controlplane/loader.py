@@ -276,7 +276,7 @@ class Loader:
                         siblings=siblings.siblings if threads else no_siblings,
                         threads_now=siblings.threads_now,
                         awaited_now=siblings.threads_now if threads else no_threads,
-                        site_hits=lambda: list(sched.read_stats().site_hits),
+                        site_hits=sched.read_site_hits,
                         publish_life=sched.set_tag_life)
 
     def _home_step(self, sched: BpfScheduler, detector: Detector) -> Callable[[float], None]:

@@ -112,6 +112,15 @@ class BpfScheduler(BpfObject):
     def read_stats(self) -> intf.Stats:
         return sum_stats(maps.lookup_percpu(self.map_fd("stats"), ZERO, intf.Stats, self.ncpus))
 
+    def read_site_hits(self) -> list[int]:
+        """read_stats().site_hits at a tenth of the cost: the detector reads them
+        at every poll while its probes stand."""
+        raw, stride = maps.read_percpu(self.map_fd("stats"), ZERO, ctypes.sizeof(intf.Stats),
+                                       self.ncpus)
+        field, offset = c_uint64 * intf.LAUNCH_SITES, intf.Stats.site_hits.offset
+        per_cpu = (field.from_buffer_copy(raw, i * stride + offset) for i in range(self.ncpus))
+        return [sum(hits) for hits in zip(*per_cpu, strict=True)]
+
     def exit_info(self) -> intf.ExitInfo:
         """The kernel's exit record as the scheduler's exit callback copied it."""
         bss = self._map(".bss")

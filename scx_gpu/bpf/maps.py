@@ -35,13 +35,20 @@ def lookup(fd: int, key: ctypes._CData, value_type: type[T]) -> T | None:
     return value
 
 
-def lookup_percpu(fd: int, key: ctypes._CData, value_type: type[T], ncpus: int) -> list[T]:
-    """One value per possible CPU (each padded to 8 bytes, as the kernel lays them out)."""
-    stride = (ctypes.sizeof(value_type) + 7) & ~7
+def read_percpu(fd: int, key: ctypes._CData, value_size: int, ncpus: int) -> tuple[bytes, int]:
+    """Every possible CPU's value, raw, and the stride between them (each value is
+    padded to 8 bytes, as the kernel lays them out)."""
+    stride = (value_size + 7) & ~7
     buf = ctypes.create_string_buffer(stride * ncpus)
     libbpf.check(libbpf.lib().bpf_map_lookup_elem(fd, ctypes.byref(key), buf),
                  "bpf_map_lookup_elem (per-CPU)")
-    return [value_type.from_buffer_copy(buf.raw, i * stride)  # type: ignore[misc]
+    return buf.raw, stride
+
+
+def lookup_percpu(fd: int, key: ctypes._CData, value_type: type[T], ncpus: int) -> list[T]:
+    """One value per possible CPU."""
+    raw, stride = read_percpu(fd, key, ctypes.sizeof(value_type), ncpus)
+    return [value_type.from_buffer_copy(raw, i * stride)  # type: ignore[misc]
             for i in range(ncpus)]
 
 
