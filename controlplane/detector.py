@@ -54,11 +54,14 @@ launches a second cost it 1,000 hits, 1.5% of a 6.5 s bench run.
 A window that looked for launchers and whose probes nothing called in its
 length stands: its probes stay in (a probe that nothing calls costs
 nothing) until something calls one, and then it is a window that looks for
-launchers from that moment. Attaching and detaching a library's probes
-every period cost an idle gpu-first control plane 7% of a vCPU under
-emulation, in the gpu tier. A call that tags nothing (a process that
---gpu-allow leaves out) counts as one too (the probes count every trap): so
-a process that may not be tagged is trapped in windows only, as before.
+launchers from the last poll that saw no call, the next a period later.
+Attaching and detaching a library's probes every period cost an idle
+gpu-first control plane 7% of a vCPU under emulation, in the gpu tier. A
+call that tags nothing (a process that --gpu-allow leaves out) counts as
+one too (the probes count every trap): so a process that may not be tagged
+is trapped from its first call to the next poll, then in windows only, as
+before. A window whose probes did not all go in does not stand (nothing
+could call them): it is tried again a period later.
 
 Renewals come at best a period plus an attach apart: behind a storm of
 2,000 runnable tasks (attaches of 1-2 s) that is longer than a 3 s ttl, and
@@ -240,6 +243,7 @@ class Detector:
     publish_life: Callable[[int], None] = lambda life_ns: None
     _life_s: float = 0.0  # the life in force, last published
     _standing: bool = False  # a quiet window's probes left in, no window open
+    _last_poll: float = 0.0  # while standing: the last tick that found no call
     _hot: list[str] = field(default_factory=list)  # entry points the last window saw hit
     _hits_at_open: Sequence[int] = ()
     _window_start: float | None = None
@@ -287,8 +291,7 @@ class Detector:
         """Open or close the attach window as the duty cycle says."""
         now = self.clock()
         if self._standing:
-            if self._called():
-                self._standing, self._window_start = False, now
+            self._stand_on(now)
             return
         if self._window_start is not None:
             if now - self._window_start >= self.window_s:
@@ -374,15 +377,30 @@ class Detector:
             list(hits) != list(self._hits_at_open)
 
     def _quiet(self) -> bool:
-        """A window that looks for launchers, and nothing called its probes."""
+        """A window that looks for launchers, every library's probes in (one
+        that failed to attach is tried again next period), and nothing called
+        them."""
         counted = len(self._hits_at_open) == len(LAUNCH_SYMBOLS)
-        return counted and not (self._awaited or self._found or self._called())
+        probed = bool(self._links) and all(self.symbols.get(lib) for lib in self.libraries)
+        return counted and probed and not (self._awaited or self._found or self._called())
 
     def _stand(self, now: float) -> None:
         """Leave the probes in with no window open (not counted as attached time)."""
         assert self._window_start is not None
         self._attached_s += now - self._window_start
-        self._window_start, self._standing = None, True
+        self._window_start, self._standing, self._last_poll = None, True, now
+
+    def _stand_on(self, now: float) -> None:
+        """A call ends the standing: a window from the last poll that saw none
+        (a launcher's launches since then are its finds), the next a period on.
+        Else the attaches' memory ages, and the life with it."""
+        if self._called():
+            self._standing, self._window_start = False, self._last_poll
+            self._next_window = now + self.period_s
+            return
+        self._last_poll = now
+        self._forget_attaches(now)
+        self._publish_life()
 
     def _holding(self) -> bool:
         """A thread awaited since the window opened, its tag still live, has not
@@ -471,14 +489,17 @@ class Detector:
                         for lib, got in probed.items()}
         self._window_start = self.clock()
         self._attaches.append((begun, self._window_start - begun))
-        while begun - self._attaches[0][0] > ATTACH_MEMORY_S:
-            self._attaches.popleft()
+        self._forget_attaches(begun)
         if self._publish_life():  # tags that lapsed under the shorter one live again
             self._awaited = set(self._live_tags())
             self._watch(self._awaited)
         self._next_window = begun + self.period_s
         # A sibling that ran while the probes went in could not be tagged then.
         self._waiting = {t: (s.ran_ns, 0) for t, s in self.threads_now(self._waiting).items()}
+
+    def _forget_attaches(self, now: float) -> None:
+        while self._attaches and now - self._attaches[0][0] > ATTACH_MEMORY_S:
+            self._attaches.popleft()
 
     def _publish_life(self) -> bool:
         """Publish the life needed if it changed; whether it grew."""

@@ -66,7 +66,8 @@ def render(snap: Snapshot) -> str:
          snap.quota_pct / 100),
         ("scx_gpu_detector_hits_total", "counter", "Launch-probe hits",
          snap.stats.detector_hits),
-        ("scx_gpu_detector_duty_cycle_ratio", "gauge", "Share of time the probes are attached",
+        ("scx_gpu_detector_duty_cycle_ratio", "gauge",
+         "Share of time a detection window was open (not probes standing unused)",
          snap.duty_cycle),
         ("scx_gpu_enabled", "gauge", "1 while sched_ext runs scx_gpu", int(snap.enabled)),
     ]

@@ -276,16 +276,29 @@ def test_calls_that_tag_nothing_keep_the_probes_to_windows(tmp_path):
     # A process that --gpu-allow leaves out calls the probes and is not tagged:
     # standing probes would trap its every launch.
     probes, tags, hits, attached, det = counted(tmp_path)
-    run(det, probes, until=0.5)  # quiet: the probes stand
-    while probes.now < 4.0:
-        hits[0] += 1  # it launches every 10 ms, never tagged
+    run(det, probes, until=2.5)  # quiet: the probes stand
+    while probes.now < 6.0:
+        hits[0] += 1  # it launches every 10 ms from 2.5 s, never tagged
         det.tick()
         probes.now += 0.01
-    # Called at 0.5 s: a window from then to its length; then one a period.
+    # Called at 2.5 s: a window from the poll before to its length; then one
+    # a period after the call, not at once for the period that stood.
     assert not tags
-    assert sorted({round(t, 1) for t in attached}) == [0.0, 1.0, 2.0, 3.0], attached
+    assert sorted({round(t, 1) for t in attached}) == [0.0, 3.5, 4.5, 5.5], attached
     assert not probes.live
-    assert det.duty_cycle() == pytest.approx(5 * 0.2 / 4.0, abs=0.02)
+    assert det.duty_cycle() == pytest.approx(5 * 0.2 / 6.0, abs=0.02)
+
+
+def test_a_window_whose_probes_did_not_go_in_does_not_stand(tmp_path):
+    # Nothing can call probes that are not in: such a window would stand blind.
+    probes, _, _, attached, det = counted(tmp_path)
+    probes.missing = tuple(LAUNCH_SYMBOLS)  # this period's attach fails
+    run(det, probes, until=0.5)
+    assert not probes.live
+    probes.missing = ()
+    run(det, probes, until=3.0)
+    assert sorted({round(t, 1) for t in attached}) == [0.0, 1.0], attached
+    assert probes.live, "the window after the failed one did not stand"
 
 
 class StarvedSibling:
@@ -653,3 +666,14 @@ def test_a_tag_that_a_longer_life_brings_back_is_awaited(tmp_path):
     det.tick()
     assert probes.live and det.tag_life_ns() == 5_800_000_000
     assert det.poll_s(0.1) == FAST_POLL_S
+
+
+def test_standing_probes_let_a_slow_attach_be_forgotten(tmp_path):
+    # The life a slow attach stretched returns to the ttl a minute later, also
+    # while no window opens to notice.
+    probes, _, _, attached, det = counted(tmp_path)
+    probes.attach_s = 0.3  # 8 entry points: 2.4 s, the ttl is 3 s
+    run(det, probes, until=3.0)
+    assert probes.live and det.tag_life_ns() == round(5.8e9)  # a period + 2 x 2.4 s
+    run(det, probes, until=64.0, step=0.1)
+    assert attached == [0.0] and det.tag_life_ns() == round(3e9)

@@ -341,6 +341,8 @@ def test_a_launcher_that_may_not_be_tagged_is_trapped_in_windows_only():
     # a launcher that --gpu-allow leaves out calls them without being tagged:
     # windows come back, and it is trapped for their share of the time only.
     with sc.loaded("--gpu-allow", "65534"):
+        # The first window (0.1 s) found no one: its probes stand by now.
+        time.sleep(2)
         before = sc.status()["scx_gpu"]["totals"]["detector_hits"]
         run = subprocess.run([str(LAUNCHER), "--cuda-lib", str(STUB), "--duration", "10",
                               "--work-us", "100"], capture_output=True, text=True, check=True)
@@ -348,7 +350,8 @@ def test_a_launcher_that_may_not_be_tagged_is_trapped_in_windows_only():
         assert not sc.status()["scx_gpu"]["gpu_tagged_ids"]
     launches = json.loads(run.stdout)["launches"]
     print(json.dumps({"launches": launches, "hits": hits}))
-    assert 0 < hits < 0.5 * launches, (hits, launches)
+    # Windows of 0.1 s a second: 0.11 in the run of 2026-12-03.
+    assert 0 < hits < 0.3 * launches, (hits, launches)
 
 
 def _start_loader(log: Path) -> subprocess.Popen[bytes]:
