@@ -354,6 +354,32 @@ def test_a_launcher_that_may_not_be_tagged_is_trapped_in_windows_only():
     assert 0 < hits < 0.3 * launches, (hits, launches)
 
 
+def test_a_launcher_starting_on_an_idle_node_is_seen_at_its_first_launch():
+    # With nothing tagged, the probes stand once a window has found no one:
+    # a single launch is trapped whenever it comes, not only in a window (10%
+    # of the time: all of 3 such launches would be seen once in 1,000 runs).
+    def hits() -> int:
+        return int(sc.status()["scx_gpu"]["totals"]["detector_hits"])
+
+    def untagged() -> bool:
+        return not sc.status()["scx_gpu"]["gpu_tagged_ids"]
+
+    once = [str(LAUNCHER), "--cuda-lib", str(STUB), "--threads", "1", "--api", "kernel"]
+    with sc.loaded():
+        # The stub is probed once a process maps it (the rescan finds it there).
+        subprocess.run([*once, "--duration", "3"], stdout=subprocess.DEVNULL, check=True)
+        for _ in range(3):
+            sc.wait_for(untagged, 30, "the tags to die with their threads")
+            time.sleep(2)  # a period and a window: the search finds no one, and stands
+            before = hits()
+            # One launch, then 0.1 s of work past the run's 0.05 s: one token.
+            run = subprocess.run([*once, "--duration", "0.05", "--launches", "1",
+                                  "--work-us", "100000"],
+                                 capture_output=True, text=True, check=True)
+            assert json.loads(run.stdout)["launches"] == 1, run.stdout
+            assert hits() > before, "a single launch on an idle node went unseen"
+
+
 def _start_loader(log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         proc = subprocess.Popen([*sc.SCX_GPU, "load", "--quiet"], stdout=out,
