@@ -59,8 +59,13 @@
  *    HZ=250), plus s per kthread queued ahead of it and the slices of gpu
  *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
  *    the CPU; the kernel work that waits for kthreads (RCU grace periods,
- *    work flushed on every CPU, journal commits) waits as long. A kthread
- *    takes at most 5 ms per wake-up ahead of the tiers.
+ *    work flushed on every CPU, journal commits) waits as long. A higher
+ *    class taking the CPU meanwhile (a stop or RT task) sends it back there
+ *    when pinned to that CPU, else to floor service on any CPU, as having
+ *    waited F. A kthread takes at most 5 ms per wake-up ahead of the tiers.
+ *  - higher classes: a task that a stop or RT task preempts resumes with
+ *    what was left of its slice, so however often they take a CPU, its
+ *    local queue and the tiers get their turn once that slice is used.
  *  - across domains: a gpu task waiting in any domain runs before any CPU
  *    it may use starts a normal or batch slice (dispatch takes it first,
  *    from any domain); a waking one claims batch (then normal) on its
@@ -261,6 +266,7 @@ struct task_ctx {
 	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 	u64 kthread_woke_ns;	/* a kthread's CPU time when it last woke */
+	u64 slice_left;		/* of a run a higher class cut short; 0: none */
 };
 
 struct {
@@ -1011,23 +1017,34 @@ static void count_preemption(u32 tier)
  * keep the CPUs busy, each waited for floor service (F), and so did every
  * task waiting on them: a launch probe's detach took 1-2.4 s while the
  * launcher ran, its probes firing all along; a grace period 1-4 s. So a
- * kthread goes to its CPU's local queue, in slices of s, until it has run
- * KTHREAD_BURST_NS since it woke; then it queues in the normal tier like any
- * task. Without that bound two busy kthreads on a CPU would take turns there
- * for good, dispatch never running (a user can keep ksoftirqd and a kworker
- * busy). Re-queued after losing its CPU to a higher class, it goes through
- * the normal tier: another CPU may take it.
+ * kthread that has run less than KTHREAD_BURST_NS since it woke
+ * (gpu_runnable() notes when, whichever callback queues the wake-up) goes
+ * to its CPU's local queue, in slices of s; after that it queues in the
+ * normal tier like any task. Without that bound two busy kthreads on a CPU
+ * would take turns there for good, dispatch never running (a user can keep
+ * ksoftirqd and a kworker busy).
  */
-static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier, u64 enq_flags)
+static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier)
 {
-	u64 ran = p->se.sum_exec_runtime;
-
-	if (!(p->flags & PF_KTHREAD) || !tctx || tier != TIER_NORMAL || fair_only ||
-	    (enq_flags & SCX_ENQ_REENQ))
+	if (!(p->flags & PF_KTHREAD) || !tctx || tier != TIER_NORMAL || fair_only)
 		return false;
-	if (enq_flags & SCX_ENQ_WAKEUP)
-		tctx->kthread_woke_ns = ran;
-	return ran - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
+	return p->se.sum_exec_runtime - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
+}
+
+/*
+ * Count @p's wait as having lasted floor_ns already (its real start stays
+ * in head_start): floor service runs it next, after only those of its tier
+ * that have waited floor_ns. The time it became runnable is returned.
+ */
+static u64 floor_due(struct task_ctx *tctx, u64 since, u64 now)
+{
+	struct scx_gpu_tunables *t = tun();
+
+	tctx->head_start = 0;
+	if (!t || now <= t->floor_ns || since <= now - t->floor_ns)
+		return since;
+	tctx->head_start = since - (now - t->floor_ns);
+	return now - t->floor_ns;
 }
 
 /* When @p became runnable: each tier's queue is in this order (normal's plus its lag). */
@@ -1131,6 +1148,24 @@ static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 
 	}
 }
 
+/*
+ * A kthread in its burst. A higher class that takes a CPU (a stop task: the
+ * soft-lockup watchdog every 4 s, an affinity change; an RT task) queues
+ * what waits in its local queue again (gpu_cpu_release()). Pinned there, a
+ * kthread goes back and runs when the CPU comes back; else any CPU it may use
+ * takes it from the normal tier as due for floor service: queued there as a
+ * fresh wait, it waited F behind the gpu tier (1-2 s for a kworker flush).
+ */
+static void queue_kthread(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags, u64 now)
+{
+	if (!(enq_flags & SCX_ENQ_REENQ) || pinned_cpu(p) >= 0) {
+		dsq_insert(p, SCX_DSQ_LOCAL, MIN_SLICE_NS, enq_flags);
+		return;
+	}
+	tctx->runnable_at = floor_due(tctx, runnable_since(tctx, now) + tctx->head_start, now);
+	queue_normal_task(p, tctx, enq_flags, now);
+}
+
 __scx_gpu_global bool tier_waiting(u32 tier, s32 cpu);
 static bool batch_may_run(s32 cpu);
 
@@ -1224,9 +1259,11 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	bool metered;
 	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
+	if (tctx)
+		tctx->slice_left = 0;
 	/* The CPU takes its local queue when the running slice ends. */
-	if (kthread_burst(p, tctx, tier, enq_flags))
-		dsq_insert(p, SCX_DSQ_LOCAL, MIN_SLICE_NS, enq_flags);
+	if (kthread_burst(p, tctx, tier))
+		queue_kthread(p, tctx, enq_flags, now);
 	else if (tier == TIER_GPU)
 		queue_gpu_task(p, tctx, enq_flags, now);
 	else if (tier == TIER_BATCH)
@@ -1634,11 +1671,16 @@ void BPF_STRUCT_OPS(gpu_runnable, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
 
+	if (!tctx)
+		return;
 	/* Kept when a queued task is dequeued and enqueued again (affinity, nice, cgroup). */
-	if (tctx && !tctx->runnable_at) {
+	if (!tctx->runnable_at) {
 		tctx->runnable_at = bpf_ktime_get_ns();
 		tctx->head_start = 0;
 	}
+	/* Here, not in gpu_enqueue(): gpu_select_cpu() may queue the wake-up itself. */
+	if ((p->flags & PF_KTHREAD) && (enq_flags & SCX_ENQ_WAKEUP))
+		tctx->kthread_woke_ns = p->se.sum_exec_runtime;
 }
 
 /* The normal slice: slice * C / queued (in all domains), at least MIN_SLICE_NS. */
@@ -1716,6 +1758,22 @@ static void evict_sibling_batch(s32 cpu)
 		scx_bpf_kick_cpu(sib, SCX_KICK_PREEMPT);
 }
 
+/*
+ * A task that a higher class (a stop or RT task) took the CPU from with
+ * slice left goes back to the head of the local queue without
+ * ops.enqueue, and 7.3 kernels start it again with a full slice (18.9 ms
+ * left, 20 ms at the next run). An RT task waking every millisecond then
+ * kept one task on the CPU for good: what waited in the local queue
+ * behind it (kworkers) or in the tiers (dispatch never ran) starved until
+ * the kernel ejected the scheduler. So it resumes with what was left.
+ */
+static void resume_slice(struct task_struct *p, struct task_ctx *tctx)
+{
+	if (tctx->slice_left && p->scx.slice > tctx->slice_left)
+		p->scx.slice = tctx->slice_left;
+	tctx->slice_left = 0;
+}
+
 void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
@@ -1727,6 +1785,7 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 
 	if (!tctx)
 		return;
+	resume_slice(p, tctx);
 	tctx->run_at = now;
 	tctx->waited_from = tctx->runnable_at ?: now;
 	if (tctx->tier == TIER_GPU)
@@ -1775,19 +1834,17 @@ static bool rcu_reader(struct task_struct *p)
  */
 static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
-	struct scx_gpu_tunables *t = tun();
 	struct scx_gpu_stats *s;
 
 	if (tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS)
 		return tctx->waited_from;
 	tctx->head_start = 0;
-	if (tctx->tier == TIER_GPU || !t || now <= t->floor_ns || !rcu_reader(p))
+	if (tctx->tier == TIER_GPU || !rcu_reader(p))
 		return now;
-	tctx->head_start = t->floor_ns;
 	s = stat();
 	if (s)
 		s->rcu_readers++;
-	return now - t->floor_ns;
+	return floor_due(tctx, now, now);
 }
 
 void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
@@ -1813,6 +1870,7 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 	}
 	if (!tctx || !tctx->run_at)
 		return;
+	tctx->slice_left = runnable ? p->scx.slice : 0;
 	if (runnable)
 		tctx->runnable_at = wait_start(p, tctx, now);
 	account_run(p, tctx, now);

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -887,13 +888,37 @@ def _kernel_waits(tier: str | None = None) -> dict[str, list[float]]:
     return took
 
 
-def test_kthreads_run_beside_busy_gpu_threads():
+# An RT task on each CPU that wakes every millisecond: each wake-up takes the CPU
+# from sched_ext (ops.cpu_release), which queues again what waits in its local
+# queue. The soft-lockup watchdog's stop task does so every 4 s per CPU.
+RT_TICKER = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+while True:
+    time.sleep(0.001)
+"""
+
+
+@contextlib.contextmanager
+def rt_tickers() -> Iterator[None]:
+    procs = [subprocess.Popen([sys.executable, "-c", RT_TICKER, str(cpu)]) for cpu in range(NPROC)]
+    try:
+        yield
+        assert all(proc.poll() is None for proc in procs), "an RT ticker stopped"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_kthreads_run_beside_busy_gpu_threads_and_rt_ticks():
     alone = _kernel_waits()
     with sc.loaded():
-        with in_tier("gpu"), cpu_hogs(2 * NPROC, tier="gpu"):
+        with in_tier("gpu"), cpu_hogs(2 * NPROC, tier="gpu"), rt_tickers():
             beside = _kernel_waits("gpu")
         assert enabled(), ejection()
-    print(json.dumps({"alone_s": alone, "beside_gpu_hogs_s": beside}))
+    print(json.dumps({"alone_s": alone, "beside_gpu_hogs_and_rt_s": beside}))
     assert all(max(took) < KTHREAD_WAIT_S for took in beside.values()), beside
 
 
