@@ -20,6 +20,7 @@ void scx_bpf_dispatch___compat(struct task_struct *p, u64 dsq_id, u64 slice,
 void scx_bpf_dispatch_vtime___compat(struct task_struct *p, u64 dsq_id, u64 slice,
 				     u64 vtime, u64 enq_flags) __ksym __weak;
 bool scx_bpf_dsq_move_to_local___v2___compat(u64 dsq_id, u64 enq_flags) __ksym __weak;
+void scx_bpf_reenqueue_local___v2___compat(void) __ksym __weak;
 bool scx_bpf_consume___compat(u64 dsq_id) __ksym __weak;
 bool scx_bpf_dispatch_from_dsq___compat(struct bpf_iter_scx_dsq *it__iter, struct task_struct *p,
 					u64 dsq_id, u64 enq_flags) __ksym __weak;
@@ -88,8 +89,8 @@ static __always_inline bool dsq_move_vtime(struct bpf_iter_scx_dsq *it, struct t
 /* Re-enqueue the tasks in this CPU's local queue (7.x: the ___v2 variant). */
 static __always_inline void reenqueue_local(void)
 {
-	if (bpf_ksym_exists(scx_bpf_reenqueue_local___v2))
-		scx_bpf_reenqueue_local___v2();
+	if (bpf_ksym_exists(scx_bpf_reenqueue_local___v2___compat))
+		scx_bpf_reenqueue_local___v2___compat();
 	else
 		scx_bpf_reenqueue_local();
 }

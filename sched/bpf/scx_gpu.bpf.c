@@ -60,12 +60,13 @@
  *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
  *    the CPU; the kernel work that waits for kthreads (RCU grace periods,
  *    work flushed on every CPU, journal commits) waits as long. A higher
- *    class taking the CPU meanwhile (a stop or RT task) sends it back there
- *    when pinned to that CPU, else to floor service on any CPU, as having
- *    waited F. A kthread takes at most 5 ms per wake-up ahead of the tiers.
- *  - higher classes: a task that a stop or RT task preempts resumes with
- *    what was left of its slice, so however often they take a CPU, its
- *    local queue and the tiers get their turn once that slice is used.
+ *    class taking the CPU meanwhile (a stop or RT task) sends it to floor
+ *    service as having waited F. A kthread takes at most 5 ms per wake-up
+ *    ahead of the tiers.
+ *  - higher classes: a stop or RT task that takes a CPU has everything in
+ *    its local queue, the task it preempted included, queued again through
+ *    the tiers (ops.cpu_release), so however often they take a CPU nothing
+ *    waits there behind them and the tiers keep their order.
  *  - across domains: a gpu task waiting in any domain runs before any CPU
  *    it may use starts a normal or batch slice (dispatch takes it first,
  *    from any domain); a waking one claims batch (then normal) on its
@@ -266,7 +267,6 @@ struct task_ctx {
 	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 	u64 kthread_woke_ns;	/* a kthread's CPU time when it last woke */
-	u64 slice_left;		/* of a run a higher class cut short; 0: none */
 };
 
 struct {
@@ -1149,16 +1149,19 @@ static void queue_normal_task(struct task_struct *p, struct task_ctx *tctx, u64 
 }
 
 /*
- * A kthread in its burst. A higher class that takes a CPU (a stop task: the
- * soft-lockup watchdog every 4 s, an affinity change; an RT task) queues
- * what waits in its local queue again (gpu_cpu_release()). Pinned there, a
- * kthread goes back and runs when the CPU comes back; else any CPU it may use
- * takes it from the normal tier as due for floor service: queued there as a
- * fresh wait, it waited F behind the gpu tier (1-2 s for a kworker flush).
+ * A kthread in its burst goes to its CPU's local queue. When a higher class
+ * takes that CPU (a stop task: the soft-lockup watchdog every 4 s, an
+ * affinity change; an RT task), gpu_cpu_release() queues it again: then it
+ * goes to the normal tier as due for floor service, which any CPU it may
+ * use (its own, when pinned) gives it at its next dispatch. Queued there as
+ * a fresh wait, it waited F behind the gpu tier (1-2 s per grace period).
+ * Not back to the local queue: each takeover would queue it again there,
+ * and the kernel ejects a scheduler whose task is queued again 256 times
+ * without running.
  */
 static void queue_kthread(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags, u64 now)
 {
-	if (!(enq_flags & SCX_ENQ_REENQ) || pinned_cpu(p) >= 0) {
+	if (!(enq_flags & SCX_ENQ_REENQ)) {
 		dsq_insert(p, SCX_DSQ_LOCAL, MIN_SLICE_NS, enq_flags);
 		return;
 	}
@@ -1259,8 +1262,6 @@ void BPF_STRUCT_OPS(gpu_enqueue, struct task_struct *p, u64 enq_flags)
 	bool metered;
 	u32 tier = tctx ? task_tier(p, tctx, now) : classify(p, now, &until, &metered);
 
-	if (tctx)
-		tctx->slice_left = 0;
 	/* The CPU takes its local queue when the running slice ends. */
 	if (kthread_burst(p, tctx, tier))
 		queue_kthread(p, tctx, enq_flags, now);
@@ -1758,22 +1759,6 @@ static void evict_sibling_batch(s32 cpu)
 		scx_bpf_kick_cpu(sib, SCX_KICK_PREEMPT);
 }
 
-/*
- * A task that a higher class (a stop or RT task) took the CPU from with
- * slice left goes back to the head of the local queue without
- * ops.enqueue, and 7.3 kernels start it again with a full slice (18.9 ms
- * left, 20 ms at the next run). An RT task waking every millisecond then
- * kept one task on the CPU for good: what waited in the local queue
- * behind it (kworkers) or in the tiers (dispatch never ran) starved until
- * the kernel ejected the scheduler. So it resumes with what was left.
- */
-static void resume_slice(struct task_struct *p, struct task_ctx *tctx)
-{
-	if (tctx->slice_left && p->scx.slice > tctx->slice_left)
-		p->scx.slice = tctx->slice_left;
-	tctx->slice_left = 0;
-}
-
 void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 {
 	struct task_ctx *tctx = task_ctx_of(p);
@@ -1785,7 +1770,6 @@ void BPF_STRUCT_OPS(gpu_running, struct task_struct *p)
 
 	if (!tctx)
 		return;
-	resume_slice(p, tctx);
 	tctx->run_at = now;
 	tctx->waited_from = tctx->runnable_at ?: now;
 	if (tctx->tier == TIER_GPU)
@@ -1870,7 +1854,6 @@ void BPF_STRUCT_OPS(gpu_stopping, struct task_struct *p, bool runnable)
 	}
 	if (!tctx || !tctx->run_at)
 		return;
-	tctx->slice_left = runnable ? p->scx.slice : 0;
 	if (runnable)
 		tctx->runnable_at = wait_start(p, tctx, now);
 	account_run(p, tctx, now);

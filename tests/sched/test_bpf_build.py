@@ -1,6 +1,7 @@
 """Every BPF source builds into an object shipped inside the package and the wheel."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -37,6 +38,16 @@ def test_objects_are_bpf_elf_with_btf():
 
 def test_scheduler_object_is_named_scx_gpu():
     assert b"scx_gpu" in object_path("scx_gpu.bpf.o").read_bytes()
+
+
+def test_versioned_kfuncs_are_named_for_libbpf():
+    # libbpf looks a ksym up by its name before the last "___": an extern named
+    # scx_bpf_reenqueue_local___v2 is looked up as the older kfunc, whose
+    # prototype differs, and being weak it is silently left out (the old call
+    # ran instead). The versioned ones need a suffix of their own (___compat).
+    for obj in shipped_objects():
+        bare = re.findall(rb"(\w+?___v\d+)\x00", obj.read_bytes())
+        assert not bare, f"{obj.name}: {bare} resolve to another kfunc; add ___compat"
 
 
 def test_vmlinux_h_comes_from_a_sched_ext_kernel():
