@@ -54,7 +54,8 @@
  *    waits in the local queue of the CPU it is queued on, which the CPU
  *    takes before any tier when its running task's slice ends, in slices of
  *    s, until it has run KTHREAD_BURST_NS (5 ms) since it woke; after that it
- *    queues in the normal tier like any task. So a waking kthread waits at
+ *    goes on in floor service as having waited F (like an RCU reader, below),
+ *    within the floor share, until it sleeps. So a waking kthread waits at
  *    most the running slice (a 5 ms slice ends at the next tick: 8 ms at
  *    HZ=250), plus s per kthread queued ahead of it and the slices of gpu
  *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
@@ -62,7 +63,7 @@
  *    work flushed on every CPU, journal commits) waits as long. A higher
  *    class taking the CPU meanwhile (a stop or RT task) sends it to floor
  *    service as having waited F. A kthread takes at most 5 ms per wake-up
- *    ahead of the tiers.
+ *    ahead of the tiers, and beyond that only the floor share.
  *  - higher classes: a stop or RT task that takes a CPU has everything in
  *    its local queue, the task it preempted included, queued again through
  *    the tiers (ops.cpu_release), so however often they take a CPU nothing
@@ -1019,16 +1020,22 @@ static void count_preemption(u32 tier)
  * launcher ran, its probes firing all along; a grace period 1-4 s. So a
  * kthread that has run less than KTHREAD_BURST_NS since it woke
  * (gpu_runnable() notes when, whichever callback queues the wake-up) goes
- * to its CPU's local queue, in slices of s; after that it queues in the
- * normal tier like any task. Without that bound two busy kthreads on a CPU
- * would take turns there for good, dispatch never running (a user can keep
- * ksoftirqd and a kworker busy).
+ * to its CPU's local queue, in slices of s. Without that bound two busy
+ * kthreads on a CPU would take turns there for good, dispatch never running
+ * (a user can keep ksoftirqd and a kworker busy). After it, the kthread goes
+ * on in floor service as having waited F (wait_start()), within the floor
+ * share: as a fresh wait, a grace period whose kthread ran past the burst
+ * (6-45 ms at 8 emulated vCPUs beside RT tasks) waited F behind gpu threads.
  */
+static bool normal_kthread(struct task_struct *p, u32 tier)
+{
+	return (p->flags & PF_KTHREAD) && tier == TIER_NORMAL && !fair_only;
+}
+
 static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier)
 {
-	if (!(p->flags & PF_KTHREAD) || !tctx || tier != TIER_NORMAL || fair_only)
-		return false;
-	return p->se.sum_exec_runtime - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
+	return tctx && normal_kthread(p, tier) &&
+	       p->se.sum_exec_runtime - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
 }
 
 /*
@@ -1814,7 +1821,8 @@ static bool rcu_reader(struct task_struct *p)
 /*
  * When the wait of @p, stopping and still runnable, counts from: a floor
  * slice that a waking gpu task cut short is still the same wait; an RCU
- * reader has waited floor_ns already (normal_deadline() queues it so).
+ * reader, and a kthread that has run its burst and goes on, have waited
+ * floor_ns already (normal_deadline() queues them so).
  */
 static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
@@ -1823,11 +1831,15 @@ static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	if (tctx->floor_served && now - tctx->run_at < MIN_SLICE_NS)
 		return tctx->waited_from;
 	tctx->head_start = 0;
-	if (tctx->tier == TIER_GPU || !rcu_reader(p))
+	if (tctx->tier == TIER_GPU)
 		return now;
-	s = stat();
-	if (s)
-		s->rcu_readers++;
+	if (rcu_reader(p)) {
+		s = stat();
+		if (s)
+			s->rcu_readers++;
+	} else if (!normal_kthread(p, tctx->tier)) {
+		return now;
+	}
 	return floor_due(tctx, now, now);
 }
 
