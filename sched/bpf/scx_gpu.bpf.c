@@ -55,7 +55,8 @@
  *    takes before any tier when its running task's slice ends, in slices of
  *    s, until it has run KTHREAD_BURST_NS (5 ms) since it woke; after that it
  *    goes on in floor service as having waited F (like an RCU reader, below),
- *    within the floor share, until it sleeps. So a waking kthread waits at
+ *    within the floor share, until it has run KTHREAD_DUE_NS (50 ms); then
+ *    it queues in the normal tier like any task. So a waking kthread waits at
  *    most the running slice (a 5 ms slice ends at the next tick: 8 ms at
  *    HZ=250), plus s per kthread queued ahead of it and the slices of gpu
  *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
@@ -63,7 +64,8 @@
  *    work flushed on every CPU, journal commits) waits as long. A higher
  *    class taking the CPU meanwhile (a stop or RT task) sends it to floor
  *    service as having waited F. A kthread takes at most 5 ms per wake-up
- *    ahead of the tiers, and beyond that only the floor share.
+ *    ahead of the tiers, and 50 ms ahead of the normal tier (the gpu tier's
+ *    only within the floor share).
  *  - higher classes: a stop or RT task that takes a CPU has everything in
  *    its local queue, the task it preempted included, queued again through
  *    the tiers (ops.cpu_release), so however often they take a CPU nothing
@@ -139,6 +141,7 @@ char _license[] SEC("license") = "GPL";
 #define SCHED_IDLE	5
 #define PF_KTHREAD	0x00200000	/* include/linux/sched.h */
 #define KTHREAD_BURST_NS (5 * NSEC_PER_MSEC)	/* a kthread's CPU time per wake-up ahead of the tiers */
+#define KTHREAD_DUE_NS	(50 * NSEC_PER_MSEC)	/* ... and up to this in floor service */
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
@@ -1024,18 +1027,21 @@ static void count_preemption(u32 tier)
  * kthreads on a CPU would take turns there for good, dispatch never running
  * (a user can keep ksoftirqd and a kworker busy). After it, the kthread goes
  * on in floor service as having waited F (wait_start()), within the floor
- * share: as a fresh wait, a grace period whose kthread ran past the burst
- * (6-45 ms at 8 emulated vCPUs beside RT tasks) waited F behind gpu threads.
+ * share, until it has run KTHREAD_DUE_NS: as a fresh wait, a grace period
+ * whose kthread ran past the burst (6-45 ms at 8 emulated vCPUs beside RT
+ * tasks) waited F behind gpu threads. Counted as due, it also runs before
+ * every normal task that has waited less than F: the bound keeps a kthread
+ * that works on (kswapd, a crypto worker) from doing so for good.
  */
-static bool normal_kthread(struct task_struct *p, u32 tier)
+static bool kthread_ran_under(struct task_struct *p, struct task_ctx *tctx, u32 tier, u64 ns)
 {
-	return (p->flags & PF_KTHREAD) && tier == TIER_NORMAL && !fair_only;
+	return tctx && (p->flags & PF_KTHREAD) && tier == TIER_NORMAL && !fair_only &&
+	       p->se.sum_exec_runtime - tctx->kthread_woke_ns < ns;
 }
 
 static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier)
 {
-	return tctx && normal_kthread(p, tier) &&
-	       p->se.sum_exec_runtime - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
+	return kthread_ran_under(p, tctx, tier, KTHREAD_BURST_NS);
 }
 
 /*
@@ -1837,7 +1843,7 @@ static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 		s = stat();
 		if (s)
 			s->rcu_readers++;
-	} else if (!normal_kthread(p, tctx->tier)) {
+	} else if (!kthread_ran_under(p, tctx, tctx->tier, KTHREAD_DUE_NS)) {
 		return now;
 	}
 	return floor_due(tctx, now, now);
