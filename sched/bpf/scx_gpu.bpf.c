@@ -54,8 +54,8 @@
  *    waits in the local queue of the CPU it is queued on, which the CPU
  *    takes before any tier when its running task's slice ends, in slices of
  *    s, until it has run KTHREAD_BURST_NS (5 ms) since it woke; after that it
- *    goes on in floor service as having waited F (like an RCU reader, below),
- *    within the floor share, until it has run KTHREAD_DUE_NS (50 ms); then
+ *    counts as having waited F (like an RCU reader, below) while it has run
+ *    less than f% of F (100 ms) in its current window of F, and beyond that
  *    it queues in the normal tier like any task. So a waking kthread waits at
  *    most the running slice (a 5 ms slice ends at the next tick: 8 ms at
  *    HZ=250), plus s per kthread queued ahead of it and the slices of gpu
@@ -64,8 +64,9 @@
  *    work flushed on every CPU, journal commits) waits as long. A higher
  *    class taking the CPU meanwhile (a stop or RT task) sends it to floor
  *    service as having waited F. A kthread takes at most 5 ms per wake-up
- *    ahead of the tiers, and 50 ms ahead of the normal tier (the gpu tier's
- *    only within the floor share).
+ *    ahead of the tiers and, however often it sleeps, at most 2 x f% of F
+ *    plus a slice (210 ms) in any F ahead of the normal tier; of the gpu
+ *    tier's time only floor service, within the floor share.
  *  - higher classes: a stop or RT task that takes a CPU has everything in
  *    its local queue, the task it preempted included, queued again through
  *    the tiers (ops.cpu_release), so however often they take a CPU nothing
@@ -141,7 +142,6 @@ char _license[] SEC("license") = "GPL";
 #define SCHED_IDLE	5
 #define PF_KTHREAD	0x00200000	/* include/linux/sched.h */
 #define KTHREAD_BURST_NS (5 * NSEC_PER_MSEC)	/* a kthread's CPU time per wake-up ahead of the tiers */
-#define KTHREAD_DUE_NS	(50 * NSEC_PER_MSEC)	/* ... and up to this in floor service */
 #define NSEC_PER_USEC	1000ULL
 #define NSEC_PER_MSEC	1000000ULL
 #define MIN_SLICE_NS	(MIN_SLICE_US * NSEC_PER_USEC)
@@ -271,6 +271,8 @@ struct task_ctx {
 	bool metered;		/* holds a launch tag: its CPU time counts against budgets */
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 	u64 kthread_woke_ns;	/* a kthread's CPU time when it last woke */
+	u64 kthread_window_at;	/* when its window of floor_ns began (kthread_due()) */
+	u64 kthread_window_ran;	/* ... and its CPU time then */
 };
 
 struct {
@@ -1025,23 +1027,42 @@ static void count_preemption(u32 tier)
  * (gpu_runnable() notes when, whichever callback queues the wake-up) goes
  * to its CPU's local queue, in slices of s. Without that bound two busy
  * kthreads on a CPU would take turns there for good, dispatch never running
- * (a user can keep ksoftirqd and a kworker busy). After it, the kthread goes
- * on in floor service as having waited F (wait_start()), within the floor
- * share, until it has run KTHREAD_DUE_NS: as a fresh wait, a grace period
- * whose kthread ran past the burst (6-45 ms at 8 emulated vCPUs beside RT
- * tasks) waited F behind gpu threads. Counted as due, it also runs before
- * every normal task that has waited less than F: the bound keeps a kthread
- * that works on (kswapd, a crypto worker) from doing so for good.
+ * (a user can keep ksoftirqd and a kworker busy). After it, the kthread
+ * counts as having waited F (kthread_due(), wait_start()): as a fresh wait,
+ * a grace period whose kthread ran past the burst (6-45 ms at 8 emulated
+ * vCPUs beside RT tasks) waited F behind gpu threads. Due, it also runs
+ * before every normal task that has waited less than F, whether or not the
+ * gpu tier holds the CPUs: its share of F bounds that for a kthread that
+ * works on (kswapd, a crypto worker), however often it sleeps.
  */
-static bool kthread_ran_under(struct task_struct *p, struct task_ctx *tctx, u32 tier, u64 ns)
+static bool normal_kthread(struct task_struct *p, u32 tier)
 {
-	return tctx && (p->flags & PF_KTHREAD) && tier == TIER_NORMAL && !fair_only &&
-	       p->se.sum_exec_runtime - tctx->kthread_woke_ns < ns;
+	return (p->flags & PF_KTHREAD) && tier == TIER_NORMAL && !fair_only;
 }
 
 static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier)
 {
-	return kthread_ran_under(p, tctx, tier, KTHREAD_BURST_NS);
+	return tctx && normal_kthread(p, tier) &&
+	       p->se.sum_exec_runtime - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
+}
+
+/*
+ * Does normal-tier kthread @p count as due for floor service? While it has
+ * run less than FLOOR_PCT % of floor_ns in its current window of floor_ns,
+ * whatever its wake-ups: at most twice that in any floor_ns.
+ */
+static bool kthread_due(struct task_struct *p, struct task_ctx *tctx, u64 now)
+{
+	struct scx_gpu_tunables *t = tun();
+	u64 ran = p->se.sum_exec_runtime;
+
+	if (!t || !normal_kthread(p, tctx->tier))
+		return false;
+	if (now - tctx->kthread_window_at >= t->floor_ns) {
+		tctx->kthread_window_at = now;
+		tctx->kthread_window_ran = ran;
+	}
+	return (ran - tctx->kthread_window_ran) * 100 < t->floor_ns * FLOOR_PCT;
 }
 
 /*
@@ -1130,7 +1151,8 @@ static void queue_gpu_task(struct task_struct *p, struct task_ctx *tctx, u64 enq
 
 /*
  * Deadline: when it became runnable plus its weighted slice, at most
- * floor_ns. An RCU reader's is when it became runnable: its head start puts
+ * floor_ns. A task due for floor service (an RCU reader, a kthread within its
+ * share) has when it became runnable: its head start puts
  * it behind only tasks that have waited floor_ns (whatever its weight:
  * khugepaged runs at nice 19), so the head is due floor service.
  */
@@ -1827,7 +1849,7 @@ static bool rcu_reader(struct task_struct *p)
 /*
  * When the wait of @p, stopping and still runnable, counts from: a floor
  * slice that a waking gpu task cut short is still the same wait; an RCU
- * reader, and a kthread that has run its burst and goes on, have waited
+ * reader, and a kthread within its share (kthread_due()), have waited
  * floor_ns already (normal_deadline() queues them so).
  */
 static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
@@ -1843,7 +1865,7 @@ static u64 wait_start(struct task_struct *p, struct task_ctx *tctx, u64 now)
 		s = stat();
 		if (s)
 			s->rcu_readers++;
-	} else if (!kthread_ran_under(p, tctx, tctx->tier, KTHREAD_DUE_NS)) {
+	} else if (!kthread_due(p, tctx, now)) {
 		return now;
 	}
 	return floor_due(tctx, now, now);
@@ -1981,7 +2003,7 @@ static void count_waiters(u64 dsq_id, struct waiters *w)
 		tctx = task_ctx_of(p);
 		if (!tctx || !tctx->runnable_at)
 			continue;
-		since = tctx->runnable_at + tctx->head_start;	/* an RCU reader's real wait */
+		since = tctx->runnable_at + tctx->head_start;	/* a due task's real wait */
 		if (!w->oldest || since < w->oldest) {
 			w->oldest = since;
 			w->pid = p->pid;
