@@ -54,19 +54,21 @@
  *    waits in the local queue of the CPU it is queued on, which the CPU
  *    takes before any tier when its running task's slice ends, in slices of
  *    s, until it has run KTHREAD_BURST_NS (5 ms) since it woke; after that it
- *    counts as having waited F (like an RCU reader, below) while it has run
- *    less than f% of F (100 ms) in its current window of F, and beyond that
- *    it queues in the normal tier like any task. So a waking kthread waits at
- *    most the running slice (a 5 ms slice ends at the next tick: 8 ms at
- *    HZ=250), plus s per kthread queued ahead of it and the slices of gpu
- *    threads that preempt the CPU meanwhile, however busy the gpu tier keeps
- *    the CPU; the kernel work that waits for kthreads (RCU grace periods,
- *    work flushed on every CPU, journal commits) waits as long. A higher
+ *    counts as having waited F (like an RCU reader, above) while its runs as
+ *    due took less than f% of F (100 ms) in its current window of F, and
+ *    beyond that it queues in the normal tier like any task. So a waking
+ *    kthread waits at most the running slice (a 5 ms slice ends at the next
+ *    tick: 8 ms at HZ=250), plus s per kthread queued ahead of it and the
+ *    slices of gpu threads that preempt the CPU meanwhile, however busy the
+ *    gpu tier keeps the CPU; the kernel work that waits for kthreads (RCU
+ *    grace periods, work flushed on every CPU, journal commits) waits as
+ *    long. A higher
  *    class taking the CPU meanwhile (a stop or RT task) sends it to floor
  *    service as having waited F. A kthread takes at most 5 ms per wake-up
- *    ahead of the tiers and, however often it sleeps, at most 2 x f% of F
- *    plus a slice (210 ms) in any F ahead of the normal tier; of the gpu
- *    tier's time only floor service, within the floor share.
+ *    ahead of the tiers and, beyond those bursts, at most 2 x (f% of F + a
+ *    slice) in any F ahead of the normal tier (216 ms: a 5 ms slice ends at
+ *    the next tick), however often it sleeps; of the gpu tier's time only
+ *    floor service, within the floor share.
  *  - higher classes: a stop or RT task that takes a CPU has everything in
  *    its local queue, the task it preempted included, queued again through
  *    the tiers (ops.cpu_release), so however often they take a CPU nothing
@@ -272,7 +274,8 @@ struct task_ctx {
 	bool floor_served;	/* dispatched by the floor: a short slice, its own budget */
 	u64 kthread_woke_ns;	/* a kthread's CPU time when it last woke */
 	u64 kthread_window_at;	/* when its window of floor_ns began (kthread_due()) */
-	u64 kthread_window_ran;	/* ... and its CPU time then */
+	u64 kthread_due_ns;	/* its CPU time as due in that window */
+	u64 kthread_due_from;	/* its CPU time when last made due; 0: not due */
 };
 
 struct {
@@ -1046,23 +1049,36 @@ static bool kthread_burst(struct task_struct *p, struct task_ctx *tctx, u32 tier
 	       p->se.sum_exec_runtime - tctx->kthread_woke_ns < KTHREAD_BURST_NS;
 }
 
+/* Charge the run @p had as due, if it was due, to its window (at its stop or wake-up). */
+static void kthread_charge(struct task_struct *p, struct task_ctx *tctx)
+{
+	if (tctx->kthread_due_from)
+		tctx->kthread_due_ns += p->se.sum_exec_runtime - tctx->kthread_due_from;
+	tctx->kthread_due_from = 0;
+}
+
 /*
- * Does normal-tier kthread @p count as due for floor service? While it has
- * run less than FLOOR_PCT % of floor_ns in its current window of floor_ns,
- * whatever its wake-ups: at most twice that in any floor_ns.
+ * Make normal-tier kthread @p, past its burst, due for floor service for its
+ * next run? While its runs as due took less than FLOOR_PCT % of floor_ns in
+ * its current window of floor_ns (restarted here once over), whatever its
+ * wake-ups. Its bursts are not charged: a kthread that wakes often would
+ * spend its share there, then wait F as soon as a burst ran over.
  */
 static bool kthread_due(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
 	struct scx_gpu_tunables *t = tun();
-	u64 ran = p->se.sum_exec_runtime;
 
-	if (!t || !normal_kthread(p, tctx->tier))
+	kthread_charge(p, tctx);
+	if (!t || !normal_kthread(p, tctx->tier) || kthread_burst(p, tctx, tctx->tier))
 		return false;
 	if (now - tctx->kthread_window_at >= t->floor_ns) {
 		tctx->kthread_window_at = now;
-		tctx->kthread_window_ran = ran;
+		tctx->kthread_due_ns = 0;
 	}
-	return (ran - tctx->kthread_window_ran) * 100 < t->floor_ns * FLOOR_PCT;
+	if (tctx->kthread_due_ns * 100 >= t->floor_ns * FLOOR_PCT)
+		return false;
+	tctx->kthread_due_from = p->se.sum_exec_runtime;
+	return true;
 }
 
 /*
@@ -1715,8 +1731,10 @@ void BPF_STRUCT_OPS(gpu_runnable, struct task_struct *p, u64 enq_flags)
 		tctx->head_start = 0;
 	}
 	/* Here, not in gpu_enqueue(): gpu_select_cpu() may queue the wake-up itself. */
-	if ((p->flags & PF_KTHREAD) && (enq_flags & SCX_ENQ_WAKEUP))
+	if ((p->flags & PF_KTHREAD) && (enq_flags & SCX_ENQ_WAKEUP)) {
+		kthread_charge(p, tctx);	/* its last run before it slept */
 		tctx->kthread_woke_ns = p->se.sum_exec_runtime;
+	}
 }
 
 /* The normal slice: slice * C / queued (in all domains), at least MIN_SLICE_NS. */
