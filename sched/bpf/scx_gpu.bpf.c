@@ -62,13 +62,15 @@
  *    slices of gpu threads that preempt the CPU meanwhile, however busy the
  *    gpu tier keeps the CPU; the kernel work that waits for kthreads (RCU
  *    grace periods, work flushed on every CPU, journal commits) waits as
- *    long. A higher
- *    class taking the CPU meanwhile (a stop or RT task) sends it to floor
- *    service as having waited F. A kthread takes at most 5 ms per wake-up
- *    ahead of the tiers and, beyond those bursts, at most 2 x (f% of F + a
- *    slice) in any F ahead of the normal tier (216 ms: a 5 ms slice ends at
- *    the next tick), however often it sleeps; of the gpu tier's time only
- *    floor service, within the floor share.
+ *    long. A higher class taking the CPU meanwhile (a stop or RT task)
+ *    sends it to floor service as having waited F, for one run that counts
+ *    as its burst's. A kthread takes at most 5 ms per wake-up ahead of the
+ *    tiers, that run as due, and beyond those at most 2 x (f% of F + one
+ *    run) in any F ahead of the normal tier, however often it sleeps:
+ *    218 ms for a 5 ms slice, which ends at the first tick after it (9 ms
+ *    at HZ=250), plus any floor slices of s that gpu threads cut short
+ *    after it. Of the gpu tier's time it takes only floor service, within
+ *    the floor share.
  *  - higher classes: a stop or RT task that takes a CPU has everything in
  *    its local queue, the task it preempted included, queued again through
  *    the tiers (ops.cpu_release), so however often they take a CPU nothing
@@ -1572,6 +1574,7 @@ static void keep_running(struct task_struct *prev, struct task_ctx *tctx, struct
 			 s32 cpu, u32 tier, u64 now)
 {
 	prev->scx.slice = tier == TIER_BATCH ? batch_slice_ns : slice_ns;
+	kthread_charge(prev, tctx);	/* kept: it runs ahead of no one */
 	if (!c)
 		return;
 	set_cpu_tier(c, cpu, tier);
