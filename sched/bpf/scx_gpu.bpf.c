@@ -1068,10 +1068,14 @@ static void kthread_charge(struct task_struct *p, struct task_ctx *tctx)
  */
 static bool kthread_due(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
-	struct scx_gpu_tunables *t = tun();
+	struct scx_gpu_tunables *t;
 
 	kthread_charge(p, tctx);
-	if (!t || !normal_kthread(p, tctx->tier) || kthread_burst(p, tctx, tctx->tier))
+	/* Before the map lookup: every task's slice end comes here. */
+	if (!normal_kthread(p, tctx->tier) || kthread_burst(p, tctx, tctx->tier))
+		return false;
+	t = tun();
+	if (!t)
 		return false;
 	if (now - tctx->kthread_window_at >= t->floor_ns) {
 		tctx->kthread_window_at = now;
