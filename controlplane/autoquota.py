@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from scx_gpu.controlplane.config import Config
-from scx_gpu.controlplane.intf import QuotaMode, Tier, Tunables
+from scx_gpu.controlplane.intf import QuotaMode, Stats, Tier, Tunables
 from scx_gpu.controlplane.scheduler import BpfScheduler
 from scx_gpu.controlplane.stats import diff, wait_quantile_ns
 
@@ -80,7 +80,7 @@ class AutoQuota:
         c = config
         self.controller = QuotaController(c.gpu_wait_target_us, c.auto_quota_min,
                                           c.auto_quota_max, c.auto_quota_step, c.start_quota())
-        self.before = sched.read_stats()
+        self.before: Stats | None = sched.read_stats()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="scx-gpu-autoquota", daemon=True)
         self.thread.start()
@@ -94,7 +94,13 @@ class AutoQuota:
         self.thread.join()
 
     def tick(self) -> None:
+        if self.sched.read_tunables().quota_mode != QuotaMode.AUTO:
+            self.before = None  # fixed: no period to measure until auto again
+            return
         current = self.sched.read_stats()
+        if self.before is None:
+            self.before = current
+            return
         hist = list(diff(current, self.before).tier[Tier.GPU].wait_hist)
         self.before = current
         changes = []

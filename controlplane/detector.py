@@ -115,6 +115,9 @@ FAST_POLL_S = 0.001
 # throughput in 5 of 12 runs, its loader running or runnable at 25% of
 # samples against 13% in the others).
 SLOW_POLL_S = 0.01
+# While probes stand: a launcher that starts is trapped until a poll sees a
+# call. And while a window is due but held back (probes still detaching).
+STANDING_POLL_S = 0.1
 # After a thread's first tag in a window: its siblings' first launches (any
 # thread launching 100 times a second) before the window closes.
 SETTLE_S = 0.01
@@ -321,10 +324,15 @@ class Detector:
             self.sleep(RENEWAL_POLL_S)
 
     def poll_s(self, idle_s: float) -> float:
-        """How soon tick() should run again: often while a window is open,
-        most often while it awaits or has found launchers within its length."""
+        """How soon tick() should run again, idle_s at most: often while a
+        window is open, most often while it awaits or has found launchers
+        within its length; every STANDING_POLL_S while probes stand or a
+        window is due; else when the next one is."""
         if self._window_start is None:
-            return idle_s
+            due = self._next_window - self.clock()
+            if self._standing or (self.libraries and due <= 0):
+                return min(idle_s, STANDING_POLL_S)
+            return min(idle_s, due) if self.libraries else idle_s
         fast = ((self._awaited or self._found)
                 and self.clock() - self._window_start < self.window_s)
         return min(idle_s, FAST_POLL_S if fast else SLOW_POLL_S)

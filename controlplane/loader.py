@@ -61,7 +61,11 @@ from scx_gpu.controlplane.stopsignal import StopSignal
 from scx_gpu.controlplane.topology import NPROC, Cpu
 from scx_gpu.errors import EnvironmentProblem, UsageError
 
-POLL_S = 0.1
+POLL_S = 0.1  # the fallback's loop: a new gpu thread is reniced within this
+# The sched_ext loader's loop: exits noticed, new libcuda files probed, homes
+# and statistics at this pace, the detector's polls between (each turn took
+# the gpu-tier loader about 1 ms of a vCPU under emulation).
+LOOP_S = 0.5
 FALLBACK_BUDGET_BANK_S = 0.5
 MEMBER_SCAN_S = 1.0  # the fallback's look for new batch processes
 HOME_SCAN_S = 1.0  # GPU processes' homes looked for (each one's /proc/PID/maps read)
@@ -245,12 +249,14 @@ class Loader:
             loaded_at = time.monotonic()
             stack.enter_context(closing(stats_socket.StatsSocket(
                 lambda: self._totals(sched, detector, loaded_at))))
-            stack.enter_context(closing(autoquota.AutoQuota(self.config, sched,
-                                                            self._quota_changed)))
+            if self.config.policy != "fair":  # fair has no batch tier: no quota to drive
+                stack.enter_context(closing(autoquota.AutoQuota(self.config, sched,
+                                                                self._quota_changed)))
             scanner = self._rescanner(stack)
             self._announce(sched)
             info = self._loop(detector, scanner, self._tier_sample(sched, detector),
-                              ejected=self._ejected(sched), step=self._home_step(sched, detector))
+                              ejected=self._ejected(sched), step=self._home_step(sched, detector),
+                              every_s=LOOP_S)
         if info is None:
             self.emit("scx-gpu: detached")
             return 0
@@ -286,6 +292,8 @@ class Loader:
             return lambda now: None
         cpus, gpus = topology.read_cpus(), topology.read_gpus()
         override, numbers = gpu_cpus(self.config, cpus), homes.HomeNumbers()
+        if not gpus and not override:
+            return lambda now: None  # no GPU to be near: every home would be none
         writer = homes.HomeMaps(sched, tuple(c.cpu for c in cpus if c.online))
         tags_fd = sched.map_fd("gpu_tags")
         cgroups = [tiers.OWN_ROOT / "gpu", *map(cgroup_path, self.config.gpu.cgroups)]
@@ -370,15 +378,16 @@ class Loader:
     def _loop(self, detector: Detector, scanner: libcuda.Rescanner | None,
               sample: Callable[[float], stats.Report],
               ejected: Callable[[], intf.ExitInfo | None] = lambda: None,
-              step: Callable[[float], None] = lambda now: None) -> intf.ExitInfo | None:
+              step: Callable[[float], None] = lambda now: None,
+              every_s: float = POLL_S) -> intf.ExitInfo | None:
         """The loop of both loaders: detection windows at the detector's pace;
-        every POLL_S new libcuda files probed and step(now); a statistics line
+        every every_s new libcuda files probed and step(now); a statistics line
         from sample every stats_interval_s; until a signal (None) or ejected()
         returns the kernel's exit info."""
         report, turn = self._statistics(sample), float("-inf")
         while not self.stop.is_set():
             now = time.monotonic()
-            if now - turn >= POLL_S:  # not at each of an open window's fast polls
+            if now - turn >= every_s:  # not at each of an open window's fast polls
                 turn = now
                 info = ejected()
                 if info is not None:
@@ -387,7 +396,7 @@ class Loader:
                 step(now)
                 report(now)
             detector.tick()
-            self.stop.wait(detector.poll_s(POLL_S))
+            self.stop.wait(detector.poll_s(max(turn + every_s - time.monotonic(), 0.0)))
         return None
 
     @staticmethod

@@ -19,7 +19,6 @@ from scx_gpu.controlplane.scheduler import (
     PIN_DIR,
     ZERO,
     live_gpu_tags,
-    sum_stats,
     update_tunables,
 )
 
@@ -58,7 +57,7 @@ class RunningScheduler:
         self.fds.clear()
 
     def stats(self) -> intf.Stats:
-        return sum_stats(self.cpu_stats())
+        return maps.sum_percpu(self.fds["stats"], ZERO, intf.Stats, self.ncpus)
 
     def cpu_stats(self) -> list[intf.Stats]:
         """Each CPU's own counters, by CPU number: the work it ran, not who asked."""

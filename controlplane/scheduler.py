@@ -110,7 +110,7 @@ class BpfScheduler(BpfObject):
         return maps.lookup(self.map_fd("tunables"), ZERO, intf.Tunables) or intf.Tunables()
 
     def read_stats(self) -> intf.Stats:
-        return sum_stats(maps.lookup_percpu(self.map_fd("stats"), ZERO, intf.Stats, self.ncpus))
+        return maps.sum_percpu(self.map_fd("stats"), ZERO, intf.Stats, self.ncpus)
 
     def read_site_hits(self) -> list[int]:
         """read_stats().site_hits at a tenth of the cost: the detector reads them
@@ -122,13 +122,10 @@ class BpfScheduler(BpfObject):
         return [sum(hits) for hits in zip(*per_cpu, strict=True)]
 
     def exit_info(self) -> intf.ExitInfo:
-        """The kernel's exit record as the scheduler's exit callback copied it."""
-        bss = self._map(".bss")
-        value = ctypes.create_string_buffer(self._lib.bpf_map__value_size(bss))
-        libbpf.check(self._lib.bpf_map_lookup_elem(self._lib.bpf_map__fd(bss), ctypes.byref(ZERO),
-                                                   value), "read .bss")
+        """The kernel's exit record as the scheduler's exit callback copied it
+        (read from memory: the loader polls it)."""
         offset, _ = self.section_vars(".bss")["exit_info"]
-        return intf.ExitInfo.from_buffer_copy(value.raw, offset)
+        return intf.ExitInfo.from_buffer_copy(self.section_view(".bss"), offset)
 
     def set_tier(self, map_name: str, key: ctypes._CData, tier: intf.Tier) -> None:
         """Add a member; tasks' cached tiers are looked up again (a new generation)."""
@@ -189,16 +186,6 @@ def update_tunables(fd: int, change: Callable[[intf.Tunables], bool]) -> None:
         tunables = maps.lookup(fd, ZERO, intf.Tunables) or intf.Tunables()
         if change(tunables):
             maps.update(fd, ZERO, tunables)
-
-
-def sum_stats(per_cpu: list[intf.Stats]) -> intf.Stats:
-    """Add up per-CPU counters field by field."""
-    total = intf.Stats()
-    words = (c_uint64 * (ctypes.sizeof(total) // 8)).from_buffer(total)
-    for one in per_cpu:
-        for i, v in enumerate((c_uint64 * len(words)).from_buffer_copy(one)):
-            words[i] += v
-    return total
 
 
 def comm_key(comm: str) -> ctypes.Array[c_char] | intf.CommPrefix:

@@ -1,29 +1,19 @@
 """Turn the scheduler's counters into the numbers users read."""
 
-from ctypes import c_uint64
+from ctypes import c_uint64, sizeof
 from dataclasses import dataclass
+from operator import sub
 from typing import Any, Protocol
 
 from scx_gpu.bpf.libcuda import LAUNCH_SYMBOLS
-from scx_gpu.controlplane.intf import NR_TIERS, WAIT_BUCKETS, Stats, Tier
-
-# The scalar counters, after the per-tier ones.
-COUNTERS = [field[0] for field in Stats._fields_ if field[1] is c_uint64]
+from scx_gpu.controlplane.intf import Stats, Tier
 
 
 def diff(now: Stats, before: Stats) -> Stats:
-    """Counters accumulated between two snapshots."""
-    out = Stats()
-    for t in range(NR_TIERS):
-        a, b, o = now.tier[t], before.tier[t], out.tier[t]
-        o.runtime_ns, o.runs = a.runtime_ns - b.runtime_ns, a.runs - b.runs
-        o.preemptions = a.preemptions - b.preemptions
-        for i in range(WAIT_BUCKETS):
-            o.wait_hist[i] = a.wait_hist[i] - b.wait_hist[i]
-    for name in COUNTERS:
-        setattr(out, name, getattr(now, name) - getattr(before, name))
-    out.site_hits[:] = [a - b for a, b in zip(now.site_hits, before.site_hits, strict=True)]
-    return out
+    """Counters accumulated between two snapshots (every field is a u64 counter)."""
+    words = c_uint64 * (sizeof(Stats) // 8)
+    return Stats.from_buffer_copy(words(*map(sub, words.from_buffer_copy(now),
+                                               words.from_buffer_copy(before))))
 
 
 def hits_by_entry_point(stats: Stats) -> dict[str, int]:

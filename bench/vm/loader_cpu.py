@@ -6,7 +6,8 @@ loader: the synthetic launcher alone (as bench-sched's "alone" cells) under
 itself took (utime + stime of its process), in % of one vCPU. The loader
 runs in the gpu tier under gpu-first, so its CPU comes out of the
 launcher's. On 2026-12-03 (the build machine, 3 reps of 12 s): fair
-2.2-3.5%, gpu-first 5.2-7.0%.
+2.2-3.5%, gpu-first 5.2-7.0%; after the loop's cuts (docs/reference.md,
+the detector's cost) fair 0.4%, gpu-first 2.9-4.4%.
 
 batch: only spinners (2 per vCPU), declared batch, under gpu-first (2 ms
 batch slices, which arm the 0.5 ms slice timer), under a 5 ms batch slice

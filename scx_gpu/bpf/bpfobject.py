@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class BpfObject:
                                     f"open {path}")
         self.links: list[int] = []
         self._layouts: dict[str, dict[str, tuple[int, int]]] = {}
+        self._views: dict[str, mmap.mmap] = {}
 
     def _map(self, name: str) -> int:
         return libbpf.check_ptr(self._lib.bpf_object__find_map_by_name(self.obj, name.encode()),
@@ -42,6 +44,15 @@ class BpfObject:
             self._layouts[section] = {
                 name: (off, size) for name, off, size in libbpf.datasec_vars(btf, section)}
         return self._layouts[section]
+
+    def section_view(self, section: str) -> mmap.mmap:
+        """A loaded data section (.bss, .data) mapped read-only from the kernel's
+        map: reading it is a read of memory, not a syscall."""
+        if section not in self._views:
+            size = self._lib.bpf_map__value_size(self._map(section))
+            self._views[section] = mmap.mmap(self.map_fd(section), size, mmap.MAP_SHARED,
+                                             mmap.PROT_READ)
+        return self._views[section]
 
     def _rodata(self) -> int:
         size = ctypes.c_size_t()
@@ -168,6 +179,9 @@ class BpfObject:
 
     def close(self) -> None:
         """Destroy the links this object attached and free it."""
+        for view in self._views.values():
+            view.close()
+        self._views.clear()
         for link in self.links:
             self._lib.bpf_link__destroy(link)
         self.links.clear()

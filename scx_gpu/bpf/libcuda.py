@@ -122,6 +122,8 @@ def mapped_by(pid_dir: Path) -> Iterator[CudaLib]:
         maps = (pid_dir / "maps").read_text()
     except OSError:
         return
+    if "libcuda.so" not in maps:  # most processes: no line to parse
+        return
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and LIBCUDA_RE.search(fields[5]):

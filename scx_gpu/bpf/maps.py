@@ -52,6 +52,17 @@ def lookup_percpu(fd: int, key: ctypes._CData, value_type: type[T], ncpus: int) 
             for i in range(ncpus)]
 
 
+def sum_percpu(fd: int, key: ctypes._CData, value_type: type[T], ncpus: int) -> T:
+    """Every possible CPU's value added up, for a value that is all u64 counters
+    (summed in C: the loader reads its statistics every second, in the gpu tier)."""
+    size = ctypes.sizeof(value_type)
+    raw, stride = read_percpu(fd, key, size, ncpus)
+    words = memoryview(raw).cast("Q")
+    per_cpu = [words[i * stride // 8:(i * stride + size) // 8] for i in range(ncpus)]
+    totals = (ctypes.c_uint64 * (size // 8))(*map(sum, zip(*per_cpu, strict=True)))
+    return value_type.from_buffer_copy(totals)  # type: ignore[return-value]
+
+
 def update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
     libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value),
                                                   BPF_ANY), "bpf_map_update_elem")

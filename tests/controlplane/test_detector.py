@@ -15,6 +15,7 @@ from scx_gpu.controlplane.detector import (
     FAST_POLL_S,
     SETTLE_S,
     SLOW_POLL_S,
+    STANDING_POLL_S,
     BackgroundDetach,
     Detector,
 )
@@ -247,6 +248,24 @@ def counted(tmp_path: Path) -> tuple[FakeProbes, dict[int, int], list[int], list
                    site_hits=lambda: list(hits), sleep=lambda s: None)
     det.add_libraries([lib])
     return probes, tags, hits, attached, det
+
+
+def test_between_windows_the_loop_sleeps_until_the_next_one(tmp_path):
+    # Each turn of the loader's loop cost the gpu-tier control plane about
+    # 1 ms of a vCPU under emulation: it wakes when the detector needs it.
+    probes, tags, hits, attached, det = counted(tmp_path)
+    run(det, probes, until=5.0)
+    assert det.poll_s(10.0) == STANDING_POLL_S  # a launcher starting now is trapped till seen
+    while True:  # thread 7 launches from 5 s on
+        tags[7], hits[1] = int(probes.now * 1e9), hits[1] + 1
+        det.tick()
+        if len(set(attached)) == 2 and not probes.live:
+            break
+        probes.now += det.poll_s(10.0)
+    # The renewal opened when the loop woke, half way to the tag's expiry,
+    # and closed at once; the next is 1.5 s on.
+    assert attached[-1] == pytest.approx(5.0 + 1.5, abs=0.05), attached
+    assert det.poll_s(10.0) == pytest.approx(1.5) and det.poll_s(0.2) == 0.2
 
 
 def test_probes_that_nothing_calls_stay_in_until_a_launcher_calls_them(tmp_path):

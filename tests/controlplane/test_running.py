@@ -1,6 +1,8 @@
 """The handle on the running scheduler, on a scheduler object loaded on the
 host (detector and maps only: no sched_ext needed)."""
 
+import ctypes
+import itertools
 import os
 import random
 import threading
@@ -9,12 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from scx_gpu.controlplane import autoquota, loader
+from scx_gpu.bpf import maps
+from scx_gpu.controlplane import autoquota, intf, loader
 from scx_gpu.controlplane.config import Config
 from scx_gpu.controlplane.intf import QuotaMode
 from scx_gpu.controlplane.placement import placement
 from scx_gpu.controlplane.running import RunningScheduler
-from scx_gpu.controlplane.scheduler import BpfScheduler
+from scx_gpu.controlplane.scheduler import ZERO, BpfScheduler
 from scx_gpu.controlplane.topology import read_cpus
 
 pytestmark = pytest.mark.root
@@ -92,3 +95,31 @@ def test_a_new_tag_life_comes_with_a_new_tier_generation(sched):
         after = running.tunables()
     assert after.gpu_ttl_ns == 5_800_000_000 and after.tier_gen == before.tier_gen + 1
     assert after.batch_quota_pct == before.batch_quota_pct  # the rest as it was
+
+
+def test_counters_are_every_cpus_added_up(sched):
+    words = ctypes.sizeof(intf.Stats) // 8
+    per_cpu = [[random.randrange(1 << 40) for _ in range(words)] for _ in range(sched.ncpus)]
+    maps.update(sched.map_fd("stats"), ZERO,
+                (ctypes.c_uint64 * (words * sched.ncpus))(*itertools.chain(*per_cpu)))
+    expected = [sum(column) for column in zip(*per_cpu, strict=True)]
+    with _handle(sched) as running:
+        for total in (running.stats(), sched.read_stats()):
+            assert list((ctypes.c_uint64 * words).from_buffer_copy(total)) == expected
+        assert [list((ctypes.c_uint64 * words).from_buffer_copy(s))
+                for s in running.cpu_stats()] == per_cpu
+
+
+def test_the_exit_record_is_read_from_the_kernels_own_bss(sched):
+    """The loader reads it where libbpf maps .bss, not through a syscall: a
+    write to the kernel's map must show there."""
+    assert sched.exit_info().kind == intf.EXIT_NONE
+    layout = sched.section_vars(".bss")
+    value = (ctypes.c_char * max(offset + size for offset, size in layout.values()))()
+    offset = layout["exit_info"][0]
+    record = intf.ExitInfo(kind=intf.EXIT_ERROR, exit_code=7, reason=b"stalled")
+    ctypes.memmove(ctypes.addressof(value) + offset, ctypes.addressof(record),
+                   ctypes.sizeof(record))
+    maps.update(sched.map_fd(".bss"), ZERO, value)
+    seen = sched.exit_info()
+    assert (seen.kind, seen.exit_code, seen.reason) == (intf.EXIT_ERROR, 7, b"stalled")
